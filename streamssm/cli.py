@@ -1,0 +1,103 @@
+"""The ``streamssm`` command line: one sub-command per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from streamssm._info import info_lines
+
+    print("\n".join(info_lines()))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.model == "pose":
+        from streamssm.train.pose import PoseTrainConfig, train_pose
+
+        cfg = PoseTrainConfig(steps=args.steps or 2000, minutes=args.minutes, seed=args.seed)
+        if args.tiny:
+            cfg = PoseTrainConfig(steps=args.steps or 20, batch=4, length=32, val_every=10, seed=args.seed)
+        train_pose(args.output, cfg, resume=args.output if args.resume else None, data_dir=args.data,
+                   progress=not args.no_progress)
+        return 0
+    from streamssm.train.video import VideoTrainConfig, train_video
+
+    cfg = VideoTrainConfig(steps=args.steps or 4000, minutes=args.minutes, seed=args.seed, workers=args.workers)
+    if args.batch:
+        cfg.batch = args.batch
+    if args.tiny:
+        cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
+                               short_side=128, seed=args.seed)
+    videos = args.data or str(_default_videos())
+    train_video(args.output, videos, cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def _default_videos():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "videos"
+
+
+def _cmd_pose(args: argparse.Namespace) -> int:
+    from streamssm.pose.cli import run_pose
+
+    return run_pose(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamssm", description="Causal streaming temporal-consistency filter (selective SSM).")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    s = sub.add_parser("info", help="versions, device and available backends")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("train", help="train the pose or video filter")
+    s.add_argument("model", choices=["pose", "video"])
+    s.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors); resumed if it exists and --resume")
+    s.add_argument("--data", default=None, help="pose: the data folder holding pose/cmu; video: a folder of videos or a cache .npz")
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--minutes", type=float, default=None, help="wall-clock budget; a checkpoint is saved when it runs out")
+    s.add_argument("--batch", type=int, default=None)
+    s.add_argument("--workers", type=int, default=8, help="video: data-loader processes")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true", help="continue from --output if it exists")
+    s.add_argument("--tiny", action="store_true", help="a few small steps (tests, smoke runs)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("pose", help="filter a pose file (.npz/.csv/.json)")
+    s.add_argument("input")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--fps", type=float, default=None, help="frame rate (default: from the file, else 30)")
+    s.add_argument("--strength", type=float, default=1.0)
+    s.add_argument("--weights", default=None)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--key", default=None, help=".npz: which landmark array to filter (default landmarks_raw / points)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_cmd_pose)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("streamssm: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+        print(f"streamssm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Training clips from real footage: synthetic camera motion, scene cuts and flickering operators.
+
+Pipeline for one clip (:meth:`VideoClipSampler.sample_clip`):
+
+1. pick a cached video (uint8 RGB, short side ~256 px) and either one still frame (``synthetic``
+   mode: all motion is the synthetic camera, so the flow is known exactly) or consecutive frames at
+   stride 1-2 (``real`` mode: the footage's own motion plus the synthetic camera, flow unknown);
+2. a smooth random camera path: per frame a homography ``H_t`` mapping output pixels to source
+   pixels (pan with smoothly varying velocity and hand shake, zoom, roll, slight perspective), kept
+   inside the source frame; ``original_t = warpPerspective(src_t, H_t)``;
+3. optionally a scene cut: from a random frame on, the clip continues with a second, independent
+   segment (``cut_mask[t]`` is True on the first frame of the new shot);
+4. one operator from :mod:`streamssm.video.operators`: ``processed_t = op.apply(original_t, t)`` and
+   ``target_t = op.apply_consistent(original_t, t)``, with ``op.fit`` on the first frame of each shot.
+
+Flow convention (same as :mod:`streamssm.metrics`): ``flow[t]`` is the forward flow from frame ``t``
+to ``t + 1``, ``original_t(x) ~ original_{t+1}(x + flow[t](x))``, in pixels, channels ``(dx, dy)``.
+In synthetic mode ``flow[t](x) = pi(H_{t+1}^{-1} H_t x) - x``; ``flow_valid[t]`` marks pixels whose
+target lies inside frame ``t + 1``; across a cut the flow is zero and invalid.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from streamssm.video.operators import TRAIN_OPERATORS, make_operator
+
+__all__ = ["load_videos", "build_cache", "load_cache", "VideoClipSampler", "ClipBatchSampler",
+           "camera_path", "homography_flow"]
+
+
+# --------------------------------------------------------------------------------------------------
+# loading and caching
+# --------------------------------------------------------------------------------------------------
+def _read_video(path: str | Path, short_side: int, max_frames: int | None, stride: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise OSError(f"cannot open video {path}")
+    frames, i = [], 0
+    while max_frames is None or len(frames) < max_frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i % stride == 0:
+            h, w = bgr.shape[:2]
+            s = short_side / min(h, w)
+            if s != 1.0:
+                bgr = cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        i += 1
+    cap.release()
+    if not frames:
+        raise OSError(f"no frames decoded from {path}")
+    return np.stack(frames)
+
+
+def load_videos(video_paths: Sequence[str | Path], short_side: int = 256, max_frames: int | None = None,
+                stride: int = 1) -> dict[str, np.ndarray]:
+    """Decode videos to ``{stem: (t, h, w, 3) uint8 RGB}``, downscaled (INTER_AREA) to ``short_side``."""
+    return {Path(p).stem: _read_video(p, short_side, max_frames, stride) for p in video_paths}
+
+
+def build_cache(video_paths: Sequence[str | Path], out_path: str | Path, short_side: int = 256,
+                max_frames: int | None = None, stride: int = 1) -> Path:
+    """Decode once and save an uncompressed ``.npz`` (one array per video) to carry to a GPU machine."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out_path, **load_videos(video_paths, short_side, max_frames, stride))
+    return out_path
+
+
+def load_cache(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+# --------------------------------------------------------------------------------------------------
+# synthetic camera motion
+# --------------------------------------------------------------------------------------------------
+def _translate(x: float, y: float) -> np.ndarray:
+    return np.array([[1, 0, x], [0, 1, y], [0, 0, 1]], np.float64)
+
+
+def camera_path(rng: np.random.Generator, T: int, out_hw: tuple[int, int], src_hw: tuple[int, int],
+                motion: float = 1.0, tries: int = 6) -> np.ndarray:
+    """Smooth random homographies ``(T, 3, 3)`` mapping output pixels to source pixels, whose output
+    frames stay inside the source. ``motion`` scales speeds (0 = a fixed random crop)."""
+    h, w = out_hw
+    hs, ws = src_hw
+    s_max = 0.8 * min(hs / h, ws / w)
+    s0 = math.exp(rng.uniform(math.log(min(0.7, s_max)), math.log(s_max)))  # source px per output px
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], np.float64).T
+    centre = _translate(-(w - 1) / 2, -(h - 1) / 2)
+    # per-clip motion style, in output pixels / radians per frame
+    speed = rng.uniform(0.0, 4.0) * motion
+    ang = rng.uniform(0, 2 * math.pi)
+    v0 = speed * np.array([math.cos(ang), math.sin(ang)])
+    acc, shake = rng.uniform(0.0, 0.4) * motion, (rng.uniform(0, 0.8) if rng.random() < 0.3 else 0.0) * motion
+    zoom_rate, rot_rate = rng.normal(0, 0.01) * motion, rng.normal(0, 0.004) * motion
+    persp_rate = rng.normal(0, 2e-6, 2) * motion
+    vel = v0 + np.cumsum(rng.normal(0, acc + 1e-9, (T, 2)), 0)
+    vel[0] = 0.0
+    pos = np.cumsum(vel, 0) + rng.normal(0, shake + 1e-9, (T, 2)) * (shake > 0)
+    tt = np.arange(T)
+    logz = zoom_rate * tt + np.cumsum(rng.normal(0, abs(zoom_rate) * 0.3 + 1e-9, T))
+    theta = rot_rate * tt + np.cumsum(rng.normal(0, abs(rot_rate) * 0.3 + 1e-9, T))
+    g = rng.normal(0, 5e-5, 2) * motion + persp_rate[None, :] * tt[:, None]
+    for _ in range(tries):
+        Hs = np.empty((T, 3, 3))
+        for t in range(T):
+            c, s = math.cos(theta[t]), math.sin(theta[t])
+            z = s0 * math.exp(logz[t])
+            A = np.array([[z * c, -z * s, pos[t, 0] * s0], [z * s, z * c, pos[t, 1] * s0], [0, 0, 1]])
+            P = np.array([[1, 0, 0], [0, 1, 0], [g[t, 0], g[t, 1], 1]])
+            Hs[t] = A @ P @ centre
+        pts = np.einsum("tij,jk->tik", Hs, corners)
+        pts = pts[:, :2] / pts[:, 2:]
+        lo, hi = pts.min(axis=(0, 2)), pts.max(axis=(0, 2))
+        room = np.array([ws - 1, hs - 1]) - (hi - lo)
+        if (room >= 0).all():
+            off = -lo + rng.uniform(0, 1, 2) * room
+            return np.einsum("ij,tjk->tik", _translate(*off), Hs)
+        # too much motion for the source frame: damp everything and retry
+        pos, logz, theta, g = 0.6 * pos, 0.6 * logz, 0.6 * theta, 0.6 * g
+        s0 = max(0.5, 0.85 * s0)
+    Hs = np.broadcast_to(Hs[:1], Hs.shape).copy()  # fall back to a fixed crop
+    pts = np.einsum("ij,jk->ik", Hs[0], corners)
+    pts = pts[:2] / pts[2:]
+    off = -pts.min(1) + rng.uniform(0, 1, 2) * np.maximum(np.array([ws - 1, hs - 1]) - np.ptp(pts, 1), 0)
+    return np.einsum("ij,tjk->tik", _translate(*off), Hs)
+
+
+def homography_flow(Hs: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Exact forward flow between consecutive frames of a camera path: ``(T-1, 2, h, w)`` float32 and
+    the valid mask ``(T-1, h, w)`` (target inside the next frame)."""
+    h, w = out_hw
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    grid = np.stack([gx.ravel(), gy.ravel(), np.ones(h * w)])  # (3, h*w)
+    M = np.linalg.inv(Hs[1:]) @ Hs[:-1]  # frame t pixel -> frame t+1 pixel
+    y = M @ grid  # (T-1, 3, h*w)
+    y = y[:, :2] / y[:, 2:]
+    flow = (y - grid[None, :2]).reshape(-1, 2, h, w).astype(np.float32)
+    valid = ((y[:, 0] >= 0) & (y[:, 0] <= w - 1) & (y[:, 1] >= 0) & (y[:, 1] <= h - 1)).reshape(-1, h, w)
+    return flow, valid
+
+
+# --------------------------------------------------------------------------------------------------
+# clip sampler
+# --------------------------------------------------------------------------------------------------
+def _chw(frames: list[np.ndarray]) -> np.ndarray:
+    # transpose while still uint8 (a strided float copy is ~10x slower), then scale in place
+    x = np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2)).astype(np.float32)
+    x *= 1.0 / 255.0
+    return x
+
+
+class VideoClipSampler:
+    """Random training clips from cached videos (see the module docstring).
+
+    ``videos``: ``{name: (t, h, w, 3) uint8 RGB}`` (from :func:`load_videos` / :func:`load_cache`) or
+    a path to a cache ``.npz``. ``p_real``: probability of real temporal order (flow then None);
+    ``p_cut``: probability of one scene cut; ``p_static``: probability of no camera motion.
+
+    >>> import numpy as np
+    >>> vids = {"v": np.random.default_rng(0).integers(0, 255, (4, 64, 96, 3), dtype=np.uint8)}
+    >>> clip = VideoClipSampler(vids).sample_clip(np.random.default_rng(0), 5, 32)
+    >>> clip["processed"].shape, clip["cut_mask"].shape
+    ((5, 3, 32, 32), (5,))
+    """
+
+    def __init__(self, videos: dict[str, np.ndarray] | str | Path, operators: Sequence[str] = TRAIN_OPERATORS,
+                 p_real: float = 0.5, p_cut: float = 0.15, p_static: float = 0.1, max_real_stride: int = 2):
+        self.videos = load_cache(videos) if isinstance(videos, (str, Path)) else dict(videos)
+        if not self.videos:
+            raise ValueError("no videos")
+        self.names = sorted(self.videos)
+        self.operators = list(operators)
+        self.p_real, self.p_cut, self.p_static = p_real, p_cut, p_static
+        self.max_real_stride = max_real_stride
+
+    def _segment(self, rng: np.random.Generator, n: int, hw: tuple[int, int], real: bool):
+        """``n`` original frames of one shot, and the camera homographies."""
+        vid = self.videos[self.names[rng.integers(len(self.names))]]
+        if real:
+            stride = int(rng.integers(1, self.max_real_stride + 1))
+            stride = min(stride, max(1, (len(vid) - 1) // max(n - 1, 1)))
+            start = int(rng.integers(0, max(1, len(vid) - (n - 1) * stride)))
+            idx = np.minimum(start + stride * np.arange(n), len(vid) - 1)
+            if rng.random() < 0.5:
+                idx = idx[::-1]  # footage played backwards is just as natural for a deflicker filter
+        else:
+            idx = np.full(n, rng.integers(len(vid)))
+        motion = 0.0 if rng.random() < self.p_static else float(rng.uniform(0.3, 1.0))
+        Hs = camera_path(rng, n, hw, vid.shape[1:3], motion)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # Hs map output -> source pixels
+        frames = [cv2.warpPerspective(vid[i], H, (hw[1], hw[0]), flags=flags, borderMode=cv2.BORDER_REFLECT)
+                  for i, H in zip(idx, Hs)]
+        return frames, Hs
+
+    def sample_clip(self, rng: np.random.Generator, T: int, size: int | tuple[int, int]) -> dict:
+        """One clip: ``processed``/``original``/``target`` ``(T, 3, h, w)`` float32 in [0, 1],
+        ``flow`` ``(T-1, 2, h, w)`` and ``flow_valid`` ``(T-1, h, w)`` (None in real mode),
+        ``cut_mask`` ``(T,)`` bool, ``operator`` name."""
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        real = rng.random() < self.p_real
+        cut = int(rng.integers(2, T - 1)) if (T >= 4 and rng.random() < self.p_cut) else T
+        seg_lens = [cut] + ([T - cut] if cut < T else [])
+        originals, flows, valids = [], [], []
+        for k, n in enumerate(seg_lens):
+            frames, Hs = self._segment(rng, n, hw, real)
+            originals += frames
+            if not real:
+                if k > 0:  # the pair that straddles the cut
+                    flows.append(np.zeros((1, 2, *hw), np.float32))
+                    valids.append(np.zeros((1, *hw), bool))
+                f, v = homography_flow(Hs, hw)
+                flows.append(f)
+                valids.append(v)
+        cut_mask = np.zeros(T, bool)
+        cut_mask[cut:cut + 1] = cut < T
+        name = self.operators[rng.integers(len(self.operators))]
+        op = make_operator(name, rng)
+        processed, target = [], []
+        for t, frame in enumerate(originals):
+            if t == 0 or cut_mask[t]:
+                op.fit(frame)  # content-adaptive ops: the target keeps the statistic of the shot start
+            processed.append(op.apply(frame, t))
+            target.append(op.apply_consistent(frame, t))
+        return {
+            "processed": _chw(processed),
+            "original": _chw(originals),
+            "target": _chw(target),
+            "flow": None if real else np.concatenate(flows),
+            "flow_valid": None if real else np.concatenate(valids),
+            "cut_mask": cut_mask,
+            "operator": name,
+        }
+
+
+class ClipBatchSampler:
+    """Endless iterator of torch batches ``(b, t, 3, h, w)`` from a :class:`VideoClipSampler`.
+
+    Clip ``i`` of batch ``k`` uses the seed ``(seed, k, i)``, so batches are identical whatever
+    ``num_threads`` is. With ``num_threads > 0`` clips are built in a thread pool (OpenCV releases
+    the GIL) and the next batch is prefetched. Unknown flows (real mode) come back as zeros with
+    ``flow_valid`` all False.
+
+    >>> import numpy as np
+    >>> vids = {"v": np.random.default_rng(0).integers(0, 255, (4, 64, 96, 3), dtype=np.uint8)}
+    >>> batch = next(iter(ClipBatchSampler(VideoClipSampler(vids), batch_size=2, T=4, size=32)))
+    >>> tuple(batch["processed"].shape), tuple(batch["flow"].shape)
+    ((2, 4, 3, 32, 32), (2, 3, 2, 32, 32))
+    """
+
+    def __init__(self, sampler: VideoClipSampler, batch_size: int, T: int, size: int | tuple[int, int],
+                 seed: int = 0, num_threads: int = 0):
+        self.sampler, self.batch_size, self.T, self.seed = sampler, batch_size, T, seed
+        self.hw = (size, size) if isinstance(size, int) else tuple(size)
+        self.num_threads = num_threads
+
+    def _clip(self, k: int, i: int) -> dict:
+        return self.sampler.sample_clip(np.random.default_rng([self.seed, k, i]), self.T, self.hw)
+
+    def _collate(self, clips: list[dict]) -> dict:
+        import torch
+
+        T, (h, w) = self.T, self.hw
+        flow = np.zeros((len(clips), T - 1, 2, h, w), np.float32)
+        valid = np.zeros((len(clips), T - 1, h, w), bool)
+        for j, c in enumerate(clips):
+            if c["flow"] is not None:
+                flow[j], valid[j] = c["flow"], c["flow_valid"]
+        out = {k: torch.from_numpy(np.stack([c[k] for c in clips])) for k in ("processed", "original", "target",
+                                                                             "cut_mask")}
+        out["flow"], out["flow_valid"] = torch.from_numpy(flow), torch.from_numpy(valid)
+        out["operator"] = [c["operator"] for c in clips]
+        return out
+
+    def batch(self, k: int) -> dict:
+        return self._collate([self._clip(k, i) for i in range(self.batch_size)])
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.num_threads <= 0:
+            k = 0
+            while True:
+                yield self.batch(k)
+                k += 1
+        with ThreadPoolExecutor(self.num_threads) as pool:
+            def submit(k):
+                return [pool.submit(self._clip, k, i) for i in range(self.batch_size)]
+
+            k, pending = 0, submit(0)
+            while True:
+                nxt = submit(k + 1)  # prefetch
+                yield self._collate([f.result() for f in pending])
+                k, pending = k + 1, nxt

@@ -1,0 +1,366 @@
+"""Read and write pose sequences: ``.npz``, ``.csv`` and ``.json``.
+
+Shapes: ``t`` frames, ``k`` keypoints, ``d`` coordinates (2 or 3). Missing values are NaN.
+
+Formats
+-------
+``.npz``, MediaPipe layout (as written by the shared ``mp_edgetam_*.npz`` files): ``landmarks_raw``
+    (t, 33, 4) = x, y (normalised to the image), z, visibility; other keys (``fps``, ``width``,
+    ``world_landmarks_raw``, ``landmarks_smoothed``, ...) are kept. :func:`read_pose` takes
+    ``points`` = the first 3 columns of ``key`` (default ``landmarks_raw``, or pass e.g.
+    ``key="world_landmarks_raw"``) and ``confidence`` = visibility (NaN -> 0).
+    :func:`write_pose` writes **every key of the input file unchanged** plus ``<stem>_filtered``
+    (``landmarks_raw`` -> ``landmarks_filtered``, ``world_landmarks_raw`` -> ``world_landmarks_filtered``):
+    a (t, 33, 4) float32 copy of the input key whose first ``d`` columns are replaced by the new points
+    and whose 4th column is the new confidence (or the input visibility when ``confidence`` is None),
+    and ``filtered_from`` = the input key name. Read the result back with ``key="landmarks_filtered"``.
+``.npz``, plain layout: ``points`` (t, k, d), optional ``confidence`` (t, k), optional ``fps``.
+    Written back as ``points``/``confidence``/``fps`` with the new values; other input keys are copied.
+``.csv``, long format: optional first line ``# fps=<float>``, then the header
+    ``frame,joint,x,y[,z][,confidence]`` and one row per (frame, joint). ``joint`` is an integer index
+    or a name (names are kept in order of first appearance). Every frame must list the same joints.
+    Empty or ``nan`` cells are missing. Written in the same layout, with the input's frame numbers.
+``.json``::
+
+    {"fps": 30.0,                  # optional
+     "dims": 2,                    # optional; required when keypoints have 3 numbers
+     "joints": ["nose", ...],      # optional joint names
+     "frames": [{"frame": 0,       # optional; other per-frame keys are preserved
+                 "keypoints": [[x, y], ...]}, ...]}
+
+    Each keypoint is ``[x, y]``, ``[x, y, c]`` (dims 2), ``[x, y, z]`` (dims 3) or ``[x, y, z, c]``;
+    ``null`` marks a missing value. Other top-level keys are preserved.
+
+Errors (empty file, missing keys or columns, inconsistent joint counts, unknown extension) raise
+``ValueError`` naming the file and what was expected. Writers write a temporary file in the target
+folder and ``os.replace`` it into place, and refuse to overwrite the file the data was read from.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["PoseData", "read_pose", "write_pose", "SUPPORTED_EXTENSIONS"]
+
+SUPPORTED_EXTENSIONS = (".npz", ".csv", ".json")
+
+
+@dataclass
+class PoseData:
+    """A pose sequence.
+
+    Attributes:
+        points: (t, k, d) float32, NaN where missing.
+        confidence: (t, k) float32 in [0, 1] or None.
+        fps: frames per second or None.
+        meta: what the writer needs to reproduce the input's layout (``format``, ``source``, extra keys).
+
+    >>> d = PoseData(np.zeros((3, 2, 2), np.float32))
+    >>> d.num_frames, d.num_keypoints, d.dims
+    (3, 2, 2)
+    """
+
+    points: np.ndarray
+    confidence: np.ndarray | None = None
+    fps: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def num_keypoints(self) -> int:
+        return int(self.points.shape[1])
+
+    @property
+    def dims(self) -> int:
+        return int(self.points.shape[2])
+
+
+def _err(path, what: str) -> ValueError:
+    return ValueError(f"{path}: {what}")
+
+
+def _ext(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise _err(path, f"unknown pose file extension {ext!r}, expected one of {SUPPORTED_EXTENSIONS}")
+    return ext
+
+
+def read_pose(path: str | os.PathLike, key: str | None = None) -> PoseData:
+    """Read a pose file (format from the extension; see the module docstring)."""
+    path = Path(path)
+    ext = _ext(path)
+    if not path.exists():
+        raise _err(path, "no such file")
+    if path.stat().st_size == 0:
+        raise _err(path, f"empty file, expected {ext} pose data")
+    if ext == ".npz":
+        data = _read_npz(path, key)
+    elif ext == ".csv":
+        data = _read_csv(path)
+    else:
+        data = _read_json(path)
+    data.meta["source"] = str(path.resolve())
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- npz
+
+def _read_npz(path: Path, key: str | None) -> PoseData:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile / format errors
+        raise _err(path, f"cannot read as .npz ({e})") from None
+    fps = float(arrays["fps"]) if "fps" in arrays and np.size(arrays["fps"]) == 1 else None
+    if key is None:
+        key = "landmarks_raw" if "landmarks_raw" in arrays else "points" if "points" in arrays else None
+    if key is None or key not in arrays:
+        raise _err(path, f"expected key 'landmarks_raw' (MediaPipe layout) or 'points' (plain layout)"
+                         f"{'' if key is None else f' or {key!r}'}, found {sorted(arrays)}")
+    arr = np.asarray(arrays[key])
+    if key != "points":  # MediaPipe-style (t, k, 4) x, y, z, visibility
+        if arr.ndim != 3 or arr.shape[-1] != 4:
+            raise _err(path, f"expected {key!r} of shape (t, k, 4) = x, y, z, visibility, got {arr.shape}")
+        conf = np.nan_to_num(arr[..., 3].astype(np.float32), nan=0.0)
+        meta = {"format": "npz-mediapipe", "key": key, "arrays": arrays}
+        return PoseData(arr[..., :3].astype(np.float32), conf, fps, meta)
+    if arr.ndim != 3 or arr.shape[-1] not in (2, 3):
+        raise _err(path, f"expected 'points' of shape (t, k, 2 or 3), got {arr.shape}")
+    conf = arrays.get("confidence")
+    if conf is not None and conf.shape != arr.shape[:2]:
+        raise _err(path, f"expected 'confidence' of shape {arr.shape[:2]}, got {conf.shape}")
+    meta = {"format": "npz-plain", "key": "points", "arrays": arrays}
+    return PoseData(arr.astype(np.float32), None if conf is None else conf.astype(np.float32), fps, meta)
+
+
+def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
+    arrays = dict(meta.get("arrays", {}))
+    if meta.get("format") == "npz-mediapipe":
+        key = meta["key"]
+        base = np.array(arrays[key], dtype=np.float32, copy=True)
+        if base.shape[:2] != data.points.shape[:2]:
+            raise _err(path, f"expected {base.shape[:2]} frames x keypoints like the input, got {data.points.shape[:2]}")
+        base[..., : data.dims] = data.points
+        if data.confidence is not None:
+            base[..., 3] = data.confidence
+        stem = key[: -len("_raw")] if key.endswith("_raw") else key
+        arrays[f"{stem}_filtered"] = base
+        arrays["filtered_from"] = np.array(key)
+    else:
+        arrays["points"] = data.points.astype(np.float32)
+        if data.confidence is not None:
+            arrays["confidence"] = data.confidence.astype(np.float32)
+        else:
+            arrays.pop("confidence", None)
+        if data.fps is not None:
+            arrays["fps"] = np.float64(data.fps)
+    np.savez(f, **arrays)
+
+
+# ---------------------------------------------------------------------------------------------- csv
+
+def _num(s: str) -> float:
+    s = s.strip()
+    return math.nan if s == "" or s.lower() == "nan" else float(s)
+
+
+def _read_csv(path: Path) -> PoseData:
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    fps = None
+    if lines and lines[0].startswith("#"):
+        tag = lines[0][1:].strip()
+        if tag.startswith("fps="):
+            try:
+                fps = float(tag[4:])
+            except ValueError:
+                raise _err(path, f"expected '# fps=<number>' on the first line, got {lines[0]!r}") from None
+        lines = lines[1:]
+    rows = list(csv.reader(lines))
+    if not rows or not any(rows):
+        raise _err(path, "empty file, expected header 'frame,joint,x,y[,z][,confidence]'")
+    header = [h.strip().lower() for h in rows[0]]
+    valid_headers = (["frame", "joint", "x", "y"], ["frame", "joint", "x", "y", "z"],
+                     ["frame", "joint", "x", "y", "confidence"], ["frame", "joint", "x", "y", "z", "confidence"])
+    if header not in [list(h) for h in valid_headers]:
+        raise _err(path, f"expected header 'frame,joint,x,y[,z][,confidence]', got {','.join(header)!r}")
+    dims = 3 if "z" in header else 2
+    has_conf = "confidence" in header
+    body = [r for r in rows[1:] if r]
+    if not body:
+        raise _err(path, "no data rows after the header")
+    frames: dict[int, dict] = {}
+    joint_ids: dict[str, int] = {}
+    for n, r in enumerate(body, start=2):
+        if len(r) != len(header):
+            raise _err(path, f"line {n}: expected {len(header)} columns ({','.join(header)}), got {len(r)}")
+        try:
+            fr = int(r[0])
+            vals = [_num(v) for v in r[2:]]
+        except ValueError:
+            raise _err(path, f"line {n}: expected an integer frame and numeric values, got {r}") from None
+        joint_ids.setdefault(r[1].strip(), len(joint_ids))
+        frames.setdefault(fr, {})[r[1].strip()] = vals
+    names = list(joint_ids)
+    counts = {len(v) for v in frames.values()}
+    if len(counts) != 1:
+        raise _err(path, f"inconsistent joint counts per frame {sorted(counts)}, expected every frame to list "
+                         f"the same {len(names)} joints")
+    numeric = all(j.lstrip("-").isdigit() for j in names)
+    order = sorted(names, key=int) if numeric else names
+    frame_ids = sorted(frames)
+    arr = np.full((len(frame_ids), len(order), dims + has_conf), np.nan, np.float32)
+    for i, fr in enumerate(frame_ids):
+        f = frames[fr]
+        if set(f) != set(order):
+            raise _err(path, f"frame {fr}: inconsistent joints, expected the same joints as the first frame")
+        arr[i] = [f[j] for j in order]
+    conf = np.nan_to_num(arr[..., dims], nan=0.0) if has_conf else None
+    meta = {"format": "csv", "frames": frame_ids, "joints": order, "joint_names": None if numeric else order}
+    return PoseData(arr[..., :dims], conf, fps, meta)
+
+
+def _fmt(v: float) -> str:
+    return "" if not np.isfinite(v) else repr(float(v))
+
+
+def _write_csv(f, path: Path, data: PoseData, meta: dict) -> None:
+    t, k, d = data.points.shape
+    frames = meta.get("frames") if meta.get("format") == "csv" else None
+    if frames is None or len(frames) != t:
+        frames = list(range(t))
+    joints = meta.get("joints") if meta.get("format") == "csv" else None
+    if joints is None or len(joints) != k:
+        joints = [str(i) for i in range(k)]
+    buf = io.StringIO()
+    if data.fps is not None:
+        buf.write(f"# fps={data.fps!r}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["frame", "joint", "x", "y"] + (["z"] if d == 3 else []) + (["confidence"] if data.confidence is not None else []))
+    for i in range(t):
+        for j in range(k):
+            row = [frames[i], joints[j]] + [_fmt(v) for v in data.points[i, j]]
+            if data.confidence is not None:
+                row.append(_fmt(data.confidence[i, j]))
+            w.writerow(row)
+    f.write(buf.getvalue().encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------- json
+
+def _read_json(path: Path) -> PoseData:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise _err(path, f"invalid JSON ({e}), expected {{'frames': [{{'keypoints': [[x, y, ...], ...]}}]}}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
+        raise _err(path, "expected a JSON object with a 'frames' list")
+    frames = doc["frames"]
+    if not frames:
+        raise _err(path, "empty 'frames' list, expected at least one frame")
+    kps = []
+    for i, fr in enumerate(frames):
+        if not isinstance(fr, dict) or not isinstance(fr.get("keypoints"), list):
+            raise _err(path, f"frame {i}: expected an object with a 'keypoints' list")
+        kps.append(fr["keypoints"])
+    counts = {len(k) for k in kps}
+    if len(counts) != 1:
+        raise _err(path, f"inconsistent joint counts per frame {sorted(counts)}, expected the same number in every frame")
+    widths = {len(p) if isinstance(p, list) else -1 for k in kps for p in k}
+    if len(widths) != 1 or widths.pop() not in (2, 3, 4):
+        raise _err(path, "expected every keypoint to be a list of 2, 3 or 4 numbers of the same length")
+    width = len(kps[0][0]) if kps[0] else 2
+    dims = doc.get("dims")
+    if width == 3 and dims not in (2, 3):
+        raise _err(path, "keypoints have 3 numbers: expected top-level 'dims' (2 = x,y,c or 3 = x,y,z)")
+    dims = 2 if width == 2 else 3 if width == 4 else int(dims)
+    has_conf = width > dims
+    try:
+        arr = np.array([[[math.nan if v is None else float(v) for v in p] for p in k] for k in kps], np.float32)
+    except (TypeError, ValueError):
+        raise _err(path, "expected numbers or null in 'keypoints'") from None
+    arr = arr.reshape(len(kps), -1, width)
+    conf = np.nan_to_num(arr[..., dims], nan=0.0) if has_conf else None
+    fps = doc.get("fps")
+    top = {k: v for k, v in doc.items() if k not in ("frames", "fps", "dims")}
+    per_frame = [{k: v for k, v in fr.items() if k != "keypoints"} for fr in frames]
+    meta = {"format": "json", "top": top, "per_frame": per_frame}
+    return PoseData(arr[..., :dims], conf, None if fps is None else float(fps), meta)
+
+
+def _write_json(f, path: Path, data: PoseData, meta: dict) -> None:
+    t, k, d = data.points.shape
+    doc = dict(meta.get("top", {})) if meta.get("format") == "json" else {}
+    if data.fps is not None:
+        doc["fps"] = float(data.fps)
+    doc["dims"] = d
+    per_frame = meta.get("per_frame") if meta.get("format") == "json" else None
+    if per_frame is None or len(per_frame) != t:
+        per_frame = [{"frame": i} for i in range(t)]
+    out = []
+    for i in range(t):
+        vals = data.points[i] if data.confidence is None else np.concatenate([data.points[i], data.confidence[i][:, None]], -1)
+        kp = [[None if not np.isfinite(v) else float(v) for v in p] for p in vals]
+        out.append({**per_frame[i], "keypoints": kp})
+    doc["frames"] = out
+    f.write(json.dumps(doc).encode("utf-8"))
+
+
+# -------------------------------------------------------------------------------------------- write
+
+def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | os.PathLike | None = None) -> Path:
+    """Write ``data`` to ``path`` in the format of its extension, reproducing the layout of ``like``
+    (a :class:`PoseData` from :func:`read_pose` or a path to read; default ``data.meta``).
+
+    Refuses (``ValueError``) to write onto the file the data (or ``like``) was read from. Writes a
+    temporary file next to ``path`` and renames it into place, so a crash never leaves half a file.
+    """
+    path = Path(path)
+    ext = _ext(path)
+    if like is not None and not isinstance(like, PoseData):
+        like = read_pose(like)
+    sources = {like.meta.get("source") if like is not None else None, data.meta.get("source")} - {None}
+    meta = dict(like.meta if like is not None else data.meta)
+    pts = np.asarray(data.points, np.float32)
+    if pts.ndim != 3 or pts.shape[-1] not in (2, 3):
+        raise _err(path, f"expected points of shape (t, k, 2 or 3), got {pts.shape}")
+    if data.confidence is not None and np.shape(data.confidence) != pts.shape[:2]:
+        raise _err(path, f"expected confidence of shape {pts.shape[:2]}, got {np.shape(data.confidence)}")
+    data = PoseData(pts, None if data.confidence is None else np.asarray(data.confidence, np.float32), data.fps, meta)
+    target = os.path.realpath(path)
+    for src in sources:
+        if os.path.realpath(src) == target:
+            raise _err(path, "output path is the input file; refusing to overwrite it, expected a different path")
+    if meta.get("format", "").startswith("npz") and ext != ".npz":
+        meta = {}  # converting formats: the npz layout does not apply
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        with os.fdopen(fd, "wb") as f:
+            if ext == ".npz":
+                _write_npz(f, path, data, meta)
+            elif ext == ".csv":
+                _write_csv(f, path, data, meta)
+            else:
+                _write_json(f, path, data, meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,241 @@
+"""PoseSSM: causal selective-SSM jitter removal for keypoint streams.
+
+Design (why each piece is there):
+
+* **Difference form.** The network never sees absolute coordinates. Per joint it sees the frame-to-frame
+  displacement ``v_t = x_t - x_{t-1}`` (of the last *valid* sample: missing points are held) and predicts
+  a correction ``d_t``; the output is ``y_t = x_t - strength * s_t * d_t``. A linear SSM over ``v``
+  can express exactly an exponential smoother (``x_t - EMA_t = sum_s (1-a)^{t-s+1} v_s``), a
+  constant-velocity Kalman filter, or a One Euro filter once its step size depends on the input --
+  the selective ``dt`` gives that: integrate while the joint is still, forget at once when it moves.
+  The output is translation invariant by construction.
+* **Scale.** ``s_t`` is the frame's body size: the RMS distance of its valid joints to their centroid
+  (held from the last frame that had two valid joints). Dividing by it makes one set of weights serve
+  pixels, normalised coordinates, metres and millimetres.
+* **Any K, 2-D or 3-D.** One token per joint (coordinates zero-padded to 3, plus a 2-D/3-D flag); the
+  SSM runs over time for every (stream, joint); joints exchange information inside a frame through a
+  mean-pooled (DeepSets) mixer, so K = 12, 17, 21, 25, 33 ... all work.
+* **Missing data.** NaN/inf coordinates or confidence 0 mark a sample missing: it never reaches the
+  state (the joint's last valid value is held, with confidence 0 as an input feature). A frame with no
+  valid joint outputs the last output.
+
+State (explicit, a flat tuple, first dim = stream b): ``prev_x (b,k,3)``, ``has_prev (b,k)``,
+``scale (b,)``, ``last_out (b,k,3)``, ``has_out (b,)``, then one SSM state ``(b,k,h,p,n)`` per layer.
+``forward`` (parallel scan over a whole clip) and ``step`` (one frame) give the same outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from streamssm.ssm import RMSNorm, SSMBlock
+
+N_FEATURES = 12
+
+
+@dataclass
+class PoseSSMConfig:
+    d_model: int = 32
+    n_layers: int = 2
+    expand: int = 2
+    d_state: int = 16
+    headdim: int = 16
+    backend: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ffill(x: Tensor, valid: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Forward-fill ``x`` along ``dim`` where ``valid`` is False (causal). Returns (filled, ever_valid).
+
+    ``valid`` has x's shape up to and including ``dim``; positions with no valid sample yet get 0.
+    """
+    t = x.shape[dim]
+    shape = [1] * valid.dim()
+    shape[dim] = t
+    idx = torch.arange(t, device=x.device).reshape(shape)
+    idx = torch.where(valid, idx, torch.full_like(idx, -1)).cummax(dim=dim).values
+    ever = idx >= 0
+    gidx = idx.clamp_min(0)
+    while gidx.dim() < x.dim():
+        gidx = gidx.unsqueeze(-1)
+    gidx = gidx.expand_as(x)
+    out = torch.gather(x, dim, gidx)
+    e = ever
+    while e.dim() < x.dim():
+        e = e.unsqueeze(-1)
+    return torch.where(e, out, torch.zeros_like(out)), ever
+
+
+class PoseSSM(nn.Module):
+    """The pose filter network. See the module docstring for the design.
+
+    ``forward(points (B,T,K,D), confidence (B,T,K) | None, state | None, fps=30., strength=1.)
+    -> (filtered (B,T,K,D), state)``; ``step(points (B,K,D), confidence (B,K) | None, state, ...)``.
+
+    >>> import torch
+    >>> m = PoseSSM(PoseSSMConfig(d_model=16, n_layers=1, backend="torch"))
+    >>> pts = torch.randn(2, 10, 17, 2)
+    >>> y, st = m(pts)
+    >>> y.shape
+    torch.Size([2, 10, 17, 2])
+    """
+
+    def __init__(self, config: PoseSSMConfig | None = None):
+        super().__init__()
+        self.config = config = config or PoseSSMConfig()
+        d = config.d_model
+        self.embed = nn.Linear(N_FEATURES, d)
+        self.blocks = nn.ModuleList(
+            SSMBlock(d, expand=config.expand, d_state=config.d_state, headdim=config.headdim,
+                     backend=config.backend, validate=False)
+            for _ in range(config.n_layers)
+        )
+        self.mixers = nn.ModuleList(nn.Linear(d, d) for _ in range(config.n_layers))
+        for m in self.mixers:  # start with no cross-joint mixing
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        self.norm = RMSNorm(d)
+        self.head = nn.Linear(d, 3)
+        nn.init.zeros_(self.head.weight)  # start as the identity filter
+        nn.init.zeros_(self.head.bias)
+
+    # ----------------------------------------------------------------------------------- state
+    @property
+    def n_fixed_state(self) -> int:
+        return 5
+
+    def init_state(self, batch: int, num_keypoints: int, device=None) -> tuple[Tensor, ...]:
+        b, k = batch, num_keypoints
+        z = lambda *s: torch.zeros(*s, device=device, dtype=torch.float32)  # noqa: E731
+        fixed = (z(b, k, 3), z(b, k), torch.ones(b, device=device), z(b, k, 3), z(b))
+        ssm = tuple(
+            z(b, k, blk.ssm.nheads, blk.ssm.headdim, blk.ssm.d_state) for blk in self.blocks
+        )
+        return fixed + ssm
+
+    def check_state(self, state: tuple[Tensor, ...], batch: int, k: int) -> None:
+        ref = self.init_state(batch, k, "meta")
+        if not isinstance(state, (tuple, list)) or len(state) != len(ref):
+            raise ValueError(f"pose state must be a tuple of {len(ref)} tensors")
+        for i, (s, r) in enumerate(zip(state, ref)):
+            if tuple(s.shape) != tuple(r.shape):
+                raise ValueError(
+                    f"pose state[{i}] has shape {tuple(s.shape)}, expected {tuple(r.shape)} "
+                    f"(batch={batch}, keypoints={k}); the keypoint count cannot change mid-stream"
+                )
+
+    # -------------------------------------------------------------------------------- features
+    def _prepare(self, points: Tensor, confidence: Tensor | None, state: tuple[Tensor, ...], fps: float):
+        """Everything before the SSM, for a whole clip (B, T, K, D). Returns features and what the
+        output needs, and the new fixed state."""
+        b, t, k, dim = points.shape
+        x = points.float()
+        if dim < 3:
+            x = F.pad(x, (0, 3 - dim))
+        finite = torch.isfinite(x).all(-1)
+        conf = torch.ones(b, t, k, device=x.device) if confidence is None else confidence.float()
+        conf = torch.nan_to_num(conf, nan=0.0, posinf=0.0, neginf=0.0).clamp(0, 1)
+        valid = finite & (conf > 0)
+        conf = conf * valid
+        x = torch.where(valid[..., None], x, torch.zeros_like(x))  # NaN never goes further
+        prev_x, has_prev, prev_scale, last_out, has_out = state[:5]
+
+        # hold the last valid sample of each joint (state's prev_x stands at t = -1)
+        xs = torch.cat([prev_x[:, None], x], 1)
+        vs = torch.cat([has_prev[:, None] > 0, valid], 1)
+        x_fill, ever = _ffill(xs, vs, dim=1)
+        v = torch.where((ever[:, 1:] & ever[:, :-1])[..., None], x_fill[:, 1:] - x_fill[:, :-1], 0.0)
+        x_fill, ever = x_fill[:, 1:], ever[:, 1:]
+
+        # body size of each frame from its valid joints, held when fewer than two are valid
+        nv = valid.sum(-1)  # (b, t)
+        cen = (x * valid[..., None]).sum(2) / nv.clamp_min(1)[..., None]
+        var = (((x - cen[:, :, None]) ** 2).sum(-1) * valid).sum(-1) / nv.clamp_min(1)
+        s_frame = var.sqrt()
+        ok = (nv >= 2) & (s_frame > 0)
+        sc = torch.cat([prev_scale[:, None], s_frame], 1)
+        sok = torch.cat([torch.ones_like(ok[:, :1]), ok], 1)
+        scale = _ffill(sc[..., None], sok, dim=1)[0][:, 1:, 0]  # (b, t)
+
+        si = scale[:, :, None, None]
+        vn = v / si
+        speed = vn.norm(dim=-1, keepdim=True)
+        rel = torch.where(ever[..., None], (x_fill - cen[:, :, None]) / si, 0.0)
+        is3d = torch.full_like(speed, float(dim == 3))
+        fps_t = torch.as_tensor(fps, dtype=torch.float32, device=x.device).reshape(-1)
+        lfps = torch.log(fps_t / 30.0)[:, None, None, None].expand_as(speed)
+        gmot = (speed * valid[..., None]).sum(2, keepdim=True) / nv.clamp_min(1)[:, :, None, None]
+        feats = torch.cat(
+            [
+                (10 * vn).clamp(-10, 10),
+                (10 * speed).clamp(0, 10),
+                conf[..., None],
+                ever[..., None].float(),
+                rel.clamp(-10, 10),
+                is3d,
+                lfps,
+                (10 * gmot).clamp(0, 10).expand_as(speed),
+            ],
+            -1,
+        )
+        new_fixed = (x_fill[:, -1], ever[:, -1].float(), scale[:, -1])
+        return feats, x_fill, ever, scale, valid, new_fixed, (last_out, has_out)
+
+    # ---------------------------------------------------------------------------------- network
+    def _network(self, feats: Tensor, ssm_states: tuple[Tensor, ...], stepping: bool):
+        """feats (b, t, k, F) -> correction (b, t, k, 3); SSM runs over t for each (b, k)."""
+        b, t, k, _ = feats.shape
+        h = self.embed(feats)  # (b, t, k, d)
+        new_states = []
+        for blk, mix, st in zip(self.blocks, self.mixers, ssm_states):
+            hs = h.permute(0, 2, 1, 3).reshape(b * k, t, -1)
+            st = st.reshape(b * k, *st.shape[2:])
+            if stepping:
+                y, st = blk.step(hs[:, 0], st)
+                y = y[:, None]
+            else:
+                y, st = blk(hs, st)
+            h = y.reshape(b, k, t, -1).permute(0, 2, 1, 3)
+            h = h + mix(h.mean(2, keepdim=True))
+            new_states.append(st.reshape(b, k, *st.shape[1:]))
+        return self.head(self.norm(h)), tuple(new_states)
+
+    def _run(self, points, confidence, state, fps, strength, stepping):
+        b, t, k, dim = points.shape
+        if state is None:
+            state = self.init_state(b, k, points.device)
+        else:
+            self.check_state(state, b, k)
+        feats, x_fill, ever, scale, valid, fixed, (last_out, has_out) = self._prepare(points, confidence, state, fps)
+        corr, ssm_states = self._network(feats, state[5:], stepping)
+        y = x_fill - strength * scale[:, :, None, None] * corr
+        # a frame with no valid joint holds the last output (the state's last_out stands at t = -1)
+        frame_ok = valid.any(-1)
+        ys = torch.cat([last_out[:, None], y], 1)
+        oks = torch.cat([has_out[:, None] > 0, frame_ok], 1)
+        y_hold, out_ever = _ffill(ys, oks, dim=1)
+        y_hold, out_ever = y_hold[:, 1:], out_ever[:, 1:]
+        y = torch.where(frame_ok[:, :, None, None], y, y_hold)
+        y = torch.where(ever[..., None], y, torch.zeros_like(y))  # the state holds no NaN
+        # a joint never seen so far has no estimate: NaN out (``ever`` is cumulative, so this also
+        # covers held frames)
+        y_out = torch.where(ever[..., None], y, torch.full_like(y, float("nan")))
+        new_state = fixed + (y[:, -1], out_ever[:, -1].float()) + ssm_states
+        return y_out[..., :dim].to(points.dtype), new_state
+
+    def forward(self, points: Tensor, confidence: Tensor | None = None, state=None, fps: float | Tensor = 30.0,
+                strength: float = 1.0):
+        return self._run(points, confidence, state, fps, strength, stepping=False)
+
+    def step(self, points: Tensor, confidence: Tensor | None = None, state=None, fps: float | Tensor = 30.0,
+             strength: float = 1.0):
+        y, state = self._run(points[:, None], None if confidence is None else confidence[:, None], state, fps,
+                             strength, stepping=True)
+        return y[:, 0], state

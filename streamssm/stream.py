@@ -1,0 +1,106 @@
+"""Streaming convenience layer: holds the explicit state of a batch of streams for you.
+
+Any module with ``init_state(batch, device) -> state`` and ``step(x, state) -> (y, state)``, where the
+state is a tensor or a flat tuple of tensors whose first dimension is the stream, can be wrapped.
+The explicit ``step`` stays the single source of truth (export and tests call it directly); this
+class only remembers the last state, resets chosen streams and takes snapshots (the pattern of
+kyutai's ``StreamingModule``, without hidden in-place mutation inside the model).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+State = Tensor | tuple[Tensor, ...]
+
+__all__ = ["Stream", "State", "reset_state"]
+
+
+def _as_tuple(state: State) -> tuple[Tensor, ...]:
+    return (state,) if isinstance(state, Tensor) else tuple(state)
+
+
+def _like(template: State, parts: Sequence[Tensor]) -> State:
+    return parts[0] if isinstance(template, Tensor) else tuple(parts)
+
+
+def reset_state(state: State, fresh: State, mask: Tensor) -> State:
+    """Return ``state`` with the streams where ``mask`` (B,) is True replaced by ``fresh``'s.
+
+    Out of place: ``state`` is not modified.
+    """
+    out = []
+    for s, f in zip(_as_tuple(state), _as_tuple(fresh)):
+        m = mask.to(device=s.device, dtype=torch.bool).reshape(-1, *([1] * (s.dim() - 1)))
+        out.append(torch.where(m, f.to(s.dtype), s))
+    return _like(state, out)
+
+
+class Stream:
+    """Holds the state of ``batch`` streams of a stepping module.
+
+    Args:
+        module: a module with ``init_state(batch, device)`` and ``step(x, state)``.
+        batch: number of streams B.
+        device: where the state lives (default: the module's parameters' device).
+
+    >>> import torch
+    >>> from streamssm.ssm import SelectiveSSM
+    >>> s = Stream(SelectiveSSM(8, d_state=4, headdim=2, backend="torch"), batch=2)
+    >>> y = s.step(torch.randn(2, 8))
+    >>> snap = s.get_state(); y1 = s.step(torch.ones(2, 8))
+    >>> s.set_state(snap); y2 = s.step(torch.ones(2, 8))
+    >>> torch.equal(y1, y2)
+    True
+    >>> s.reset(torch.tensor([True, False]))  # stream 0 starts over, stream 1 continues
+    """
+
+    def __init__(self, module: Any, batch: int = 1, device: torch.device | str | None = None):
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.module = module
+        self.batch = batch
+        if device is None:
+            try:
+                device = next(module.parameters()).device
+            except (AttributeError, StopIteration):
+                device = torch.device("cpu")
+        self.device = torch.device(device)
+        self.state: State = module.init_state(batch, self.device)
+
+    def _fresh(self) -> State:
+        return self.module.init_state(self.batch, self.device)
+
+    def step(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """Advance every stream by one step; returns the module's output."""
+        y, self.state = self.module.step(x, self.state, *args, **kwargs)
+        return y
+
+    def reset(self, mask: Tensor | Sequence[bool] | None = None) -> None:
+        """Start streams over: all of them (``mask=None``) or those where ``mask`` (B,) is True."""
+        if mask is None:
+            self.state = self._fresh()
+            return
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.shape != (self.batch,):
+            raise ValueError(f"reset mask must have shape (B,)=({self.batch},), got {tuple(mask.shape)}")
+        self.state = reset_state(self.state, self._fresh(), mask)
+
+    def get_state(self) -> State:
+        """A snapshot (copies): later steps do not change it."""
+        return _like(self.state, [s.clone() for s in _as_tuple(self.state)])
+
+    def set_state(self, state: State) -> None:
+        """Restore a snapshot; shapes and dtypes must match a fresh state's."""
+        fresh = _as_tuple(self._fresh())
+        parts = _as_tuple(state)
+        if len(parts) != len(fresh):
+            raise ValueError(f"state must have {len(fresh)} tensors, got {len(parts)}")
+        for i, (s, f) in enumerate(zip(parts, fresh)):
+            if not isinstance(s, Tensor) or s.shape != f.shape or s.dtype != f.dtype:
+                got = (tuple(s.shape), s.dtype) if isinstance(s, Tensor) else type(s).__name__
+                raise ValueError(f"state[{i}] must be a tensor of shape {tuple(f.shape)} and dtype {f.dtype}, got {got}")
+        self.state = _like(self.state, [s.to(self.device).clone() for s in parts])

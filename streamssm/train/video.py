@@ -1,0 +1,217 @@
+"""Train the video filter on synthetic flicker made from real footage, with the parallel scan.
+
+    streamssm train video --videos ../shared/data/videos -o video.safetensors --minutes 9
+    torchrun --nproc_per_node=N -m streamssm.cli train video ...   # DistributedDataParallel, unchanged
+
+Each clip: real frames (own temporal order, or a still frame under a synthetic camera path with known
+flow, sometimes with a scene cut), a training operator applied with jittered parameters (P) and with
+fixed ones (the target). Losses: L1 to the target, and a temporal loss on known-flow clips:
+``|(O_t - warp(O_{t+1})) - (T_t - warp(T_{t+1}))|`` on valid pixels. Half of the clips are shown
+without the original (processed-only mode). Checkpoints (weights + optimiser) let a run resume, so it
+can go in pieces of a few minutes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamssm.video.model import VideoSSM, VideoSSMConfig
+from streamssm.weights import load_into, read_weights, save_weights
+
+
+@dataclass
+class VideoTrainConfig:
+    steps: int = 4000
+    minutes: float | None = None
+    batch: int = 16  # per process
+    length: int = 16
+    sizes: tuple[int, ...] = (128, 160, 192, 256)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    w_temporal: float = 2.0
+    p_unguided: float = 0.5
+    workers: int = 8
+    seed: int = 0
+    save_every: int = 250
+    short_side: int = 288
+
+
+def warp_torch(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Sample ``x`` (n, c, h, w) at ``p + flow(p)`` (bilinear, border clamp). flow (n, 2, h, w) in px."""
+    n, _, h, w = x.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
+    gx = (xs[None] + flow[:, 0]) / max(w - 1, 1) * 2 - 1
+    gy = (ys[None] + flow[:, 1]) / max(h - 1, 1) * 2 - 1
+    return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def video_loss(O, target, flow, flow_valid, w_temporal: float):
+    """L1 fidelity to the consistent target + temporal L1 against the target's own change."""
+    fid = (O - target).abs().mean()
+    b, t = O.shape[:2]
+    if t < 2 or not bool(flow_valid.any()):
+        return fid, fid.detach() * 0
+    fl = flow.flatten(0, 1)
+    wO = warp_torch(O[:, 1:].flatten(0, 1), fl)
+    wT = warp_torch(target[:, 1:].flatten(0, 1), fl)
+    d = (O[:, :-1].flatten(0, 1) - wO) - (target[:, :-1].flatten(0, 1) - wT)
+    m = flow_valid.flatten(0, 1)[:, None].float()
+    tmp = (d.abs() * m).sum() / (m.sum() * 3).clamp_min(1)
+    return fid + w_temporal * tmp, tmp.detach()
+
+
+class _ClipStream(torch.utils.data.IterableDataset):
+    """Endless clips; each DataLoader worker (and each DDP rank) draws from its own seed."""
+
+    def __init__(self, videos, cfg: VideoTrainConfig, rank: int, operators=None):
+        self.videos, self.cfg, self.rank, self.operators = videos, cfg, rank, operators
+
+    def __iter__(self):
+        from streamssm.data.video_clips import VideoClipSampler
+        from streamssm.video.operators import TRAIN_OPERATORS
+
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        rng = np.random.default_rng([self.cfg.seed, self.rank, wid])
+        sampler = VideoClipSampler(self.videos, operators=self.operators or TRAIN_OPERATORS)
+        while True:
+            size = int(rng.choice(self.cfg.sizes))
+            batch = [sampler.sample_clip(rng, self.cfg.length, size) for _ in range(self.cfg.batch)]
+            hw = (size, size)
+            flow = np.zeros((len(batch), self.cfg.length - 1, 2, *hw), np.float32)
+            valid = np.zeros((len(batch), self.cfg.length - 1, *hw), bool)
+            for j, c in enumerate(batch):
+                if c["flow"] is not None:
+                    flow[j], valid[j] = c["flow"], c["flow_valid"]
+            out = {k: torch.from_numpy(np.stack([c[k] for c in batch])) for k in ("processed", "original", "target", "cut_mask")}
+            out["flow"], out["flow_valid"] = torch.from_numpy(flow), torch.from_numpy(valid)
+            yield out
+
+
+def load_training_videos(videos: str | Path, short_side: int, max_frames: int | None = None) -> dict:
+    """A folder of videos, a list of files, or a cache .npz -> {name: (t, h, w, 3) uint8}."""
+    from streamssm.data.video_clips import load_cache, load_videos
+
+    p = Path(videos)
+    if p.suffix == ".npz":
+        return load_cache(p)
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi", ".webm")) if p.is_dir() else [p]
+    if not files:
+        raise ValueError(f"{p}: no video files found (expected .mp4/.mov/.mkv/.avi/.webm)")
+    return load_videos(files, short_side=short_side, max_frames=max_frames)
+
+
+def _dist():
+    """(rank, world, local_rank) from torchrun's environment; initialises the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return dist.get_rank(), world, local
+
+
+def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, model_cfg: VideoSSMConfig | None = None,
+                resume: bool = True, device: str = "auto", progress: bool = True, log=print) -> Path:
+    cfg = cfg or VideoTrainConfig()
+    rank, world, local = _dist()
+    if device == "auto":
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    model_cfg = model_cfg or VideoSSMConfig()
+    model = VideoSSM(model_cfg).to(dev)
+    out = Path(out)
+    ckpt_opt = out.with_suffix(".opt.pt")
+    start = 0
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if resume and out.exists():
+        conf, tensors, extra = read_weights(out, "video")
+        load_into(model, tensors, out)
+        start = int(extra.get("step", 0))
+        if ckpt_opt.exists():
+            opt.load_state_dict(torch.load(ckpt_opt, map_location=dev, weights_only=True))
+        log(f"resumed {out} at step {start}") if rank == 0 else None
+    ddp = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side)
+    loader = torch.utils.data.DataLoader(
+        _ClipStream(vids, cfg, rank), batch_size=None, num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
+        pin_memory=dev.type == "cuda",
+    )
+    total = cfg.steps
+
+    def lr_at(i):
+        w = min(1.0, (i + 1) / 100)
+        return cfg.lr * w * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+
+    bar = None
+    if progress and rank == 0:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=start, desc="train video")
+        except ImportError:
+            bar = None
+    t0 = time.time()
+    step = start
+    rng = np.random.default_rng([cfg.seed, rank, 999])
+    amp = dev.type == "cuda"
+    it = iter(loader)
+    while step < total:
+        batch = next(it)
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        guided = rng.random() >= cfg.p_unguided
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            O, _ = ddp(batch["processed"], batch["original"] if guided else None, None, batch["cut_mask"])
+        loss, tmp = video_loss(O.float(), batch["target"], batch["flow"], batch["flow_valid"], cfg.w_temporal)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", tmp=f"{tmp.item():.4f}")
+        budget_hit = cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60
+        if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit):
+            save_weights(out, model, "video", model_cfg.to_dict(), {"step": step, "loss": float(loss.item())})
+            tmpf = ckpt_opt.with_name(ckpt_opt.name + ".partial")
+            torch.save(opt.state_dict(), tmpf)
+            tmpf.replace(ckpt_opt)
+            if bar is None:
+                log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), {time.time() - t0:.0f} s")
+        if budget_hit:
+            if rank == 0:
+                log(f"time budget of {cfg.minutes} min reached at step {step}; rerun to resume")
+            break
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return out

@@ -1,0 +1,259 @@
+"""VideoSSM: a causal selective-SSM deflicker that works in *operator space* on a coarse grid.
+
+Why this design (and where it departs from Lai et al. 2018, who run a ConvLSTM on full frames):
+
+* **Flicker lives in the operator, not in the pixels.** A per-frame operator maps the original frame
+  I_t to the processed P_t; flicker is that mapping changing from frame to frame. Over a coarse grid
+  (``grid`` cells along the short side) we fit, per cell, the local affine colour model
+  ``P ~ A_t I + b_t`` in closed form (ridge least squares from box-filtered moments, as in He & Sun's
+  fast guided filter and bilateral-grid networks, Gharbi et al. 2017). The SSM runs over time on those
+  parameters, one stream per cell, and outputs a correction ``(dA, db)``; the frame is corrected at full
+  resolution by ``O = P + upsample(dA) I + upsample(db)``. P's own detail is kept untouched, so the
+  output stays close to P, and the heavy lifting happens on ~1000 cells instead of 2 M pixels.
+* **Difference form.** The SSM sees frame-to-frame *changes* of the parameters and statistics (plus the
+  statistics themselves), so a linear SSM can represent "parameters minus their exponential average"
+  -- the correction that removes the jitter -- and its input-dependent step size decides per cell how
+  long to integrate: long where the scene is stable, short where content changes (motion, occlusion).
+* **Processed-only mode.** Without I_t the guide is P_t itself (A is then ~identity and b ~0): the
+  SSM reads the flicker from the cells' colour statistics and corrects with a per-cell colour gain/
+  offset ``O = P + dA P + db``.
+* **Scene cuts** are detected from the guide's coarse thumbnail (correlation between consecutive
+  frames) and reset the stream's state exactly, in the step and in the parallel scan alike.
+* **Motion.** The state is per cell and holds operator parameters, which are spatially smooth, so
+  modest motion (a few pixels per frame against cells of ~30 px) costs little; cells whose content
+  changes are forgotten through the selective step size. There is no explicit state warping yet.
+
+State (explicit, a flat tuple, first dim = stream b): ``prev_feat (b, 12+6, gh, gw)`` (last parameters
+and cell means), ``prev_thumb (b, 3, gh, gw)``, ``has_prev (b,)``, then one SSM state
+``(b, gh*gw, h, p, n)`` per layer. It depends on the grid size, so a resolution change starts over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from streamssm.ssm import RMSNorm, SSMBlock
+
+N_PARAMS = 12  # 3x3 A (minus identity) and b
+N_FEATURES = 2 * N_PARAMS + 12 + 3
+
+
+@dataclass
+class VideoSSMConfig:
+    d_model: int = 32
+    n_layers: int = 2
+    expand: int = 2
+    d_state: int = 16
+    headdim: int = 16
+    grid: int = 18  # cells along the short side
+    pre: int = 4  # moments are computed on a ``pre`` x downsampled frame
+    eps: float = 1e-3  # ridge of the local affine fit (variance units, [0, 1] colour)
+    cut_corr: float = 0.3  # consecutive-thumbnail correlation under which a frame is a scene cut
+    backend: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def grid_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int, int]:
+    """(pre, cell, gh, gw): downsampling factor, cell size in downsampled pixels, grid size."""
+    pre = max(1, min(cfg.pre, min(h, w) // (4 * cfg.grid)))
+    hl, wl = h // pre, w // pre
+    cell = max(2, min(hl, wl) // cfg.grid)
+    return pre, cell, max(1, hl // cell), max(1, wl // cell)
+
+
+def _inv3_sym(s: Tensor) -> Tensor:
+    """Inverse of symmetric 3x3 matrices given as (..., 6) = (xx, xy, xz, yy, yz, zz) -> (..., 3, 3).
+
+    Explicit adjugate / determinant: exports to ONNX/TensorRT as plain arithmetic."""
+    a, b, c, d, e, f = s.unbind(-1)
+    A = d * f - e * e
+    B = -(b * f - c * e)
+    C = b * e - c * d
+    D = a * f - c * c
+    E = -(a * e - b * c)
+    Fm = a * d - b * b
+    det = a * A + b * B + c * C
+    inv = torch.stack([A, B, C, B, D, E, C, E, Fm], -1) / det[..., None]
+    return inv.reshape(*s.shape[:-1], 3, 3)
+
+
+class VideoSSM(nn.Module):
+    """The video filter network; see the module docstring for the design.
+
+    ``forward(P (B,T,3,H,W), I (B,T,3,H,W) | None, state | None, reset (B,T) | None, strength=1.)
+    -> (O (B,T,3,H,W), state)``; ``step(P (B,3,H,W), I | None, state, strength)``. Frames are float
+    in [0, 1]; the output is clamped to [0, 1].
+
+    >>> import torch
+    >>> m = VideoSSM(VideoSSMConfig(d_model=16, n_layers=1, backend="torch"))
+    >>> P = torch.rand(1, 4, 3, 72, 96)
+    >>> O, st = m(P)
+    >>> O.shape
+    torch.Size([1, 4, 3, 72, 96])
+    """
+
+    def __init__(self, config: VideoSSMConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or VideoSSMConfig()
+        d = cfg.d_model
+        self.embed = nn.Linear(N_FEATURES, d)
+        self.blocks = nn.ModuleList(
+            SSMBlock(d, expand=cfg.expand, d_state=cfg.d_state, headdim=cfg.headdim, backend=cfg.backend, validate=False)
+            for _ in range(cfg.n_layers)
+        )
+        # spatial context between the temporal blocks: a 3x3 conv over the grid, starting at zero
+        self.mixers = nn.ModuleList(nn.Conv2d(d, d, 3, padding=1) for _ in range(cfg.n_layers))
+        for m in self.mixers:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        self.norm = RMSNorm(d)
+        self.head = nn.Linear(d, N_PARAMS)
+        nn.init.zeros_(self.head.weight)  # start as the identity filter: O = P
+        nn.init.zeros_(self.head.bias)
+
+    # ----------------------------------------------------------------------------------- state
+    def init_state(self, batch: int, gh: int, gw: int, device=None) -> tuple[Tensor, ...]:
+        z = lambda *s: torch.zeros(*s, device=device, dtype=torch.float32)  # noqa: E731
+        fixed = (z(batch, N_PARAMS + 6, gh, gw), z(batch, 3, gh, gw), z(batch))
+        return fixed + tuple(z(batch, gh * gw, blk.ssm.nheads, blk.ssm.headdim, blk.ssm.d_state) for blk in self.blocks)
+
+    def state_grid(self, state) -> tuple[int, int]:
+        return int(state[1].shape[-2]), int(state[1].shape[-1])
+
+    # -------------------------------------------------------------------------------- features
+    def cell_stats(self, P: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-cell local affine fit P ~ A G + b and means. P, G (n, 3, H, W) -> params (n, 12, gh, gw),
+        means (n, 6, gh, gw) = (mean G, mean P)."""
+        with torch.autocast(P.device.type, enabled=False):  # moments and the 3x3 solve need fp32
+            return self._cell_stats(P.float(), G.float())
+
+    def _cell_stats(self, P: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        n, _, h, w = P.shape
+        pre, cell, gh, gw = grid_shape(h, w, cfg)
+        if pre > 1:
+            P = F.avg_pool2d(P, pre)
+            G = F.avg_pool2d(G, pre)
+        P, G = P[..., : gh * cell, : gw * cell], G[..., : gh * cell, : gw * cell]
+        pool = lambda x: F.avg_pool2d(x, cell)  # noqa: E731
+        mg, mp = pool(G), pool(P)
+        i0 = [0, 0, 0, 1, 1, 2]
+        i1 = [0, 1, 2, 1, 2, 2]
+        gg = pool(G[:, i0] * G[:, i1]) - mg[:, i0] * mg[:, i1]  # (n, 6, gh, gw) covariance of G
+        pg = pool((P[:, :, None] * G[:, None]).reshape(n, 9, *P.shape[-2:])).reshape(n, 3, 3, gh, gw)
+        pg = pg - mp[:, :, None] * mg[:, None]  # (n, 3, 3, gh, gw) cross-covariance
+        eye = torch.tensor([1.0, 0, 0, 1, 0, 1], device=P.device, dtype=P.dtype)[None, :, None, None]
+        inv = _inv3_sym((gg + cfg.eps * eye).permute(0, 2, 3, 1))  # (n, gh, gw, 3, 3)
+        A = torch.einsum("nijhw,nhwjk->nhwik", pg, inv)
+        b = mp.permute(0, 2, 3, 1) - torch.einsum("nhwij,nhwj->nhwi", A, mg.permute(0, 2, 3, 1))
+        A = A - torch.eye(3, device=P.device, dtype=P.dtype)
+        params = torch.cat([A.reshape(n, gh, gw, 9), b], -1).permute(0, 3, 1, 2)
+        return params, torch.cat([mg, mp], 1)
+
+    @staticmethod
+    def _corr(a: Tensor, b: Tensor) -> Tensor:
+        """Pearson correlation of two (..., 3, gh, gw) thumbnails over cells and channels -> (...)."""
+        a = a.flatten(-3)
+        b = b.flatten(-3)
+        a = a - a.mean(-1, keepdim=True)
+        b = b - b.mean(-1, keepdim=True)
+        return (a * b).sum(-1) / ((a.square().sum(-1) * b.square().sum(-1)).sqrt() + 1e-6)
+
+    def _features(self, P: Tensor, G: Tensor, guided: bool, state, reset: Tensor | None):
+        """Everything before the SSM for a clip (b, t, 3, H, W). Returns features (b, t, gh, gw, F),
+        the reset mask actually applied (b, t), and the new fixed state."""
+        b, t = P.shape[:2]
+        params, means = self.cell_stats(P.flatten(0, 1), G.flatten(0, 1))
+        gh, gw = params.shape[-2:]
+        params = params.reshape(b, t, N_PARAMS, gh, gw)
+        means = means.reshape(b, t, 6, gh, gw)
+        thumb = means[:, :, :3]
+        prev_feat, prev_thumb, has_prev = state[:3]
+        cur = torch.cat([params, means], 2)  # (b, t, 18, gh, gw)
+        prev = torch.cat([prev_feat[:, None], cur[:, :-1]], 1)
+        pthumb = torch.cat([prev_thumb[:, None], thumb[:, :-1]], 1)
+        had = torch.cat([has_prev[:, None] > 0, torch.ones(b, t - 1, dtype=torch.bool, device=P.device)], 1)
+        cut = (self._corr(thumb, pthumb) < self.config.cut_corr) & had
+        fresh = ~had | cut
+        if reset is not None:
+            fresh = fresh | reset
+        delta = torch.where(fresh[:, :, None, None, None], torch.zeros_like(cur), cur - prev)
+        flag = torch.ones_like(thumb[:, :, :1])
+        feats = torch.cat(
+            [
+                params * 4,
+                (delta[:, :, :N_PARAMS] * 20).clamp(-20, 20),
+                means * 2 - 1,
+                (delta[:, :, N_PARAMS:] * 20).clamp(-20, 20),
+                flag * float(guided),
+                flag * fresh[:, :, None, None, None],
+                (means[:, :, :3] - means[:, :, 3:]).abs().mean(2, keepdim=True) * 4,
+            ],
+            2,
+        )
+        new_fixed = (cur[:, -1], thumb[:, -1], torch.ones_like(has_prev))
+        return feats.permute(0, 1, 3, 4, 2), fresh, new_fixed
+
+    # ---------------------------------------------------------------------------------- network
+    def _network(self, feats: Tensor, ssm_states, fresh: Tensor, stepping: bool):
+        b, t, gh, gw, _ = feats.shape
+        x = self.embed(feats)
+        new_states = []
+        reset = fresh[:, None].expand(b, gh * gw, t).reshape(b * gh * gw, t)
+        for blk, mix, st in zip(self.blocks, self.mixers, ssm_states):
+            xs = x.permute(0, 2, 3, 1, 4).reshape(b * gh * gw, t, -1)
+            st = st.reshape(b * gh * gw, *st.shape[2:])
+            if stepping:
+                st = torch.where(reset[:, 0, None, None, None], torch.zeros_like(st), st)
+                y, st = blk.step(xs[:, 0], st)
+                y = y[:, None]
+            else:
+                y, st = blk(xs, st, reset)
+            x = y.reshape(b, gh, gw, t, -1).permute(0, 3, 1, 2, 4)
+            m = mix(x.reshape(b * t, gh, gw, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            x = x + m.reshape(b, t, gh, gw, -1)
+            new_states.append(st.reshape(b, gh * gw, *st.shape[1:]))
+        return self.head(self.norm(x)), tuple(new_states)
+
+    def _correct(self, P: Tensor, G: Tensor, coef: Tensor, strength: float) -> Tensor:
+        """O = P + dA G + db with the (n, 12, gh, gw) coefficients upsampled to full resolution."""
+        n, _, h, w = P.shape
+        cf = F.interpolate(coef * strength, size=(h, w), mode="bilinear", align_corners=False)
+        dA = cf[:, :9].reshape(n, 3, 3, h, w)
+        out = P + (dA * G[:, None]).sum(2) + cf[:, 9:]
+        return out.clamp(0.0, 1.0)
+
+    def _run(self, P, I, state, reset, strength, stepping):
+        if P.dim() != 5 or P.shape[2] != 3:
+            raise ValueError(f"processed frames must be (B, T, 3, H, W), got {tuple(P.shape)}")
+        if I is not None and I.shape != P.shape:
+            raise ValueError(f"original frames {tuple(I.shape)} must match processed frames {tuple(P.shape)}")
+        b, t, _, h, w = P.shape
+        _, _, gh, gw = grid_shape(h, w, self.config)
+        if state is None:
+            state = self.init_state(b, gh, gw, P.device)
+        elif self.state_grid(state) != (gh, gw) or state[0].shape[0] != b:
+            raise ValueError(
+                f"state is for {state[0].shape[0]} stream(s) on a {self.state_grid(state)} grid; these frames "
+                f"({b} x {h}x{w}) need a {(gh, gw)} grid: reset the stream when the resolution changes"
+            )
+        G = P if I is None else I
+        feats, fresh, fixed = self._features(P, G, I is not None, state, reset)
+        coef, ssm_states = self._network(feats, state[3:], fresh, stepping)
+        coef = coef.permute(0, 1, 4, 2, 3).flatten(0, 1).to(P.dtype)
+        O = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
+        return O.reshape(P.shape), fixed + ssm_states
+
+    def forward(self, P: Tensor, I: Tensor | None = None, state=None, reset: Tensor | None = None, strength: float = 1.0):
+        return self._run(P, I, state, reset, strength, stepping=False)
+
+    def step(self, P: Tensor, I: Tensor | None = None, state=None, strength: float = 1.0):
+        O, state = self._run(P[:, None], None if I is None else I[:, None], state, None, strength, stepping=True)
+        return O[:, 0], state

@@ -1,0 +1,143 @@
+"""Pose file readers and writers."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamssm.io.pose_files import PoseData, read_pose, write_pose
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def mp_file():
+    p = DATA / "pose" / "mp_edgetam_juggle.npz"
+    if not p.exists():
+        pytest.skip(f"shared data not found at {p} (expected ../shared/data next to the repo)")
+    return p
+
+
+def _data(t=6, k=4, d=2, conf=True, fps=25.0):
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 100, (t, k, d)).astype(np.float32)
+    pts[2, 1] = np.nan
+    c = rng.uniform(0, 1, (t, k)).astype(np.float32) if conf else None
+    return PoseData(pts, c, fps)
+
+
+def _same(a: PoseData, b: PoseData):
+    np.testing.assert_array_equal(a.points, b.points)
+    if a.confidence is None:
+        assert b.confidence is None
+    else:
+        np.testing.assert_array_equal(a.confidence, b.confidence)
+    assert a.fps == b.fps
+
+
+@pytest.mark.parametrize("ext", [".npz", ".csv", ".json"])
+@pytest.mark.parametrize("d, conf", [(2, True), (3, True), (2, False), (3, False)])
+def test_round_trip(tmp_path, ext, d, conf):
+    data = _data(d=d, conf=conf)
+    p1 = write_pose(tmp_path / f"a{ext}", data)
+    back = read_pose(p1)
+    _same(data, back)
+    # write again "like" the first file: same layout, same content
+    p2 = write_pose(tmp_path / f"b{ext}", back)
+    assert p2.read_bytes() == p1.read_bytes()
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted([f"a{ext}", f"b{ext}"])  # no temp files left
+
+
+def test_csv_named_joints_and_frames_preserved(tmp_path):
+    p = tmp_path / "in.csv"
+    p.write_text("frame,joint,x,y,confidence\n10,nose,1,2,0.5\n10,wrist,3,4,1\n11,nose,5,,0.2\n11,wrist,7,8,0.9\n")
+    d = read_pose(p)
+    assert d.points.shape == (2, 2, 2) and np.isnan(d.points[1, 0, 1])
+    np.testing.assert_allclose(d.confidence, [[0.5, 1], [0.2, 0.9]])
+    d.points[:] = 0.0
+    out = write_pose(tmp_path / "out.csv", d)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "frame,joint,x,y,confidence" and lines[1].startswith("10,nose,0.0,0.0")
+    assert lines[4].startswith("11,wrist")
+
+
+def test_json_three_numbers_need_dims(tmp_path):
+    p = tmp_path / "a.json"
+    p.write_text('{"fps": 30, "dims": 2, "person": 7, "frames": [{"frame": 5, "keypoints": [[1, 2, 0.9], [3, null, 0.1]]}]}')
+    d = read_pose(p)
+    assert d.dims == 2 and d.fps == 30.0 and np.isnan(d.points[0, 1, 1])
+    np.testing.assert_allclose(d.confidence, [[0.9, 0.1]])
+    import json
+
+    doc = json.loads(write_pose(tmp_path / "b.json", d).read_text())
+    assert doc["person"] == 7 and doc["frames"][0]["frame"] == 5 and doc["frames"][0]["keypoints"][1][1] is None
+    p.write_text('{"frames": [{"keypoints": [[1, 2, 3]]}]}')
+    with pytest.raises(ValueError, match="a.json.*dims"):
+        read_pose(p)
+
+
+def test_mediapipe_npz(tmp_path, mp_file):
+    d = read_pose(mp_file)
+    with np.load(mp_file) as z:
+        orig = {k: z[k] for k in z.files}
+    assert d.points.shape == (orig["landmarks_raw"].shape[0], 33, 3) and d.fps == 24.0
+    np.testing.assert_array_equal(d.points, orig["landmarks_raw"][..., :3])
+    filtered = PoseData(d.points[..., :2] + 0.01, d.confidence, d.fps, d.meta)  # 2-D result: z kept
+    out = write_pose(tmp_path / "filtered.npz", filtered)
+    with np.load(out) as z:
+        assert set(z.files) == set(orig) | {"landmarks_filtered", "filtered_from"}
+        for k, v in orig.items():
+            np.testing.assert_array_equal(z[k], v)  # everything copied through unchanged
+        f = z["landmarks_filtered"]
+        np.testing.assert_allclose(f[..., :2], orig["landmarks_raw"][..., :2] + 0.01, atol=1e-6)
+        np.testing.assert_array_equal(f[..., 2:], orig["landmarks_raw"][..., 2:])
+        assert str(z["filtered_from"]) == "landmarks_raw"
+    again = read_pose(out, key="landmarks_filtered")
+    np.testing.assert_allclose(again.points[..., :2], filtered.points, atol=1e-6)
+    world = read_pose(mp_file, key="world_landmarks_raw")
+    out_w = write_pose(tmp_path / "w.npz", world)
+    with np.load(out_w) as z:
+        assert "world_landmarks_filtered" in z.files
+
+
+def test_refuses_to_overwrite_input(tmp_path, mp_file):
+    d = read_pose(mp_file)
+    with pytest.raises(ValueError, match="mp_edgetam_juggle.npz.*input"):
+        write_pose(mp_file, d)
+    p = write_pose(tmp_path / "x.csv", _data())
+    with pytest.raises(ValueError, match="x.csv"):
+        write_pose(p, read_pose(p))
+    with pytest.raises(ValueError, match="x.csv"):
+        write_pose(p, _data(), like=p)
+
+
+@pytest.mark.parametrize("name, text, what", [
+    ("e.csv", "", "empty"),
+    ("e.json", "", "empty"),
+    ("e.npz", "", "empty"),
+    ("h.csv", "frame,joint,x\n0,0,1\n", "header"),
+    ("h2.csv", "frame,joint,x,y\n", "no data"),
+    ("c.csv", "frame,joint,x,y\n0,0,1,2\n0,1,1,2\n1,0,1,2\n", "inconsistent joint counts"),
+    ("r.csv", "frame,joint,x,y\n0,0,1\n", "columns"),
+    ("c.json", '{"frames": [{"keypoints": [[1, 2]]}, {"keypoints": [[1, 2], [3, 4]]}]}', "inconsistent joint counts"),
+    ("m.json", '{"fps": 3}', "frames"),
+    ("b.json", "{not json", "invalid json"),
+    ("x.npz", "not a zip", "npz"),
+    ("u.txt", "1 2 3", "extension"),
+])
+def test_malformed_files_raise_with_name(tmp_path, name, text, what):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")) as e:
+        read_pose(p)
+    assert what in str(e.value).lower()
+
+
+def test_npz_missing_keys_and_bad_write(tmp_path):
+    p = tmp_path / "k.npz"
+    np.savez(p, foo=np.zeros(3))
+    with pytest.raises(ValueError, match=r"k\.npz.*landmarks_raw"):
+        read_pose(p)
+    with pytest.raises(ValueError, match=r"out\.xyz.*extension"):
+        write_pose(tmp_path / "out.xyz", _data())
+    with pytest.raises(ValueError, match=r"o\.npz.*shape"):
+        write_pose(tmp_path / "o.npz", PoseData(np.zeros((3, 4), np.float32)))

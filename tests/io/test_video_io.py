@@ -1,0 +1,580 @@
+"""Tests for streamssm.io.video: sources, sinks, audio carry-over, atomic output, bad input.
+
+Clips are made here with raw PyAV (not with our sink) so a sink bug cannot hide a reader bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+cv2 = pytest.importorskip("cv2")
+
+from streamssm.io import (  # noqa: E402
+    Frame,
+    ThreadedSink,
+    VideoIOError,
+    open_sink,
+    open_source,
+    paired,
+    prefetch,
+    sigterm_as_exception,
+    to_rate,
+)
+
+W, H = 64, 48
+
+
+def pattern(i: int, w: int = W, h: int = H) -> np.ndarray:
+    """Frame ``i``: a flat level 8*i (recoverable after lossy coding) plus a noise strip.
+
+    The noise keeps every frame's packet about the same size, so cutting a file in half cuts
+    it near frame 15 rather than inside the first keyframe.
+    """
+    img = np.full((h, w, 3), (8 * i) % 256, np.uint8)
+    img[:, : w // 4] = np.random.default_rng(i).integers(0, 256, (h, w // 4, 3), dtype=np.uint8)
+    return img
+
+
+def level(rgb: np.ndarray) -> int:
+    """Inverse of :func:`pattern`: the frame index from the flat area."""
+    return int(round(float(rgb[:, rgb.shape[1] // 2 :].mean()) / 8))
+
+
+def make_clip(path, n=30, size=(W, H), rate=30, pts=None, audio=False, options=None, codec="libx264"):
+    """Encode ``n`` pattern frames with PyAV; ``pts`` (in 1/rate units) makes gaps; ``audio`` adds a 440 Hz AAC tone."""
+    w, h = size
+    rate = Fraction(rate)
+    with av.open(str(path), "w", options=options or {}) as c:
+        vs = c.add_stream(codec, rate=rate)
+        vs.width, vs.height = w, h
+        vs.pix_fmt = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
+        tb = 1 / rate
+        if audio:
+            sr = 44100
+            aus = c.add_stream("aac", rate=sr, layout="mono")
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(pattern(i, w, h), format="rgb24")
+            f.pts = i if pts is None else pts[i]
+            f.time_base = tb
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+        if audio:
+            total = int(sr * n / rate)
+            t = np.arange(total) / sr
+            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for s in range(0, total, 1024):
+                chunk = tone[s : s + 1024][None, :]
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
+                c.mux(aus.encode(af))
+            c.mux(aus.encode(None))
+    return Path(path)
+
+
+def probe(path):
+    """(video frames decoded, (w, h), average rate, pix_fmt, audio info or None) straight from PyAV."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        n = sum(1 for _ in c.decode(vs))
+        info = (n, (vs.codec_context.width, vs.codec_context.height), vs.average_rate, vs.codec_context.pix_fmt)
+    with av.open(str(path)) as c:
+        audio = None
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            pk = [p for p in c.demux(a) if p.size]
+            dur = sum(p.duration for p in pk) * a.time_base
+            audio = dict(codec=a.codec_context.name, rate=a.codec_context.sample_rate, duration=float(dur),
+                         payload=[bytes(p) for p in pk])
+    return (*info, audio)
+
+
+def copy_through(src_spec, out, src_kw=None, **sink_kw):
+    with open_source(src_spec, **(src_kw or {})) as src, open_sink(out, fps=src.rate, width=src.width, height=src.height, **sink_kw) as sink:
+        for fr in src:
+            sink.write(fr.rgb)
+    return out
+
+
+@pytest.fixture
+def clip(tmp_path):
+    return make_clip(tmp_path / "in.mp4")
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [Fraction(30000, 1001), Fraction(30), Fraction(25)])
+def test_round_trip_keeps_count_size_fps(tmp_path, rate):
+    src_path = make_clip(tmp_path / "in.mp4", rate=rate)
+    with open_source(src_path) as src:
+        assert (src.width, src.height, src.rate, src.frame_count, src.audio) == (W, H, rate, 30, False)
+        frames = list(src)
+    assert [f.index for f in frames] == list(range(30))
+    assert [level(f.rgb) for f in frames] == list(range(30))
+    assert np.allclose([f.timestamp for f in frames], np.arange(30) / float(rate), atol=1e-3)
+    assert all(f.rgb.dtype == np.uint8 and f.rgb.shape == (H, W, 3) and f.rgb.flags.c_contiguous for f in frames)
+
+    out = tmp_path / "out.mp4"
+    with open_sink(out, fps=float(rate), width=W, height=H) as sink:  # a float fps must come back exact
+        for f in frames:
+            sink.write(f.rgb)
+    n, size, avg_rate, pix_fmt, audio = probe(out)
+    assert (n, size, avg_rate, pix_fmt, audio) == (30, (W, H), rate, "yuv420p", None)
+    with open_source(out) as back:
+        assert back.rate == rate and back.frame_count == 30
+        assert [level(f.rgb) for f in back] == list(range(30))
+
+
+def test_to_rate_snaps_ntsc():
+    assert to_rate(29.97) == to_rate(30000 / 1001) == Fraction(30000, 1001)
+    assert to_rate(23.976) == Fraction(24000, 1001)
+    assert to_rate("60000/1001") == Fraction(60000, 1001)
+    assert to_rate(30) == 30 and to_rate(12.5) == Fraction(25, 2)
+    with pytest.raises(VideoIOError):
+        to_rate(0)
+
+
+def test_audio_survives_untouched(tmp_path):
+    src_path = make_clip(tmp_path / "tone.mp4", audio=True)
+    with open_source(src_path) as src:
+        assert src.audio
+    out = copy_through(src_path, tmp_path / "out.mp4", audio_from=src_path)
+    a_in, a_out = probe(src_path)[-1], probe(out)[-1]
+    assert a_out is not None
+    assert (a_out["codec"], a_out["rate"]) == (a_in["codec"], a_in["rate"]) == ("aac", 44100)
+    assert abs(a_out["duration"] - a_in["duration"]) < 0.1
+    # Remuxed, not re-encoded: the payload bytes are the very same packets.
+    k = min(len(a_in["payload"]), len(a_out["payload"]))
+    assert k > 30 and a_out["payload"][:k] == a_in["payload"][:k]
+    assert probe(out)[:3] == (30, (W, H), 30)
+
+
+def test_audio_reencoded_when_container_cannot_hold_it(tmp_path, caplog):
+    src_path = make_clip(tmp_path / "tone.mp4", n=10, audio=True)
+    out = copy_through(src_path, tmp_path / "out.webm", audio_from=src_path)
+    a = probe(out)[-1]
+    assert a["codec"] == "opus" and abs(a["duration"] - 10 / 30) < 0.1
+    assert "re-encoding" in caplog.text
+
+
+def test_image_folder_in_video_out(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(12):  # natural order: 2.png before 10.png
+        cv2.imwrite(str(folder / f"{i}.png"), pattern(i)[:, :, ::-1])
+    (folder / "notes.txt").write_text("ignored")
+    with open_source(folder, fps=24) as src:
+        assert (src.frame_count, src.width, src.height, src.rate) == (12, W, H, 24)
+        frames = list(src)
+    assert [f.index for f in frames] == list(range(12))
+    assert np.array_equal(frames[5].rgb, pattern(5))
+    assert np.allclose([f.timestamp for f in frames], np.arange(12) / 24)
+    out = copy_through(folder, tmp_path / "out.mp4", src_kw={"fps": 24})
+    n, size, rate, _, _ = probe(out)
+    assert (n, size, rate) == (12, (W, H), 24)
+
+
+@pytest.mark.parametrize("suffix", ["frames/", "frames"])
+def test_video_in_png_folder_out(tmp_path, clip, suffix):
+    out = str(tmp_path / suffix)
+    copy_through(clip, out)
+    files = sorted(Path(out).iterdir())
+    assert [f.name for f in files] == [f"frame_{i:06d}.png" for i in range(30)]
+    with open_source(clip) as src:
+        decoded = [f.rgb for f in src]
+    with open_source(out) as back:
+        assert all(np.array_equal(a.rgb, b) for a, b in zip(back, decoded))  # PNG is lossless
+
+
+def test_live_source_is_paced_and_yields_frames(tmp_path, clip):
+    with open_source(f"live:{clip}") as src:
+        assert src.live and src.frame_count is None and (src.width, src.height) == (W, H)
+        frames = list(src)
+    ts = np.array([f.timestamp for f in frames])
+    assert len(frames) >= 25  # a slow CI machine may drop a few late frames, like a camera
+    assert np.all(np.diff(ts) > 0)
+    assert ts[-1] == pytest.approx(29 / 30, abs=0.15)  # real time, not as fast as possible
+
+
+def test_irregular_timestamps_are_reported(tmp_path):
+    pts = [i for i in range(32) if i not in (10, 11)]  # frames 10 and 11 dropped
+    path = make_clip(tmp_path / "vfr.mp4", n=30, pts=pts)
+    with open_source(path) as src:
+        ts = np.array([f.timestamp for f in src])
+    dt = np.diff(ts)
+    assert len(ts) == 30
+    assert dt.max() == pytest.approx(3 / 30, abs=1e-3) and np.median(dt) == pytest.approx(1 / 30, abs=1e-3)
+    assert int(np.argmax(dt)) == 9
+
+    # The sink keeps the gap when given timestamps.
+    out = tmp_path / "out.mp4"
+    with open_source(path) as src, open_sink(out, fps=src.rate, width=W, height=H) as sink:
+        for f in src:
+            sink.write(f.rgb, f.timestamp)
+    with open_source(out) as back:
+        assert np.allclose([f.timestamp for f in back], ts, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prefetch_and_threaded_sink_match_serial(tmp_path, clip):
+    out = tmp_path / "threaded.mp4"
+    with prefetch(open_source(clip), depth=3) as src:
+        assert src.frame_count == 30 and src.fps == 30.0  # properties forwarded
+        with ThreadedSink(open_sink(out, fps=src.rate, width=src.width, height=src.height), depth=3) as sink:
+            for f in src:
+                sink.write(f.rgb, f.timestamp)
+    with open_source(out) as a, open_source(copy_through(clip, tmp_path / "serial.mp4")) as b:
+        assert all(np.array_equal(x.rgb, y.rgb) for x, y in paired(a, b))
+
+
+def test_prefetch_propagates_errors_after_good_frames(tmp_path):
+    path = make_clip(tmp_path / "fast.mp4", options={"movflags": "faststart"})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    got = []
+    with pytest.raises(VideoIOError, match="truncated"):
+        with prefetch(open_source(path)) as src:
+            got.extend(src)
+    assert len(got) > 0
+
+
+def test_threaded_sink_reraises_encoder_errors(tmp_path):
+    with pytest.raises(VideoIOError, match="expected uint8"):
+        with ThreadedSink(open_sink(tmp_path / "o.mp4", fps=30, width=W, height=H)) as sink:
+            sink.write(pattern(0))
+            sink.write(np.zeros((H, W), np.uint8))  # wrong shape: raised on this or a later call
+            for i in range(20):
+                sink.write(pattern(i))
+
+
+def test_paired_refuses_mismatched_lengths(tmp_path):
+    a = make_clip(tmp_path / "a.mp4", n=30)
+    b = make_clip(tmp_path / "b.mp4", n=20)
+    with open_source(a) as sa, open_source(b) as sb:
+        with pytest.raises(VideoIOError) as e:
+            next(paired(sa, sb))  # known counts: refused before any decoding
+    assert str(a) in str(e.value) and str(b) in str(e.value)
+
+    # Matroska has no frame count up front: refused when one runs out.
+    a, b = make_clip(tmp_path / "a.mkv", n=12), make_clip(tmp_path / "b.mkv", n=10)
+    with open_source(a) as sa, open_source(b) as sb:
+        assert sa.frame_count is None
+        got = []
+        with pytest.raises(VideoIOError) as e:
+            got.extend(paired(sa, sb))
+    assert len(got) == 10 and str(a) in str(e.value) and str(b) in str(e.value)
+
+    with open_source(tmp_path / "a.mp4") as sa, open_source(tmp_path / "a.mp4") as sb:
+        assert sum(1 for _ in paired(sa, sb)) == 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals and bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def test_output_equal_to_input_refused(tmp_path, clip):
+    before = clip.read_bytes()
+    link = tmp_path / "link.mp4"
+    link.symlink_to(clip)
+    for target in (clip, link, tmp_path / "." / "in.mp4"):
+        with pytest.raises(VideoIOError, match="same file as the input"):
+            open_sink(target, fps=30, width=W, height=H, overwrite=True, protected=[str(clip)])
+    with pytest.raises(VideoIOError, match="same file as the input"):
+        open_sink(clip, fps=30, width=W, height=H, overwrite=True, audio_from=clip)
+    assert clip.read_bytes() == before
+
+
+def test_existing_output_refused_without_overwrite(tmp_path, clip):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    mtime = out.stat().st_mtime_ns
+    with pytest.raises(VideoIOError, match="--overwrite"):
+        open_sink(out, fps=30, width=W, height=H)
+    assert out.read_bytes() == b"precious" and out.stat().st_mtime_ns == mtime
+    copy_through(clip, out, overwrite=True)
+    assert probe(out)[0] == 30
+
+    folder = tmp_path / "pngs"
+    copy_through(clip, folder)
+    with pytest.raises(VideoIOError, match="--overwrite"):
+        open_sink(folder, fps=30, width=W, height=H)
+
+
+def test_unwritable_output_refused_before_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(VideoIOError, match="does not exist"):
+        open_sink(blocker / "out.mp4", fps=30, width=W, height=H)
+    with pytest.raises(VideoIOError, match="does not exist"):
+        open_sink(tmp_path / "missing" / "out.mp4", fps=30, width=W, height=H)
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(VideoIOError, match="cannot create"):
+                open_sink(ro / "out.mp4", fps=30, width=W, height=H)
+        finally:
+            ro.chmod(0o755)
+
+
+def _bad_inputs(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is a text file renamed to .mp4\n" * 50)
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    empty_file = tmp_path / "empty.mp4"
+    empty_file.write_bytes(b"")
+    empty_dir = tmp_path / "empty_dir"
+    empty_dir.mkdir()
+    dir_as_file = tmp_path / "folder.mp4"
+    dir_as_file.mkdir()
+    (tmp_path / "nothing.mkv").touch()
+    with av.open(str(tmp_path / "zero.mkv"), "w") as c:  # a valid container with 0 frames
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        c.start_encoding()
+    return {
+        "missing": (tmp_path / "missing.mp4", "no such file"),
+        "text": (text, "text file"),
+        "noise": (noise, "not a readable video"),
+        "empty_file": (empty_file, "empty"),
+        "empty_dir": (empty_dir, "no images"),
+        "dir_as_file": (dir_as_file, "is a directory"),
+        "live_dir": (f"live:{empty_dir}", "is a directory"),
+        "zero_frames": (tmp_path / "zero.mkv", "no video data"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "text", "noise", "empty_file", "empty_dir", "dir_as_file", "live_dir", "zero_frames"]
+)
+def test_bad_input_names_the_path(tmp_path, case):
+    spec, expected = _bad_inputs(tmp_path)[case]
+    with pytest.raises(VideoIOError, match=expected) as e:
+        with open_source(spec) as src:
+            list(src)
+    assert str(spec).replace("live:", "") in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_camera_that_cannot_open(tmp_path):
+    with pytest.raises(VideoIOError, match="camera"):
+        open_source(97, timeout=1.0)
+
+
+def test_truncated_mp4_without_index_is_refused(tmp_path, clip):
+    data = clip.read_bytes()  # moov at the end: cutting the file loses the index
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoIOError, match="truncated") as e:
+        open_source(cut)
+    assert str(cut) in str(e.value)
+
+
+@pytest.mark.parametrize("name,options", [("fast.mp4", {"movflags": "faststart"}), ("cut.mkv", None)])
+def test_truncated_file_yields_good_frames_then_raises(tmp_path, name, options):
+    path = make_clip(tmp_path / name, options=options)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    got: list[Frame] = []
+    with pytest.raises(VideoIOError, match="truncated") as e:
+        with open_source(path) as src:
+            got.extend(src)
+    assert str(path) in str(e.value)
+    assert 5 <= len(got) < 30
+    assert [level(f.rgb) for f in got] == list(range(len(got)))
+
+
+def test_limits_checked_before_decoding(tmp_path, clip):
+    with pytest.raises(VideoIOError, match="max_resolution"):
+        open_source(clip, max_resolution=(32, 32))
+    with pytest.raises(VideoIOError, match="max_frames"):
+        open_source(clip, max_frames=10)
+    with pytest.raises(VideoIOError, match="max_duration"):
+        open_source(clip, max_duration=0.5)
+    with open_source(clip, max_frames=10, on_limit="stop") as src:
+        assert len(list(src)) == 10
+    with open_source(clip, max_duration=0.5, on_limit="stop") as src:
+        assert len(list(src)) == 16  # t = 0 .. 15/30
+
+
+def test_http_url_source(tmp_path, clip):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/in.mp4"
+        with open_source(url) as src:
+            assert src.live and len(list(src)) == 30
+        with pytest.raises(VideoIOError, match="missing.mp4"):
+            open_source(url.replace("in.mp4", "missing.mp4"))
+    finally:
+        server.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sink: odd sizes, interruption, disk full
+# ---------------------------------------------------------------------------------------------
+
+
+def test_odd_size_keeps_exact_size_as_yuv444(tmp_path, caplog):
+    w, h = 65, 49
+    out = tmp_path / "odd.mp4"
+    with open_sink(out, fps=30, width=w, height=h) as sink:
+        for i in range(5):
+            sink.write(pattern(i, w, h))
+    assert "yuv444p" in caplog.text
+    n, size, _, pix_fmt, _ = probe(out)
+    assert (n, size, pix_fmt) == (5, (w, h), "yuv444p")
+    with open_source(out) as src:
+        assert [level(f.rgb) for f in src] == list(range(5))
+    copy_through(out, tmp_path / "odd_pngs/")
+    assert cv2.imread(str(tmp_path / "odd_pngs" / "frame_000004.png")).shape == (h, w, 3)
+
+
+def test_wrong_frame_shape_refused(tmp_path):
+    with open_sink(tmp_path / "o.mp4", fps=30, width=W, height=H) as sink:
+        with pytest.raises(VideoIOError, match="expected uint8"):
+            sink.write(np.zeros((H, W + 2, 3), np.uint8))
+        with pytest.raises(VideoIOError, match="expected uint8"):
+            sink.write(np.zeros((H, W, 3), np.float32))
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_keyboard_interrupt_leaves_playable_file(tmp_path, threaded):
+    src_path = make_clip(tmp_path / "tone.mp4", audio=True)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        sink = open_sink(out, fps=30, width=W, height=H, audio_from=src_path)
+        with ThreadedSink(sink) if threaded else sink as s:
+            for i in range(10):
+                s.write(pattern(i))
+            raise KeyboardInterrupt
+    assert out.exists() and not list(tmp_path.glob(".*partial*"))
+    n, size, rate, _, audio = probe(out)
+    assert (n, size, rate) == (10, (W, H), 30)
+    assert audio["duration"] < 10 / 30 + 0.05  # audio trimmed to the picture, not the whole tone
+    with open_source(out) as src:
+        assert [level(f.rgb) for f in src] == list(range(10))
+
+
+def test_zero_frames_written_leaves_nothing(tmp_path):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError):
+        with open_sink(out, fps=30, width=W, height=H):
+            raise RuntimeError("failed before the first frame")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_becomes_exception_and_output_is_finalised(tmp_path):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(SystemExit):
+        with sigterm_as_exception(), open_sink(out, fps=30, width=W, height=H) as sink:
+            for i in range(6):
+                sink.write(pattern(i))
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
+                pass
+            sink.write(pattern(99))  # pragma: no cover - must not be reached
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert probe(out)[0] == 6
+
+
+def test_disk_full_gives_clear_error(tmp_path):
+    # RLIMIT_FSIZE makes writes fail with EFBIG (like ENOSPC) once the file is 40 kB; run it in a
+    # child so the limit does not leak into the test process.
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, numpy as np
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+        from streamssm.io import open_sink, VideoIOError
+        rng = np.random.default_rng(0)
+        try:
+            with open_sink({str(tmp_path / 'big.mp4')!r}, fps=30, width=160, height=120, crf=0) as s:
+                for i in range(200):
+                    s.write(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+        except VideoIOError as e:
+            print("VIDEOIOERROR", e)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert "VIDEOIOERROR" in r.stdout, r.stdout + r.stderr
+    assert "disk full" in r.stdout and "big.mp4" in r.stdout
+    assert not (tmp_path / "big.mp4").exists() or probe(tmp_path / "big.mp4")[0] > 0
+
+
+def test_preview_is_a_noop_without_display(monkeypatch):
+    from streamssm.io import Preview, has_display
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if sys.platform.startswith("linux"):
+        assert has_display() is False
+    with Preview() as view:
+        assert view.show(pattern(0), pattern(1)) is True
+    with Preview(enabled=True) as view:  # asked for, but nothing to show it on
+        assert view.enabled is has_display()
+
+
+class _FakeCapture:
+    """Stands in for cv2.VideoCapture: delivers ``good`` frames, then fails or blocks."""
+
+    def __init__(self, good: int, then: str, release: threading.Event):
+        self.good, self.then, self.release_event, self.i = good, then, release, 0
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return 30.0
+
+    def read(self):
+        if self.i < self.good:
+            self.i += 1
+            return True, pattern(self.i)[:, :, ::-1].copy()
+        if self.then == "block":
+            self.release_event.wait(10)  # a driver that never returns
+        return False, None
+
+    def release(self):
+        self.release_event.set()
+
+
+@pytest.mark.parametrize("then", ["fail", "block"])
+def test_camera_that_stops_ends_with_warning(monkeypatch, caplog, then):
+    release = threading.Event()
+    monkeypatch.setattr(cv2, "VideoCapture", lambda index: _FakeCapture(6, then, release))
+    import time
+
+    t = time.monotonic()
+    with open_source(0, timeout=0.5) as cam:
+        assert cam.live and cam.frame_count is None and (cam.width, cam.height, cam.rate) == (W, H, 30)
+        frames = list(cam)
+    assert time.monotonic() - t < 3
+    # The reader keeps only the newest frames (a camera does not queue), so early ones may be dropped.
+    assert 1 <= len(frames) <= 6 and frames[-1].index == len(frames) - 1
+    assert "ending the stream" in caplog.text
