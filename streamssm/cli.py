@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", default=None, help=".npz: which landmark array to filter (default landmarks_raw / points)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_pose)
+
+    from streamssm.export.cli import add_export_parser
+
+    add_export_parser(sub)
     return p
 
 

@@ -51,6 +51,19 @@ class PoseSSMConfig:
         return asdict(self)
 
 
+def _cummax(x: Tensor, dim: int) -> Tensor:
+    """Running maximum along ``dim`` (the values of ``torch.cummax``), as a log-depth doubling scan.
+
+    ``torch.cummax`` has no ONNX export (neither the TorchScript nor the dynamo exporter); this uses
+    only cat, narrow and maximum, and takes ceil(log2 T) steps (one for the streaming step, T = 2)."""
+    n = x.shape[dim]
+    s = 1
+    while s < n:
+        x = torch.maximum(x, torch.cat([x.narrow(dim, 0, s), x.narrow(dim, 0, n - s)], dim))
+        s *= 2
+    return x
+
+
 def _ffill(x: Tensor, valid: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """Forward-fill ``x`` along ``dim`` where ``valid`` is False (causal). Returns (filled, ever_valid).
 
@@ -60,7 +73,7 @@ def _ffill(x: Tensor, valid: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     shape = [1] * valid.dim()
     shape[dim] = t
     idx = torch.arange(t, device=x.device).reshape(shape)
-    idx = torch.where(valid, idx, torch.full_like(idx, -1)).cummax(dim=dim).values
+    idx = _cummax(torch.where(valid, idx, torch.full_like(idx, -1)), dim)
     ever = idx >= 0
     gidx = idx.clamp_min(0)
     while gidx.dim() < x.dim():
@@ -114,7 +127,8 @@ class PoseSSM(nn.Module):
     def init_state(self, batch: int, num_keypoints: int, device=None) -> tuple[Tensor, ...]:
         b, k = batch, num_keypoints
         z = lambda *s: torch.zeros(*s, device=device, dtype=torch.float32)  # noqa: E731
-        fixed = (z(b, k, 3), z(b, k), torch.ones(b, device=device), z(b, k, 3), z(b))
+        # scale 0 = no body size seen yet (see _prepare): a fixed 1.0 here would be in the caller's units
+        fixed = (z(b, k, 3), z(b, k), z(b), z(b, k, 3), z(b))
         ssm = tuple(
             z(b, k, blk.ssm.nheads, blk.ssm.headdim, blk.ssm.d_state) for blk in self.blocks
         )
@@ -161,13 +175,16 @@ class PoseSSM(nn.Module):
         s_frame = var.sqrt()
         ok = (nv >= 2) & (s_frame > 0)
         sc = torch.cat([prev_scale[:, None], s_frame], 1)
-        sok = torch.cat([torch.ones_like(ok[:, :1]), ok], 1)
-        scale = _ffill(sc[..., None], sok, dim=1)[0][:, 1:, 0]  # (b, t)
+        sok = torch.cat([prev_scale[:, None] > 0, ok], 1)
+        scale = _ffill(sc[..., None], sok, dim=1)[0][:, 1:, 0]  # (b, t); 0 until a body size is known
 
-        si = scale[:, :, None, None]
-        vn = v / si
+        # Until a frame with two valid joints gives a body size, the units are unknown: unit-free
+        # features are zeroed and the correction (scaled by ``scale`` = 0) is off, so the output is the input.
+        known = (scale > 0)[:, :, None, None]
+        si = torch.where(known, scale[:, :, None, None], torch.ones_like(scale[:, :, None, None]))
+        vn = torch.where(known, v / si, 0.0)
         speed = vn.norm(dim=-1, keepdim=True)
-        rel = torch.where(ever[..., None], (x_fill - cen[:, :, None]) / si, 0.0)
+        rel = torch.where(ever[..., None] & known, (x_fill - cen[:, :, None]) / si, 0.0)
         is3d = torch.full_like(speed, float(dim == 3))
         fps_t = torch.as_tensor(fps, dtype=torch.float32, device=x.device).reshape(-1)
         lfps = torch.log(fps_t / 30.0)[:, None, None, None].expand_as(speed)

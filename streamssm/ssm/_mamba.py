@@ -115,7 +115,7 @@ def mamba_step(
     n = B.shape[-1]
     new_state = state.float().clone()
     A3 = A.float()[:, None, None].expand(h, p, n)
-    dt3 = dt[:, :, None].expand(b, h, p)
+    dt3 = dt[:, :, None].expand(b, h, p).contiguous()  # a stride-0 dt trips the kernel's tie_hdim check (dt_bias=None)
     D2 = None if D is None else D.float()
     ys = []
     for s in range(0, b, _MAX_GRID_Y):

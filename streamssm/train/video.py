@@ -33,10 +33,10 @@ class VideoTrainConfig:
     minutes: float | None = None
     batch: int = 16  # per process
     length: int = 16
-    sizes: tuple[int, ...] = (128, 160, 192, 256)
+    sizes: tuple[int, ...] = (160, 192, 256, 320)
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    w_temporal: float = 2.0
+    w_temporal: float = 4.0
     p_unguided: float = 0.5
     workers: int = 8
     seed: int = 0

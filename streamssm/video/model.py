@@ -40,6 +40,7 @@ from torch import Tensor
 from streamssm.ssm import RMSNorm, SSMBlock
 
 N_PARAMS = 12  # 3x3 A (minus identity) and b
+N_OUT = N_PARAMS + 1  # ... and the logit of the temporal blend weight
 N_FEATURES = 2 * N_PARAMS + 12 + 3
 
 
@@ -50,8 +51,10 @@ class VideoSSMConfig:
     expand: int = 2
     d_state: int = 16
     headdim: int = 16
-    grid: int = 18  # cells along the short side
+    cell_px: int = 32  # grid cell size in full-resolution pixels (the same statistics at any resolution)
     pre: int = 4  # moments are computed on a ``pre`` x downsampled frame
+    search: int = 3  # block-matching radius, in flow-resolution pixels (flow runs at 1 / (2 pre))
+    blend_init: float = 0.85  # initial logit of the temporal blend weight (sigmoid -> 0.7, as MC-EMA)
     eps: float = 1e-3  # ridge of the local affine fit (variance units, [0, 1] colour)
     cut_corr: float = 0.3  # consecutive-thumbnail correlation under which a frame is a scene cut
     backend: str = "auto"
@@ -61,11 +64,58 @@ class VideoSSMConfig:
 
 
 def grid_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int, int]:
-    """(pre, cell, gh, gw): downsampling factor, cell size in downsampled pixels, grid size."""
-    pre = max(1, min(cfg.pre, min(h, w) // (4 * cfg.grid)))
-    hl, wl = h // pre, w // pre
-    cell = max(2, min(hl, wl) // cfg.grid)
-    return pre, cell, max(1, hl // cell), max(1, wl // cell)
+    """(pre, cell, gh, gw): downsampling factor, cell size in downsampled pixels, grid size.
+
+    Cells have a fixed size in pixels (``cell_px``), so their statistics do not depend on the
+    resolution: a 1080p frame has a 33 x 60 grid, a 256 px training crop an 8 x 8 one."""
+    pre = max(1, min(cfg.pre, min(h, w) // 16))
+    cell = max(2, cfg.cell_px // pre)
+    return pre, cell, max(1, (h // pre) // cell), max(1, (w // pre) // cell)
+
+
+def flow_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int]:
+    """(div, hf, wf): the block matcher runs on a ``div`` x downsampled luminance."""
+    div = 2 * max(1, min(cfg.pre, min(h, w) // 16))
+    return div, max(1, h // div), max(1, w // div)
+
+
+def _luma(x: Tensor) -> Tensor:
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def block_match(cur: Tensor, prev: Tensor, radius: int, temperature: float = 0.01) -> tuple[Tensor, Tensor]:
+    """Backward flow from ``cur`` to ``prev`` (n, 1, h, w) by exhaustive search over +-radius pixels.
+
+    Cost: 3x3 mean absolute difference; sub-pixel flow by soft-argmin (softmax of -cost / temperature);
+    confidence = exp(-min cost / 0.02). Returns flow (n, 2, h, w) in pixels (x, y) and confidence
+    (n, 1, h, w). Plain pads, slices and pools: it exports to ONNX/TensorRT.
+    """
+    n, _, h, w = cur.shape
+    r = radius
+    pp = F.pad(prev, (r, r, r, r), mode="replicate")
+    costs, dxs, dys = [], [], []
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            shifted = pp[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
+            costs.append((cur - shifted).abs())
+            dxs.append(float(dx))
+            dys.append(float(dy))
+    cost = F.avg_pool2d(torch.cat(costs, 1), 3, stride=1, padding=1, count_include_pad=False)  # (n, D, h, w)
+    wts = torch.softmax(-cost / temperature, dim=1)
+    d = torch.tensor([dxs, dys], device=cur.device, dtype=cur.dtype)  # (2, D)
+    flow = torch.einsum("ndhw,cd->nchw", wts, d)
+    conf = torch.exp(-cost.min(1, keepdim=True).values / 0.02)
+    return flow, conf
+
+
+def warp_backward(x: Tensor, flow: Tensor) -> Tensor:
+    """Sample ``x`` (n, c, h, w) at p + flow(p) (bilinear, border clamp); flow (n, 2, h, w) pixels."""
+    n, _, h, w = x.shape
+    ys = torch.arange(h, device=x.device, dtype=x.dtype)
+    xs = torch.arange(w, device=x.device, dtype=x.dtype)
+    gx = (xs[None, None, :] + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys[None, :, None] + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _inv3_sym(s: Tensor) -> Tensor:
@@ -114,18 +164,31 @@ class VideoSSM(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
         self.norm = RMSNorm(d)
-        self.head = nn.Linear(d, N_PARAMS)
-        nn.init.zeros_(self.head.weight)  # start as the identity filter: O = P
-        nn.init.zeros_(self.head.bias)
+        self.head = nn.Linear(d, N_OUT)
+        nn.init.zeros_(self.head.weight)  # start with no colour correction ...
+        with torch.no_grad():
+            self.head.bias.zero_()
+            self.head.bias[N_PARAMS] = cfg.blend_init  # ... and MC-EMA-like temporal blending
+        # Width of the per-pixel gate that refuses to blend where the warped previous output disagrees
+        # with the colour-corrected frame. Guided, the block matcher's confidence (computed on the
+        # flicker-free original) already flags occlusions, so the gate starts wide (exp(0) = 1);
+        # processed-only it is the main occlusion test and starts narrow (exp(-2) ~ 0.14).
+        self.log_gate = nn.Parameter(torch.tensor([0.0, -2.0]))  # [guided, processed-only]
 
     # ----------------------------------------------------------------------------------- state
-    def init_state(self, batch: int, gh: int, gw: int, device=None) -> tuple[Tensor, ...]:
+    N_FIXED = 5
+
+    def init_state(self, batch: int, h: int, w: int, device=None) -> tuple[Tensor, ...]:
+        """A fresh state for ``batch`` streams of h x w frames (all zeros, float32)."""
+        _, _, gh, gw = grid_shape(h, w, self.config)
+        _, hf, wf = flow_shape(h, w, self.config)
         z = lambda *s: torch.zeros(*s, device=device, dtype=torch.float32)  # noqa: E731
-        fixed = (z(batch, N_PARAMS + 6, gh, gw), z(batch, 3, gh, gw), z(batch))
+        fixed = (z(batch, N_PARAMS + 6, gh, gw), z(batch, 3, gh, gw), z(batch), z(batch, 3, h, w), z(batch, 1, hf, wf))
         return fixed + tuple(z(batch, gh * gw, blk.ssm.nheads, blk.ssm.headdim, blk.ssm.d_state) for blk in self.blocks)
 
-    def state_grid(self, state) -> tuple[int, int]:
-        return int(state[1].shape[-2]), int(state[1].shape[-1])
+    def state_frame(self, state) -> tuple[int, int, int]:
+        """(streams, h, w) a state was made for."""
+        return int(state[3].shape[0]), int(state[3].shape[-2]), int(state[3].shape[-1])
 
     # -------------------------------------------------------------------------------- features
     def cell_stats(self, P: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
@@ -222,13 +285,14 @@ class VideoSSM(nn.Module):
             new_states.append(st.reshape(b, gh * gw, *st.shape[1:]))
         return self.head(self.norm(x)), tuple(new_states)
 
-    def _correct(self, P: Tensor, G: Tensor, coef: Tensor, strength: float) -> Tensor:
-        """O = P + dA G + db with the (n, 12, gh, gw) coefficients upsampled to full resolution."""
+    def _correct(self, P: Tensor, G: Tensor, coef: Tensor, strength: float) -> tuple[Tensor, Tensor]:
+        """O = P + dA G + db with the (n, 13, gh, gw) coefficients upsampled to full resolution; also
+        returns the blend weight (n, 1, h, w) upsampled from the last coefficient."""
         n, _, h, w = P.shape
-        cf = F.interpolate(coef * strength, size=(h, w), mode="bilinear", align_corners=False)
-        dA = cf[:, :9].reshape(n, 3, 3, h, w)
-        out = P + (dA * G[:, None]).sum(2) + cf[:, 9:]
-        return out.clamp(0.0, 1.0)
+        cf = F.interpolate(coef, size=(h, w), mode="bilinear", align_corners=False)
+        dA = cf[:, :9].reshape(n, 3, 3, h, w) * strength
+        out = P + (dA * G[:, None]).sum(2) + cf[:, 9:12] * strength
+        return out.clamp(0.0, 1.0), torch.sigmoid(cf[:, 12:13])
 
     def _run(self, P, I, state, reset, strength, stepping):
         if P.dim() != 5 or P.shape[2] != 3:
@@ -236,20 +300,42 @@ class VideoSSM(nn.Module):
         if I is not None and I.shape != P.shape:
             raise ValueError(f"original frames {tuple(I.shape)} must match processed frames {tuple(P.shape)}")
         b, t, _, h, w = P.shape
-        _, _, gh, gw = grid_shape(h, w, self.config)
         if state is None:
-            state = self.init_state(b, gh, gw, P.device)
-        elif self.state_grid(state) != (gh, gw) or state[0].shape[0] != b:
+            state = self.init_state(b, h, w, P.device)
+        elif self.state_frame(state) != (b, h, w):
             raise ValueError(
-                f"state is for {state[0].shape[0]} stream(s) on a {self.state_grid(state)} grid; these frames "
-                f"({b} x {h}x{w}) need a {(gh, gw)} grid: reset the stream when the resolution changes"
+                f"state is for {self.state_frame(state)[0]} stream(s) of {self.state_frame(state)[1:]} frames, got "
+                f"{b} x {(h, w)}: reset the stream when the resolution changes"
             )
         G = P if I is None else I
         feats, fresh, fixed = self._features(P, G, I is not None, state, reset)
-        coef, ssm_states = self._network(feats, state[3:], fresh, stepping)
+        coef, ssm_states = self._network(feats, state[self.N_FIXED:], fresh, stepping)
         coef = coef.permute(0, 1, 4, 2, 3).flatten(0, 1).to(P.dtype)
-        O = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
-        return O.reshape(P.shape), fixed + ssm_states
+        Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
+        Oc, beta = Oc.reshape(P.shape), beta.reshape(b, t, 1, h, w)
+
+        # motion-compensated temporal blending at full resolution: flow of the guide from frame t to
+        # t-1 (block matching at low resolution, all frames at once), then a short recurrence
+        div, hf, wf = flow_shape(h, w, self.config)
+        with torch.autocast(P.device.type, enabled=False):
+            g = F.avg_pool2d(_luma(G.flatten(0, 1).float()), div)[..., :hf, :wf].reshape(b, t, 1, hf, wf)
+            gprev = torch.cat([state[4][:, None], g[:, :-1]], 1)
+            flow, conf = block_match(g.flatten(0, 1), gprev.flatten(0, 1), self.config.search)
+            flow = F.interpolate(flow * div, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
+            conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
+        keep = (~fresh).to(P.dtype)[:, :, None, None, None] * strength
+        sigma = torch.exp(self.log_gate[0 if I is not None else 1])
+        prev = state[3].to(P.dtype)
+        outs = []
+        for i in range(t):
+            wp = warp_backward(prev, flow[:, i].to(P.dtype))
+            gate = torch.exp(-(Oc[:, i] - wp).abs().mean(1, keepdim=True) / sigma)
+            wgt = (beta[:, i] * conf[:, i].to(P.dtype) * gate * keep[:, i]).clamp(0.0, 1.0)
+            prev = Oc[:, i] + wgt * (wp - Oc[:, i])
+            outs.append(prev)
+        O = torch.stack(outs, 1)
+        fixed = fixed + (prev.float(), g[:, -1].float())
+        return O, fixed + ssm_states
 
     def forward(self, P: Tensor, I: Tensor | None = None, state=None, reset: Tensor | None = None, strength: float = 1.0):
         return self._run(P, I, state, reset, strength, stepping=False)

@@ -1,0 +1,332 @@
+"""ONNX export of one step of the pose or video model, and an ONNX Runtime runner for the graph.
+
+The exporter is the legacy TorchScript tracer (``torch.onnx.export(..., dynamo=False)``): it
+takes about 2 s a graph where the dynamo exporter took about 2 minutes for the video graph with
+dynamic sizes, and it records the arithmetic on frame sizes (``h // pre // cell``, slices, reshapes)
+as graph ops, so one graph serves every resolution. What the tracer cannot record -- a Python
+``min``/``max`` on sizes -- is fixed at the export shape; ``export_onnx(check=True)`` therefore runs
+the graph at a second shape against PyTorch and refuses a graph that does not generalise.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ._spec import OUTPUT, PoseStep, StepSpec, VideoStep, build_model, dynamic_axes, load_model, state_in, state_out
+
+log = logging.getLogger("streamssm")
+
+MIN_OPSET = 17  # GridSample needs 16; 17 is the oldest opset we test (TensorRT 10 parses 9..23)
+DEFAULT_EXPORT_SHAPE = {"pose": (2, 17), "video": (2, 144, 256)}  # (batch, *stream dims)
+CHECK_TOL = 1e-4  # relative error allowed between ONNX Runtime and PyTorch, fp32
+
+
+def _require(module: str, extra: str = "export"):
+    try:
+        return __import__(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is needed for ONNX export: pip install 'streamssm[{extra}]' ({e})") from None
+
+
+def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Plausible random non-state inputs for a stream of ``batch`` x dims (float32 numpy).
+
+    Pose points include a missing joint (NaN) and a zero-confidence one, so the masking paths are part
+    of every check; video frames are in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    shapes = spec.frame_shapes(batch, *dims)
+    out: dict[str, np.ndarray] = {}
+    if spec.kind == "pose":
+        b, k, d = shapes["points"]
+        pts = rng.normal(0, 0.3, (b, 1, d)) + rng.normal(0, 1, (1, k, d)) + rng.normal(0, 0.01, (b, k, d))
+        pts[0, 0] = np.nan
+        conf = rng.uniform(0.2, 1.0, (b, k))
+        conf[-1, -1] = 0.0
+        out = {"points": pts, "confidence": conf, "fps": np.full((b,), 30.0)}
+    else:
+        b, c, h, w = shapes["processed"]
+        base = rng.uniform(0, 1, (b, c, 1, 1)) * 0.5 + 0.25
+        img = np.clip(base + rng.normal(0, 0.15, (b, c, h, w)), 0, 1)
+        out["processed"] = np.clip(img * rng.uniform(0.9, 1.1, (b, c, 1, 1)), 0, 1)
+        if spec.guided:
+            out["original"] = img
+    out["strength"] = np.ones(1)
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def _wrapper(spec: StepSpec, model: nn.Module) -> nn.Module:
+    return PoseStep(model) if spec.kind == "pose" else VideoStep(model, spec.guided)
+
+
+def _check_backend(model: nn.Module) -> None:
+    from streamssm.ssm import Backend
+
+    for name, m in model.named_modules():
+        b = getattr(m, "backend", None)
+        if isinstance(b, Backend) and b.name not in ("torch", "ref"):
+            raise ValueError(f"{name or 'model'} runs the {b.name!r} backend, which does not trace: build the "
+                             f"model with backend='torch' for export")
+
+
+def export_onnx(
+    model_kind: str,
+    out_path: str | Path,
+    weights: str | Path | None = None,
+    opset: int = MIN_OPSET,
+    *,
+    model: nn.Module | None = None,
+    guided: bool = False,
+    dims: int = 2,
+    shape: tuple[int, ...] | None = None,
+    dynamic_size: bool = True,
+    check: bool = True,
+) -> Path:
+    """Export one step of the ``"pose"`` or ``"video"`` model to ONNX, state as explicit inputs/outputs.
+
+    Args:
+        model_kind: ``"pose"`` or ``"video"``.
+        out_path: the ``.onnx`` file to write (atomically).
+        weights: safetensors weights (default: the package's); ignored when ``model`` is given.
+        opset: ONNX opset, >= 17.
+        model: an already built model (e.g. untrained, for tests); it is copied, never modified.
+        guided: video only: the graph takes ``original`` (separate graphs, see :mod:`._spec`).
+        dims: pose only: coordinates per keypoint, 2 or 3 (fixed in the graph).
+        shape: (batch, *stream dims) traced at: (b, k) pose, (b, h, w) video. Video frames must have
+            a short side >= 64 for a resolution-generic graph (below it the model's ``pre`` factor
+            changes; see the README).
+        dynamic_size: batch is always dynamic; this makes k (pose) or h, w (video) dynamic too. With
+            False the graph accepts only the traced k or h, w.
+        check: run ONNX Runtime against PyTorch for 2 steps at the traced shape and at a second shape
+            (other batch, and other k or h, w when dynamic); raise if the relative error > 1e-4.
+
+    Returns:
+        The path written. Graph interface and metadata: see :mod:`streamssm.export._spec`.
+
+    >>> import os, tempfile
+    >>> path = export_onnx("pose", os.path.join(tempfile.mkdtemp(), "pose.onnx"), dims=2)
+    >>> [i.name for i in OnnxRunner(path).session.get_inputs()][:4]
+    ['points', 'confidence', 'fps', 'strength']
+    """
+    onnx = _require("onnx")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET} (GridSample, and what the tests cover), got {opset}")
+    if model is None:
+        model = load_model(model_kind, weights)
+    model = copy.deepcopy(model).cpu().float().eval()
+    _check_backend(model)
+    config = {**model.config.to_dict(), "backend": "torch"}
+    spec = StepSpec(model_kind, config, guided=bool(guided) and model_kind == "video", dims=dims)
+    shape = tuple(shape or DEFAULT_EXPORT_SHAPE[model_kind])
+    batch, sdims = shape[0], tuple(shape[1:])
+    spec._check_dims(sdims)
+
+    # dynamic axes from the state shapes the model itself gives at other stream sizes
+    if dynamic_size:
+        # other sizes far enough apart that every size-dependent state dim (grids, cell counts) moves
+        alt = [(batch + 1, *(d + 24 * (i + 1) for i, d in enumerate(sdims))),
+               (max(1, batch - 1), *(d + 72 - 24 * i for i, d in enumerate(sdims)))]
+    else:
+        alt = [(batch + 1, *sdims), (batch + 2, *sdims)]
+    axes = dynamic_axes(spec, [(batch, *sdims), *alt])
+
+    frames = {k: torch.from_numpy(v) for k, v in example_inputs(spec, batch, *sdims).items()}
+    state = model.init_state(batch, *sdims)
+    args = tuple(frames[n] for n in spec.frame_inputs) + tuple(state)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns at every Python-level use of a size; check=True is the real test of those
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*Constant folding.*")
+        torch.onnx.export(
+            _wrapper(spec, model), args, str(tmp), input_names=spec.input_names(), output_names=spec.output_names(),
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    proto = onnx.load(str(tmp))
+    for k, v in {**spec.to_metadata(), "streamssm.export_shape": "x".join(map(str, shape))}.items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.doc_string = (f"streamssm {model_kind} step ({'guided' if spec.guided else 'processed-only'} video)"
+                        if model_kind == "video" else f"streamssm pose step, {dims}-D keypoints")
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, out_path)
+
+    if check:
+        for b, *d in [(batch, *sdims), alt[0]]:
+            try:
+                err = compare_with_torch(out_path, model, b, *d, steps=2)
+                why = f"relative error {err:.2e} > {CHECK_TOL:g}"
+            except Exception as e:  # ONNX Runtime refusing a size is the same finding, said differently
+                err, why, cause = float("inf"), f"{type(e).__name__}: {str(e).strip()[:300]}", e
+            else:
+                cause = None
+            if err > CHECK_TOL:
+                raise RuntimeError(
+                    f"{out_path}: ONNX Runtime disagrees with PyTorch at batch {b} x {tuple(d)} ({why}); traced at "
+                    f"{shape}. If only the second size fails, tracing fixed a size-dependent choice (video: frames "
+                    f"with a short side < 64 change the model's downsampling): export at the size you run, with "
+                    f"dynamic_size=False"
+                ) from cause
+    return out_path
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| over the entries finite in b; inf if a and b disagree on which are NaN."""
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if a.shape != b.shape or not np.array_equal(fa, fb):
+        return float("inf")
+    a, b = a[fb].astype(np.float64), b[fb].astype(np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def compare_with_torch(path: str | Path, model: nn.Module, batch: int, *dims: int, steps: int = 20, seed: int = 0,
+                       providers=None) -> float:
+    """Largest relative error between :class:`OnnxRunner` and ``model.step`` (output and every state
+    tensor) over ``steps`` steps of one stream, each runner feeding its own state back."""
+    runner = OnnxRunner(path, providers=providers)
+    spec = runner.spec
+    runner.init_state(batch, *dims)
+    state = model.init_state(batch, *dims)
+    wrapper = _wrapper(spec, model).eval()
+    worst = 0.0
+    for t in range(steps):
+        x = example_inputs(spec, batch, *dims, seed=seed + t)
+        x["strength"][:] = 0.8
+        with torch.no_grad():
+            out, *state = wrapper(*(torch.from_numpy(x[n]) for n in spec.frame_inputs), *state)
+        got = runner.step(*(x[n] for n in spec.frame_inputs if n not in ("strength", "fps")),
+                          strength=0.8, **({"fps": x["fps"]} if "fps" in x else {}))
+        worst = max(worst, _rel_err(got, out.numpy()))
+        for a, b in zip(runner.get_state(), state):
+            worst = max(worst, _rel_err(a, b.numpy()))
+    return worst
+
+
+class OnnxRunner:
+    """Runs an exported step graph with ONNX Runtime, holding the stream's state (numpy in, numpy out).
+
+    ``threads``: ONNX Runtime's intra-op threads (default: its own choice); ``spinning``: let idle
+    threads spin-wait (off: see ``__init__``).
+
+    The state lives in two preallocated sets of buffers; each step reads one set and has ONNX Runtime
+    write the new state straight into the other (I/O binding), then the two swap: no state is copied
+    or allocated per frame.
+
+    ``step(frame, second=None, *, strength=1.0, fps=30.0) -> output``: pose ``frame`` = points
+    (b, k, d), ``second`` = confidence (b, k) or None (all 1); video ``frame`` = processed (b, 3, h, w),
+    ``second`` = original (required by a guided graph, refused by a processed-only one). The first step,
+    or a step whose size differs from the stream's, starts a fresh stream (:meth:`init_state`).
+
+    >>> import os, tempfile
+    >>> runner = OnnxRunner(export_onnx("pose", os.path.join(tempfile.mkdtemp(), "pose.onnx"), check=False))
+    >>> runner.init_state(1, 17)                      # one stream of 17 keypoints
+    >>> y = runner.step(np.random.rand(1, 17, 2).astype(np.float32), fps=30.0)
+    >>> y.shape
+    (1, 17, 2)
+    """
+
+    def __init__(self, path: str | Path, providers: list | None = None, threads: int | None = None,
+                 spinning: bool = False):
+        ort = _require("onnxruntime")
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        if not spinning:
+            # A stream interleaves each step with other work (decoding, drawing, PyTorch); ONNX Runtime's
+            # threads spin-waiting between steps steal those cores (a pose step interleaved with a
+            # PyTorch one ran 5x slower on 2 cores). spinning=True for a process that only runs ORT.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.path), opts, providers=providers or ["CPUExecutionProvider"])
+        self.spec = StepSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        names = [i.name for i in self.session.get_inputs()]
+        if names != self.spec.input_names():
+            raise ValueError(f"{self.path}: inputs {names} do not match what the installed streamssm model needs "
+                             f"({self.spec.input_names()}): re-export the graph with this version")
+        self._size: tuple[int, ...] | None = None
+        self._state: list[np.ndarray] = []
+        self._spare: list[np.ndarray] = []
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def guided(self) -> bool:
+        return self.spec.guided
+
+    def init_state(self, batch: int, *dims: int) -> None:
+        """Start a fresh stream of ``batch`` x (k) for pose or x (h, w) for video."""
+        shapes = self.spec.state_shapes(batch, *dims)
+        dtypes = [torch.empty(0, dtype=d).numpy().dtype for d in self.spec.state_dtypes()]
+        self._state = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
+        self._spare = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
+        self._size = (batch, *dims)
+
+    def reset(self) -> None:
+        """Zero the state (a fresh stream of the same size)."""
+        for s in self._state:
+            s.fill(0)
+
+    def get_state(self) -> list[np.ndarray]:
+        """A copy of the current state (snapshot)."""
+        return [s.copy() for s in self._state]
+
+    def set_state(self, state) -> None:
+        """Restore a snapshot taken with :meth:`get_state` (same stream size)."""
+        if len(state) != len(self._state) or any(np.shape(a) != b.shape for a, b in zip(state, self._state)):
+            raise ValueError("state does not match this stream: call init_state with the snapshot's size first")
+        for dst, src in zip(self._state, state):
+            dst[...] = src
+
+    def step(self, frame, second=None, *, strength: float = 1.0, fps=30.0) -> np.ndarray:
+        spec = self.spec
+        frame = np.ascontiguousarray(frame, dtype=np.float32)
+        if spec.kind == "pose":
+            if frame.ndim != 3 or frame.shape[2] != spec.dims:
+                raise ValueError(f"points must be (B, K, {spec.dims}) for this graph, got {frame.shape}")
+            size = frame.shape[:2]
+            conf = np.ones(size, np.float32) if second is None else np.ascontiguousarray(second, dtype=np.float32)
+            fps_a = np.ascontiguousarray(np.broadcast_to(np.asarray(fps, np.float32).reshape(-1), (size[0],)))
+            feeds = {"points": frame, "confidence": conf, "fps": fps_a}
+        else:
+            if frame.ndim != 4 or frame.shape[1] != 3:
+                raise ValueError(f"processed frames must be (B, 3, H, W), got {frame.shape}")
+            if spec.guided != (second is not None):
+                raise ValueError("this graph is guided: pass the original frame" if spec.guided else
+                                 "this graph is processed-only: export with guided=True to use an original frame")
+            size = (frame.shape[0], *frame.shape[2:])
+            feeds = {"processed": frame}
+            if spec.guided:
+                feeds["original"] = np.ascontiguousarray(second, dtype=np.float32)
+        feeds["strength"] = np.full((1,), strength, np.float32)
+        if self._size != tuple(size):
+            self.init_state(*size)
+        for name, shape in spec.frame_shapes(*size).items():
+            if name in feeds and feeds[name].shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {feeds[name].shape}")
+
+        io = self.session.io_binding()
+        for name, value in feeds.items():
+            io.bind_cpu_input(name, value)
+        out = np.empty(spec.frame_shapes(*size)[OUTPUT], np.float32)
+        io.bind_output(OUTPUT, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+        for i, (cur, nxt) in enumerate(zip(self._state, self._spare)):
+            io.bind_cpu_input(state_in(i), cur)
+            io.bind_output(state_out(i), "cpu", 0, nxt.dtype, nxt.shape, nxt.ctypes.data)
+        self.session.run_with_iobinding(io)
+        self._state, self._spare = self._spare, self._state  # ping-pong
+        return out
+
+
+__all__ = ["export_onnx", "OnnxRunner", "compare_with_torch", "example_inputs", "build_model"]

@@ -1,0 +1,278 @@
+"""What one exported step graph looks like: its wrapper module, tensor names, metadata and shapes.
+
+Shared by the ONNX exporter, the ONNX Runtime runner, the TensorRT builder and the TensorRT runner,
+so that all four agree on names and on the state's shapes. The state's layout is never written down
+here: it is read from the model's own ``init_state`` (on the ``meta`` device, so no memory is used),
+which keeps the export working while the models' state tuples change.
+
+Graph interface (``s`` = number of state tensors, read from ``init_state``)::
+
+    pose:   points (b, k, d), confidence (b, k), fps (b,), strength (1,), state_in_0..s-1
+            -> output (b, k, d), state_out_0..s-1
+    video:  processed (b, 3, h, w), [original (b, 3, h, w)], strength (1,), state_in_0..s-1
+            -> output (b, 3, h, w), state_out_0..s-1
+
+``state_out_i`` has the shape of ``state_in_i``; feeding it back as the next ``state_in_i`` is one
+stream. Guided (``original`` given) and processed-only video are separate graphs: the model's
+``guided`` feature flag is a Python constant, and a separate graph keeps the processed-only one
+free of an unused full-resolution input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+KINDS = ("pose", "video")
+OUTPUT = "output"
+META_PREFIX = "streamssm."
+
+
+def state_in(i: int) -> str:
+    return f"state_in_{i}"
+
+
+def state_out(i: int) -> str:
+    return f"state_out_{i}"
+
+
+# ------------------------------------------------------------------------------------- wrappers
+class PoseStep(nn.Module):
+    """One :meth:`PoseSSM.step` with the state as explicit graph inputs and outputs.
+
+    ``forward(points (b,k,d), confidence (b,k), fps (b,), strength (1,), *state) -> (output, *state)``.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, points: Tensor, confidence: Tensor, fps: Tensor, strength: Tensor, *state: Tensor):
+        y, new_state = self.model.step(points, confidence, tuple(state), fps=fps, strength=strength)
+        return (y, *new_state)
+
+
+class VideoStep(nn.Module):
+    """One :meth:`VideoSSM.step` with the state as explicit graph inputs and outputs.
+
+    ``forward(processed, [original,] strength (1,), *state) -> (output, *state)``; ``original`` is an
+    input only when ``guided``.
+    """
+
+    def __init__(self, model: nn.Module, guided: bool):
+        super().__init__()
+        self.model = model
+        self.guided = guided
+
+    def forward(self, processed: Tensor, *rest: Tensor):
+        if self.guided:
+            original, strength, *state = rest
+        else:
+            original = None
+            strength, *state = rest
+        out, new_state = self.model.step(processed, original, tuple(state), strength=strength)
+        return (out, *new_state)
+
+
+# ------------------------------------------------------------------------------------- the spec
+@dataclass(frozen=True)
+class StepSpec:
+    """Everything a runner or builder needs to know about one exported graph.
+
+    ``dims`` (pose only) is the coordinate count d (2 or 3), fixed at export; ``guided`` (video only)
+    says whether the graph takes ``original``.
+    """
+
+    kind: str
+    config: dict
+    guided: bool = False
+    dims: int = 2
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"model kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "pose" and self.dims not in (2, 3):
+            raise ValueError(f"pose dims must be 2 or 3, got {self.dims!r}")
+
+    # names ------------------------------------------------------------------------------------
+    @property
+    def frame_inputs(self) -> tuple[str, ...]:
+        """The non-state inputs, in graph order."""
+        if self.kind == "pose":
+            return ("points", "confidence", "fps", "strength")
+        return ("processed", "original", "strength") if self.guided else ("processed", "strength")
+
+    @property
+    def stream_dims(self) -> tuple[str, ...]:
+        """What ``init_state(batch, *dims)`` takes after the batch: (keypoints,) or (height, width)."""
+        return ("keypoints",) if self.kind == "pose" else ("height", "width")
+
+    @property
+    def n_state(self) -> int:
+        return len(self.state_shapes(1, *((17,) if self.kind == "pose" else (64, 64))))
+
+    def input_names(self) -> list[str]:
+        return [*self.frame_inputs, *(state_in(i) for i in range(self.n_state))]
+
+    def output_names(self) -> list[str]:
+        return [OUTPUT, *(state_out(i) for i in range(self.n_state))]
+
+    # shapes -----------------------------------------------------------------------------------
+    def state_shapes(self, batch: int, *dims: int) -> list[tuple[int, ...]]:
+        """Shapes of the state tensors of a stream of ``batch`` x (k) or x (h, w): from the model."""
+        self._check_dims(dims)
+        model = _meta_model(self.kind, json.dumps(self.config, sort_keys=True))
+        return [tuple(s.shape) for s in model.init_state(batch, *dims, device="meta")]
+
+    def state_dtypes(self) -> list[torch.dtype]:
+        model = _meta_model(self.kind, json.dumps(self.config, sort_keys=True))
+        dims = (17,) if self.kind == "pose" else (64, 64)
+        return [s.dtype for s in model.init_state(1, *dims, device="meta")]
+
+    def frame_shapes(self, batch: int, *dims: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the non-state inputs (and of ``output``) for a stream of ``batch`` x dims."""
+        self._check_dims(dims)
+        if self.kind == "pose":
+            (k,) = dims
+            return {"points": (batch, k, self.dims), "confidence": (batch, k), "fps": (batch,), "strength": (1,),
+                    OUTPUT: (batch, k, self.dims)}
+        h, w = dims
+        shapes = {"processed": (batch, 3, h, w), "strength": (1,), OUTPUT: (batch, 3, h, w)}
+        if self.guided:
+            shapes["original"] = (batch, 3, h, w)
+        return shapes
+
+    def input_shapes(self, batch: int, *dims: int) -> dict[str, tuple[int, ...]]:
+        """Every graph input's shape for a stream of ``batch`` x dims (frames, scalars and state)."""
+        shapes = {k: v for k, v in self.frame_shapes(batch, *dims).items() if k != OUTPUT}
+        shapes.update({state_in(i): s for i, s in enumerate(self.state_shapes(batch, *dims))})
+        return shapes
+
+    def split_frame_shape(self, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+        """A user's frame shape (``BxKxD`` pose, ``BxCxHxW`` video) -> (batch, stream dims)."""
+        if self.kind == "pose":
+            if len(shape) != 3 or shape[2] != self.dims:
+                raise ValueError(f"pose shapes are BxKxD with D={self.dims} (this graph), got {shape}")
+            return shape[0], (shape[1],)
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(f"video shapes are Bx3xHxW, got {shape}")
+        return shape[0], (shape[2], shape[3])
+
+    def _check_dims(self, dims: tuple[int, ...]) -> None:
+        if len(dims) != len(self.stream_dims):
+            raise ValueError(f"{self.kind} streams are sized by (batch, {', '.join(self.stream_dims)}), "
+                             f"got dims {dims}")
+
+    # metadata ---------------------------------------------------------------------------------
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            META_PREFIX + "model": self.kind,
+            META_PREFIX + "config": json.dumps(self.config, sort_keys=True),
+            META_PREFIX + "guided": json.dumps(self.guided),
+            META_PREFIX + "dims": json.dumps(self.dims),
+            META_PREFIX + "inputs": json.dumps(list(self.frame_inputs)),
+            META_PREFIX + "n_state": json.dumps(self.n_state),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str | Path = "graph") -> "StepSpec":
+        try:
+            return cls(
+                kind=meta[META_PREFIX + "model"],
+                config=json.loads(meta[META_PREFIX + "config"]),
+                guided=json.loads(meta.get(META_PREFIX + "guided", "false")),
+                dims=json.loads(meta.get(META_PREFIX + "dims", "2")),
+            )
+        except (KeyError, json.JSONDecodeError) as e:
+            raise ValueError(f"{source} has no streamssm metadata ({e}); export it with "
+                             f"streamssm.export.export_onnx") from None
+
+
+def dynamic_axes(spec: StepSpec, probes: list[tuple[int, ...]]) -> dict[str, dict[int, str]]:
+    """``torch.onnx.export`` dynamic axes, found by comparing the shapes at several (batch, *dims)
+    probes: a dim that changes between probes is dynamic. Dims that always equal the batch or a stream
+    dim get its name; other varying dims (grid sizes, cell counts) get one name per distinct pattern,
+    so e.g. the grid height shared by two state tensors is one symbol."""
+    names: dict[tuple[int, ...], str] = {}
+    batch_sig = tuple(p[0] for p in probes)
+    names[batch_sig] = "batch"
+    for j, dname in enumerate(spec.stream_dims):
+        names.setdefault(tuple(p[1 + j] for p in probes), dname)
+    per_probe_inputs = [spec.input_shapes(p[0], *p[1:]) for p in probes]
+    per_probe_out = [spec.frame_shapes(p[0], *p[1:])[OUTPUT] for p in probes]
+    axes: dict[str, dict[int, str]] = {}
+
+    def visit(name: str, shapes: list[tuple[int, ...]], out_name: str | None = None):
+        ranks = {len(s) for s in shapes}
+        if len(ranks) != 1:
+            raise ValueError(f"{name} changes rank between stream sizes: {shapes}")
+        ax = {}
+        for j in range(len(shapes[0])):
+            sig = tuple(s[j] for s in shapes)
+            if len(set(sig)) == 1:
+                continue
+            ax[j] = names.setdefault(sig, f"{name}_dim{j}")
+        if ax:
+            axes[name] = ax
+            if out_name is not None:
+                axes[out_name] = dict(ax)
+
+    for name in per_probe_inputs[0]:
+        out_name = state_out(int(name.rsplit("_", 1)[1])) if name.startswith("state_in_") else None
+        visit(name, [s[name] for s in per_probe_inputs], out_name)
+    visit(OUTPUT, per_probe_out)
+    return axes
+
+
+@lru_cache(maxsize=8)
+def _meta_model(kind: str, config_json: str) -> nn.Module:
+    """The model built on the meta device (no memory, no weights): only for ``init_state`` shapes."""
+    config = json.loads(config_json)
+    with torch.device("meta"):
+        return build_model(kind, config)
+
+
+def build_model(kind: str, config: dict) -> nn.Module:
+    """An untrained model of ``kind`` from a config dict (the torch backend: it is what traces)."""
+    config = {**config, "backend": "torch"}
+    if kind == "pose":
+        from streamssm.pose.model import PoseSSM, PoseSSMConfig
+
+        return PoseSSM(PoseSSMConfig(**config))
+    if kind == "video":
+        from streamssm.video.model import VideoSSM, VideoSSMConfig
+
+        return VideoSSM(VideoSSMConfig(**config))
+    raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
+
+
+def load_model(kind: str, weights: str | Path | None = None) -> nn.Module:
+    """The model with weights (default: the package's), on the CPU, torch backend, eval mode."""
+    if kind == "pose":
+        from streamssm.pose.filter import load_pose_model
+
+        return load_pose_model(weights, device="cpu", backend="torch")
+    if kind == "video":
+        from streamssm.video.filter import DEFAULT_WEIGHTS, load_video_model
+
+        if weights is None and not Path(DEFAULT_WEIGHTS).is_file():
+            raise ValueError(f"no video weights are shipped yet ({DEFAULT_WEIGHTS} is missing): "
+                             f"pass the weights file (weights=, --weights)")
+        return load_video_model(weights, device="cpu", backend="torch")
+    raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
+
+
+def parse_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """``"1x3x360x640"`` -> (1, 3, 360, 640); tuples pass through."""
+    if isinstance(text, (tuple, list)):
+        return tuple(int(v) for v in text)
+    if not re.fullmatch(r"\d+(x\d+)+", text.strip().lower()):
+        raise ValueError(f"a shape is written like 1x3x360x640 (video) or 1x17x2 (pose), got {text!r}")
+    return tuple(int(v) for v in text.strip().lower().split("x"))

@@ -1,0 +1,217 @@
+"""``streamssm pose INPUT -o OUTPUT``: filter a pose file (or, with MediaPipe, a video) with :class:`PoseFilter`.
+
+Pose files (``.npz``/``.csv``/``.json``, see :mod:`streamssm.io.pose_files`) are filtered whole with
+:meth:`PoseFilter.filter` (the parallel scan; the same result as stepping frame by frame) and written in
+the input's layout (``like=`` the input), so a MediaPipe ``.npz`` comes back with every key unchanged
+plus ``landmarks_filtered``. Choices, and why:
+
+* **Confidence.** A file's explicit confidence (``confidence`` column/key) is passed to the filter.
+  MediaPipe's visibility is *not*: it is the estimator's guess that a landmark is in view, not a
+  measurement weight, and occluded-but-tracked landmarks are still worth smoothing; NaN coordinates
+  mark what is missing.
+* **Gaps stay gaps.** Where the input has NaN/inf coordinates the output keeps NaN, so the file never
+  claims a detection the estimator did not make (the filter itself holds its estimate through the gap,
+  which is what a live caller of :meth:`PoseFilter.step` wants).
+* **The summary** is one line on stdout: frames, keypoints, dims, fps (and where it came from), time,
+  and the mean acceleration magnitude ``|x[t+1] - 2 x[t] + x[t-1]|`` before -> after, in % of the body
+  size (the median over valid frames of the bounding-box diagonal of the valid keypoints) per frame^2,
+  measured on the same valid samples for both.
+
+Errors are ``ValueError``/``FileExistsError`` naming the file; :func:`streamssm.cli.main` prints them
+and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamssm.io.pose_files import SUPPORTED_EXTENSIONS, PoseData, read_pose, write_pose
+
+__all__ = ["run_pose", "mean_acceleration"]
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")  # same list as streamssm.io.video (not imported: needs av)
+DEFAULT_FPS = 30.0
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+def _valid(points: np.ndarray, confidence: np.ndarray | None) -> np.ndarray:
+    """(t, k) True where a sample is usable: finite coordinates and confidence > 0 (when given)."""
+    ok = np.isfinite(points).all(-1)
+    if confidence is not None:
+        ok &= np.nan_to_num(confidence, nan=0.0) > 0
+    return ok
+
+
+def _body_size(points: np.ndarray, valid: np.ndarray) -> float:
+    """Median over frames of the bounding-box diagonal of the valid keypoints (NaN if none), i.e.
+    :func:`streamssm.pose.data.body_size` restricted to the valid samples."""
+    from streamssm.pose.data import body_size
+
+    size = float(body_size(np.where(valid[..., None], points, np.nan)))
+    return size if size > 0 else float("nan")
+
+
+def mean_acceleration(points: np.ndarray, valid: np.ndarray) -> float:
+    """Mean of ``|x[t+1] - 2 x[t] + x[t-1]|`` (t k d -> scalar) over samples valid at all three frames."""
+    if points.shape[0] < 3:
+        return float("nan")
+    acc = np.linalg.norm(points[2:] - 2 * points[1:-1] + points[:-2], axis=-1)
+    ok = valid[2:] & valid[1:-1] & valid[:-2] & np.isfinite(acc)
+    return float(acc[ok].mean()) if ok.any() else float("nan")
+
+
+def _accel_text(raw: np.ndarray, out: np.ndarray, valid: np.ndarray) -> str:
+    size = _body_size(raw, valid)
+    before, after = mean_acceleration(raw, valid), mean_acceleration(out, valid)
+    if not (np.isfinite(size) and np.isfinite(before) and np.isfinite(after)):
+        return "mean acceleration n/a (too few valid frames)"
+    b, a = 100 * before / size, 100 * after / size
+    change = f" ({100 * (after - before) / before:+.0f}%)" if before > 0 else ""
+    return f"mean acceleration {b:.3g}% -> {a:.3g}% of body size per frame^2{change}"
+
+
+# ------------------------------------------------------------------------------------ path checks
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` are one file: same resolved path, symlink or hard link."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_output(inp: Path, out: Path, overwrite: bool, allowed: tuple[str, ...]) -> None:
+    if out.suffix.lower() not in allowed:
+        raise ValueError(f"{out}: unknown output extension {out.suffix!r}, expected one of {'/'.join(allowed)}")
+    if _same_file(inp, out):
+        raise ValueError(f"{out}: output is the input file {inp}; refusing to overwrite it, choose another output path")
+    if out.is_dir():
+        raise ValueError(f"{out}: is a directory, expected an output file path")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+
+
+def _fps(args, file_fps: float | None) -> tuple[float, str]:
+    if args.fps is not None:
+        return float(args.fps), "--fps"
+    if file_fps is not None and np.isfinite(file_fps) and file_fps > 0:
+        return float(file_fps), "from file"
+    return DEFAULT_FPS, "default, file has none"
+
+
+def _read(inp: Path, key: str | None) -> PoseData:
+    """read_pose, with every failure turned into a ValueError that names the file."""
+    try:
+        return read_pose(inp, key=key)
+    except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError that does not name the file
+        msg = str(e) if str(inp) in str(e) else f"{inp}: cannot read pose file ({e})"
+        raise ValueError(msg) from e
+
+
+# ------------------------------------------------------------------------------------------ run
+
+def run_pose(args) -> int:
+    """Filter ``args.input`` into ``args.output``; returns the exit status (errors raise, see module doc).
+
+    ``args``: ``input``, ``output``, ``fps``, ``strength``, ``weights``, ``device``, ``key``, ``overwrite``
+    (as declared by ``streamssm.cli``).
+    """
+    inp, out = Path(args.input), Path(args.output)
+    if inp.suffix.lower() in VIDEO_EXTENSIONS:
+        return _run_video(args, inp, out)
+    if args.key is not None and inp.suffix.lower() != ".npz":
+        raise ValueError(f"{inp}: --key selects an array in an .npz file; it does not apply to {inp.suffix} files")
+    if not inp.exists():
+        raise FileNotFoundError(f"{inp}: no such file, expected a pose file ({'/'.join(SUPPORTED_EXTENSIONS)}) "
+                                f"or a video ({'/'.join(VIDEO_EXTENSIONS)})")
+    _check_output(inp, out, args.overwrite, SUPPORTED_EXTENSIONS)
+    data = _read(inp, args.key)
+    fps, fps_from = _fps(args, data.fps)
+
+    from streamssm.pose.filter import PoseFilter
+
+    filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
+    mediapipe = data.meta.get("format") == "npz-mediapipe"
+    conf = None if mediapipe else data.confidence  # visibility is not a weight (module docstring)
+    t0 = time.perf_counter()
+    y = filt.filter(data.points, confidence=conf)
+    seconds = time.perf_counter() - t0
+    y = np.where(np.isfinite(data.points).all(-1, keepdims=True), y, np.nan).astype(np.float32)
+
+    # MediaPipe npz -> npz: confidence None keeps the input's visibility column untouched.
+    out_conf = None if (mediapipe and out.suffix.lower() == ".npz") else data.confidence
+    write_pose(out, PoseData(y, out_conf, data.fps if args.fps is None else fps, {}), like=data)
+
+    t, k, d = data.points.shape
+    valid = _valid(data.points, conf)
+    print(f"{inp.name} -> {out}: {t} frames, {k} keypoints, {d}-D, {fps:g} fps ({fps_from}), "
+          f"filtered in {seconds:.2f} s ({1e3 * seconds / t:.2f} ms/frame); {_accel_text(data.points, y, valid)}")
+    return 0
+
+
+def _run_video(args, inp: Path, out: Path) -> int:
+    """Video in: MediaPipe Pose per frame, :meth:`PoseFilter.step` live, overlay video out (raw red,
+    filtered green).
+
+    UNTESTED HERE: mediapipe is not installed in the development environment, so only the
+    "mediapipe missing" error below is covered by the tests. Uses the legacy ``mp.solutions.pose``
+    API (``model_complexity=1``, ``smooth_landmarks=False`` so that MediaPipe's own smoother does not
+    hide the jitter we filter). Landmarks are filtered in pixels (x*w, y*h), i.e. isotropic units.
+    """
+    if not inp.exists():
+        raise FileNotFoundError(f"{inp}: no such file, expected a video ({'/'.join(VIDEO_EXTENSIONS)})")
+    try:
+        import mediapipe as mp
+    except ImportError:
+        raise ValueError(f"{inp}: filtering a video needs MediaPipe Pose, which is not installed; "
+                         "pip install 'streamssm[mediapipe]' (or run MediaPipe yourself and pass the .npz)") from None
+    if args.key is not None:
+        raise ValueError(f"{inp}: --key applies to .npz files only")
+    _check_output(inp, out, args.overwrite, VIDEO_EXTENSIONS)
+    import cv2
+
+    from streamssm.io.video import open_sink, open_source
+    from streamssm.pose.filter import PoseFilter
+
+    edges = [tuple(e) for e in mp.solutions.pose.POSE_CONNECTIONS]
+    raw_all, out_all = [], []
+    seconds = 0.0
+    with open_source(inp) as src:
+        fps, fps_from = (float(args.fps), "--fps") if args.fps is not None else (src.fps, "from video")
+        filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
+        w, h = src.width, src.height
+        with mp.solutions.pose.Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=False) as pose, \
+                open_sink(out, fps=src.rate, width=w, height=h, overwrite=args.overwrite, protected=[inp],
+                          audio_from=inp if src.audio else None) as sink:
+            for frame in src:
+                res = pose.process(frame.rgb)
+                raw = np.full((33, 2), np.nan, np.float32)  # no detection: all missing, the filter holds
+                if res.pose_landmarks is not None:
+                    raw = np.array([[lm.x * w, lm.y * h] for lm in res.pose_landmarks.landmark], np.float32)
+                t0 = time.perf_counter()
+                y = filt.step(raw)
+                seconds += time.perf_counter() - t0
+                raw_all.append(raw)
+                out_all.append(y)
+                img = frame.rgb.copy()  # drawn on; the decoder may reuse its buffer
+                for pts, colour in ((raw, (255, 0, 0)), (y, (0, 255, 0))):  # RGB: raw red, filtered green
+                    for a, b in edges:
+                        if np.isfinite(pts[[a, b]]).all():
+                            cv2.line(img, tuple(int(v) for v in pts[a]), tuple(int(v) for v in pts[b]), colour, 2,
+                                     cv2.LINE_AA)
+                sink.write(img, frame.timestamp)
+    if not raw_all:
+        raise ValueError(f"{inp}: no frames decoded")
+    raw_all, out_all = np.stack(raw_all), np.stack(out_all)
+    t = len(raw_all)
+    print(f"{inp.name} -> {out}: {t} frames, 33 keypoints, 2-D, {fps:g} fps ({fps_from}), "
+          f"filtered in {seconds:.2f} s ({1e3 * seconds / t:.2f} ms/frame); "
+          f"{_accel_text(raw_all, out_all, _valid(raw_all, None))}")
+    return 0

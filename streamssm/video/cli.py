@@ -1,0 +1,541 @@
+"""``streamssm video``: deflicker a processed video, a live camera, or the bundled sample clip.
+
+Three modes, one sub-command (:func:`add_video_parser` registers it, :func:`run_video` runs it):
+
+- ``streamssm video PROCESSED [--original ORIGINAL] -o OUTPUT`` -- a video file or image folder in,
+  a video file (same frame count, size and frame rate, audio carried over from PROCESSED) or a PNG
+  folder out. With ``--original`` (the frames the per-frame operator saw) the filter is guided.
+- ``streamssm video --webcam SPEC [--op NAME] [--record OUT.mp4]`` -- a camera index, capture URL or
+  ``live:FILE``; an optional demo operator makes the flicker, a preview window shows it when a display
+  exists, ``--record`` keeps it.
+- ``streamssm video --sample -o out.mp4`` -- the README's first command: a demo operator on the clip
+  shipped in ``streamssm/assets/``, filtered, written side by side [processed | filtered].
+
+Why the pipeline looks like this: decoding runs on a thread (:func:`streamssm.io.prefetch`), the
+filter on the caller's thread (it holds the device), encoding on another thread
+(:class:`streamssm.io.ThreadedSink`), so on a GPU the three overlap. The sink owns the
+"playable on interruption" promise: it is closed in every exit path (``ExitStack``), which flushes the
+queued frames and renames the partial file; this module only has to report what was kept and choose
+the exit code (130 for Ctrl-C, SIGTERM's 143 via :func:`streamssm.io.sigterm_as_exception`).
+
+Heavy imports (torch, PyAV, OpenCV, tqdm) happen inside the functions, so ``streamssm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+log = logging.getLogger("streamssm")
+
+__all__ = ["add_video_parser", "run_video", "filter_video", "run_webcam", "run_sample", "RunSummary", "WarpReport",
+           "SAMPLE", "SAMPLE_OP"]
+
+SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample.mp4"
+# The demo operator --sample applies. Measured on the sample (96 frames, flow from the original):
+# E_warp of the processed clip vs the same operator with its parameters held fixed --
+# gamma_jitter 0.0067 vs 0.0004 (mean-luma jumps of 3.6 % a frame), stylize 0.0031 vs 0.0013,
+# detail 0.0019 vs 0.0017; autocontrast / clahe / autowb barely flicker on this static-camera shot
+# (its histogram hardly changes), so the most visible flicker is gamma_jitter's.
+SAMPLE_OP = "gamma_jitter"
+REPORT_FRAMES = 300  # E_warp is computed on at most this many frames ...
+REPORT_PX = 480  # ... downscaled so the long side is at most this (DIS flow on 2 cores: ~15 ms a pair)
+
+
+# ------------------------------------------------------------------------------------------------
+# argument parsing
+# ------------------------------------------------------------------------------------------------
+def add_video_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``video`` on an ``argparse`` sub-parsers object; returns the new parser."""
+    s = subparsers.add_parser(
+        "video",
+        help="deflicker a processed video (file, image folder, camera, or the bundled sample)",
+        description="Deflicker a per-frame processed video with the causal SSM filter. Modes: "
+        "PROCESSED -o OUTPUT (file/folder -> file/folder); --webcam SPEC (camera index, URL or live:FILE); "
+        "--sample -o OUT.mp4 (demo on the bundled clip).",
+    )
+    s.add_argument("processed", nargs="?", metavar="PROCESSED", help="processed video file or image folder")
+    s.add_argument("--original", metavar="ORIGINAL", help="the unprocessed frames (video or folder): guides the filter")
+    s.add_argument("-o", "--output", metavar="OUTPUT", help="video file (.mp4/.mkv/.mov/.avi/.webm) or folder/ for PNG frames")
+    s.add_argument("--strength", type=float, default=1.0, help="0 = processed unchanged, 1 = full correction (max 2)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
+    s.add_argument("--weights", default=None, help="video .safetensors (default: the weights shipped in the package)")
+    s.add_argument("--side-by-side", action="store_true", help="write [processed | filtered] (double width)")
+    s.add_argument("--report", action="store_true", help="print E_warp before -> after (flow from --original if given)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output (never an input)")
+    s.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    s.add_argument("--fps", type=float, default=None, help="frame rate of an image-folder input (default: the original's, else 30)")
+    s.add_argument("--webcam", metavar="SPEC", help="camera index (0), capture URL (rtsp://...) or live:FILE")
+    s.add_argument("--op", metavar="NAME", default=None,
+                   help="--webcam/--sample: demo operator applied before the filter (autocontrast, clahe, detail, "
+                        f"stylize, autowb, gamma_jitter; --sample default {SAMPLE_OP})")
+    s.add_argument("--record", metavar="OUT.mp4", help="--webcam: write the filtered stream to this file")
+    s.add_argument("--sample", action="store_true", help="run a demo operator + the filter on the bundled sample clip")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=run_video)
+    return s
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """Entry point of ``streamssm video``: checks the mode's arguments, runs it, prints the summary."""
+    modes = [name for name, on in (("PROCESSED", args.processed), ("--webcam", args.webcam), ("--sample", args.sample)) if on]
+    if len(modes) != 1:
+        raise ValueError("video: give exactly one of PROCESSED (file or folder), --webcam SPEC or --sample"
+                         + (f" (got {' and '.join(modes)})" if modes else ""))
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be at least 1, got {args.max_frames}")
+    common = dict(weights=args.weights, device=args.device, strength=args.strength, max_frames=args.max_frames,
+                  progress=not args.no_progress)
+
+    if args.webcam:
+        _refuse(args, original="--original does not apply to --webcam",
+                output="--webcam writes with --record OUT.mp4, not -o", report="--report does not apply to --webcam",
+                fps="--fps does not apply to --webcam (the camera sets the rate)")
+        summary = run_webcam(args.webcam, op=args.op, record=args.record, side_by_side=args.side_by_side,
+                             overwrite=args.overwrite, **common)
+        print(summary.line())
+        return 0  # Ctrl-C is how a camera session ends: not an error
+
+    if args.sample:
+        _refuse(args, original="--sample is guided by the sample itself; drop --original",
+                record="--sample writes with -o, not --record", fps="--fps does not apply to --sample")
+        if not args.output:
+            raise ValueError("--sample needs -o OUTPUT.mp4")
+        summary = run_sample(args.output, op=args.op or SAMPLE_OP, overwrite=args.overwrite, **common)
+    else:
+        _refuse(args, op="--op is for --webcam/--sample; apply your own operator before the filter",
+                record="PROCESSED writes with -o, not --record")
+        if not args.output:
+            raise ValueError("video: -o OUTPUT is required (a video file, or a folder/ for PNG frames)")
+        summary = filter_video(args.processed, args.output, original=args.original, side_by_side=args.side_by_side,
+                               report=args.report, overwrite=args.overwrite, fps=args.fps, **common)
+    print(summary.line())
+    if summary.interrupted:
+        print(f"streamssm: interrupted; {summary.output} holds the {summary.frames} frames filtered so far",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _refuse(args, **messages: str) -> None:
+    """ValueError(message) for an option (by ``dest``) the mode does not use: ignoring it would surprise."""
+    for dest, message in messages.items():
+        if getattr(args, dest) not in (None, False):
+            raise ValueError(message)
+
+
+# ------------------------------------------------------------------------------------------------
+# results
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    """What a run did; :meth:`line` is the one-line summary the CLI prints."""
+
+    frames: int
+    seconds: float
+    width: int
+    height: int
+    output: str | None
+    ewarp: tuple[float, float] | None = None  # (before, after)
+    report_note: str = ""
+    latencies_ms: list[float] = field(default_factory=list)
+    latency_of: str = "filter"
+    dropped: int = 0
+    interrupted: bool = False
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        s = f"streamssm: {self.frames} frames {self.width}x{self.height} in {self.seconds:.1f} s ({self.fps:.1f} fps)"
+        if self.latencies_ms:
+            lat = np.asarray(self.latencies_ms)
+            s += (f", latency median {np.median(lat):.1f} ms (p95 {np.percentile(lat, 95):.1f} ms) per frame"
+                  f" ({self.latency_of})")
+        if self.dropped:
+            s += f", {self.dropped} frames dropped by the source (filter slower than real time)"
+        if self.output:
+            s += f" -> {self.output}"
+        if self.ewarp is not None:
+            s += f"; E_warp {self.ewarp[0]:.5f} -> {self.ewarp[1]:.5f} ({self.report_note})"
+        return s
+
+
+class WarpReport:
+    """Collects what :func:`streamssm.metrics.warp_error` needs, cheaply, while frames stream past.
+
+    The metric needs optical flow, which at full resolution on a long clip costs more than the filter,
+    so it is computed on at most ``max_frames`` frames downscaled to ``max_px`` on the long side: a clip
+    of up to ``max_frames`` frames is scored whole; a longer one (when its length is known) on
+    ``max_frames // 2`` consecutive pairs spread evenly over it (E_warp is a mean over consecutive
+    pairs, so pairs, not every k-th frame, keep its meaning); a longer one of unknown length on its
+    first ``max_frames`` frames. The flow comes from ``guide`` (the originals when known) and is
+    computed once, then used for both ``before`` and ``after``.
+    """
+
+    def __init__(self, total: int | None, max_frames: int = REPORT_FRAMES, max_px: int = REPORT_PX):
+        self.total, self.max_frames, self.max_px = total, max_frames, max_px
+        if total is not None and total > max_frames:
+            starts = np.unique(np.linspace(0, total - 2, max_frames // 2).round().astype(int))
+            self._segments: dict[int, list] = {int(s): [] for s in starts}
+        else:
+            self._segments = {0: []}
+        self._pairs = total is not None and total > max_frames
+        self.seen = 0
+        self.size: tuple[int, int] | None = None
+        self.scaled = False
+
+    def _small(self, rgb: np.ndarray) -> np.ndarray:
+        import cv2
+
+        h, w = rgb.shape[:2]
+        s = self.max_px / max(h, w)
+        if s >= 1:
+            return rgb.copy()
+        self.scaled = True
+        return cv2.resize(rgb, (max(2, round(w * s)), max(2, round(h * s))), interpolation=cv2.INTER_AREA)
+
+    def add(self, index: int, guide: np.ndarray | None, before: np.ndarray, after: np.ndarray) -> None:
+        """``guide=None``: flow from ``before`` (no originals)."""
+        self.seen = max(self.seen, index + 1)
+        if self._pairs:
+            targets = [s for s in (index, index - 1) if s in self._segments and len(self._segments[s]) < 2]
+        else:
+            targets = [0] if index < self.max_frames else []
+        if not targets:
+            return
+        b, a = self._small(before), self._small(after)
+        g = b if guide is None else self._small(guide)
+        self.size = (b.shape[1], b.shape[0])
+        for s in targets:
+            self._segments[s].append((g, b, a))
+
+    def result(self, guided: bool) -> tuple[tuple[float, float], str] | None:
+        """((E_warp before, E_warp after), a note saying what was measured), or None under 2 frames."""
+        from streamssm.metrics import compute_flows, warp_errors
+
+        before, after, pairs = [], [], 0
+        for seg in self._segments.values():
+            if len(seg) < 2:
+                continue
+            flows = compute_flows([g for g, _, _ in seg])  # once, for both scores
+            before.append(warp_errors([b for _, b, _ in seg], flows))
+            after.append(warp_errors([a for _, _, a in seg], flows))
+            pairs += len(seg) - 1
+        if not pairs:
+            return None
+        eb, ea = np.concatenate(before), np.concatenate(after)
+        ok = np.isfinite(eb) & np.isfinite(ea)
+        if not ok.any():
+            return None
+        src = "flow from originals" if guided else "flow from the processed frames"
+        if self._pairs:
+            what = f"{pairs} frame pairs spread over {self.seen} frames"
+        elif self.seen > self.max_frames:
+            what = f"first {self.max_frames} of {self.seen} frames"
+        else:
+            what = f"all {self.seen} frames"
+        w, h = self.size
+        at = f"downscaled to {w}x{h}" if self.scaled else f"at {w}x{h}"
+        return (float(eb[ok].mean()), float(ea[ok].mean())), f"{src}, {what} {at}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline
+# ------------------------------------------------------------------------------------------------
+def _make_filter(weights, device: str, strength: float):
+    from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter
+
+    if weights is None and not DEFAULT_WEIGHTS.is_file():
+        raise ValueError(f"no video weights shipped at {DEFAULT_WEIGHTS}; pass --weights FILE.safetensors "
+                         "(from `streamssm train video`)")
+    return VideoFilter(weights=weights, device=device, strength=strength)
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    # disable=None is tqdm's "auto": no bar when stderr is not a terminal (logs, CI, pipes).
+    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, disable=None if enabled else True,
+                smoothing=0.1)
+
+
+def _total(src, max_frames: int | None) -> int | None:
+    n = src.frame_count
+    if max_frames is not None:
+        n = max_frames if n is None else min(n, max_frames)
+    return n
+
+
+class _OwnedFrames:
+    """Hands the encoder thread frames nobody will write to again.
+
+    ``VideoFilter.step`` returns a fresh array per call today; a filter that reuses its output buffer
+    (a pinned host buffer on CUDA, say) would otherwise overwrite a frame still queued for encoding.
+    Reuse shows up as an array that does not own its memory or shares it with the previous output.
+    """
+
+    def __init__(self):
+        self._prev: np.ndarray | None = None
+
+    def __call__(self, out: np.ndarray) -> np.ndarray:
+        if not out.flags.owndata or (self._prev is not None and np.shares_memory(out, self._prev)):
+            out = out.copy()
+        self._prev = out
+        return out
+
+
+def _filter_loop(pairs: Iterable, filt, sink, bar, *, side_by_side: bool, report: WarpReport | None,
+                 label=None) -> None:
+    """pairs yields (processed Frame, original rgb or None); writes filtered (or side-by-side) frames."""
+    owned = _OwnedFrames()
+    for p, orig in pairs:
+        out = filt.step(p.rgb, orig)
+        if report is not None:
+            report.add(p.index, orig, p.rgb, out)
+        if side_by_side:
+            frame = np.concatenate([p.rgb, out], axis=1)
+            if label is not None:
+                label(frame)
+        else:
+            frame = owned(out)
+        sink.write(frame, p.timestamp)
+        bar.update(1)
+
+
+@contextlib.contextmanager
+def _note_kept_frames(get_sink, output: str | None):
+    """Wraps the ExitStack that owns the sink: when an error (or SIGTERM) escapes, the sink has been
+    finalised by the time we get here, so we can say how many frames the output holds."""
+    try:
+        yield
+    except BaseException:
+        sink = get_sink()
+        n = getattr(sink, "frames_written", 0) if sink is not None else 0
+        if n:
+            print(f"streamssm: {output} holds the {n} frames filtered before the error", file=sys.stderr)
+        raise
+
+
+def filter_video(
+    processed: str,
+    output: str,
+    *,
+    original: str | None = None,
+    weights: str | None = None,
+    device: str = "auto",
+    strength: float = 1.0,
+    side_by_side: bool = False,
+    report: bool = False,
+    overwrite: bool = False,
+    max_frames: int | None = None,
+    fps: float | None = None,
+    progress: bool = True,
+    filt=None,
+) -> RunSummary:
+    """Filter PROCESSED (video file or image folder) into OUTPUT (video file or PNG folder).
+
+    Inputs are validated (paths, frame-count and size mismatch, output == input, existing output)
+    before the model is loaded. ``filt``: an existing :class:`~streamssm.video.filter.VideoFilter`
+    (reset first) instead of building one from ``weights``/``device``/``strength``.
+    Ctrl-C returns a summary with ``interrupted=True``; any other error propagates after the output
+    has been finalised with the frames written so far.
+    """
+    from streamssm.io import VideoIOError, open_sink, open_source, paired, prefetch, sigterm_as_exception
+
+    limits = dict(max_frames=max_frames, on_limit="stop")
+    sink = None
+    interrupted = False
+    with _note_kept_frames(lambda: sink, output), contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_as_exception())
+        I = stack.enter_context(open_source(original, fps=fps, **limits)) if original else None
+        # An image folder has no rate of its own: take the original video's, so the output matches it.
+        p_fps = fps if fps is not None else (I.rate if I is not None and not os.path.isdir(original) else None)
+        P = stack.enter_context(open_source(processed, fps=p_fps, **limits))
+        if I is not None:
+            if P.frame_count is not None and I.frame_count is not None and P.frame_count != I.frame_count:
+                raise VideoIOError(f"frame counts differ: {P.path} (processed) has {P.frame_count} frames, "
+                                   f"{I.path} (original) has {I.frame_count}; they must pair up frame by frame")
+            if (P.width, P.height) != (I.width, I.height):
+                raise VideoIOError(f"frame sizes differ: {P.path} (processed) is {P.width}x{P.height}, "
+                                   f"{I.path} (original) is {I.width}x{I.height}")
+        if filt is None:
+            filt = _make_filter(weights, device, strength)
+        filt.reset()
+        audio = processed if os.path.isfile(processed) else None
+        width = P.width * (2 if side_by_side else 1)
+        from streamssm.io import ThreadedSink
+
+        sink = stack.enter_context(ThreadedSink(open_sink(output, fps=P.rate, width=width, height=P.height,
+                                                          audio_from=audio, overwrite=overwrite,
+                                                          protected=[processed] + ([original] if original else []))))
+        total = _total(P, max_frames)
+        bar = stack.enter_context(_progress(total, Path(processed).name, progress))
+        rep = WarpReport(total) if report else None
+        src = stack.enter_context(prefetch(P))
+        pairs: Iterator = ((p, i.rgb) for p, i in paired(src, stack.enter_context(prefetch(I)))) if I is not None \
+            else ((p, None) for p in src)
+        t0 = time.perf_counter()
+        try:
+            _filter_loop(pairs, filt, sink, bar, side_by_side=side_by_side, report=rep)
+        except KeyboardInterrupt:
+            interrupted = True  # the ExitStack still finalises the output: a normal exit from here
+    seconds = time.perf_counter() - t0
+    summary = RunSummary(sink.frames_written, seconds, P.width, P.height, output, interrupted=interrupted)
+    if rep is not None and not interrupted:
+        res = rep.result(guided=I is not None)
+        if res is not None:
+            summary.ewarp, summary.report_note = res
+    return summary
+
+
+def run_webcam(
+    spec: str,
+    *,
+    op: str | None = None,
+    record: str | None = None,
+    side_by_side: bool = False,
+    weights: str | None = None,
+    device: str = "auto",
+    strength: float = 1.0,
+    max_frames: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    preview: bool | None = None,
+) -> RunSummary:
+    """Filter a camera / capture URL / ``live:FILE`` stream frame by frame.
+
+    No prefetch here: queued frames are frames of latency, and a live source drops what the filter is
+    too slow for. ``op``: a demo operator makes the flicker; the filter is then guided by the camera
+    frame (the frame the operator saw), as in ``--sample``; without ``op`` the stream itself is the
+    processed video and the filter runs unguided. ``preview=None``: a window when
+    :func:`streamssm.io.has_display`. Latency is the time from receiving a frame to its filtered output
+    (operator + filter), per frame. ``record`` (+ ``side_by_side``: [processed | filtered]) keeps it.
+    Ctrl-C, ``q``/``Esc`` in the window, the source ending or ``max_frames`` end the session normally.
+    """
+    from streamssm.io import Preview, ThreadedSink, has_display, open_sink, open_source, sigterm_as_exception
+
+    show = has_display() if preview is None else preview
+    if not show and not record:
+        raise ValueError(f"--webcam {spec}: no display to preview on (headless machine or OpenCV without GUI) "
+                         "and no --record OUT.mp4 given: the filtered stream would go nowhere")
+    operator = _demo_operator(op) if op else None
+    latencies: list[float] = []
+    sink = None
+    with _note_kept_frames(lambda: sink, record), contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_as_exception())
+        src = stack.enter_context(open_source(spec, max_frames=max_frames, on_limit="stop"))
+        filt = _make_filter(weights, device, strength)
+        if record:
+            width = src.width * (2 if side_by_side else 1)
+            sink = stack.enter_context(ThreadedSink(open_sink(record, fps=src.rate, width=width, height=src.height,
+                                                              overwrite=overwrite, protected=[spec])))
+        view = stack.enter_context(Preview(f"streamssm: {spec}", enabled=show))
+        bar = stack.enter_context(_progress(max_frames, str(spec), progress))
+        owned = _OwnedFrames()
+        t0 = time.perf_counter()
+        try:
+            for fr in src:
+                t = time.perf_counter()
+                if operator is not None:
+                    p = operator.apply(fr.rgb, fr.index)
+                    out = filt.step(p, fr.rgb)
+                else:
+                    p, out = fr.rgb, filt.step(fr.rgb)
+                latencies.append((time.perf_counter() - t) * 1e3)
+                if sink is not None:
+                    sink.write(np.concatenate([p, out], axis=1) if side_by_side else owned(out), fr.timestamp)
+                bar.update(1)
+                if not view.show(p, out):
+                    break
+        except KeyboardInterrupt:
+            pass  # how a camera session ends
+    seconds = time.perf_counter() - t0
+    return RunSummary(len(latencies), seconds, src.width, src.height, record, latencies_ms=latencies,
+                      latency_of="operator + filter" if operator is not None else "filter",
+                      dropped=getattr(src, "dropped", 0))
+
+
+def _demo_operator(name: str):
+    from streamssm.video.operators import DEMO_OPERATORS, make_demo_operator
+
+    if name not in DEMO_OPERATORS:
+        raise ValueError(f"--op {name}: unknown demo operator; choose from {', '.join(sorted(DEMO_OPERATORS))}")
+    return make_demo_operator(name, seed=0)
+
+
+def _labeller(left: str, right: str, width: int):
+    """Draws the two panel titles onto a side-by-side frame (in place)."""
+    import cv2
+
+    fs = max(0.5, 0.9 * width / 1280)  # font scale: readable on a 640 px panel, not huge at 1080p
+    thick = max(1, round(2 * fs))
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    def draw(frame: np.ndarray) -> None:
+        for text, x in ((left, 0), (right, width)):
+            (tw, th), base = cv2.getTextSize(text, font, fs, thick)
+            pad = max(4, th // 2)
+            box = frame[: th + base + 2 * pad, x : x + tw + 2 * pad]
+            box[:] = box // 3  # darkened backdrop: readable on any content, no outline artefacts
+            cv2.putText(frame, text, (x + pad, th + pad), font, fs, (255, 255, 255), thick, cv2.LINE_AA)
+
+    return draw
+
+
+def run_sample(
+    output: str,
+    *,
+    op: str = SAMPLE_OP,
+    weights: str | None = None,
+    device: str = "auto",
+    strength: float = 1.0,
+    max_frames: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RunSummary:
+    """The demo: ``op`` applied per frame to the bundled sample, filtered (guided by the sample),
+    written as [processed | filtered], scored with E_warp (flow from the sample)."""
+    from streamssm.io import Frame, ThreadedSink, open_sink, open_source, prefetch, sigterm_as_exception
+
+    if not SAMPLE.is_file():
+        raise FileNotFoundError(f"{SAMPLE}: the sample clip is missing from this installation "
+                                "(regenerate it with demo/make_sample.py)")
+    operator = _demo_operator(op)
+    sink = None
+    interrupted = False
+    with _note_kept_frames(lambda: sink, output), contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_as_exception())
+        src = stack.enter_context(open_source(str(SAMPLE), max_frames=max_frames, on_limit="stop"))
+        filt = _make_filter(weights, device, strength)
+        sink = stack.enter_context(ThreadedSink(open_sink(output, fps=src.rate, width=2 * src.width, height=src.height,
+                                                          overwrite=overwrite, protected=[str(SAMPLE)])))
+        total = _total(src, max_frames)
+        bar = stack.enter_context(_progress(total, f"sample + {op}", progress))
+        rep = WarpReport(total)
+        frames = stack.enter_context(prefetch(src))
+        pairs = ((Frame(operator.apply(f.rgb, f.index), f.timestamp, f.index), f.rgb) for f in frames)
+        t0 = time.perf_counter()
+        try:
+            _filter_loop(pairs, filt, sink, bar, side_by_side=True, report=rep,
+                         label=_labeller(f"processed ({op})", "streamssm filtered", src.width))
+        except KeyboardInterrupt:
+            interrupted = True
+    seconds = time.perf_counter() - t0
+    summary = RunSummary(sink.frames_written, seconds, src.width, src.height, output, interrupted=interrupted)
+    if not interrupted:
+        res = rep.result(guided=True)
+        if res is not None:
+            summary.ewarp, summary.report_note = res
+    return summary

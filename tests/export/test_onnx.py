@@ -1,0 +1,168 @@
+"""ONNX export of the step graphs: ONNX Runtime matches PyTorch while the state is threaded through.
+
+Every test here may fail: a graph that does not export, does not generalise to another size, or
+drifts from PyTorch over 20 steps is a failure, never a skip (only a missing onnx/onnxruntime skips).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.export
+onnx = pytest.importorskip("onnx", reason="ONNX export tests need onnx: pip install 'streamssm[export]'")
+pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime: pip install 'streamssm[export]'")
+
+from streamssm.export import OnnxRunner, export_onnx  # noqa: E402
+from streamssm.export._spec import build_model, load_model  # noqa: E402
+from streamssm.video.model import VideoSSMConfig  # noqa: E402
+from tests.export._streams import perturbed, pose_frames, video_frames  # noqa: E402
+
+# ONNX Runtime vs PyTorch, relative error per dtype, for the output and every state tensor of every step
+ONNX_TOL = {torch.float32: 1e-4}
+
+
+def assert_stream_close(got: np.ndarray, want: torch.Tensor, what: str, dtype=torch.float32) -> None:
+    """Same NaN pattern (missing keypoints are NaN by design), then relative error on the rest."""
+    want = want.detach().numpy()
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    fin = np.isfinite(want)
+    assert np.array_equal(np.isfinite(got), fin), f"{what}: NaN/inf in different places"
+    a, b = got[fin].astype(np.float64), want[fin].astype(np.float64)
+    err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+    assert err <= ONNX_TOL[dtype], f"{what}: relative error {err:.3g} > {ONNX_TOL[dtype]:g}"
+
+
+def run_both(runner: OnnxRunner, model, frames: list[dict], batch: int, *dims: int, strength=0.8) -> None:
+    """One fresh stream through the runner and through ``model.step``, compared at every step."""
+    runner.init_state(batch, *dims)
+    state = model.init_state(batch, *dims)
+    for t, x in enumerate(frames):
+        with torch.no_grad():
+            if runner.kind == "pose":
+                want, state = model.step(x["points"], x["confidence"], state, fps=x["fps"], strength=strength)
+                got = runner.step(x["points"].numpy(), x["confidence"].numpy(), fps=x["fps"].numpy(), strength=strength)
+            else:
+                orig = x["original"] if runner.guided else None
+                want, state = model.step(x["processed"], orig, state, strength=strength)
+                got = runner.step(x["processed"].numpy(), None if orig is None else orig.numpy(), strength=strength)
+        size = "x".join(map(str, (batch, *dims)))
+        assert_stream_close(got, want, f"{runner.kind} {size} step {t}: output")
+        for i, (a, b) in enumerate(zip(runner.get_state(), state)):
+            assert_stream_close(a, b, f"{runner.kind} {size} step {t}: state {i}")
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def pose_model():
+    return load_model("pose")  # the shipped weights
+
+
+@pytest.fixture(scope="module")
+def pose_onnx(tmp_path_factory, pose_model):
+    # check=True: the exporter's own ONNX Runtime check at a second batch and K must pass too
+    return export_onnx("pose", tmp_path_factory.mktemp("pose") / "pose.onnx", model=pose_model, dims=2, check=True)
+
+
+@pytest.fixture(scope="module")
+def video_model():
+    torch.manual_seed(0)
+    return perturbed(build_model("video", VideoSSMConfig().to_dict()))
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["processed-only", "guided"])
+def video_onnx(request, tmp_path_factory, video_model):
+    path = tmp_path_factory.mktemp("video") / f"video_{'guided' if request.param else 'plain'}.onnx"
+    # traced at 72x128; the tests below run it at 72x128 and at 96x160
+    return export_onnx("video", path, model=video_model, guided=request.param, shape=(1, 72, 128), check=False)
+
+
+# --------------------------------------------------------------------------------------- tests
+def test_pose_graph_interface(pose_onnx, pose_model):
+    proto = onnx.load(str(pose_onnx))
+    onnx.checker.check_model(proto, full_check=True)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["streamssm.model"] == "pose" and meta["streamssm.dims"] == "2"
+    n_state = len(pose_model.init_state(1, 17))
+    ins = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    outs = [o.name for o in proto.graph.output]
+    assert list(ins) == ["points", "confidence", "fps", "strength"] + [f"state_in_{i}" for i in range(n_state)]
+    assert outs == ["output"] + [f"state_out_{i}" for i in range(n_state)]
+    assert ins["points"] == ["batch", "keypoints", 2]  # dynamic batch and K, fixed D
+
+
+@pytest.mark.parametrize("k", [17, 33])
+def test_pose_onnx_matches_torch(pose_onnx, pose_model, k):
+    """The same graph (traced at K=17) at K=17 and K=33, 20 steps, batch 2, missing joints included."""
+    runner = OnnxRunner(pose_onnx)
+    run_both(runner, pose_model, pose_frames(2, k, 2, seed=k), 2, k)
+
+
+def test_pose_3d_onnx_matches_torch(tmp_path, pose_model):
+    path = export_onnx("pose", tmp_path / "pose3d.onnx", model=pose_model, dims=3, check=False)
+    run_both(OnnxRunner(path), pose_model, pose_frames(1, 21, 3, seed=3), 1, 21)
+
+
+def test_video_onnx_matches_torch_at_two_resolutions(video_onnx, video_model):
+    """One graph, traced at 72x128: a 20-step stream at 72x128, then a fresh one at 96x160."""
+    runner = OnnxRunner(video_onnx)
+    run_both(runner, video_model, video_frames(1, 72, 128, seed=1), 1, 72, 128)
+    run_both(runner, video_model, video_frames(2, 96, 160, seed=2), 2, 96, 160)
+
+
+def test_runner_snapshot_restore_and_fresh_stream(pose_onnx):
+    runner = OnnxRunner(pose_onnx)
+    frames = pose_frames(1, 17, 2, steps=6)
+    first = [runner.step(f["points"].numpy()) for f in frames[:3]]
+    snap = runner.get_state()
+    after = [runner.step(f["points"].numpy()) for f in frames[3:]]
+    runner.set_state(snap)
+    again = [runner.step(f["points"].numpy()) for f in frames[3:]]
+    for a, b in zip(after, again):
+        np.testing.assert_array_equal(a, b)
+    runner.reset()  # a zeroed state is a fresh stream: the first output again
+    np.testing.assert_array_equal(runner.step(frames[0]["points"].numpy()), first[0])
+    assert not np.array_equal(first[0], first[2])
+
+
+def test_runner_refuses_wrong_inputs(video_onnx):
+    runner = OnnxRunner(video_onnx)
+    frame = np.random.default_rng(0).uniform(size=(1, 3, 72, 128)).astype(np.float32)
+    with pytest.raises(ValueError, match="guided|processed-only"):
+        runner.step(frame, None if runner.guided else frame)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        runner.step(frame[:, :2], frame[:, :2] if runner.guided else None)
+
+
+def test_export_refuses_a_graph_that_does_not_generalise(tmp_path):
+    """Traced below a 64 px short side, the video model's downsampling factor is fixed by Python
+    arithmetic the tracer cannot record: the exporter's check must catch it instead of writing a graph
+    that is silently wrong at other sizes."""
+    model = build_model("video", VideoSSMConfig(d_model=16, n_layers=1).to_dict()).eval()
+    with pytest.raises(RuntimeError, match="short side"):
+        export_onnx("video", tmp_path / "small.onnx", model=model, shape=(1, 48, 64), check=True)
+
+
+def test_export_rejects_old_opset(tmp_path, pose_model):
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx("pose", tmp_path / "p.onnx", model=pose_model, opset=13)
+
+
+def test_cli_export_onnx(tmp_path):
+    from streamssm.export.cli import add_export_parser
+
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "pose3.onnx"
+    args = parser.parse_args(["export", "onnx", "--model", "pose", "-o", str(out), "--dims", "3", "--opset", "18",
+                              "--no-check"])
+    assert args.func(args) == 0
+    proto = onnx.load(str(out))
+    assert {p.key: p.value for p in proto.metadata_props}["streamssm.dims"] == "3"
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 18
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "onnx", "--model", "pose", "-o", str(out), "--dims", "4"])

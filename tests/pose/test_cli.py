@@ -1,0 +1,128 @@
+"""``streamssm pose``: the command line, run as a subprocess like a user would."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamssm.io.pose_files import PoseData, read_pose, write_pose
+
+
+def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamssm.cli", "pose", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def juggle(shared_data, tmp_path) -> Path:
+    p = tmp_path / "juggle.npz"
+    shutil.copyfile(shared_data / "pose" / "mp_edgetam_juggle.npz", p)
+    return p
+
+
+def _small(juggle: Path, t: int = 48) -> PoseData:
+    """2-D points + confidence from the real clip, with a gap, as a plain PoseData (no layout)."""
+    d = read_pose(juggle)
+    pts = d.points[:t, :, :2].copy()
+    pts[10:13, 15] = np.nan  # a wrist lost for three frames
+    return PoseData(pts, d.confidence[:t].copy(), None)
+
+
+def test_mediapipe_npz(juggle, tmp_path):
+    before = juggle.read_bytes()
+    out = tmp_path / "out" / "filtered.npz"
+    r = _cli(juggle, "-o", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert juggle.read_bytes() == before, "the input file was modified"
+    for s in ("247 frames", "33 keypoints", "3-D", "24 fps (from file)", "of body size"):
+        assert s in r.stdout, f"summary lacks {s!r}: {r.stdout}"
+    with np.load(juggle) as a, np.load(out) as b:
+        assert set(b.files) == set(a.files) | {"landmarks_filtered", "filtered_from"}
+        for k in a.files:  # every input key is carried over unchanged
+            np.testing.assert_array_equal(b[k], a[k])
+        raw, filt = a["landmarks_raw"], b["landmarks_filtered"]
+        assert filt.shape == raw.shape and np.isfinite(filt).all()
+        np.testing.assert_array_equal(filt[..., 3], raw[..., 3])  # visibility untouched
+        assert not np.allclose(filt[..., :3], raw[..., :3])
+        # smoother: less frame-to-frame acceleration than the input
+        acc = lambda x: np.abs(np.diff(x[..., :2], 2, axis=0)).mean()  # noqa: E731
+        assert acc(filt) < acc(raw)
+
+
+def test_csv_round_trip_with_overwrite(juggle, tmp_path):
+    data = _small(juggle)
+    src = write_pose(tmp_path / "in.csv", data)
+    out = tmp_path / "out.csv"
+    out.write_text("old\n")
+    r = _cli(src, "-o", out, "--fps", 30, "--overwrite", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "30 fps (--fps)" in r.stdout and "48 frames" in r.stdout and "2-D" in r.stdout
+    back = read_pose(out)
+    assert back.points.shape == data.points.shape and back.fps == 30.0
+    np.testing.assert_array_equal(back.confidence, data.confidence)
+    gap = ~np.isfinite(data.points)
+    np.testing.assert_array_equal(np.isnan(back.points), gap)  # gaps stay gaps
+    assert not np.allclose(back.points[~gap], data.points[~gap])
+
+
+def test_json_round_trip_then_refuse_existing_output(juggle, tmp_path):
+    data = _small(juggle, t=30)
+    src = write_pose(tmp_path / "in.json", data)
+    out = tmp_path / "out.json"
+    r = _cli(src, "-o", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "30 fps (default, file has none)" in r.stdout
+    back = read_pose(out)
+    assert back.points.shape == (30, 33, 2)
+    np.testing.assert_array_equal(back.confidence, data.confidence)
+    written = out.read_bytes()
+    r = _cli(src, "-o", out, cwd=tmp_path)
+    assert r.returncode == 2 and "--overwrite" in r.stderr and "out.json" in r.stderr
+    assert out.read_bytes() == written
+
+
+@pytest.mark.parametrize("how", ["same", "dot", "absolute", "hardlink", "symlink"])
+def test_output_is_input_refused(juggle, tmp_path, how):
+    before = juggle.read_bytes()
+    target = {"same": juggle.name, "dot": f"./sub/../{juggle.name}", "absolute": juggle.resolve()}.get(how)
+    if how == "hardlink":
+        target = tmp_path / "link.npz"
+        os.link(juggle, target)
+    elif how == "symlink":
+        target = tmp_path / "sym.npz"
+        target.symlink_to(juggle)
+    (tmp_path / "sub").mkdir()
+    r = _cli(juggle.name, "-o", target, "--overwrite", cwd=tmp_path)
+    assert r.returncode != 0 and "input" in r.stderr, r.stderr
+    assert juggle.read_bytes() == before
+
+
+@pytest.mark.parametrize("name, content", [
+    ("missing_columns.csv", "frame,joint,x\n0,0,1.0\n"),
+    ("empty.json", ""),
+    ("empty.csv", ""),
+    ("does_not_exist.npz", None),
+    ("garbage.npz", "not a zip file"),
+])
+def test_bad_input_names_the_file(tmp_path, name, content):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    r = _cli(name, "-o", "out" + Path(name).suffix, cwd=tmp_path)
+    assert r.returncode != 0
+    assert name in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / ("out" + Path(name).suffix)).exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is not None, reason="mediapipe is installed")
+def test_video_without_mediapipe_says_how_to_install(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+    r = _cli("clip.mp4", "-o", "out.mp4", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "pip install 'streamssm[mediapipe]'" in r.stderr and "clip.mp4" in r.stderr

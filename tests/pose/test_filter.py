@@ -1,0 +1,257 @@
+"""PoseFilter: the streaming API over PoseSSM (shipped weights, CPU)."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from streamssm.pose.filter import DEFAULT_WEIGHTS, PoseFilter
+from tests.conftest import assert_rel_close
+
+FPS = 24.0
+
+
+def _poses(t=20, k=17, d=2, b=None, seed=0, size=100.0, offset=300.0) -> np.ndarray:
+    """A jittery moving skeleton: (t, k, d) or (t, b, k, d) float32, pixel-like units."""
+    rng = np.random.default_rng(seed)
+    lead = () if b is None else (b,)
+    base = rng.uniform(-0.5, 0.5, lead + (k, d)) * size + offset
+    tt = np.arange(t)[:, *([None] * (len(lead) + 2))]
+    phase = rng.uniform(0, 2 * np.pi, lead + (k, d))
+    motion = 0.2 * size * np.sin(2 * np.pi * tt / 30.0 + phase)
+    noise = rng.normal(0, 0.01 * size, (t,) + lead + (k, d))
+    return (base + motion + noise).astype(np.float32)
+
+
+def _t(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x))
+
+
+def _filt(**kw) -> PoseFilter:
+    return PoseFilter(device="cpu", fps=FPS, **kw)
+
+
+# ----------------------------------------------------------------------------- scan == step
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_filter_equals_repeated_step(d):
+    x = _poses(t=20, d=d)
+    f = _filt()
+    y_scan = f.filter(x)
+    f.reset()
+    y_step = np.stack([f.step(p) for p in x])
+    assert_rel_close(_t(y_step), _t(y_scan), what=f"step vs filter, {d}-D")
+
+
+def test_filter_equals_repeated_step_batched():
+    x = _poses(t=16, b=3, k=12, d=2)
+    f = _filt()
+    y_scan = f.filter(x)
+    assert y_scan.shape == x.shape
+    f.reset()
+    y_step = np.stack([f.step(p) for p in x])
+    assert_rel_close(_t(y_step), _t(y_scan), what="(T,B,K,D) step vs filter")
+
+
+def test_batched_streams_equal_each_alone():
+    x = _poses(t=30, b=3, k=17, d=3, seed=1)
+    x[:, 1] *= 0.01  # streams in different units must not influence each other
+    y = _filt().filter(x)
+    for i in range(x.shape[1]):
+        assert_rel_close(_t(y[:, i]), _t(_filt().filter(x[:, i])), what=f"stream {i}")
+
+
+def test_causal():
+    x = _poses(t=30)
+    y_full = _filt().filter(x)
+    y_prefix = _filt().filter(x[:12])
+    np.testing.assert_allclose(y_prefix, y_full[:12], rtol=1e-5, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------- types
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_in_numpy_out_dtype_preserved(dtype):
+    x = _poses(t=5).astype(dtype)
+    f = _filt()
+    y = f.filter(x)
+    assert isinstance(y, np.ndarray) and y.dtype == dtype and y.shape == x.shape
+    y1 = f.step(x[0])
+    assert isinstance(y1, np.ndarray) and y1.dtype == dtype and y1.shape == x[0].shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_in_torch_out(dtype):
+    x = torch.from_numpy(_poses(t=5)).to(dtype)
+    f = _filt()
+    y = f.filter(x)
+    assert isinstance(y, torch.Tensor) and y.dtype == dtype and y.shape == x.shape
+    y1 = f.step(x[0])
+    assert isinstance(y1, torch.Tensor) and y1.dtype == dtype and y1.shape == x[0].shape
+
+
+def test_shipped_weights_load_offline(monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError("PoseFilter tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    assert DEFAULT_WEIGHTS.is_file()
+    f = PoseFilter(device="cpu")
+    assert f.model.head.weight.abs().sum() > 0, "shipped weights look untrained (zero head = identity filter)"
+    assert np.isfinite(f.step(_poses(t=1)[0])).all()
+
+
+# ------------------------------------------------------------------------ missing samples
+
+def test_strength_zero_returns_input_exactly():
+    x = _poses(t=20)
+    x[5, 2] = np.nan
+    x[7, 4, 1] = np.inf
+    y = _filt(strength=0.0).filter(x)
+    fin = np.isfinite(x).all(-1)  # one non-finite coordinate marks the whole keypoint missing (held)
+    np.testing.assert_array_equal(y[fin], x[fin])
+    np.testing.assert_array_equal(y[7, 4], y[6, 4])
+
+
+def _corrupt(x):
+    """NaN/inf in a few samples (whole joints, single coordinates, a whole frame) and the confidence
+    that marks the same samples missing instead."""
+    bad = x.copy()
+    conf = np.ones(x.shape[:-1], np.float32)
+    for t, k, c, v in [(4, 3, slice(None), np.nan), (6, 5, 0, np.inf), (7, 7, 1, -np.inf), (8, 0, slice(None), np.nan)]:
+        bad[t, k, c] = v
+        conf[t, k] = 0
+    bad[10] = np.nan
+    conf[10] = 0
+    return bad, conf
+
+
+def test_nan_inf_do_not_poison_later_outputs():
+    x = _poses(t=20)
+    bad, conf = _corrupt(x)
+    f = _filt()
+    y_bad = f.filter(bad)
+    assert np.isfinite(y_bad).all(), "every joint was seen at frame 0, so every output must be finite"
+    f.reset()
+    y_conf = f.filter(x, confidence=conf)
+    np.testing.assert_array_equal(y_bad, y_conf)
+    f.reset()
+    y_step = np.stack([f.step(p) for p in bad])
+    assert_rel_close(_t(y_step), _t(y_bad), what="step vs filter with NaN/inf")
+
+
+def test_joint_never_seen_is_nan_until_seen():
+    x = _poses(t=10)
+    x[:4, 2] = np.nan
+    y = _filt().filter(x)
+    assert np.isnan(y[:4, 2]).all()
+    assert np.isfinite(y[4:]).all() and np.isfinite(np.delete(y, 2, axis=1)).all()
+
+
+def test_all_missing_frame_returns_previous_output():
+    x = _poses(t=12)
+    x[6] = np.nan
+    y = _filt().filter(x)
+    np.testing.assert_array_equal(y[6], y[5])
+    f = _filt()
+    ys = [f.step(p) for p in x[:6]]
+    np.testing.assert_array_equal(f.step(x[6]), ys[-1])
+    np.testing.assert_array_equal(f.step(x[6], confidence=np.zeros(x.shape[1])), ys[-1])
+
+
+# --------------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("shape, match", [
+    ((33,), r"shape \(K, D\) or \(B, K, D\), got \(33,\)"),
+    ((5, 33, 4), r"D = 2 or 3 .*\(5, 33, 4\)"),
+    ((33, 1), r"D = 2 or 3 .*\(33, 1\)"),
+])
+def test_step_wrong_shapes(shape, match):
+    with pytest.raises(ValueError, match=match):
+        _filt().step(np.zeros(shape, np.float32))
+
+
+def test_filter_wrong_shape():
+    with pytest.raises(ValueError, match=r"\(T, K, D\) or \(T, B, K, D\), got \(33, 2\)"):
+        _filt().filter(np.zeros((33, 2), np.float32))
+
+
+def test_keypoint_count_change_needs_reset():
+    x = _poses(t=3, k=17)
+    f = _filt()
+    f.step(x[0])
+    with pytest.raises(ValueError, match="reset"):
+        f.step(x[1, :12])
+    with pytest.raises(ValueError, match="reset"):
+        f.filter(x[1:, :12])
+    f.reset()
+    assert f.step(x[1, :12]).shape == (12, 2)
+
+
+# ------------------------------------------------------------------------- state handling
+
+def test_reset_mask_resets_only_masked_streams():
+    x = _poses(t=20, b=3, k=12)
+    f, ref = _filt(), _filt()
+    f.filter(x[:10])
+    ref.filter(x[:10])
+    f.reset(np.array([False, True, False]))
+    y = f.filter(x[10:])
+    y_ref = ref.filter(x[10:])  # no reset
+    fresh = _filt().filter(x[10:, 1])
+    assert_rel_close(_t(y[:, 1]), _t(fresh), what="reset stream vs fresh filter")
+    np.testing.assert_allclose(y[:, [0, 2]], y_ref[:, [0, 2]], rtol=1e-6, atol=1e-4)
+    assert not np.allclose(y[:, 1], y_ref[:, 1], rtol=1e-6, atol=1e-4), "reset made no difference"
+
+
+def test_get_set_state_snapshot_restore():
+    x = _poses(t=24)
+    f = _filt()
+    f.filter(x[:12])
+    snap = f.get_state()
+    a = f.filter(x[12:])
+    f.set_state(snap)
+    b = f.filter(x[12:])
+    np.testing.assert_array_equal(a, b)
+    g = _filt()
+    g.set_state(snap)  # a snapshot moves to another filter
+    np.testing.assert_array_equal(g.filter(x[12:]), a)
+
+
+# ------------------------------------------------------------------------------- units
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_scale_invariance(d):
+    x = _poses(t=30, d=d, size=1.0, offset=0.5)  # metres / normalised
+    y = _filt().filter(x)
+    y_mm = _filt().filter(x * 1000)
+    assert_rel_close(_t(y_mm), _t(1000 * y), tol=1e-4, what="points*1000")
+
+
+def test_translation_invariance():
+    x = _poses(t=30)
+    y = _filt().filter(x)
+    shift = np.array([250.0, -120.0], np.float32)
+    assert_rel_close(_t(_filt().filter(x + shift)), _t(y + shift), what="points + c")
+
+
+def test_pixels_vs_normalised_coordinates():
+    norm = _poses(t=30, size=0.4, offset=0.5)  # MediaPipe-like, in [0, 1]
+    w = 1280.0
+    px = norm * w + np.float32(7.0)  # isotropic scale (square pixels) and an offset
+    y_norm = _filt().filter(norm)
+    y_px = _filt().filter(px)
+    assert_rel_close(_t(y_px), _t(y_norm * w + 7.0), what="pixels vs normalised")
+
+
+def test_units_invariance_when_stream_starts_with_one_keypoint():
+    # Regression: the body size used to start at 1.0 (in the caller's units) until a frame had two
+    # valid joints, so normalised and millimetre inputs were filtered differently, even afterwards.
+    x = _poses(t=20, size=0.4, offset=0.5)
+    x[:8, 1:] = np.nan
+    y = _filt().filter(x)
+    y_mm = _filt().filter(x * 1000)
+    np.testing.assert_array_equal(y[:8, 0], x[:8, 0])  # no body size yet: no correction
+    assert_rel_close(_t(y_mm[8:]), _t(1000 * y[8:]), tol=1e-4, what="points*1000 after a one-keypoint start")

@@ -1,0 +1,293 @@
+"""Tests for ``streamssm video`` (streamssm.video.cli): file, folder, webcam (live:FILE) and sample modes.
+
+Most tests run the real command in a subprocess (``python -m streamssm.cli video ...``), so exit codes
+and messages are what a user sees. Clips are 96x64, made here with raw PyAV; the filter loads a
+random-init weights file (its output quality is not under test here, the plumbing is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+cv2 = pytest.importorskip("cv2")
+
+W, H = 96, 64
+
+
+def frame(i: int, w: int = W, h: int = H) -> np.ndarray:
+    """A moving gradient with a per-frame brightness wobble (something for the filter to do)."""
+    x = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    img = 0.5 + 0.3 * np.sin(6 * x + 4 * y + 0.3 * i + np.array([0, 1, 2], np.float32)) + 0.08 * (-1) ** i
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
+def make_clip(path: Path, n: int = 20, rate: int = 25, audio: bool = False, size=(W, H)) -> Path:
+    """``n`` frames of :func:`frame` as H.264; ``audio`` adds a 440 Hz AAC tone as long as the video."""
+    w, h = size
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if audio:
+            sr = 44100
+            aus = c.add_stream("aac", rate=sr, layout="mono")
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(frame(i, w, h), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, rate)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+        if audio:
+            total = sr * n // rate
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / sr)).astype(np.float32)
+            for s in range(0, total, 1024):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[None, s : s + 1024]), format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
+                c.mux(aus.encode(af))
+            c.mux(aus.encode(None))
+    return path
+
+
+def probe(path: Path) -> dict:
+    """Frames decoded, size, average rate and audio duration (s, None without audio), straight from PyAV."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        n = sum(1 for _ in c.decode(vs))
+        out = dict(frames=n, size=(vs.codec_context.width, vs.codec_context.height), rate=vs.average_rate, audio=None)
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            out["audio"] = float(sum(p.duration for p in c.demux(a) if p.size) * a.time_base)
+    return out
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    import torch
+
+    from streamssm.video.model import VideoSSM, VideoSSMConfig
+    from streamssm.weights import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "video_random.safetensors"
+    m = VideoSSM(VideoSSMConfig(backend="torch"))
+    save_weights(path, m, "video", m.config.to_dict())
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("clips")
+    return dict(tone=make_clip(d / "tone.mp4", audio=True), plain=make_clip(d / "plain.mp4"),
+                short=make_clip(d / "short.mp4", n=15))
+
+
+def cli(*args, weights: Path | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m streamssm.cli video ...`` headless on the CPU; ``weights`` adds ``--weights``."""
+    cmd = [sys.executable, "-m", "streamssm.cli", "video", *map(str, args)]
+    if weights is not None:
+        cmd += ["--weights", str(weights), "--device", "cpu"]
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r.stdout
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# file mode
+# ------------------------------------------------------------------------------------------------
+def test_round_trip_keeps_count_size_fps_and_audio(tmp_path, clips, weights):
+    out = tmp_path / "out.mp4"
+    stdout = ok(cli(clips["tone"], "--original", clips["plain"], "-o", out, "--report", weights=weights))
+    info = probe(out)
+    assert (info["frames"], info["size"], info["rate"]) == (20, (W, H), 25)
+    assert info["audio"] is not None and abs(info["audio"] - 20 / 25) < 0.1, info
+    assert "20 frames 96x64" in stdout and "fps" in stdout
+    assert "E_warp" in stdout and "flow from originals" in stdout and "all 20 frames" in stdout
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_image_folder_in_video_out(tmp_path, weights):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):  # natural order: 2.png before 10.png
+        cv2.imwrite(str(folder / f"{i}.png"), frame(i)[:, :, ::-1])
+    out = tmp_path / "out.mp4"
+    ok(cli(folder, "-o", out, "--fps", 24, weights=weights))
+    info = probe(out)
+    assert (info["frames"], info["size"], info["rate"], info["audio"]) == (12, (W, H), 24, None)
+
+
+def test_video_in_png_folder_out_and_max_frames(tmp_path, clips, weights):
+    out = tmp_path / "pngs"
+    ok(cli(clips["plain"], "-o", f"{out}/", "--max-frames", 7, weights=weights))
+    files = sorted(out.glob("frame_*.png"))
+    assert len(files) == 7
+    assert cv2.imread(str(files[0])).shape == (H, W, 3)
+
+
+def test_side_by_side_doubles_width_and_left_is_the_input(tmp_path, clips, weights):
+    out = tmp_path / "sbs"
+    ok(cli(clips["plain"], "-o", f"{out}/", "--side-by-side", weights=weights))
+    files = sorted(out.glob("frame_*.png"))
+    assert len(files) == 20
+    img = cv2.imread(str(files[3]))[:, :, ::-1]
+    assert img.shape == (H, 2 * W, 3)
+    # the left half is the processed input (decoded once from H.264, so compare loosely)
+    assert np.abs(img[:, :W].astype(int) - frame(3).astype(int)).mean() < 6
+
+
+def test_mismatched_original_refused_naming_both(tmp_path, clips, weights):
+    out = tmp_path / "out.mp4"
+    r = cli(clips["plain"], "--original", clips["short"], "-o", out, weights=weights)
+    assert r.returncode != 0
+    assert str(clips["plain"]) in r.stderr and str(clips["short"]) in r.stderr and "frame counts differ" in r.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_output_equal_to_input_refused_and_input_unchanged(tmp_path, clips, weights):
+    src = tmp_path / "in.mp4"
+    src.write_bytes(clips["tone"].read_bytes())
+    before = digest(src)
+    r = cli(src, "-o", src, "--overwrite", weights=weights)
+    assert r.returncode != 0 and "same file as the input" in r.stderr and str(src) in r.stderr
+    assert digest(src) == before and sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_existing_output_refused_without_overwrite(tmp_path, clips, weights):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    r = cli(clips["plain"], "-o", out, weights=weights)
+    assert r.returncode != 0 and "already exists" in r.stderr and "--overwrite" in r.stderr
+    assert out.read_bytes() == b"precious"
+    ok(cli(clips["plain"], "-o", out, "--overwrite", weights=weights))
+    assert probe(out)["frames"] == 20
+
+
+def _bad_input(tmp_path: Path, case: str) -> Path:
+    if case == "missing":
+        return tmp_path / "nope.mp4"
+    if case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        return tmp_path / "empty"
+    p = tmp_path / "notes.mp4"
+    p.write_text("this is a text file, not a video\n" * 20)
+    return p
+
+
+@pytest.mark.parametrize("case", ["missing", "empty folder", "text renamed .mp4"])
+def test_bad_input_exits_nonzero_naming_the_path(tmp_path, case, weights):
+    bad = _bad_input(tmp_path, case)
+    r = cli(bad, "-o", tmp_path / "out.mp4", weights=weights)
+    assert r.returncode == 2, r.stderr
+    assert str(bad) in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def _args(*argv) -> argparse.Namespace:
+    """Parse ``video ...`` with a parser of our own: add_video_parser works on any sub-parsers object."""
+    from streamssm.video.cli import add_video_parser
+
+    p = argparse.ArgumentParser(prog="streamssm")
+    add_video_parser(p.add_subparsers(dest="command"))
+    return p.parse_args(["video", *map(str, argv)])
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupt_keeps_a_playable_output(tmp_path, clips, weights, monkeypatch, how):
+    """Ctrl-C after 6 frames: exit 130, the output holds those 6 frames (and audio trimmed to them);
+    SIGTERM: SystemExit(143) propagates after the output is finalised."""
+    import signal
+
+    from streamssm.video import cli as vcli
+
+    real = vcli._make_filter
+
+    class Interrupting:
+        def __init__(self, *a):
+            self.inner, self.n = real(*a), 0
+
+        def reset(self):
+            self.inner.reset()
+
+        def step(self, p, i=None):
+            if self.n == 6:
+                if how == "ctrl-c":
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the handler runs at the next bytecode boundary
+                    pass
+            self.n += 1
+            return self.inner.step(p, i)
+
+    monkeypatch.setattr(vcli, "_make_filter", Interrupting)
+    out = tmp_path / "out.mp4"
+    args = _args(clips["tone"], "-o", out, "--weights", weights, "--device", "cpu", "--no-progress")
+    if how == "ctrl-c":
+        assert vcli.run_video(args) == 130
+    else:
+        with pytest.raises(SystemExit) as e:
+            vcli.run_video(args)
+        assert e.value.code == 143
+    info = probe(out)
+    assert (info["frames"], info["size"]) == (6, (W, H))
+    assert info["audio"] is not None and info["audio"] < 6 / 25 + 0.1
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_options_of_another_mode_are_refused():
+    from streamssm.video.cli import run_video
+
+    with pytest.raises(ValueError, match="exactly one"):
+        run_video(_args("a.mp4", "--sample", "-o", "x.mp4"))
+    with pytest.raises(ValueError, match="--op is for"):
+        run_video(_args("a.mp4", "-o", "x.mp4", "--op", "clahe"))
+    with pytest.raises(ValueError, match="--record"):
+        run_video(_args("--webcam", "0", "-o", "x.mp4"))
+
+
+# ------------------------------------------------------------------------------------------------
+# webcam and sample modes
+# ------------------------------------------------------------------------------------------------
+def test_webcam_live_file_records(tmp_path, clips, weights):
+    rec = tmp_path / "rec.mp4"
+    stdout = ok(cli("--webcam", f"live:{clips['plain']}", "--op", "gamma_jitter", "--record", rec,
+                    "--max-frames", 10, weights=weights))
+    assert "latency median" in stdout and "ms" in stdout
+    n = int(stdout.split("streamssm: ")[1].split(" frames")[0])
+    info = probe(rec)
+    # a live source drops frames the filter is too slow for, so fewer than 10 can arrive
+    assert 1 <= n <= 10 and info["frames"] == n and info["size"] == (W, H)
+
+
+def test_webcam_headless_without_record_refused(clips, weights):
+    r = cli("--webcam", f"live:{clips['plain']}", "--max-frames", 3, weights=weights)
+    assert r.returncode == 2 and "no display" in r.stderr and "--record" in r.stderr
+
+
+def test_sample_end_to_end(tmp_path, weights):
+    from streamssm.video.cli import SAMPLE
+
+    assert SAMPLE.is_file() and SAMPLE.stat().st_size < 1_500_000
+    out = tmp_path / "sample_out.mp4"
+    stdout = ok(cli("--sample", "-o", out, "--max-frames", 8, weights=weights))
+    info = probe(out)
+    src = probe(SAMPLE)
+    assert info["frames"] == 8 and info["size"] == (2 * src["size"][0], src["size"][1]) and info["rate"] == src["rate"]
+    assert "E_warp" in stdout and "flow from originals" in stdout
