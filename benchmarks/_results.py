@@ -44,3 +44,21 @@ def md_table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def merge_sections(src: Path, dst: Path | None = None) -> list[str]:
+    """Copy every ``<!-- key -->`` section of ``src`` (e.g. a results file brought back from a GPU
+    machine) into RESULTS.md, replacing sections of the same key. Returns the keys merged."""
+    text = Path(src).read_text()
+    keys = []
+    for m in re.finditer(r"<!-- ([^/].*?) -->\n(.*?)<!-- /\1 -->\n", text, re.S):
+        write_section(m.group(1), m.group(2), dst)
+        keys.append(m.group(1))
+    return keys
+
+
+if __name__ == "__main__":  # python benchmarks/_results.py merge FILE
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "merge":
+        print("merged:", merge_sections(Path(sys.argv[2])))

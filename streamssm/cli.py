@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_pose)
 
+    from streamssm.video.cli import add_video_parser
+
+    add_video_parser(sub)
+
     from streamssm.export.cli import add_export_parser
 
     add_export_parser(sub)

@@ -323,7 +323,7 @@ def _note_kept_frames(get_sink, output: str | None):
         sink = get_sink()
         n = getattr(sink, "frames_written", 0) if sink is not None else 0
         if n:
-            print(f"streamssm: {output} holds the {n} frames filtered before the error", file=sys.stderr)
+            print(f"streamssm: {output} holds the {n} frames filtered before the run stopped", file=sys.stderr)
         raise
 
 

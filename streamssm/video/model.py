@@ -54,7 +54,7 @@ class VideoSSMConfig:
     cell_px: int = 32  # grid cell size in full-resolution pixels (the same statistics at any resolution)
     pre: int = 4  # moments are computed on a ``pre`` x downsampled frame
     search: int = 3  # block-matching radius, in flow-resolution pixels (flow runs at 1 / (2 pre))
-    blend_init: float = 0.85  # initial logit of the temporal blend weight (sigmoid -> 0.7, as MC-EMA)
+    blend_init: float = 1.5  # initial logit of the temporal blend weight (sigmoid -> 0.82)
     eps: float = 1e-3  # ridge of the local affine fit (variance units, [0, 1] colour)
     cut_corr: float = 0.3  # consecutive-thumbnail correlation under which a frame is a scene cut
     backend: str = "auto"
@@ -74,9 +74,54 @@ def grid_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int, int]
 
 
 def flow_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int]:
-    """(div, hf, wf): the block matcher runs on a ``div`` x downsampled luminance."""
-    div = 2 * max(1, min(cfg.pre, min(h, w) // 16))
-    return div, max(1, h // div), max(1, w // div)
+    """(div, hf, wf): the flow is refined on a ``div`` x downsampled luminance (half resolution for
+    frames of 64 px and more); the block matcher starts 4x coarser."""
+    div = 2 if min(h, w) >= 64 else 1
+    return div, h // div, w // div
+
+
+def _box(x: Tensor, k: int) -> Tensor:
+    return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+
+
+def _grad(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Central differences (replicate border) of (n, 1, h, w)."""
+    px = F.pad(x, (1, 1, 0, 0), mode="replicate")
+    py = F.pad(x, (0, 0, 1, 1), mode="replicate")
+    return 0.5 * (px[..., 2:] - px[..., :-2]), 0.5 * (py[..., 2:, :] - py[..., :-2, :])
+
+
+def estimate_flow(cur: Tensor, prev: Tensor, radius: int, iters: int = 2, window: int = 7) -> tuple[Tensor, Tensor]:
+    """Backward flow (t -> t-1) between luminance images (n, 1, h, w), in pixels of that resolution.
+
+    Coarse-to-fine and exportable: block matching at 1/4 of the given resolution (+-``radius``),
+    then ``iters`` Lucas-Kanade refinements (windowed least squares on the linearised brightness
+    constancy, Lucas & Kanade 1981) at full given resolution for sub-pixel accuracy -- which is what
+    matters for warping textured regions. Returns flow (n, 2, h, w) and a confidence (n, 1, h, w)
+    from the remaining matching residual.
+    """
+    n, _, h, w = cur.shape
+    c = 4 if min(h, w) >= 32 else 1
+    if c > 1:
+        cc, pc = F.avg_pool2d(cur, c), F.avg_pool2d(prev, c)
+        flow, _ = block_match(cc, pc, radius, temperature=0.0005)
+        flow = F.interpolate(flow * c, size=(h, w), mode="bilinear", align_corners=False)
+    else:
+        flow = torch.zeros(n, 2, h, w, device=cur.device, dtype=cur.dtype)
+    for _ in range(iters):
+        wp = warp_backward(prev, flow)
+        gx, gy = _grad(wp)
+        e = cur - wp
+        sxx, sxy, syy = _box(gx * gx, window), _box(gx * gy, window), _box(gy * gy, window)
+        sxe, sye = _box(gx * e, window), _box(gy * e, window)
+        lam = 1e-4
+        a, b_, d = sxx + lam, sxy, syy + lam
+        det = a * d - b_ * b_
+        du = (d * sxe - b_ * sye) / det
+        dv = (a * sye - b_ * sxe) / det
+        flow = flow + torch.cat([du, dv], 1).clamp(-2.0, 2.0)
+    res = _box((cur - warp_backward(prev, flow)).abs(), 3)
+    return flow, res
 
 
 def _luma(x: Tensor) -> Tensor:
@@ -174,6 +219,8 @@ class VideoSSM(nn.Module):
         # flicker-free original) already flags occlusions, so the gate starts wide (exp(0) = 1);
         # processed-only it is the main occlusion test and starts narrow (exp(-2) ~ 0.14).
         self.log_gate = nn.Parameter(torch.tensor([0.0, -2.0]))  # [guided, processed-only]
+        # scale of the flow residual (luminance) above which a pixel counts as occluded / mismatched
+        self.log_conf = nn.Parameter(torch.tensor(-2.3))  # exp(-2.3) ~ 0.1
 
     # ----------------------------------------------------------------------------------- state
     N_FIXED = 5
@@ -318,9 +365,11 @@ class VideoSSM(nn.Module):
         # t-1 (block matching at low resolution, all frames at once), then a short recurrence
         div, hf, wf = flow_shape(h, w, self.config)
         with torch.autocast(P.device.type, enabled=False):
-            g = F.avg_pool2d(_luma(G.flatten(0, 1).float()), div)[..., :hf, :wf].reshape(b, t, 1, hf, wf)
+            g = _luma(G.flatten(0, 1).float())
+            g = (F.avg_pool2d(g, div) if div > 1 else g).reshape(b, t, 1, hf, wf)
             gprev = torch.cat([state[4][:, None], g[:, :-1]], 1)
-            flow, conf = block_match(g.flatten(0, 1), gprev.flatten(0, 1), self.config.search)
+            flow, res = estimate_flow(g.flatten(0, 1), gprev.flatten(0, 1), self.config.search)
+            conf = torch.exp(-res / torch.exp(self.log_conf.float()))
             flow = F.interpolate(flow * div, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
             conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
         keep = (~fresh).to(P.dtype)[:, :, None, None, None] * strength
