@@ -43,7 +43,6 @@ import argparse
 import copy
 import gc
 import json
-import math
 import os
 import statistics
 import sys
@@ -201,8 +200,8 @@ class Bench:
                 val += f", setup {r['setup_s']:.0f} s"
         else:
             val = r.get("error") or r.get("skip") or f"done in {r.get('row_s', 0):.0f} s"
-        print(f"[{self.budget.elapsed():5.0f}s] {r['group']:6s} {r['path'][:44]:44s} {r['size']:>6s} b{r['batch']}: {val[:150]}",
-              flush=True)
+        where = f"{r['group']:6s} {r['path'][:44]:44s} {r['size']:>6s} b{r['batch']}"
+        print(f"[{self.budget.elapsed():5.0f}s] {where}: {val[:150]}", flush=True)
 
     def find(self, group: str, path: str, size: str, batch) -> dict | None:
         for r in self.rows:
@@ -216,7 +215,8 @@ class Bench:
         out = Path(self.args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report(self, full=True) + "\n")
-        out.with_name(out.name + ".json").write_text(json.dumps({"notes": self.notes, "rows": self.rows}, indent=1, default=str))
+        blob = json.dumps({"notes": self.notes, "rows": self.rows}, indent=1, default=str)
+        out.with_name(out.name + ".json").write_text(blob)
 
 
 def cleanup() -> None:
@@ -358,7 +358,7 @@ def video_eager(bench, model, size, b, w, h, dtype, path, half_weights=False):
         res = time_cuda(fn, bench) if dev.type == "cuda" else time_wall(fn, bench)
         if half_weights:  # how far .half() weights move the output from autocast over fp32 weights
             with torch.no_grad(), amp(dtype, dev):
-                o1, s1 = m.step(P, I, None)
+                o1, _ = m.step(P, I, None)
                 o2, _ = model.step(P, I, None)
             res["err"] = rel(o1, o2)
         return res
@@ -496,9 +496,9 @@ def cpu_model(model: nn.Module) -> VideoSSM:
 
 
 def export_row(bench, model) -> None:
-    """Export the guided video step to ONNX in a fresh interpreter: once ``torch._dynamo`` has been imported
-    in a process (any torch.compile), the TorchScript exporter refuses the graph ("adaptive pooling, since
-    output_size is not constant"), so the export must not share the process with the compiled rows."""
+    """Export the guided video step to ONNX in a fresh interpreter, so that the TorchScript exporter never sees
+    the state torch.compile leaves in a process (with an earlier model revision, exporting after
+    ``import torch._dynamo`` failed: "adaptive pooling, since output_size is not constant")."""
     bench.onnx = (bench.args.onnx, None)
     if bench.args.onnx:
         return
@@ -513,8 +513,8 @@ def export_row(bench, model) -> None:
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(
             [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-        proc = subprocess.run([sys.executable, "-c", _EXPORT, json.dumps(m.config.to_dict()), str(tmp / "video.pt"), str(out)],
-                              cwd=root, env=env, capture_output=True, text=True, timeout=240)
+        cmd = [sys.executable, "-c", _EXPORT, json.dumps(m.config.to_dict()), str(tmp / "video.pt"), str(out)]
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240, check=False)
         if proc.returncode != 0 or not out.exists():
             tail = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()][-1:] or ["no output"]
             raise RuntimeError(f"export subprocess failed (rc {proc.returncode}): {tail[0][:200]}")
@@ -648,12 +648,11 @@ def _best(bench: Bench, size: str, b) -> dict | None:
 def report(bench: Bench, full: bool = False) -> str:
     a = bench.args
     dev = bench.device
-    lines = [f"## Per-frame latency ({dev.type})", "",
-             f"`python benchmarks/latency.py{' --quick' if a.quick else ''}` on {machine(str(dev))}; "
+    intro = (f"`python benchmarks/latency.py{' --quick' if a.quick else ''}` on {machine(str(dev))}; "
              f"guided video step (processed + original frame), 480p = 848x480; CUDA-event ms per step, synchronised "
-             f"after each step, median of n (n = {a.reps} unless shown); CPU rows wall clock. Budget {a.time_budget:.0f} s, "
-             f"used {bench.budget.elapsed():.0f} s.", "",
-             f"<!-- targets (issue): {TARGETS} -->", ""]
+             f"after each step, median of n (n = {a.reps} unless shown); CPU rows wall clock. "
+             f"Budget {a.time_budget:.0f} s, used {bench.budget.elapsed():.0f} s.")
+    lines = [f"## Per-frame latency ({dev.type})", "", intro, "", f"<!-- targets (issue): {TARGETS} -->", ""]
     lines += [f"- {n}" for n in bench.notes]
     if bench.notes:
         lines.append("")
@@ -732,7 +731,8 @@ def report(bench: Bench, full: bool = False) -> str:
             if r is None:
                 return "-"
             if "ms" in r:
-                return f"{r['ms']:.3g} ms = {r['msteps']:.3g} M/s" + (f" (n={r['reps']})" if r["reps"] < r["reps_wanted"] else "")
+                n = f" (n={r['reps']})" if r["reps"] < r["reps_wanted"] else ""
+                return f"{r['ms']:.3g} ms = {r['msteps']:.3g} M/s{n}"
             text = r.get("error") or r.get("skip")
             if text not in notes:
                 notes.append(text)
@@ -792,8 +792,8 @@ def targets(bench: Bench) -> list[list[str]]:
                 "-" if best2160 is None or not gpu else yes(best2160["ms"] <= 6)])
     pose = [r for r in bench.rows if r["group"] == "pose" and "msteps" in r]
     bp = max(pose, key=lambda r: r["msteps"]) if pose and gpu else None
-    out.append([">= 5 M pose stream-steps/s", "-" if bp is None else f"{bp['msteps']:.2f} M/s (B={bp['batch']:,}, {bp['path']})",
-                "-" if bp is None else yes(bp["msteps"] >= 5)])
+    got = "-" if bp is None else f"{bp['msteps']:.2f} M/s (B={bp['batch']:,}, {bp['path']})"
+    out.append([">= 5 M pose stream-steps/s", got, "-" if bp is None else yes(bp["msteps"] >= 5)])
     cpu = [r for r in bench.rows if r["group"] == "cpu" and r["size"] == "720p" and r["batch"] == 1 and "ms" in r]
     bc = min(cpu, key=lambda r: r["ms"]) if cpu else None
     out.append(["CPU 720p b1 >= 30 fps", "-" if bc is None else f"{1e3 / bc['ms']:.1f} fps ({bc['path']})",
@@ -885,7 +885,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="timed steps per row (default 100; --quick: 5)")
     ap.add_argument("--min-reps", type=int, default=None, help="fewest timed steps of a slow row (default 10; --quick: 1)")
     ap.add_argument("--row-seconds", type=float, default=None, help="timing seconds a row may take (default 3)")
-    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "mamba"], help="SSM backend of the eager/graph rows")
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "mamba"],
+                    help="SSM backend of the eager and graph rows")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--onnx", default=None, help="a guided video step graph from streamssm.export.export_onnx (default: "
                     "export one here, which needs the onnx package)")

@@ -17,8 +17,8 @@ so one step can be captured as a CUDA graph and replayed with a single launch:
   fixed addresses. The captured body is ``O, new = model.step(P, I, state); state[i].copy_(new[i])``: it reads the
   static state buffers and, at its end, copies the new state into them (a true two-buffer ping-pong is impossible
   without the model writing into caller-given outputs, because a graph's outputs are allocated inside its own
-  memory pool). Eager, the copy is one ``copy_`` per state tensor (about 40 MB at 1080p, ~30 us on an H100);
-  compiled, Inductor stores the new state straight into the buffers. Warm-up (3 steps, on a side stream: lazy
+  memory pool). Eager, the write-back is one ``copy_`` per state tensor (about 40 MB of state at 1080p);
+  compiled, Inductor may fuse it into the kernels that produce the new state. Warm-up (3 steps, on a side stream: lazy
   cuBLAS/cuDNN/Triton initialisation and compilation happen there) runs before capture and the state is restored
   afterwards, so the first frame a caller sends is the stream's first frame.
 * **Host constants.** The models build small constants with ``torch.tensor([...], device=x.device)``; on CUDA

@@ -31,7 +31,7 @@ COMPILED_STATE_TOL = {torch.float32: 1e-3, torch.float16: 2e-2}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m gpu on the device)")
 
 
-def clip(b: int, h: int, w: int, steps: int = STEPS, seed: int = 0, cut: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def clip(b: int, h: int, w: int, steps: int = STEPS, seed: int = 0, cut: bool = True) -> list[tuple]:
     """(processed, original) pairs: a smooth textured scene drifting one pixel per frame, processed with a
     flickering colour gain, and (``cut``) a scene cut at 2/3 so the reset path runs too."""
     g = torch.Generator().manual_seed(seed)

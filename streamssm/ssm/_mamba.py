@@ -117,9 +117,11 @@ def mamba_step(
     A3 = A.float()[:, None, None].expand(h, p, n)
     dt3 = dt[:, :, None].expand(b, h, p).contiguous()  # a stride-0 dt trips the kernel's tie_hdim check (dt_bias=None)
     D2 = None if D is None else D.float()
+    # mamba-ssm 2.3.2's launcher unpacks dt_bias.stride() without a None check: pass explicit zeros
+    dt_bias = torch.zeros(h, p, device=x.device, dtype=torch.float32)
     ys = []
     for s in range(0, b, _MAX_GRID_Y):
         e = min(b, s + _MAX_GRID_Y)
-        ys.append(update(new_state[s:e], x[s:e], dt3[s:e], A3, B[s:e, None], C[s:e, None], D=D2))
+        ys.append(update(new_state[s:e], x[s:e], dt3[s:e], A3, B[s:e, None], C[s:e, None], D=D2, dt_bias=dt_bias))
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=0)
     return y.to(x.dtype), new_state
