@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# One batched call on the GPU machine (see the device notes in README): install the carried wheels,
-# run the GPU tests, the SSM scan benchmark and (optionally) a piece of video training.
-#   bash benchmarks/gpu_session.sh [train_minutes]
-# Results land in $OUT (RESULTS sections in $OUT/results_gpu.md, weights in $OUT/video.safetensors).
+# One batched call on a lent GPU machine (no internet there): install the carried wheels, then run
+# the GPU tests and benchmarks, or a piece of video training. Results land in $OUT.
+#
+# Here, once:  mkdir -p .whl .data && cp -r ../shared/data/videos .data/   (both git-ignored)
+#   .whl: mamba_ssm (MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip wheel --no-deps
+#         --no-build-isolation mamba-ssm==2.3.2.post1), pytest, pluggy, iniconfig, safetensors, tqdm,
+#         av (cp312 manylinux wheels, `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`)
+# On the device (carry .whl and .data/videos):
+#   bash benchmarks/gpu_session.sh bench            # GPU tests + ssm_scan + latency + throughput
+#   bash benchmarks/gpu_session.sh train MINUTES    # resumable video training into $OUT/video.safetensors
+#     (copy a previous run's video.safetensors + video.opt.pt into runs/ and carry runs/ to resume)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
-export STREAMSSM_RESULTS=$OUT/results_gpu.md
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
-python3 -c "from streamssm._info import info_lines; print('\n'.join(info_lines()))"
-timeout 120 python3 -m pytest -m gpu tests/ssm/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -5
-timeout 150 python3 benchmarks/ssm_scan.py --device cuda 2>&1 | tail -12
-if [ "${1:-0}" != "0" ]; then
-  [ -f "$OUT/../video.safetensors" ] || true
-  [ -f runs/video.safetensors ] && cp runs/video.safetensors runs/video.opt.pt "$OUT"/ 2>/dev/null
-  python3 -m streamssm.cli train video --data .data/videos -o "$OUT/video.safetensors" --minutes "$1" \
-    --steps "${2:-3000}" --workers 14 --resume --no-progress 2>&1 | tail -40
-fi
+export STREAMSSM_RESULTS=$OUT/results_gpu.md   # merge back with: python benchmarks/_results.py merge FILE
+case "${1:-bench}" in
+  bench)
+    timeout 140 python3 -m pytest -m gpu tests/ssm/test_gpu.py tests/test_fast.py -q -p no:cacheprovider --tb=line > "$OUT/gpu_tests.log" 2>&1
+    tail -5 "$OUT/gpu_tests.log"
+    timeout 150 python3 benchmarks/ssm_scan.py --device cuda > "$OUT/ssm.log" 2>&1; tail -12 "$OUT/ssm.log"
+    timeout 240 python3 benchmarks/latency.py --time-budget 200 --video-weights streamssm/weights/video.safetensors \
+      --out "$OUT/latency.md" > "$OUT/latency.log" 2>&1; tail -40 "$OUT/latency.log"
+    timeout 100 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
+      --frames 120 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
+    ;;
+  train)
+    [ -f runs/video.safetensors ] && cp runs/video.safetensors runs/video.opt.pt "$OUT"/ 2>/dev/null
+    python3 -m streamssm.cli train video --data .data/videos -o "$OUT/video.safetensors" --minutes "${2:-8}" \
+      --steps "${3:-2400}" --workers 15 --batch 12 --resume --no-progress 2>&1 | tail -20
+    ;;
+esac
 ls -la "$OUT"
