@@ -10,22 +10,11 @@ import torch
 from torch import Tensor
 
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
+from streamssm._device import resolve_device
 from streamssm.stream import reset_state
 from streamssm.weights import PACKAGE_WEIGHTS, load_into, read_weights
 
 DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "pose.safetensors"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for, but CUDA is not available on this machine")
-    return dev
 
 
 def load_pose_model(weights: str | Path | None = None, device: torch.device | str = "cpu", backend: str = "auto") -> PoseSSM:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamssm.pose.filter import resolve_device
+from streamssm._device import resolve_device
 from streamssm.video.model import VideoSSM, VideoSSMConfig, grid_shape
 from streamssm.weights import PACKAGE_WEIGHTS, load_into, read_weights
 
