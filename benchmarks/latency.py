@@ -667,11 +667,8 @@ def report(bench: Bench, full: bool = False) -> str:
             paths.append(r["path"])
     notes: list[str] = []
 
-    def cell(path, size, b):
-        rs = [r for r in bench.rows if r["path"] == path and r["size"] in (size, "all") and r["batch"] in (b, "-")]
-        if not rs:
-            return "-"
-        r = rs[0]
+    def footnoted(r):
+        """The row's cell text, with a numbered footnote for an error or a skip."""
         c = _cell(r)
         if c in ("error", "skipped"):
             text = r.get("error") or r.get("skip")
@@ -679,6 +676,12 @@ def report(bench: Bench, full: bool = False) -> str:
                 notes.append(text)
             c += f" [{notes.index(text) + 1}]"
         return c
+
+    def cell(path, size, b):
+        rs = [r for r in bench.rows if r["path"] == path and r["size"] in (size, "all") and r["batch"] in (b, "-")]
+        if not rs:
+            return "-"
+        return footnoted(rs[0])
 
     if cols:
         lines.append("### Video step, ms per frame")
@@ -749,13 +752,7 @@ def report(bench: Bench, full: bool = False) -> str:
         lines.append("")
         rows = []
         for r in io:
-            c = _cell(r)
-            if c in ("error", "skipped"):
-                text = r.get("error") or r.get("skip")
-                if text not in notes:
-                    notes.append(text)
-                c += f" [{notes.index(text) + 1}]"
-            rows.append([r["path"], c])
+            rows.append([r["path"], footnoted(r)])
         lines.append(md_table(["path", "ms"], rows))
         lines.append("")
 

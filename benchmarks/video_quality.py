@@ -67,21 +67,21 @@ def ffmpeg_deflicker(frames: list[np.ndarray], size: int = 5) -> list[np.ndarray
     df.link_to(sink)
     g.configure()
     out = []
-    for i, f in enumerate(frames):
-        vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-        vf.pts = i
-        g.push(vf)
+
+    def drain():
         while True:
             try:
                 out.append(g.pull().to_ndarray(format="rgb24"))
             except (av.error.BlockingIOError, av.error.EOFError):
-                break
+                return
+
+    for i, f in enumerate(frames):
+        vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+        vf.pts = i
+        g.push(vf)
+        drain()
     g.push(None)
-    while True:
-        try:
-            out.append(g.pull().to_ndarray(format="rgb24"))
-        except (av.error.BlockingIOError, av.error.EOFError):
-            break
+    drain()
     return out[: len(frames)]
 
 

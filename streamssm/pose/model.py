@@ -124,24 +124,25 @@ class PoseSSM(nn.Module):
     def n_fixed_state(self) -> int:
         return 5
 
-    def init_state(self, batch: int, num_keypoints: int, device=None) -> tuple[Tensor, ...]:
+    def state_shapes(self, batch: int, num_keypoints: int) -> list[tuple[int, ...]]:
+        """Shapes of the state tuple: one table used by ``init_state`` and ``check_state``."""
         b, k = batch, num_keypoints
-        z = lambda *s: torch.zeros(*s, device=device, dtype=torch.float32)  # noqa: E731
-        # scale 0 = no body size seen yet (see _prepare): a fixed 1.0 here would be in the caller's units
-        fixed = (z(b, k, 3), z(b, k), z(b), z(b, k, 3), z(b))
-        ssm = tuple(
-            z(b, k, blk.ssm.nheads, blk.ssm.headdim, blk.ssm.d_state) for blk in self.blocks
-        )
-        return fixed + ssm
+        fixed = [(b, k, 3), (b, k), (b,), (b, k, 3), (b,)]
+        return fixed + [(b, k, blk.ssm.nheads, blk.ssm.headdim, blk.ssm.d_state) for blk in self.blocks]
+
+    def init_state(self, batch: int, num_keypoints: int, device=None) -> tuple[Tensor, ...]:
+        # all zeros; scale 0 = no body size seen yet (see _prepare): a fixed 1.0 would be in the caller's units
+        return tuple(torch.zeros(s, device=device, dtype=torch.float32) for s in self.state_shapes(batch, num_keypoints))
 
     def check_state(self, state: tuple[Tensor, ...], batch: int, k: int) -> None:
-        ref = self.init_state(batch, k, "meta")
-        if not isinstance(state, (tuple, list)) or len(state) != len(ref):
-            raise ValueError(f"pose state must be a tuple of {len(ref)} tensors")
-        for i, (s, r) in enumerate(zip(state, ref)):
-            if tuple(s.shape) != tuple(r.shape):
+        # runs on every step: compares shapes against the table, allocates nothing
+        shapes = self.state_shapes(batch, k)
+        if not isinstance(state, (tuple, list)) or len(state) != len(shapes):
+            raise ValueError(f"pose state must be a tuple of {len(shapes)} tensors")
+        for i, (s, r) in enumerate(zip(state, shapes)):
+            if tuple(s.shape) != r:
                 raise ValueError(
-                    f"pose state[{i}] has shape {tuple(s.shape)}, expected {tuple(r.shape)} "
+                    f"pose state[{i}] has shape {tuple(s.shape)}, expected {r} "
                     f"(batch={batch}, keypoints={k}); the keypoint count cannot change mid-stream"
                 )
 
