@@ -9,6 +9,8 @@
 # On the device (carry .whl and .data/videos):
 #   bash benchmarks/gpu_session.sh bench            # GPU tests + ssm_scan + latency + throughput
 #   bash benchmarks/gpu_session.sh train MINUTES    # resumable video training into $OUT/video.safetensors
+#   bash benchmarks/gpu_session.sh posesweep        # pose presets x loss weights, 6 runs side by side
+#     (carry .whl and .data/pose = a copy of ../shared/data/pose)
 #     (copy a previous run's video.safetensors + video.opt.pt into runs/ and carry runs/ to resume)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -29,6 +31,17 @@ case "${1:-bench}" in
     [ -f runs/video.safetensors ] && cp runs/video.safetensors runs/video.opt.pt "$OUT"/ 2>/dev/null
     python3 -m streamssm.cli train video --data .data/videos -o "$OUT/video.safetensors" --minutes "${2:-8}" \
       --steps "${3:-2400}" --workers 15 --batch 12 --resume --no-progress 2>&1 | tail -20
+    ;;
+  posesweep)
+    export STREAMSSM_DATA=$PWD/.data OMP_NUM_THREADS=2
+    # SWEEP="name:preset:w_pos:w_vel:w_acc:steps ..." (default: the first sweep); weights to $OUT, logs to /tmp/plogs (printed)
+    mkdir -p /tmp/plogs
+    for spec in ${SWEEP:-small_a:small:1:1:2:3000 small_p:small:2:1:1:3000 tiny_a:tiny:1:1:2:3000 tiny_p:tiny:2:1:1:3000 base_p:base:2:1:1:3000 small_pp:small:4:1:1:3000}; do
+      IFS=: read -r name preset wp wv wa steps <<< "$spec"
+      python3 -m streamssm.cli train pose --device cuda --preset "$preset" --w-pos "$wp" --w-vel "$wv" --w-acc "$wa" \
+        --steps "$steps" --minutes "${MINUTES:-8}" -o "$OUT/pose_$name.safetensors" --no-progress > "/tmp/plogs/$name.log" 2>&1 &
+    done
+    wait; tail -n 2 /tmp/plogs/*.log
     ;;
 esac
 ls -la "$OUT"

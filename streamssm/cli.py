@@ -16,13 +16,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.model == "pose":
+        from streamssm._device import resolve_device
+        from streamssm.pose.model import PoseSSMConfig
         from streamssm.train.pose import PoseTrainConfig, train_pose
 
-        cfg = PoseTrainConfig(steps=args.steps or 2000, minutes=args.minutes, seed=args.seed)
+        cfg = PoseTrainConfig(steps=args.steps or 6000, minutes=args.minutes, seed=args.seed)
         if args.tiny:
             cfg = PoseTrainConfig(steps=args.steps or 20, batch=4, length=32, val_every=10, seed=args.seed)
-        train_pose(args.output, cfg, resume=args.output if args.resume else None, data_dir=args.data,
-                   progress=not args.no_progress)
+        for name in ("batch", "w_pos", "w_vel", "w_acc", "lr"):
+            if getattr(args, name) is not None:
+                setattr(cfg, name, getattr(args, name))
+        train_pose(args.output, cfg, PoseSSMConfig.preset(args.preset, backend="torch"),
+                   resume=args.output if args.resume else None, data_dir=args.data,
+                   progress=not args.no_progress, device=str(resolve_device(args.device)))
         return 0
     from streamssm.train.video import VideoTrainConfig, train_video
 
@@ -69,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue from --output if it exists")
     s.add_argument("--tiny", action="store_true", help="a few small steps (tests, smoke runs)")
+    s.add_argument("--preset", default="small", choices=["base", "small", "tiny"], help="pose: network size")
+    s.add_argument("--lr", type=float, default=None, help="pose: peak learning rate")
+    s.add_argument("--w-pos", type=float, default=None, help="pose: loss weight of position error")
+    s.add_argument("--w-vel", type=float, default=None, help="pose: loss weight of velocity error")
+    s.add_argument("--w-acc", type=float, default=None, help="pose: loss weight of acceleration error")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
 
@@ -90,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     from streamssm.export.cli import add_export_parser
 
     add_export_parser(sub)
+
+    from streamssm.demo.app import add_demo_parser
+
+    add_demo_parser(sub)
     return p
 
 
@@ -102,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamssm: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing/unreadable/unwritable paths, a full disk
         print(f"streamssm: error: {e}", file=sys.stderr)
         return 2
 

@@ -50,6 +50,21 @@ class PoseSSMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def preset(cls, name: str, backend: str = "auto") -> "PoseSSMConfig":
+        """Named sizes: ``base`` (the v1 network, 1024 state floats per joint and layer), ``small`` (256),
+        ``tiny`` (128). State size bounds the batched speed (see benchmarks/RESULTS.md, pose speed)."""
+        if name not in POSE_PRESETS:
+            raise ValueError(f"pose preset must be one of {sorted(POSE_PRESETS)}, got {name!r}")
+        return cls(**POSE_PRESETS[name], backend=backend)
+
+
+POSE_PRESETS = {
+    "base": dict(d_model=32, n_layers=2, expand=2, d_state=16, headdim=16),
+    "small": dict(d_model=16, n_layers=2, expand=2, d_state=8, headdim=8),
+    "tiny": dict(d_model=16, n_layers=2, expand=1, d_state=8, headdim=8),
+}
+
 
 def _cummax(x: Tensor, dim: int) -> Tensor:
     """Running maximum along ``dim`` (the values of ``torch.cummax``), as a log-depth doubling scan.

@@ -19,15 +19,15 @@ from streamssm.weights import load_into, read_weights, save_weights
 
 @dataclass
 class PoseTrainConfig:
-    steps: int = 3000
-    minutes: float | None = None  # wall-clock budget; stops early, saving a checkpoint
+    steps: int = 6000
+    minutes: float | None = None  # wall-clock budget: the schedule follows time as well, ending at the budget
     batch: int = 24
     length: int = 96
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    w_pos: float = 1.0
+    w_pos: float = 2.0
     w_vel: float = 1.0
-    w_acc: float = 2.0
+    w_acc: float = 1.5
     seed: int = 0
     val_every: int = 250
     layout: str = "body17"
@@ -57,8 +57,11 @@ def pose_loss(y: torch.Tensor, clean: torch.Tensor, size: torch.Tensor, cfg: Pos
 
 
 def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: PoseSSMConfig | None = None,
-               resume: str | Path | None = None, data_dir=None, progress: bool = True, log=print) -> Path:
-    """Train and save ``out`` (safetensors); returns the path. Resumes weights from ``resume``."""
+               resume: str | Path | None = None, data_dir=None, progress: bool = True, log=print,
+               device: str = "cpu") -> Path:
+    """Train and save ``out`` (safetensors); returns the path. Resumes weights from ``resume``.
+
+    The batches are drawn on the CPU (numpy noise model) and moved to ``device``."""
     cfg = cfg or PoseTrainConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -67,19 +70,28 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     start_step = 0
     if resume and Path(resume).exists():
         conf, tensors, extra = read_weights(resume, "pose")
+        if conf != model_cfg.to_dict():
+            raise ValueError(f"{resume}: its config {conf} differs from the requested {model_cfg.to_dict()}; "
+                             "resume with the same preset or write to a new file")
         load_into(model, tensors, resume)
         start_step = int(extra.get("step", 0))
         log(f"resumed from {resume} at step {start_step}")
+    dev = torch.device(device)
+    model.to(dev)
+    to_dev = lambda batch: tuple(a.to(dev, non_blocking=True) for a in batch)  # noqa: E731
     train_ds = PoseDataset.from_dir(data_dir, split="train", layout=cfg.layout)
     val_ds = PoseDataset.from_dir(data_dir, split="val", layout=cfg.layout)
     vrng = np.random.default_rng(12345)
-    val = [make_batch(val_ds, vrng, 16, 128) for _ in range(4)]
+    val = [to_dev(make_batch(val_ds, vrng, 16, 128)) for _ in range(4)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.steps
 
-    def lr_at(i):  # warm-up then cosine
+    def lr_at(i):  # warm-up then cosine over the run: steps done or time spent, whichever is further along
         w = min(1.0, (i + 1) / 100)
-        return cfg.lr * w * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+        frac = min(i, total) / total
+        if cfg.minutes:
+            frac = max(frac, min(1.0, (time.time() - t0) / (cfg.minutes * 60)))
+        return cfg.lr * w * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def validate():
         model.eval()
@@ -102,7 +114,7 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        noisy, conf, clean, fps, size = make_batch(train_ds, rng, cfg.batch, cfg.length)
+        noisy, conf, clean, fps, size = to_dev(make_batch(train_ds, rng, cfg.batch, cfg.length))
         y, _ = model(noisy, conf, fps=fps)
         loss = pose_loss(y, clean, size, cfg)
         opt.zero_grad(set_to_none=True)
