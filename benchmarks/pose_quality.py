@@ -1,4 +1,4 @@
-"""Pose filter quality and CPU speed against causal baselines, on held-out data and real MediaPipe output.
+"""Pose filter quality against causal baselines, on held-out data and real MediaPipe output.
 
     python benchmarks/pose_quality.py [--weights W] [--streams 48] [--frames 300] [--no-write]
 
@@ -177,42 +177,6 @@ def real_mediapipe(data_dir: Path, filt: PoseFilter, oe_params: dict):
     return rows, traj
 
 
-def speed(filt: PoseFilter) -> dict:
-    """CPU step latency for one stream of 33 keypoints and batched stream-steps/s."""
-    out = {}
-    rng = np.random.default_rng(0)
-    filt.reset()
-    x = rng.normal(size=(400, 33, 2)).astype(np.float32).cumsum(0)
-    for i in range(50):
-        filt.step(x[i])
-    ts = []
-    for i in range(50, 400):
-        t0 = time.perf_counter()
-        filt.step(x[i])
-        ts.append(time.perf_counter() - t0)
-    out["one stream, 33 keypoints, ms/step (median)"] = f"{np.median(ts) * 1e3:.3f}"
-    for b in (256, 1024):
-        filt.reset()
-        xb = torch.from_numpy(rng.normal(size=(60, b, 33, 2)).astype(np.float32))
-        for i in range(10):
-            filt.step(xb[i])
-        t0 = time.perf_counter()
-        for i in range(10, 60):
-            filt.step(xb[i])
-        dt = time.perf_counter() - t0
-        out[f"batched step, B={b} streams x 33 kp: stream-steps/s"] = f"{b * 50 / dt:,.0f}"
-    filt.reset()
-    xs = torch.from_numpy(rng.normal(size=(256, 64, 33, 2)).astype(np.float32))
-    filt.filter(xs[:16])
-    filt.reset()
-    t0 = time.perf_counter()
-    filt.filter(xs)
-    dt = time.perf_counter() - t0
-    out["parallel scan filter(), T=256 x B=64 x 33 kp: stream-steps/s"] = f"{256 * 64 / dt:,.0f}"
-    filt.reset()
-    return out
-
-
 def plot(traj, path: Path, clean_case=None):
     import matplotlib
 
@@ -306,8 +270,6 @@ def main(argv=None):
     oe = run_baseline("one_euro", tuned["one_euro"], noisy[:1], size[:1])[0]
     png = Path(__file__).resolve().parent / "pose_trajectory.png"
     plot(traj, png, (clean[0], hold_nan(noisy[0]), oe, ours))
-    sp = speed(filt)
-    print(sp)
 
     checks = []
     for case, (o, raw, oem, oet) in summary.items():
@@ -325,8 +287,7 @@ def main(argv=None):
         + "\n\nTargets:\n" + "\n".join(checks)
         + "\n\n### Real MediaPipe output (no ground truth)\n\nMean acceleration magnitude (% body size per frame^2) and lag "
         "against the raw landmarks (frames; positive = behind):\n\n" + real
-        + "\n\n### Speed (CPU)\n\n" + md_table(["measure", "value"], [[k, v] for k, v in sp.items()])
-        + "\n\nPlot: `benchmarks/pose_trajectory.png`."
+        + "\n\nSpeed: see the `pose_speed` sections (`benchmarks/pose_speed.py`).\n\nPlot: `benchmarks/pose_trajectory.png`."
     )
     if not args.no_write:
         write_section("pose_quality", body)
