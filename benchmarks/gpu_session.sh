@@ -27,6 +27,24 @@ case "${1:-bench}" in
     timeout 100 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
       --frames 120 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
     ;;
+  bench2)  # GPU tests, pose speed with the shipped weights, the 1080p/2160p compiled latency rows
+    timeout 150 python3 -m pytest -m gpu tests/ssm/test_gpu.py tests/test_fast.py -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1
+    tail -25 "$OUT/gpu_tests.log"
+    timeout 130 python3 benchmarks/pose_speed.py --device cuda --batches 1024,65536,262144 --steps 30 > "$OUT/pose_speed.log" 2>&1
+    tail -22 "$OUT/pose_speed.log"
+    timeout 280 python3 benchmarks/latency.py --time-budget 250 --video-weights streamssm/weights/video.safetensors \
+      --sizes 2160p,1080p --batches 1 --pose-batches 100000 --verbose --no-write --out "$OUT/latency_2160.md" > "$OUT/latency.log" 2>&1
+    tail -60 "$OUT/latency.log"
+    ;;
+  final)  # every gpu-marked test, the 1080p CUDA-graph row (no compile), pose speed
+    timeout 300 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short -x > "$OUT/gpu_tests.log" 2>&1
+    tail -30 "$OUT/gpu_tests.log"
+    timeout 100 python3 benchmarks/latency.py --time-budget 80 --video-weights streamssm/weights/video.safetensors \
+      --sizes 1080p --batches 1 --pose-batches 100000 --no-compile --verbose --no-write --out "$OUT/latency_graph.md" > "$OUT/latency.log" 2>&1
+    grep -A12 "Video step, ms" "$OUT/latency.log"; grep -B2 -A6 "Pose step" "$OUT/latency.log"; grep -m3 "Error" "$OUT/latency.log"
+    timeout 150 python3 benchmarks/pose_speed.py --device cuda --batches 65536,131072 --steps 30 > "$OUT/pose_speed.log" 2>&1
+    grep "B=\|Best" "$OUT/pose_speed.log"
+    ;;
   train)
     [ -f runs/video.safetensors ] && cp runs/video.safetensors runs/video.opt.pt "$OUT"/ 2>/dev/null
     python3 -m streamssm.cli train video --data .data/videos -o "$OUT/video.safetensors" --minutes "${2:-8}" \

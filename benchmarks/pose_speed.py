@@ -8,7 +8,8 @@ running it, checked against it in tests/test_fast.py):
 
 * ``PoseFilter.step`` -- the public API (numpy in/out, input checks, state held by the filter);
 * ``FastPoseStep`` eager -- static buffers, no per-call checks;
-* ``FastPoseStep`` compiled -- ``torch.compile`` (Inductor: C++ on CPU, Triton on GPU), plus a CUDA graph on GPU.
+* ``FastPoseStep`` compiled -- ``torch.compile`` (Inductor: C++ on CPU, Triton on GPU), plus a CUDA graph on GPU;
+  always on the torch SSM backend (the eager rows use ``auto``: mamba's Triton step kernel on a GPU).
 
 Baseline in the same run: the vectorised One Euro filter of :mod:`streamssm.baselines` stepping the same
 (B, 33, 2) frames. Latency is the median over steps (CUDA: synchronised after each step); throughput is
@@ -19,12 +20,14 @@ stream-steps/s batched on CPU; >= 5M batched on a GPU.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (streamssm/cli.py): no spin-waiting on a shared CPU
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, md_table, write_section  # noqa: E402
@@ -76,6 +79,8 @@ def main(argv=None) -> int:
 
     filt = PoseFilter(device=str(dev))
     model = filt.model
+    # torch.compile traces the torch backend (mamba's in-place Triton step kernel is not compile-safe)
+    model_c = PoseFilter(device=str(dev), backend="torch").model
     cfg = model.config
     n_state = sum(int(np.prod(s[1:])) for s in model.state_shapes(1, K)) // K  # per stream-keypoint
     rows, best = [], {}
@@ -106,7 +111,7 @@ def main(argv=None) -> int:
             add("FastPoseStep, eager" + (" + CUDA graph" if cuda else ""), ms, ps)
             if not args.no_compile:
                 t0 = time.perf_counter()
-                fastc = FastPoseStep(model, b, K, 2, compile=True)
+                fastc = FastPoseStep(model_c, b, K, 2, compile=True)
                 fastc.step(xs[0])
                 sync()
                 tc = time.perf_counter() - t0
@@ -124,7 +129,8 @@ def main(argv=None) -> int:
     lines = [
         f"## Pose filter speed ({'GPU' if cuda else 'CPU'})",
         "",
-        f"`python benchmarks/pose_speed.py{' --device cuda' if cuda else ''}` on {where}. Shipped weights: "
+        f"`python benchmarks/pose_speed.py{' --device cuda' if cuda else ''}` on {where}"
+        f"{'' if cuda else ', OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', '')}. Shipped weights: "
         f"d_model {cfg.d_model}, {cfg.n_layers} layers, expand {cfg.expand}, d_state {cfg.d_state}, headdim {cfg.headdim}: "
         f"{n_state} state floats per stream-keypoint. 33 keypoints, 2-D. ms/step = median latency of one step of all B streams"
         f"{' (synchronised)' if cuda else ''}; stream-steps/s = B x steps / wall time. One Euro runs in the same process on the same frames.",

@@ -16,7 +16,7 @@ from torch import Tensor
 
 State = Tensor | tuple[Tensor, ...]
 
-__all__ = ["Stream", "State", "reset_state"]
+__all__ = ["Stream", "State", "reset_state", "take_streams", "cat_streams"]
 
 
 def _as_tuple(state: State) -> tuple[Tensor, ...]:
@@ -37,6 +37,29 @@ def reset_state(state: State, fresh: State, mask: Tensor) -> State:
         m = mask.to(device=s.device, dtype=torch.bool).reshape(-1, *([1] * (s.dim() - 1)))
         out.append(torch.where(m, f.to(s.dtype), s))
     return _like(state, out)
+
+
+def take_streams(state: State, index: Sequence[int] | Tensor) -> State:
+    """The streams ``index`` (in that order) of a batched state: drop a stream by leaving it out.
+
+    Out of place (``index_select`` copies), so the kept streams' state is bit-identical to before.
+    """
+    parts = _as_tuple(state)
+    idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+    b = parts[0].shape[0]
+    if idx.numel() and (int(idx.min()) < -b or int(idx.max()) >= b):
+        raise ValueError(f"stream index {idx.tolist()} out of range for {b} stream(s)")
+    return _like(state, [s.index_select(0, (idx % b).to(s.device)) for s in parts])
+
+
+def cat_streams(*states: State) -> State:
+    """Concatenate batched states along the stream dimension (add streams: ``cat_streams(old, fresh)``)."""
+    if not states:
+        raise ValueError("cat_streams needs at least one state")
+    parts = [_as_tuple(s) for s in states]
+    if len({len(p) for p in parts}) != 1:
+        raise ValueError("states to concatenate hold different numbers of tensors")
+    return _like(states[0], [torch.cat(group, 0) for group in zip(*parts)])
 
 
 class Stream:

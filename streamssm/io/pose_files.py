@@ -38,6 +38,7 @@ folder and ``os.replace`` it into place, and refuse to overwrite the file the da
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -103,14 +104,21 @@ def read_pose(path: str | os.PathLike, key: str | None = None) -> PoseData:
     ext = _ext(path)
     if not path.exists():
         raise _err(path, "no such file")
+    if path.is_dir():
+        raise _err(path, f"is a directory, expected a {ext} pose file")
     if path.stat().st_size == 0:
         raise _err(path, f"empty file, expected {ext} pose data")
-    if ext == ".npz":
-        data = _read_npz(path, key)
-    elif ext == ".csv":
-        data = _read_csv(path)
-    else:
-        data = _read_json(path)
+    try:
+        if ext == ".npz":
+            data = _read_npz(path, key)
+        elif ext == ".csv":
+            data = _read_csv(path)
+        else:
+            data = _read_json(path)
+    except UnicodeDecodeError:
+        raise _err(path, f"is not UTF-8 text (a binary file?), expected {ext} pose data") from None
+    except OSError as e:
+        raise _err(path, f"cannot read ({e.strerror or e})") from None
     data.meta["source"] = str(path.resolve())
     return data
 
@@ -212,7 +220,10 @@ def _read_csv(path: Path) -> PoseData:
         except ValueError:
             raise _err(path, f"line {n}: expected an integer frame and numeric values, got {r}") from None
         joint_ids.setdefault(r[1].strip(), len(joint_ids))
-        frames.setdefault(fr, {})[r[1].strip()] = vals
+        row = frames.setdefault(fr, {})
+        if r[1].strip() in row:
+            raise _err(path, f"line {n}: frame {fr} joint {r[1].strip()!r} appears twice, expected one row per (frame, joint)")
+        row[r[1].strip()] = vals
     names = list(joint_ids)
     counts = {len(v) for v in frames.values()}
     if len(counts) != 1:
@@ -345,8 +356,11 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
             raise _err(path, "output path is the input file; refusing to overwrite it, expected a different path")
     if meta.get("format", "").startswith("npz") and ext != ".npz":
         meta = {}  # converting formats: the npz layout does not apply
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _err(path, f"cannot create the output file in {path.parent} ({e.strerror or e})") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -359,8 +373,11 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
             else:
                 _write_json(f, path, data, meta)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a path that is a directory ...: name the output, not the temp file
+            full = e.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1))
+            raise _err(path, f"{'disk full (or file size limit)' if full else 'cannot write'}; nothing written ({e.strerror or e})") from None
         raise
     return path

@@ -34,12 +34,25 @@ Design notes (why the code looks the way it does):
   duration (so an interrupted run does not leave ten seconds of sound under one second of
   picture). If the output container cannot hold that codec (AAC in WebM, say) it is re-encoded to
   AAC (Opus for WebM) and a log line says so.
-- **Atomic, playable-on-interruption output.** Video is written to ``.<stem>.partial<ext>`` in the
-  output directory; :meth:`FrameSink.close` (also run by ``__exit__`` on any exception, including
-  ``KeyboardInterrupt`` and, with :func:`sigterm_as_exception`, ``SIGTERM``) flushes the encoder,
-  writes the trailer and ``os.replace``-s it onto the final name, so the result is always a
-  playable file holding every frame written so far. With zero frames nothing is left behind.
-  PNG frames are written to a temporary name and renamed one by one.
+- **Atomic, playable-on-interruption output, and nothing of the user's lost.** Video is written to
+  ``.<stem>.partial<ext>`` in the output directory; :meth:`FrameSink.close` (also run by ``__exit__``
+  on any exception, including ``KeyboardInterrupt`` and, with :func:`sigterm_as_exception`,
+  ``SIGTERM``) flushes the encoder, writes the trailer and ``os.replace``-s it into place, so the
+  result is always a playable file holding every frame written so far. Where it goes:
+
+  * a complete run (``close()``) -> the output path, atomically replacing an existing file only
+    when ``overwrite=True``;
+  * an interrupted or failed run (``close(partial=True)``, or ``__exit__`` with an exception) ->
+    the output path if nothing was there before; if a file *was* there (``overwrite=True``) it is
+    kept untouched and the partial output goes to ``<stem>.partial<ext>`` beside it
+    (``<stem>.partial-2<ext>``, ... if that exists): an incomplete run never replaces a complete one;
+  * zero frames written, or an output that cannot be finalised (disk full) -> nothing is left
+    behind and the error says so. :attr:`FrameSink.final_path` says where the frames ended up.
+
+  PNG frames are written to a temporary name and renamed one by one; with ``overwrite=True`` over
+  a folder that already holds frames, the new frames go to a hidden ``.<name>.partial/`` staging
+  folder that replaces the old frames only on a complete run (an interrupted one is kept as
+  ``<name>.partial/``).
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import signal
 import threading
 import time
@@ -160,10 +174,13 @@ def _nominal_rate(vs) -> Fraction:
 
     ``average_rate`` (frames / duration) drops below nominal when frames are missing (30 fps with
     two dropped frames reads 28.1); ``guessed_rate`` (FFmpeg's r_frame_rate) stays at 30 but turns
-    into the timestamp resolution (e.g. 600) for true VFR. Prefer the guess when it is close.
+    into the timestamp resolution (e.g. 600) for true VFR. Prefer the guess when it is close, or when
+    it is a plausible frame rate (<= 240) above the average: a long gap (a camera that stalled, a cut)
+    drags the average far down (30 fps with a 3 s hole in 4 s reads 9.2), and a sink on that slow
+    grid would stretch every regular frame before the gap.
     """
     avg, guess = vs.average_rate, vs.guessed_rate or vs.base_rate
-    if guess and avg and 0.99 * avg <= guess <= 1.5 * avg:
+    if guess and avg and 0.99 * avg <= guess and (guess <= 1.5 * avg or guess <= 240):
         return Fraction(guess)
     if avg:
         return Fraction(avg)
@@ -180,7 +197,7 @@ def _check_resolution(path: str, w: int, h: int, max_resolution: Sequence[int] |
     if max(w, h) > max(mw, mh) or min(w, h) > min(mw, mh):
         raise VideoIOError(
             f"{path}: frame size {w}x{h} exceeds max_resolution {mw}x{mh}; "
-            "downscale the input or raise the limit"
+            "downscale the input or raise the limit (--max-resolution on the command line)"
         )
 
 
@@ -213,6 +230,8 @@ class FrameSource:
     frame_count: int | None
     audio: bool = False
     live: bool = False
+    # Why a live source ended early (camera stopped delivering, stream dropped); None if it did not.
+    fault: str | None = None
 
     def __init__(self, *, max_resolution, max_frames, max_duration, on_limit):
         if on_limit not in ("error", "stop"):
@@ -241,12 +260,12 @@ class FrameSource:
         if self._max_frames is not None and self.frame_count is not None and self.frame_count > self._max_frames:
             raise VideoIOError(
                 f"{self.path}: {self.frame_count} frames exceeds max_frames={self._max_frames} "
-                "(pass on_limit='stop' to read only the first frames)"
+                "(--max-input-frames on the command line; on_limit='stop' reads only the first frames)"
             )
         if self._max_duration is not None and duration is not None and duration > self._max_duration + 1e-6:
             raise VideoIOError(
                 f"{self.path}: duration {duration:.2f}s exceeds max_duration={self._max_duration}s "
-                "(pass on_limit='stop' to read only the beginning)"
+                "(--max-duration on the command line; on_limit='stop' reads only the beginning)"
             )
 
     def _limited(self, frames: Iterator[Frame]) -> Iterator[Frame]:
@@ -351,6 +370,11 @@ class _AVSource(FrameSource):
         if vs.codec_context is None or vs.codec_context.name in ("ansi", "tty", "bintext", "xbin", "idf"):
             c.close()
             raise VideoIOError(f"{spec}: is not a video (format {c.format.name!r}); expected a video file")
+        if not is_url and (c.format.name.endswith("_pipe") or c.format.name == "image2"):
+            # judged by content: a PNG/JPEG renamed .mp4 would otherwise "play" as a one-frame video
+            c.close()
+            raise VideoIOError(f"{spec}: is a single image ({c.format.name.replace('_pipe', '')}), not a video, whatever "
+                               "its extension; expected a video file or a folder of images")
         # Frame threads decode several frames at once (throughput, but each adds a frame of
         # delay); a live stream keeps latency low with slice threads only.
         vs.thread_type = "SLICE" if is_url else "AUTO"
@@ -431,6 +455,7 @@ class _AVSource(FrameSource):
         if errors:
             if self.live:
                 log.warning("%s: stream stopped after %d frames (%s); ending", self.path, n, errors[-1])
+                self.fault = f"{self.path}: stream stopped after {n} frames ({errors[-1]})"
                 return
             raise VideoIOError(
                 f"{self.path}: truncated or corrupt video: {len(errors)} error(s) after {n} decodable "
@@ -587,9 +612,11 @@ class _CaptureSource(FrameSource):
                 bgr, t = self._queue.get(timeout=self._timeout)
             except queue.Empty:
                 log.warning("%s: no frame for %.1fs; ending the stream after %d frames", self.path, self._timeout, n)
+                self.fault = f"{self.path}: camera delivered no frame for {self._timeout:g} s after {n} frames"
                 return
             if bgr is None:
                 log.warning("%s: %s; ending the stream after %d frames", self.path, t, n)
+                self.fault = f"{self.path}: camera stopped delivering frames after {n} frames ({t})"
                 return
             yield Frame(np.ascontiguousarray(bgr[:, :, ::-1]), t, n)
             n += 1
@@ -736,11 +763,13 @@ class FrameSink:
     height: int
     rate: Fraction
     frames_written: int = 0
+    final_path: str | None = None  # where the frames are once closed (None: nothing kept)
 
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def close(self) -> None:  # pragma: no cover
+    def close(self, partial: bool = False) -> None:  # pragma: no cover
+        """Finalise. ``partial=True``: the run did not complete (see the module docstring)."""
         raise NotImplementedError
 
     def _check_frame(self, rgb: np.ndarray) -> np.ndarray:
@@ -758,8 +787,18 @@ class FrameSink:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and exc_type is not VideoIOError:
             log.warning("%s: interrupted by %s; keeping the %d frames written", self.path, exc_type.__name__, self.frames_written)
-        self.close()
+        self.close(partial=exc_type is not None)
         return False
+
+
+def _partial_name(path: Path) -> Path:
+    """``<stem>.partial<ext>`` beside ``path`` (``.partial-2``, ... when taken): where an incomplete run
+    goes when the output path holds a file that must not be replaced by it."""
+    for i in range(1, 1000):
+        cand = path.with_name(f"{path.stem}.partial{'' if i == 1 else f'-{i}'}{path.suffix}")
+        if not cand.exists():
+            return cand
+    raise VideoIOError(f"{path}: too many partial outputs beside it; remove some")
 
 
 class _VideoSink(FrameSink):
@@ -772,6 +811,7 @@ class _VideoSink(FrameSink):
         self._closed = False
         self._last_pts = -1
         self._rgb_frame = None
+        self._existed = path.exists()  # an incomplete run must not replace it (module docstring)
         self._tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         ext = path.suffix.lower()
         if ext == ".webm" and codec in ("libx264", "h264"):
@@ -883,8 +923,9 @@ class _VideoSink(FrameSink):
             )
         return VideoIOError(f"{self.path}: cannot write frame {self.frames_written}: {e}")
 
-    def close(self) -> None:
-        """Flush the encoder, write the trailer and move the file onto its final name (idempotent)."""
+    def close(self, partial: bool = False) -> None:
+        """Flush the encoder, write the trailer and move the file into place (idempotent): onto the
+        output path, or, for a ``partial`` run over an existing file, beside it (module docstring)."""
         import av
 
         if self._closed:
@@ -907,7 +948,13 @@ class _VideoSink(FrameSink):
         finally:
             if self._audio is not None:
                 self._audio.close()
-        os.replace(self._tmp, self.path)
+        target = Path(self.path)
+        if partial and self._existed:
+            target = _partial_name(target)
+            log.warning("%s: run incomplete; the existing file is kept and the %d frames written go to %s",
+                        self.path, self.frames_written, target)
+        os.replace(self._tmp, target)
+        self.final_path = str(target)
 
     def _abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -1064,16 +1111,22 @@ class _PngFolderSink(FrameSink):
             )
         if not folder.parent.is_dir():
             raise VideoIOError(f"{folder}: parent directory {folder.parent} does not exist")
+        self._target = folder
+        # Old frames are replaced only by a complete run: until then the new ones are staged.
+        self._staging = folder.with_name(f".{folder.name}.partial") if existing else None
         try:
             folder.mkdir(exist_ok=True)
             probe = folder / ".streamssm_write_test"
             probe.write_bytes(b"")
             probe.unlink()
+            if self._staging is not None:
+                if self._staging.exists():  # left by a crashed run: ours, safe to clear
+                    for f in self._staging.glob("*.png"):
+                        f.unlink()
+                self._staging.mkdir(exist_ok=True)
         except OSError as e:
             raise VideoIOError(f"{folder}: output folder is not writable: {e}") from e
-        for f in existing:  # stale frames from a longer earlier run would be mistaken for ours
-            f.unlink()
-        self._folder = folder
+        self._folder = self._staging or folder
 
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:
         import cv2
@@ -1097,8 +1150,30 @@ class _PngFolderSink(FrameSink):
             raise VideoIOError(f"{final}: {what} after {self.frames_written} frames: {e}") from e
         self.frames_written += 1
 
-    def close(self) -> None:
+    def close(self, partial: bool = False) -> None:
+        if self._closed:
+            return
         self._closed = True
+        if self._staging is None:
+            self.final_path = self.path if self.frames_written else None
+            return
+        staged = sorted(self._staging.glob("frame_*.png"))
+        if not staged:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            return
+        if partial:
+            keep = _partial_name(self._target)
+            os.replace(self._staging, keep)
+            log.warning("%s: run incomplete; the existing frames are kept and the %d new ones go to %s",
+                        self.path, self.frames_written, keep)
+            self.final_path = str(keep)
+            return
+        for f in self._target.glob("frame_*.png"):  # stale frames from the earlier run
+            f.unlink()
+        for f in staged:
+            os.replace(f, self._target / f.name)
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self.final_path = self.path
 
 
 def open_sink(
@@ -1320,14 +1395,14 @@ class ThreadedSink:
                 if not self._thread.is_alive() or self._error is not None:
                     raise self._error or VideoIOError(f"{self.sink.path}: encoder thread died")
 
-    def close(self) -> None:
+    def close(self, partial: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
         self._queue.put(_END)
         self._thread.join()
         try:
-            self.sink.close()
+            self.sink.close(partial=partial or self._error is not None)
         finally:
             if self._error is not None:
                 raise self._error
@@ -1339,7 +1414,7 @@ class ThreadedSink:
         if exc_type is not None:
             log.warning("%s: interrupted by %s; finishing the queued frames", self.sink.path, exc_type.__name__)
         try:
-            self.close()
+            self.close(partial=exc_type is not None)
         except Exception:
             if exc_type is None:
                 raise

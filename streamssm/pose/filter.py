@@ -1,7 +1,17 @@
-"""PoseFilter: the user-facing streaming pose smoother (state held for you)."""
+"""PoseFilter: the user-facing streaming pose smoother (state held for you).
+
+Timestamps (optional, seconds, one clock for all streams of a batch): a frame that arrives ``k``
+frame periods after the previous one (``k = round(dt * fps)``) means ``k - 1`` frames were dropped.
+The filter steps over them as *missing* frames (every keypoint NaN: held, confidence 0), which is how
+it was trained to see dropouts (whole-frame gaps of 1-8 frames, :mod:`streamssm.pose.noise`), so its
+time constants stay in frames of the declared ``fps``. A gap longer than ``max_gap`` seconds makes the
+held pose stale: the streams start over (as after :meth:`PoseFilter.reset`). Timestamps must increase.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,22 +20,21 @@ import torch
 from torch import Tensor
 
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
+from streamssm._args import as_number
 from streamssm._device import resolve_device
-from streamssm.stream import reset_state
-from streamssm.weights import PACKAGE_WEIGHTS, load_into, read_weights
+from streamssm.stream import cat_streams, reset_state, take_streams
+from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
 
 DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "pose.safetensors"
+MAX_KEYPOINTS = 4096  # per frame: MediaPipe Holistic has 543; more is a wrong axis order or hostile input
+log = logging.getLogger("streamssm")
 
 
 def load_pose_model(weights: str | Path | None = None, device: torch.device | str = "cpu", backend: str = "auto") -> PoseSSM:
     """Build a :class:`PoseSSM` from a safetensors file (default: the weights shipped in the package)."""
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     config, tensors, _ = read_weights(path, "pose")
-    config = {**config, "backend": backend}
-    try:
-        model = PoseSSM(PoseSSMConfig(**config))
-    except TypeError as e:
-        raise ValueError(f"{path}: config does not describe a pose model ({e})") from None
+    model = PoseSSM(build_config(PoseSSMConfig, config, path, backend=backend))
     load_into(model, tensors, path)
     return model.to(device).eval()
 
@@ -38,10 +47,19 @@ class PoseFilter:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
         strength: 0 returns the input, 1 the full learned correction (values up to 2 are accepted).
         fps: frame rate of the stream (the filter adapts its time constants to it).
+        max_gap: seconds; with timestamps, a longer gap between frames starts the streams over (see the
+            module docstring). Shorter gaps are stepped over as missing frames.
 
     Points are (K, D) for one stream or (B, K, D) for B independent streams, D = 2 or 3, in any units
     (pixels, normalised, metres, millimetres). NaN/inf coordinates or confidence 0 mark a keypoint
     missing for that frame. numpy in, numpy out; torch in, torch out.
+
+    Batches: B streams in one call never influence each other: for a given B, a stream's outputs are
+    bit-identical whatever the other streams hold (tests/test_isolation.py). Against the same stream
+    run alone (B = 1) they agree to fp32 rounding (~1e-7 relative), not bit for bit: the CPU/GPU matmul
+    kernels choose their blocking, hence the summation order, from the number of rows (B x K).
+    :meth:`reset` with a mask, :meth:`add_streams` and :meth:`drop_streams` leave the other streams'
+    state bit-identical.
 
     >>> import numpy as np
     >>> f = PoseFilter()
@@ -54,17 +72,22 @@ class PoseFilter:
     """
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0, fps: float = 30.0,
-                 backend: str = "auto"):
-        if not (0.0 <= float(strength) <= 2.0):
+                 backend: str = "auto", max_gap: float = 1.0):
+        strength, fps, max_gap = (as_number(strength, "strength"), as_number(fps, "fps"), as_number(max_gap, "max_gap"))
+        if not (0.0 <= strength <= 2.0):
             raise ValueError(f"strength must be in [0, 2], got {strength}")
-        if not (np.isfinite(fps) and fps > 0):
+        if not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a positive number, got {fps}")
+        if not (math.isfinite(max_gap) and max_gap > 0):
+            raise ValueError(f"max_gap must be a positive number of seconds, got {max_gap}")
         self.device = resolve_device(device)
         self.model = load_pose_model(weights, self.device, backend)
         self.strength = float(strength)
         self.fps = float(fps)
+        self.max_gap = float(max_gap)
         self.state: tuple[Tensor, ...] | None = None
         self._shape: tuple[int, int] | None = None  # (B, K) of the running stream
+        self._last_t: float | None = None  # timestamp (s) of the last frame, when the caller gives them
 
     # --------------------------------------------------------------------------------- helpers
     def _to_tensor(self, points: Any, confidence: Any, lead: int) -> tuple[Tensor, Tensor | None, bool, Any]:
@@ -74,8 +97,10 @@ class PoseFilter:
                 points = np.asarray(points)
             except Exception as e:
                 raise ValueError(f"points must be an array of shape (K, D) or (B, K, D), got {type(points).__name__}") from e
-            if points.dtype == object or not np.issubdtype(points.dtype, np.number):
-                raise ValueError(f"points must be numeric, got dtype {points.dtype}")
+            if points.dtype == object or not np.issubdtype(points.dtype, np.number) or np.iscomplexobj(points):
+                raise ValueError(f"points must be real numbers, got dtype {points.dtype}")
+        elif points.is_complex() or points.dtype == torch.bool:
+            raise ValueError(f"points must be real numbers, got dtype {points.dtype}")
         dtype = points.dtype
         p = points if is_torch else torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
         if p.dim() not in (lead + 2, lead + 3):
@@ -85,6 +110,11 @@ class PoseFilter:
             raise ValueError(f"points must have D = 2 or 3 coordinates in the last axis, got shape {tuple(p.shape)}")
         if p.shape[-2] < 1:
             raise ValueError(f"points must have at least one keypoint, got shape {tuple(p.shape)}")
+        if p.shape[-2] > MAX_KEYPOINTS:
+            raise ValueError(f"points have {p.shape[-2]} keypoints per frame, more than MAX_KEYPOINTS={MAX_KEYPOINTS} "
+                             f"(shape {tuple(p.shape)}: is the layout (K, D) / (B, K, D)?)")
+        if p.dim() == lead + 3 and p.shape[lead] < 1:
+            raise ValueError(f"points have 0 streams (B = 0), got shape {tuple(p.shape)}")
         c = None
         if confidence is not None:
             c = confidence if isinstance(confidence, Tensor) else torch.from_numpy(np.ascontiguousarray(confidence, dtype=np.float32))
@@ -92,6 +122,35 @@ class PoseFilter:
                 raise ValueError(f"confidence must have shape {tuple(p.shape[:-1])} (points without D), got {tuple(c.shape)}")
             c = c.to(self.device, torch.float32)
         return p.to(self.device, torch.float32), c, is_torch, dtype
+
+    def _gap(self, t: Any) -> tuple[float, int]:
+        """(timestamp, frame periods since the previous frame; 1 for the first) after validating ``t``."""
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise ValueError(f"timestamp must be a number of seconds, got {t!r}") from None
+        if not math.isfinite(t):
+            raise ValueError(f"timestamp must be finite, got {t}")
+        if self._last_t is None or self.state is None:
+            return t, 1
+        dt = t - self._last_t
+        if not dt > 0:
+            raise ValueError(f"timestamp {t} s does not come after the previous frame's {self._last_t} s: "
+                             "timestamps must strictly increase (call reset() to start a new stream)")
+        return t, max(1, round(dt * self.fps))
+
+    def _step_over(self, missing: int, b: int, k: int, d: int) -> None:
+        """Advance the state over ``missing`` dropped frames (all keypoints missing), or start over
+        when the gap is longer than ``max_gap``."""
+        if missing <= 0 or self.state is None:
+            return
+        if missing + 1 > self.max_gap * self.fps:
+            log.info("pose: %.3g s without frames (> max_gap %.3g s): starting the streams over",
+                     (missing + 1) / self.fps, self.max_gap)
+            self.state = None
+            return
+        nan = torch.full((b, missing, k, d), float("nan"), device=self.device)
+        _, self.state = self.model(nan, None, self.state, fps=self.fps, strength=self.strength)
 
     def _check_stream(self, b: int, k: int) -> None:
         if self._shape is not None and self._shape != (b, k) and self.state is not None:
@@ -110,40 +169,116 @@ class PoseFilter:
 
     # ------------------------------------------------------------------------------------- API
     @torch.no_grad()
-    def step(self, points: Any, confidence: Any = None):
-        """Filter one frame: (K, D) or (B, K, D) -> same shape, same type."""
+    def step(self, points: Any, confidence: Any = None, timestamp: float | None = None):
+        """Filter one frame: (K, D) or (B, K, D) -> same shape, same type.
+
+        ``timestamp`` (s, optional): dropped frames before this one are stepped over as missing, a gap
+        over ``max_gap`` starts over (module docstring). Without it, frames are one period apart."""
         p, c, is_torch, dtype = self._to_tensor(points, confidence, 0)
         single = p.dim() == 2
         if single:
             p = p[None]
             c = None if c is None else c[None]
-        b, k, _ = p.shape
+        b, k, d = p.shape
         self._check_stream(b, k)
+        if timestamp is not None:
+            t, periods = self._gap(timestamp)
+            self._step_over(periods - 1, b, k, d)
+        else:
+            t = None if self._last_t is None else self._last_t + 1.0 / self.fps
         y, self.state = self.model.step(p, c, self.state, fps=self.fps, strength=self.strength)
+        self._last_t = t
         return self._out(y[0] if single else y, is_torch, dtype, points)
 
     @torch.no_grad()
-    def filter(self, sequence: Any, confidence: Any = None):
+    def filter(self, sequence: Any, confidence: Any = None, timestamps: Any = None):
         """Filter a whole sequence (T, K, D) or (T, B, K, D) with the parallel scan, continuing from
-        (and advancing) the current state: the same result as calling :meth:`step` on every frame."""
+        (and advancing) the current state: the same result as calling :meth:`step` on every frame
+        (with the same ``timestamps``, (T,) seconds, optional)."""
         p, c, is_torch, dtype = self._to_tensor(sequence, confidence, 1)
         single = p.dim() == 3
         if single:
             p = p[:, None]
             c = None if c is None else c[:, None]
-        t, b, k, _ = p.shape
+        t, b, k, d = p.shape
         if t == 0:
             raise ValueError("sequence is empty (T = 0 frames)")
         self._check_stream(b, k)
-        y, self.state = self.model(p.transpose(0, 1), None if c is None else c.transpose(0, 1), self.state,
-                                   fps=self.fps, strength=self.strength)
-        y = y.transpose(0, 1)
+        if timestamps is None:
+            y = self._scan(p, c)
+            if self._last_t is not None:
+                self._last_t += t / self.fps
+        else:
+            y = self._scan_timed(p, c, self._timeline(timestamps, t))
         return self._out(y[:, 0] if single else y, is_torch, dtype, sequence)
 
+    def _scan(self, p: Tensor, c: Tensor | None) -> Tensor:
+        """(T, B, K, D) -> (T, B, K, D) with the parallel scan, advancing the state."""
+        y, self.state = self.model(p.transpose(0, 1), None if c is None else c.transpose(0, 1), self.state,
+                                   fps=self.fps, strength=self.strength)
+        return y.transpose(0, 1)
+
+    def _timeline(self, timestamps: Any, t: int) -> list[tuple[int, int, np.ndarray, bool]]:
+        """Validate (T,) timestamps and cut the frames into segments ``(start, stop, pos, restart)``:
+        ``pos`` are the frames' places on the regular frame grid (holes = dropped frames, stepped over
+        as missing), ``restart`` = the gap before the segment exceeds ``max_gap``. Same rules as
+        :meth:`step`; updates the last timestamp."""
+        try:
+            ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"timestamps must be a sequence of numbers (seconds), got {type(timestamps).__name__}") from None
+        if ts.shape != (t,):
+            raise ValueError(f"timestamps must have one value per frame: {t} frames, got {ts.size} timestamps")
+        if not np.isfinite(ts).all():
+            i = int(np.flatnonzero(~np.isfinite(ts))[0])
+            raise ValueError(f"timestamps must be finite; frame {i} is at {ts[i]}")
+        first = np.nan if self._last_t is None or self.state is None else self._last_t
+        prev = np.concatenate([[first], ts[:-1]])
+        dt = ts - prev
+        bad = np.flatnonzero(dt <= 0)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"timestamps must strictly increase: frame {i} is at {ts[i]} s, after {prev[i]} s "
+                             "(call reset() to start a new stream)")
+        periods = np.where(np.isfinite(dt), np.maximum(1, np.round(np.nan_to_num(dt) * self.fps)), 1).astype(np.int64)
+        restart = periods > self.max_gap * self.fps
+        starts = sorted({0, *np.flatnonzero(restart).tolist()})
+        segments = []
+        for j, start in enumerate(starts):
+            stop = starts[j + 1] if j + 1 < len(starts) else t
+            k = periods[start:stop].copy()
+            if restart[start]:
+                k[0] = 1  # the stream starts over at this frame: no holes before it
+            segments.append((start, stop, np.cumsum(k) - 1, bool(restart[start])))
+        self._last_t = float(ts[-1])
+        return segments
+
+    def _scan_timed(self, p: Tensor, c: Tensor | None, segments) -> Tensor:
+        out = torch.empty_like(p)
+        _, b, k, d = p.shape
+        for start, stop, pos, restart in segments:
+            if restart:
+                log.info("pose: gap over max_gap %.3g s before frame %d: starting the streams over", self.max_gap, start)
+                self.state = None
+            n = int(pos[-1]) + 1
+            if n == stop - start:  # no holes: straight through
+                out[start:stop] = self._scan(p[start:stop], None if c is None else c[start:stop])
+                continue
+            grid = torch.full((n, b, k, d), float("nan"), device=p.device)
+            idx = torch.as_tensor(pos, device=p.device)
+            grid[idx] = p[start:stop]
+            cg = None
+            if c is not None:
+                cg = torch.zeros((n, b, k), device=p.device)
+                cg[idx] = c[start:stop]
+            out[start:stop] = self._scan(grid, cg)[idx]
+        return out
+
     def reset(self, mask: Any = None) -> None:
-        """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True."""
+        """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
+        state is untouched, bit for bit)."""
         if mask is None or self.state is None:
-            self.state, self._shape = None, None
+            self.state, self._shape, self._last_t = None, None, None
             return
         b, k = self._shape
         mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
@@ -152,14 +287,49 @@ class PoseFilter:
         fresh = self.model.init_state(b, k, self.device)
         self.state = reset_state(self.state, fresh, mask)
 
+    def add_streams(self, n: int = 1) -> None:
+        """Append ``n`` fresh streams (indices B .. B+n-1); the running ones keep their state."""
+        if not (isinstance(n, (int, np.integer)) and n >= 1):
+            raise ValueError(f"add_streams: n must be a positive integer, got {n!r}")
+        if self.state is None:
+            raise ValueError("add_streams: no stream is running yet (the first step sets B and K)")
+        b, k = self._shape
+        self.state = cat_streams(self.state, self.model.init_state(int(n), k, self.device))
+        self._shape = (b + int(n), k)
+
+    def drop_streams(self, index: Any) -> None:
+        """Remove the streams at ``index`` (an int or a list); the others keep their state and order."""
+        if self.state is None:
+            raise ValueError("drop_streams: no stream is running yet")
+        b, k = self._shape
+        drop = {int(i) % b if -b <= int(i) < b else None for i in np.atleast_1d(np.asarray(index)).tolist()}
+        if None in drop:
+            raise ValueError(f"drop_streams: index {index!r} out of range for {b} stream(s)")
+        keep = [i for i in range(b) if i not in drop]
+        if not keep:
+            self.reset()
+            return
+        self.state = take_streams(self.state, keep)
+        self._shape = (len(keep), k)
+
     def get_state(self):
         return None if self.state is None else tuple(s.clone() for s in self.state)
 
     def set_state(self, state) -> None:
+        """Restore a snapshot from :meth:`get_state` (shapes, dtype float32 and finiteness checked)."""
         if state is None:
             self.reset()
             return
+        if not isinstance(state, (tuple, list)) or not state or not all(isinstance(s, Tensor) for s in state):
+            raise ValueError(f"pose state must be a tuple of tensors from get_state(), got {type(state).__name__}")
+        if state[0].dim() != 3:
+            raise ValueError(f"pose state[0] must be (B, K, 3), got shape {tuple(state[0].shape)}")
         b, k = state[0].shape[:2]
         self.model.check_state(state, b, k)
+        for i, s in enumerate(state):
+            if s.dtype != torch.float32:
+                raise ValueError(f"pose state[{i}] must be float32, got {s.dtype}")
+            if not torch.isfinite(s).all():
+                raise ValueError(f"pose state[{i}] contains NaN or inf: not a state this filter produced")
         self.state = tuple(s.to(self.device).clone() for s in state)
         self._shape = (b, k)

@@ -15,8 +15,22 @@ Why the pipeline looks like this: decoding runs on a thread (:func:`streamssm.io
 filter on the caller's thread (it holds the device), encoding on another thread
 (:class:`streamssm.io.ThreadedSink`), so on a GPU the three overlap. The sink owns the
 "playable on interruption" promise: it is closed in every exit path (``ExitStack``), which flushes the
-queued frames and renames the partial file; this module only has to report what was kept and choose
-the exit code (130 for Ctrl-C, SIGTERM's 143 via :func:`streamssm.io.sigterm_as_exception`).
+queued frames and renames the partial file (an incomplete run never replaces an existing output: it
+then goes to ``<stem>.partial<ext>``, see :mod:`streamssm.io.video`); this module only has to report
+where the frames were kept and choose the exit code.
+
+Exit codes: 0 done (for ``--webcam``, Ctrl-C is the normal end); 1 the camera/stream stopped
+delivering frames (the recording holds what came); 2 bad input or output, including a truncated or
+corrupt input found mid-run and a full disk (the message names the file; frames filtered before a
+mid-run input error are kept); 130 Ctrl-C; 143 SIGTERM (:func:`streamssm.io.sigterm_as_exception`).
+
+Limits (refused before any work, from the container's metadata, and again while decoding in case it
+lies): ``--max-resolution`` (default 7680x4320), ``--max-duration`` and ``--max-input-frames``.
+``--max-frames N`` is not a limit but a request: filter the first N frames and stop.
+
+Timestamps are the decoder's (``pts``), so dropped frames and variable frame rates show up as gaps:
+the output keeps them (the sink writes each frame at its own time) and a gap longer than the
+filter's ``max_gap`` (1 s) starts the filter over (:class:`~streamssm.video.filter.VideoFilter`).
 
 Heavy imports (torch, PyAV, OpenCV, tqdm) happen inside the functions, so ``streamssm --help`` stays fast.
 """
@@ -49,6 +63,8 @@ SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample.mp4"
 SAMPLE_OP = "gamma_jitter"
 REPORT_FRAMES = 300  # E_warp is computed on at most this many frames ...
 REPORT_PX = 480  # ... downscaled so the long side is at most this (DIS flow on 2 cores: ~15 ms a pair)
+DEFAULT_MAX_RESOLUTION = (7680, 4320)
+EXIT_SOURCE_STOPPED = 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,6 +89,13 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--report", action="store_true", help="print E_warp before -> after (flow from --original if given)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output (never an input)")
     s.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    s.add_argument("--max-resolution", default=f"{DEFAULT_MAX_RESOLUTION[0]}x{DEFAULT_MAX_RESOLUTION[1]}",
+                   metavar="WxH", help="refuse inputs larger than this, before any work (default %(default)s; "
+                   "either orientation)")
+    s.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                   help="refuse inputs longer than this, before any work (checked again while decoding)")
+    s.add_argument("--max-input-frames", type=int, default=None, metavar="N",
+                   help="refuse inputs with more frames than this, before any work (checked again while decoding)")
     s.add_argument("--fps", type=float, default=None, help="frame rate of an image-folder input (default: the original's, else 30)")
     s.add_argument("--webcam", metavar="SPEC", help="camera index (0), capture URL (rtsp://...) or live:FILE")
     s.add_argument("--op", metavar="NAME", default=None,
@@ -93,6 +116,7 @@ def run_video(args: argparse.Namespace) -> int:
                          + (f" (got {' and '.join(modes)})" if modes else ""))
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, got {args.max_frames}")
+    limits = _limits(args)
     common = dict(weights=args.weights, device=args.device, strength=args.strength, max_frames=args.max_frames,
                   progress=not args.no_progress)
 
@@ -100,9 +124,15 @@ def run_video(args: argparse.Namespace) -> int:
         _refuse(args, original="--original does not apply to --webcam",
                 output="--webcam writes with --record OUT.mp4, not -o", report="--report does not apply to --webcam",
                 fps="--fps does not apply to --webcam (the camera sets the rate)")
+        _refuse(args, max_duration="--max-duration does not apply to --webcam (use --max-frames)",
+                max_input_frames="--max-input-frames does not apply to --webcam (use --max-frames)")
         summary = run_webcam(args.webcam, op=args.op, record=args.record, side_by_side=args.side_by_side,
-                             overwrite=args.overwrite, **common)
+                             overwrite=args.overwrite, max_resolution=limits["max_resolution"], **common)
         print(summary.line())
+        if summary.fault:
+            kept = f"; {summary.output} holds the {summary.frames} frames filtered" if summary.output and summary.frames else ""
+            print(f"streamssm: error: {summary.fault}{kept}", file=sys.stderr)
+            return EXIT_SOURCE_STOPPED
         return 0  # Ctrl-C is how a camera session ends: not an error
 
     if args.sample:
@@ -117,7 +147,7 @@ def run_video(args: argparse.Namespace) -> int:
         if not args.output:
             raise ValueError("video: -o OUTPUT is required (a video file, or a folder/ for PNG frames)")
         summary = filter_video(args.processed, args.output, original=args.original, side_by_side=args.side_by_side,
-                               report=args.report, overwrite=args.overwrite, fps=args.fps, **common)
+                               report=args.report, overwrite=args.overwrite, fps=args.fps, **limits, **common)
     print(summary.line())
     if summary.interrupted:
         print(f"streamssm: interrupted; {summary.output} holds the {summary.frames} frames filtered so far",
@@ -126,10 +156,28 @@ def run_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits(args) -> dict:
+    """``--max-resolution WxH``, ``--max-duration``, ``--max-input-frames`` -> open_source's limits."""
+    res = getattr(args, "max_resolution", None) or "x".join(map(str, DEFAULT_MAX_RESOLUTION))
+    max_duration, max_input_frames = getattr(args, "max_duration", None), getattr(args, "max_input_frames", None)
+    text = str(res).lower().replace("×", "x")
+    try:
+        w, h = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise ValueError(f"--max-resolution must be WIDTHxHEIGHT (e.g. 3840x2160), got {res!r}") from None
+    if w < 1 or h < 1:
+        raise ValueError(f"--max-resolution must be positive, got {res!r}")
+    if max_duration is not None and not (np.isfinite(max_duration) and max_duration > 0):
+        raise ValueError(f"--max-duration must be a positive number of seconds, got {max_duration}")
+    if max_input_frames is not None and max_input_frames < 1:
+        raise ValueError(f"--max-input-frames must be at least 1, got {max_input_frames}")
+    return dict(max_resolution=(w, h), max_duration=max_duration, max_input_frames=max_input_frames)
+
+
 def _refuse(args, **messages: str) -> None:
     """ValueError(message) for an option (by ``dest``) the mode does not use: ignoring it would surprise."""
     for dest, message in messages.items():
-        if getattr(args, dest) not in (None, False):
+        if getattr(args, dest, None) not in (None, False):
             raise ValueError(message)
 
 
@@ -151,6 +199,7 @@ class RunSummary:
     latency_of: str = "filter"
     dropped: int = 0
     interrupted: bool = False
+    fault: str | None = None  # a live source that stopped delivering frames
 
     @property
     def fps(self) -> float:
@@ -297,10 +346,11 @@ class _OwnedFrames:
 
 def _filter_loop(pairs: Iterable, filt, sink, bar, *, side_by_side: bool, report: WarpReport | None,
                  label=None) -> None:
-    """pairs yields (processed Frame, original rgb or None); writes filtered (or side-by-side) frames."""
+    """pairs yields (processed Frame, original rgb or None); writes filtered (or side-by-side) frames.
+    The frame's timestamp goes to the filter (a long gap starts it over) and to the sink (gaps kept)."""
     owned = _OwnedFrames()
     for p, orig in pairs:
-        out = filt.step(p.rgb, orig)
+        out = filt.step(p.rgb, orig, timestamp=p.timestamp)
         if report is not None:
             report.add(p.index, orig, p.rgb, out)
         if side_by_side:
@@ -316,14 +366,19 @@ def _filter_loop(pairs: Iterable, filt, sink, bar, *, side_by_side: bool, report
 @contextlib.contextmanager
 def _note_kept_frames(get_sink, output: str | None):
     """Wraps the ExitStack that owns the sink: when an error (or SIGTERM) escapes, the sink has been
-    finalised by the time we get here, so we can say how many frames the output holds."""
+    finalised by the time we get here, so we can say where the frames are and how many."""
     try:
         yield
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, SystemExit) and e.code == 143:
+            print("streamssm: terminated (SIGTERM)", file=sys.stderr)
         sink = get_sink()
         n = getattr(sink, "frames_written", 0) if sink is not None else 0
-        if n:
-            print(f"streamssm: {output} holds the {n} frames filtered before the run stopped", file=sys.stderr)
+        kept = getattr(sink, "final_path", None) if sink is not None else None
+        if n and kept:
+            print(f"streamssm: {kept} holds the {n} frames filtered before the run stopped", file=sys.stderr)
+        elif n:
+            print(f"streamssm: no output kept: {output} could not be finalised", file=sys.stderr)
         raise
 
 
@@ -342,18 +397,27 @@ def filter_video(
     fps: float | None = None,
     progress: bool = True,
     filt=None,
+    max_resolution: tuple[int, int] | None = DEFAULT_MAX_RESOLUTION,
+    max_duration: float | None = None,
+    max_input_frames: int | None = None,
 ) -> RunSummary:
     """Filter PROCESSED (video file or image folder) into OUTPUT (video file or PNG folder).
 
-    Inputs are validated (paths, frame-count and size mismatch, output == input, existing output)
-    before the model is loaded. ``filt``: an existing :class:`~streamssm.video.filter.VideoFilter`
-    (reset first) instead of building one from ``weights``/``device``/``strength``.
+    Inputs are validated (paths, frame-count and size mismatch, output == input, existing output,
+    the limits ``max_resolution``/``max_duration``/``max_input_frames``) before the model is loaded.
+    ``max_frames``: filter only the first N frames. ``filt``: an existing
+    :class:`~streamssm.video.filter.VideoFilter` (reset first) instead of building one from
+    ``weights``/``device``/``strength``.
     Ctrl-C returns a summary with ``interrupted=True``; any other error propagates after the output
-    has been finalised with the frames written so far.
+    has been finalised with the frames written so far (``summary.output``/the message say where: see
+    the module docstring).
     """
+    import itertools
+
     from streamssm.io import VideoIOError, open_sink, open_source, paired, prefetch, sigterm_as_exception
 
-    limits = dict(max_frames=max_frames, on_limit="stop")
+    limits = dict(max_resolution=max_resolution, max_duration=max_duration, max_frames=max_input_frames,
+                  on_limit="error")
     sink = None
     interrupted = False
     with _note_kept_frames(lambda: sink, output), contextlib.ExitStack() as stack:
@@ -385,13 +449,17 @@ def filter_video(
         src = stack.enter_context(prefetch(P))
         pairs: Iterator = ((p, i.rgb) for p, i in paired(src, stack.enter_context(prefetch(I)))) if I is not None \
             else ((p, None) for p in src)
+        if max_frames is not None:
+            pairs = itertools.islice(pairs, max_frames)
         t0 = time.perf_counter()
         try:
             _filter_loop(pairs, filt, sink, bar, side_by_side=side_by_side, report=rep)
         except KeyboardInterrupt:
-            interrupted = True  # the ExitStack still finalises the output: a normal exit from here
+            interrupted = True
+            sink.close(partial=True)  # finalised here as incomplete; the ExitStack's close is then a no-op
     seconds = time.perf_counter() - t0
-    summary = RunSummary(sink.frames_written, seconds, P.width, P.height, output, interrupted=interrupted)
+    summary = RunSummary(sink.frames_written, seconds, P.width, P.height, sink.final_path or output,
+                         interrupted=interrupted)
     if rep is not None and not interrupted:
         res = rep.result(guided=I is not None)
         if res is not None:
@@ -412,6 +480,7 @@ def run_webcam(
     overwrite: bool = False,
     progress: bool = True,
     preview: bool | None = None,
+    max_resolution: tuple[int, int] | None = DEFAULT_MAX_RESOLUTION,
 ) -> RunSummary:
     """Filter a camera / capture URL / ``live:FILE`` stream frame by frame.
 
@@ -421,7 +490,9 @@ def run_webcam(
     processed video and the filter runs unguided. ``preview=None``: a window when
     :func:`streamssm.io.has_display`. Latency is the time from receiving a frame to its filtered output
     (operator + filter), per frame. ``record`` (+ ``side_by_side``: [processed | filtered]) keeps it.
-    Ctrl-C, ``q``/``Esc`` in the window, the source ending or ``max_frames`` end the session normally.
+    Ctrl-C, ``q``/``Esc`` in the window, the source ending or ``max_frames`` end the session normally;
+    a camera or stream that stops delivering frames ends it with ``summary.fault`` set (the recording,
+    finalised as an incomplete run, holds every frame filtered before).
     """
     from streamssm.io import Preview, ThreadedSink, has_display, open_sink, open_source, sigterm_as_exception
 
@@ -434,7 +505,8 @@ def run_webcam(
     sink = None
     with _note_kept_frames(lambda: sink, record), contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_as_exception())
-        src = stack.enter_context(open_source(spec, max_frames=max_frames, on_limit="stop"))
+        src = stack.enter_context(open_source(spec, max_frames=max_frames, on_limit="stop",
+                                              max_resolution=max_resolution))
         filt = _make_filter(weights, device, strength)
         if record:
             width = src.width * (2 if side_by_side else 1)
@@ -449,9 +521,9 @@ def run_webcam(
                 t = time.perf_counter()
                 if operator is not None:
                     p = operator.apply(fr.rgb, fr.index)
-                    out = filt.step(p, fr.rgb)
+                    out = filt.step(p, fr.rgb, timestamp=fr.timestamp)
                 else:
-                    p, out = fr.rgb, filt.step(fr.rgb)
+                    p, out = fr.rgb, filt.step(fr.rgb, timestamp=fr.timestamp)
                 latencies.append((time.perf_counter() - t) * 1e3)
                 if sink is not None:
                     sink.write(np.concatenate([p, out], axis=1) if side_by_side else owned(out), fr.timestamp)
@@ -460,10 +532,13 @@ def run_webcam(
                     break
         except KeyboardInterrupt:
             pass  # how a camera session ends
+        if sink is not None and src.fault:
+            sink.close(partial=True)  # cut short by the camera: never replaces an existing recording
     seconds = time.perf_counter() - t0
-    return RunSummary(len(latencies), seconds, src.width, src.height, record, latencies_ms=latencies,
+    kept = (sink.final_path if sink is not None else None) or record
+    return RunSummary(len(latencies), seconds, src.width, src.height, kept, latencies_ms=latencies,
                       latency_of="operator + filter" if operator is not None else "filter",
-                      dropped=getattr(src, "dropped", 0))
+                      dropped=getattr(src, "dropped", 0), fault=src.fault)
 
 
 def _demo_operator(name: str):
@@ -532,8 +607,10 @@ def run_sample(
                          label=_labeller(f"processed ({op})", "streamssm filtered", src.width))
         except KeyboardInterrupt:
             interrupted = True
+            sink.close(partial=True)
     seconds = time.perf_counter() - t0
-    summary = RunSummary(sink.frames_written, seconds, src.width, src.height, output, interrupted=interrupted)
+    summary = RunSummary(sink.frames_written, seconds, src.width, src.height, sink.final_path or output,
+                         interrupted=interrupted)
     if not interrupted:
         res = rep.result(guided=True)
         if res is not None:

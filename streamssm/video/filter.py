@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -11,9 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamssm._args import as_number
 from streamssm._device import resolve_device
+from streamssm.stream import cat_streams, reset_state, take_streams
+from streamssm.video.cpu_step import CPUVideoStep
 from streamssm.video.model import VideoSSM, VideoSSMConfig, grid_shape
-from streamssm.weights import PACKAGE_WEIGHTS, load_into, read_weights
+from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
 
 log = logging.getLogger("streamssm")
 DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "video.safetensors"
@@ -23,10 +27,7 @@ def load_video_model(weights: str | Path | None = None, device: torch.device | s
     """Build a :class:`VideoSSM` from a safetensors file (default: the weights shipped in the package)."""
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     config, tensors, _ = read_weights(path, "video")
-    try:
-        model = VideoSSM(VideoSSMConfig(**{**config, "backend": backend}))
-    except TypeError as e:
-        raise ValueError(f"{path}: config does not describe a video model ({e})") from None
+    model = VideoSSM(build_config(VideoSSMConfig, config, path, backend=backend))
     load_into(model, tensors, path)
     return model.to(device).eval()
 
@@ -68,6 +69,12 @@ def float_to_frame(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return x.astype(dtype)
 
 
+def _rgb_uint8(frame: Any) -> bool:
+    """An H x W x 3 uint8 numpy frame (what the CPU fast path takes as it is)."""
+    return (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+            and frame.shape[0] >= 1 and frame.shape[1] >= 1)
+
+
 class VideoFilter:
     """Causal deflicker for processed video, one frame at a time or a whole clip at once.
 
@@ -76,11 +83,24 @@ class VideoFilter:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
         strength: 0 returns the processed frame, 1 the full learned correction (up to 2).
         half: run the network in float16 on CUDA (default True there).
+        max_gap: seconds; with timestamps (``step(..., timestamp=)``), a longer gap since the previous
+            frame (a camera that stalled, a cut in a variable-frame-rate file) starts the streams over,
+            since the blended previous output no longer matches the scene. Shorter gaps (dropped
+            frames) need nothing: the blend is motion-compensated and gated per pixel.
+        fast: on the CPU, run each step with :class:`~streamssm.video.cpu_step.CPUVideoStep` (the same
+            math rearranged for the CPU, ~5x faster; equal to ``VideoSSM.step`` to fp32 rounding, 1e-4) and
+            :meth:`filter` frame by frame with it; ``False``: the model's own step and parallel scan.
 
     ``step(frame, original=None)``: numpy H x W x 3 uint8 RGB in and out (gray, RGBA, 16-bit and float
     frames are converted; the output has the input's dtype), or torch (B, 3, H, W) float tensors in
-    [0, 1], in and out, on the filter's device (B independent streams). With ``original`` (the frame the
-    operator saw) the filter is guided; without it, it works on the processed frame alone.
+    [0, 1], in and out, on the filter's device (B independent streams; NaN is read as 0 and values are
+    clamped to [0, 1] on the device, without a host sync). With ``original`` (the frame the operator
+    saw) the filter is guided; without it, it works on the processed frame alone.
+
+    Batches: for a given B, a stream's outputs are bit-identical whatever the other streams hold;
+    against the stream run alone they agree to fp32 rounding (matmul/conv kernels pick their
+    summation order from the batch size). ``reset(mask)``, :meth:`add_streams` and
+    :meth:`drop_streams` leave the other streams' state bit-identical.
 
     >>> import numpy as np
     >>> f = VideoFilter(device="cpu")
@@ -90,15 +110,21 @@ class VideoFilter:
     """
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0,
-                 half: bool | None = None, backend: str = "auto"):
-        if not (0.0 <= float(strength) <= 2.0):
+                 half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True):
+        strength, max_gap = as_number(strength, "strength"), as_number(max_gap, "max_gap")
+        if not (0.0 <= strength <= 2.0):
             raise ValueError(f"strength must be in [0, 2], got {strength}")
+        if not (math.isfinite(max_gap) and max_gap > 0):
+            raise ValueError(f"max_gap must be a positive number of seconds, got {max_gap!r}")
         self.device = resolve_device(device)
         self.model = load_video_model(weights, self.device, backend)
         self.strength = float(strength)
         self.half = (self.device.type == "cuda") if half is None else bool(half)
+        self.max_gap = float(max_gap)
+        self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
         self.state: tuple[Tensor, ...] | None = None
         self._key: tuple | None = None  # (B, H, W, guided) of the running stream
+        self._last_t: float | None = None  # timestamp (s) of the last frame, when the caller gives them
         self.frames_seen = 0
 
     # ------------------------------------------------------------------------------- plumbing
@@ -116,12 +142,13 @@ class VideoFilter:
         self._stream_key(b, h, w)
         amp = self.half and self.device.type == "cuda"
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            if parallel:
+            if parallel and self._cpu is None:
                 O, self.state = self.model(P, I, self.state, strength=self.strength)
             else:
+                step = self.model.step if self._cpu is None else self._cpu.step
                 outs = []
                 for i in range(t):
-                    o, self.state = self.model.step(P[:, i], None if I is None else I[:, i], self.state, self.strength)
+                    o, self.state = step(P[:, i], None if I is None else I[:, i], self.state, self.strength)
                     outs.append(o)
                 O = torch.stack(outs, 1)
         self.frames_seen += t
@@ -132,18 +159,46 @@ class VideoFilter:
             raise ValueError(f"{name} tensor must be (B, 3, H, W) float in [0, 1], got shape {tuple(frame.shape)}")
         if not frame.is_floating_point():
             raise ValueError(f"{name} tensor must be floating point in [0, 1], got {frame.dtype}")
-        return frame.to(self.device, torch.float32)
+        if frame.shape[0] < 1 or frame.shape[2] < 1 or frame.shape[3] < 1:
+            raise ValueError(f"{name} tensor is empty: shape {tuple(frame.shape)}")
+        # NaN/inf would poison the state for good; sanitised on the device (an isfinite check would
+        # cost a host sync per frame)
+        return torch.nan_to_num(frame.to(self.device, torch.float32), nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+
+    def _timestamp(self, timestamp: Any) -> None:
+        """Validate ``timestamp`` (s); a gap over ``max_gap`` since the previous frame starts over."""
+        try:
+            t = float(timestamp)
+        except (TypeError, ValueError):
+            raise ValueError(f"timestamp must be a number of seconds, got {timestamp!r}") from None
+        if not math.isfinite(t):
+            raise ValueError(f"timestamp must be finite, got {t}")
+        if self._last_t is not None and self.state is not None:
+            if not t > self._last_t:
+                raise ValueError(f"timestamp {t} s does not come after the previous frame's {self._last_t} s: "
+                                 "timestamps must strictly increase (call reset() to start a new stream)")
+            if t - self._last_t > self.max_gap:
+                log.info("video: %.3g s without frames (> max_gap %.3g s): starting the streams over",
+                         t - self._last_t, self.max_gap)
+                self.state = None
+        self._last_t = t
 
     # ------------------------------------------------------------------------------------- API
-    def step(self, frame: Any, original: Any = None):
-        """Filter one frame (see the class docstring for the accepted types)."""
+    def step(self, frame: Any, original: Any = None, timestamp: float | None = None):
+        """Filter one frame (see the class docstring for the accepted types).
+
+        ``timestamp`` (s, optional): see ``max_gap``; must increase from frame to frame."""
         if isinstance(frame, Tensor):
             P = self._tensor_in(frame, "frame")
             I = None if original is None else self._tensor_in(original, "original")
             if I is not None and I.shape != P.shape:
                 raise ValueError(f"original {tuple(I.shape)} and processed {tuple(P.shape)} frames differ in size")
+            if timestamp is not None:
+                self._timestamp(timestamp)
             O = self._run(P[:, None], None if I is None else I[:, None], parallel=False)[:, 0]
             return O.to(frame.dtype)
+        if self._cpu is not None and _rgb_uint8(frame) and (original is None or _rgb_uint8(original)):
+            return self._step_uint8(frame, original, timestamp)
         p, dtype = frame_to_float(frame, "frame")
         P = torch.from_numpy(p).permute(2, 0, 1)[None, None].to(self.device)
         I = None
@@ -153,12 +208,29 @@ class VideoFilter:
                 raise ValueError(f"original frame is {i.shape[1]}x{i.shape[0]} but the processed frame is "
                                  f"{p.shape[1]}x{p.shape[0]}: they must be the same size")
             I = torch.from_numpy(i).permute(2, 0, 1)[None, None].to(self.device)
+        if timestamp is not None:
+            self._timestamp(timestamp)
         O = self._run(P, I, parallel=False)[0, 0]
         return float_to_frame(O.permute(1, 2, 0).cpu().numpy(), dtype)
 
+    def _step_uint8(self, frame: np.ndarray, original: np.ndarray | None, timestamp: float | None) -> np.ndarray:
+        """:meth:`step` for H x W x 3 uint8 frames on the CPU fast path: converted to and from float inside the
+        fast step (the same ``frame_to_float`` / ``float_to_frame`` arithmetic), strip by strip."""
+        if original is not None and original.shape != frame.shape:
+            raise ValueError(f"original frame is {original.shape[1]}x{original.shape[0]} but the processed frame is "
+                             f"{frame.shape[1]}x{frame.shape[0]}: they must be the same size")
+        if timestamp is not None:
+            self._timestamp(timestamp)
+        self._stream_key(1, frame.shape[0], frame.shape[1])
+        with torch.no_grad():
+            out, self.state = self._cpu.step_uint8(frame, original, self.state, self.strength)
+        self.frames_seen += 1
+        return out
+
     def filter(self, frames: Sequence[Any] | Iterable[Any], originals: Sequence[Any] | None = None, chunk: int = 32) -> list:
         """Filter a clip with the parallel scan, ``chunk`` frames at a time with the state carried
-        (continuing from, and advancing, the current state): the same frames as :meth:`step`."""
+        (continuing from, and advancing, the current state): the same frames as :meth:`step`. (On the CPU
+        with ``fast``, frame by frame through the fast step, which is quicker there than the scan.)"""
         frames = list(frames)
         if originals is not None:
             originals = list(originals)
@@ -187,11 +259,64 @@ class VideoFilter:
             out += [float_to_frame(o, dtype) for o in O]
         return out
 
-    def reset(self) -> None:
-        self.state, self._key = None, None
+    def reset(self, mask: Any = None) -> None:
+        """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
+        state is untouched, bit for bit)."""
+        if mask is None or self.state is None:
+            self.state, self._key, self._last_t = None, None, None
+            return
+        b, h, w = self.model.state_frame(self.state)
+        mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+        if mask.shape != (b,):
+            raise ValueError(f"reset mask must have shape (B,)=({b},), got {tuple(mask.shape)}")
+        self.state = reset_state(self.state, self.model.init_state(b, h, w, self.device), mask)
+
+    def add_streams(self, n: int = 1) -> None:
+        """Append ``n`` fresh streams (indices B .. B+n-1, same frame size); the running ones keep their state."""
+        if not (isinstance(n, (int, np.integer)) and n >= 1):
+            raise ValueError(f"add_streams: n must be a positive integer, got {n!r}")
+        if self.state is None:
+            raise ValueError("add_streams: no stream is running yet (the first step sets B and the frame size)")
+        b, h, w = self.model.state_frame(self.state)
+        self.state = cat_streams(self.state, self.model.init_state(int(n), h, w, self.device))
+        self._key = (b + int(n), h, w)
+
+    def drop_streams(self, index: Any) -> None:
+        """Remove the streams at ``index`` (an int or a list); the others keep their state and order."""
+        if self.state is None:
+            raise ValueError("drop_streams: no stream is running yet")
+        b, h, w = self.model.state_frame(self.state)
+        drop = {int(i) % b if -b <= int(i) < b else None for i in np.atleast_1d(np.asarray(index)).tolist()}
+        if None in drop:
+            raise ValueError(f"drop_streams: index {index!r} out of range for {b} stream(s)")
+        keep = [i for i in range(b) if i not in drop]
+        if not keep:
+            self.reset()
+            return
+        self.state = take_streams(self.state, keep)
+        self._key = (len(keep), h, w)
 
     def get_state(self):
         return None if self.state is None else tuple(s.clone() for s in self.state)
 
     def set_state(self, state) -> None:
-        self.state = None if state is None else tuple(s.to(self.device).clone() for s in state)
+        """Restore a snapshot from :meth:`get_state` (shapes, dtype float32 and finiteness checked)."""
+        if state is None:
+            self.reset()
+            return
+        if not isinstance(state, (tuple, list)) or len(state) <= 3 or not all(isinstance(s, Tensor) for s in state):
+            raise ValueError(f"video state must be a tuple of tensors from get_state(), got {type(state).__name__}")
+        if state[3].dim() != 4:
+            raise ValueError(f"video state[3] must be (B, 3, H, W), got shape {tuple(state[3].shape)}")
+        b, h, w = self.model.state_frame(state)
+        ref = self.model.init_state(b, h, w, "meta")
+        if len(state) != len(ref):
+            raise ValueError(f"video state must have {len(ref)} tensors, got {len(state)}")
+        for i, (s, r) in enumerate(zip(state, ref)):
+            if s.shape != r.shape or s.dtype != torch.float32:
+                raise ValueError(f"video state[{i}] is {tuple(s.shape)} {s.dtype}, expected {tuple(r.shape)} "
+                                 f"torch.float32 (for {b} stream(s) of {w}x{h} frames)")
+            if not torch.isfinite(s).all():
+                raise ValueError(f"video state[{i}] contains NaN or inf: not a state this filter produced")
+        self.state = tuple(s.to(self.device).clone() for s in state)
+        self._key = (b, h, w)

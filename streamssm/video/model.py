@@ -179,6 +179,16 @@ def _inv3_sym(s: Tensor) -> Tensor:
     return inv.reshape(*s.shape[:-1], 3, 3)
 
 
+def _pair_product(x: Tensor) -> Tensor:
+    """(n, 3, ...) -> (n, 6, ...): the channel products x_i x_j for (i, j) = 00, 01, 02, 11, 12, 22.
+
+    Built from slices, not ``x[:, [0, 0, 0, 1, 1, 2]]``: list indexing copies an index tensor from the
+    host, which is illegal inside CUDA-graph capture."""
+    left = torch.cat([x[:, 0:1], x[:, 0:1], x[:, 0:1], x[:, 1:2], x[:, 1:2], x[:, 2:3]], 1)
+    right = torch.cat([x[:, 0:3], x[:, 1:3], x[:, 2:3]], 1)
+    return left * right
+
+
 class VideoSSM(nn.Module):
     """The video filter network; see the module docstring for the design.
 
@@ -245,18 +255,22 @@ class VideoSSM(nn.Module):
             return self._cell_stats(P.float(), G.float())
 
     def _cell_stats(self, P: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
-        cfg = self.config
         n, _, h, w = P.shape
-        pre, cell, gh, gw = grid_shape(h, w, cfg)
+        pre, cell, gh, gw = grid_shape(h, w, self.config)
         if pre > 1:
             P = F.avg_pool2d(P, pre)
             G = F.avg_pool2d(G, pre)
+        return self.fit_cells(P, G, cell, gh, gw)
+
+    def fit_cells(self, P: Tensor, G: Tensor, cell: int, gh: int, gw: int) -> tuple[Tensor, Tensor]:
+        """The per-cell fit of :meth:`cell_stats` on frames already downsampled ``pre`` x (fp32): cells of
+        ``cell`` x ``cell`` pixels, the first ``gh`` x ``gw`` of them. (The CPU step pools its own way.)"""
+        cfg = self.config
+        n = P.shape[0]
         P, G = P[..., : gh * cell, : gw * cell], G[..., : gh * cell, : gw * cell]
         pool = lambda x: F.avg_pool2d(x, cell)  # noqa: E731
         mg, mp = pool(G), pool(P)
-        i0 = [0, 0, 0, 1, 1, 2]
-        i1 = [0, 1, 2, 1, 2, 2]
-        gg = pool(G[:, i0] * G[:, i1]) - mg[:, i0] * mg[:, i1]  # (n, 6, gh, gw) covariance of G
+        gg = pool(_pair_product(G)) - _pair_product(mg)  # (n, 6, gh, gw) covariance of G
         pg = pool((P[:, :, None] * G[:, None]).reshape(n, 9, *P.shape[-2:])).reshape(n, 3, 3, gh, gw)
         pg = pg - mp[:, :, None] * mg[:, None]  # (n, 3, 3, gh, gw) cross-covariance
         eye = torch.tensor([1.0, 0, 0, 1, 0, 1], device=P.device, dtype=P.dtype)[None, :, None, None]
@@ -282,14 +296,18 @@ class VideoSSM(nn.Module):
         b, t = P.shape[:2]
         params, means = self.cell_stats(P.flatten(0, 1), G.flatten(0, 1))
         gh, gw = params.shape[-2:]
-        params = params.reshape(b, t, N_PARAMS, gh, gw)
-        means = means.reshape(b, t, 6, gh, gw)
+        return self._stat_features(params.reshape(b, t, N_PARAMS, gh, gw), means.reshape(b, t, 6, gh, gw), guided,
+                                   state, reset)
+
+    def _stat_features(self, params: Tensor, means: Tensor, guided: bool, state, reset: Tensor | None):
+        """:meth:`_features` from the cell statistics params (b, t, 12, gh, gw) and means (b, t, 6, gh, gw)."""
+        b, t = params.shape[:2]
         thumb = means[:, :, :3]
         prev_feat, prev_thumb, has_prev = state[:3]
         cur = torch.cat([params, means], 2)  # (b, t, 18, gh, gw)
         prev = torch.cat([prev_feat[:, None], cur[:, :-1]], 1)
         pthumb = torch.cat([prev_thumb[:, None], thumb[:, :-1]], 1)
-        had = torch.cat([has_prev[:, None] > 0, torch.ones(b, t - 1, dtype=torch.bool, device=P.device)], 1)
+        had = torch.cat([has_prev[:, None] > 0, torch.ones(b, t - 1, dtype=torch.bool, device=params.device)], 1)
         cut = (self._corr(thumb, pthumb) < self.config.cut_corr) & had
         fresh = ~had | cut
         if reset is not None:

@@ -218,7 +218,7 @@ def test_interrupt_keeps_a_playable_output(tmp_path, clips, weights, monkeypatch
         def reset(self):
             self.inner.reset()
 
-        def step(self, p, i=None):
+        def step(self, p, i=None, **kw):
             if self.n == 6:
                 if how == "ctrl-c":
                     raise KeyboardInterrupt
@@ -226,7 +226,7 @@ def test_interrupt_keeps_a_playable_output(tmp_path, clips, weights, monkeypatch
                 for _ in range(1000):  # the handler runs at the next bytecode boundary
                     pass
             self.n += 1
-            return self.inner.step(p, i)
+            return self.inner.step(p, i, **kw)
 
     monkeypatch.setattr(vcli, "_make_filter", Interrupting)
     out = tmp_path / "out.mp4"

@@ -1,0 +1,244 @@
+"""CPUVideoStep (the CPU-fast video step) against its reference twin, VideoSSM.step.
+
+The reference is the model's own step (pure PyTorch, what training and the ONNX export use). The fast step
+rearranges it (row strips, box sums, OpenCV warps when exact); the contract is fp32 agreement: output and
+previous-output state within FAST_TOL, and everything the network sees -- cell statistics, features, SSM
+states, the flow luminance -- bit-identical, so the two never drift apart however long the stream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from streamssm.video import cpu_step as C
+from streamssm.video.cpu_step import CPUVideoStep, box_mean, estimate_flow_fast, lerp_map, opencv_exact, pool_exact
+from streamssm.video.filter import VideoFilter, float_to_frame, frame_to_float, load_video_model
+from streamssm.video.model import VideoSSM, VideoSSMConfig, estimate_flow
+from tests.export._streams import perturbed
+
+FAST_TOL = 1e-4  # max abs difference on [0, 1] frames, fp32 (measured: 1e-5 .. 3e-5 on real clips)
+SAMPLE = Path(__file__).resolve().parents[2] / "streamssm" / "assets" / "sample.mp4"
+CV_MODES = [False, pytest.param(True, marks=pytest.mark.skipif(opencv_exact() is None,
+                                                                reason="OpenCV missing or its remap is not exact"))]
+
+
+def scene_clip(b: int, h: int, w: int, steps: int, seed: int = 0, cut: int | None = None) -> list[tuple]:
+    """(processed, original): a smooth textured scene moving ~1.5 px per frame (sub-pixel), processed with a
+    flickering per-channel gain and offset; a scene cut at ``cut``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def scene():
+        lo = torch.rand(b, 3, (h + 3 * steps) // 6 + 3, (w + 3 * steps) // 6 + 3, generator=g)
+        big = F.interpolate(lo, scale_factor=6, mode="bicubic", align_corners=False)
+        return (big + 0.08 * torch.rand(big.shape, generator=g)).clamp(0, 1)
+
+    scenes = [scene(), scene()]
+    out = []
+    for t in range(steps):
+        s = scenes[cut is not None and t >= cut]
+        y, x = (3 * t) // 2, t
+        I = s[..., y : y + h, x : x + w].contiguous()
+        gain = 1 + 0.12 * torch.randn(b, 3, 1, 1, generator=g)
+        out.append(((I * gain + 0.03 * torch.randn(b, 3, 1, 1, generator=g)).clamp(0, 1), I))
+    return out
+
+
+def small_model() -> VideoSSM:
+    torch.manual_seed(0)
+    return perturbed(VideoSSM(VideoSSMConfig(d_model=16, n_layers=1, backend="torch")))
+
+
+@pytest.fixture(scope="module")
+def shipped() -> VideoSSM:
+    return load_video_model(None, "cpu", "torch")
+
+
+def run_both(model, frames, guided: bool, strength: float = 1.0, opencv: bool = False):
+    """Step the reference and the fast path side by side; return the worst output difference and both states."""
+    fast = CPUVideoStep(model, opencv=opencv)
+    sr = sf = None
+    worst = 0.0
+    with torch.no_grad():
+        for P, I in frames:
+            Or, sr = model.step(P, I if guided else None, sr, strength)
+            Of, sf = fast.step(P, I if guided else None, sf, strength)
+            assert Of.shape == Or.shape and Of.dtype == torch.float32
+            worst = max(worst, float((Of - Or).abs().max()))
+    return worst, sr, sf
+
+
+def assert_states(sf, sr):
+    assert len(sf) == len(sr)
+    for i, (a, b) in enumerate(zip(sf, sr)):
+        assert a.shape == b.shape and a.dtype == b.dtype, f"state[{i}]"
+        if i == 3:  # the previous output: the blended frame
+            assert float((a - b).abs().max()) <= FAST_TOL, f"state[3] differs by {float((a - b).abs().max()):.2e}"
+        else:  # cell features, thumbnail, flags, flow luminance, SSM states: the same bits
+            assert torch.equal(a, b), f"state[{i}] is not bit-identical"
+
+
+# --------------------------------------------------------------------------------------- whole step
+@pytest.mark.parametrize("opencv", CV_MODES)
+@pytest.mark.parametrize("guided", [True, False])
+def test_fast_step_matches_reference_shipped_weights(shipped, guided, opencv):
+    frames = scene_clip(1, 96, 160, steps=10, cut=7)
+    worst, sr, sf = run_both(shipped, frames, guided, opencv=opencv)
+    assert worst <= FAST_TOL, f"max abs diff {worst:.2e}"
+    assert_states(sf, sr)
+
+
+@pytest.mark.parametrize("opencv", CV_MODES)
+def test_fast_step_batch_strength_odd_size(opencv):
+    """Two streams, strength 0.7, an odd frame size (grid and flow sizes that do not divide it)."""
+    frames = scene_clip(2, 77, 131, steps=7, seed=1, cut=5)
+    worst, sr, sf = run_both(small_model(), frames, True, strength=0.7, opencv=opencv)
+    assert worst <= FAST_TOL
+    assert_states(sf, sr)
+
+
+@pytest.mark.parametrize("hw", [(40, 56), (64, 64), (36, 300)])
+def test_fast_step_small_frames(hw):
+    """Frames under 64 px (flow at full resolution, smaller pooling) and a thin strip."""
+    frames = scene_clip(1, *hw, steps=5, seed=2)
+    for guided in (True, False):
+        worst, sr, sf = run_both(small_model(), frames, guided)
+        assert worst <= FAST_TOL
+        assert_states(sf, sr)
+
+
+def test_strength_zero_and_first_frame_are_the_corrected_frame():
+    """No stream blends (first frame; strength 0): the fast step skips the flow, the output is unchanged."""
+    m = small_model()
+    frames = scene_clip(1, 72, 96, steps=3)
+    for strength in (0.0, 1.0):
+        worst, sr, sf = run_both(m, frames[:1] if strength else frames, True, strength)
+        assert worst <= FAST_TOL
+        assert_states(sf, sr)
+
+
+def test_bundled_sample_real_frames(shipped):
+    """Real footage (the bundled clip, 640x360) through a flickering operator: guided and processed-only."""
+    cv2 = pytest.importorskip("cv2")
+    from streamssm.video.operators import make_operator
+
+    cap = cv2.VideoCapture(str(SAMPLE))
+    orig = []
+    while len(orig) < 4:
+        ok, f = cap.read()
+        if not ok:
+            break
+        orig.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
+    assert len(orig) == 4
+    op = make_operator("clahe", np.random.default_rng(0))
+    op.fit(orig[0])
+    to = lambda a: torch.from_numpy(frame_to_float(a)[0]).permute(2, 0, 1)[None]  # noqa: E731
+    frames = [(to(op.apply(f, t)), to(f)) for t, f in enumerate(orig)]
+    for guided in (True, False):
+        worst, sr, sf = run_both(shipped, frames, guided, opencv=opencv_exact() is not None)
+        assert worst <= FAST_TOL, f"guided={guided}: max abs diff {worst:.2e}"
+        assert_states(sf, sr)
+
+
+def test_caller_state_is_not_modified():
+    m = small_model()
+    frames = scene_clip(1, 72, 96, steps=4)
+    fast = CPUVideoStep(m)
+    st = None
+    for P, I in frames[:2]:
+        _, st = fast.step(P, I, st)
+    snap = tuple(s.clone() for s in st)
+    O, new = fast.step(*frames[2], st)
+    assert all(torch.equal(a, b) for a, b in zip(st, snap))
+    assert all(a is not b for a, b in zip(new, st))
+
+
+def test_uint8_path_is_float_to_frame_of_the_float_path():
+    m = small_model()
+    to_u8 = lambda x: (x[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    frames = [(to_u8(P), to_u8(I)) for P, I in scene_clip(1, 64, 96, steps=5)]
+    fast = CPUVideoStep(m)
+    su = sf = None
+    for p, i in frames:
+        out, su = fast.step_uint8(p, i, su)
+        P = torch.from_numpy(frame_to_float(p)[0]).permute(2, 0, 1)[None]
+        I = torch.from_numpy(frame_to_float(i)[0]).permute(2, 0, 1)[None]
+        O, sf = fast.step(P, I, sf)
+        assert out.shape == p.shape and out.dtype == np.uint8
+        assert np.array_equal(out, float_to_frame(O[0].permute(1, 2, 0).numpy(), np.uint8))
+    batch, _ = fast.step_uint8(np.stack([frames[0][0]] * 2), np.stack([frames[0][1]] * 2))
+    assert batch.shape == (2, 64, 96, 3)
+    with pytest.raises(ValueError):
+        fast.step_uint8(frames[0][0].astype(np.float32))
+    with pytest.raises(ValueError, match="reset the stream"):
+        fast.step(torch.zeros(1, 3, 64, 96), None, m.init_state(1, 32, 32))
+
+
+# ----------------------------------------------------------------------------------- building blocks
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_pool_exact_is_avg_pool2d_bit_for_bit(k):
+    for shape in [(1, 3, 72, 130), (2, 1, 37, 53)]:
+        x = torch.rand(shape)
+        assert torch.equal(pool_exact(x, k), F.avg_pool2d(x, k))
+        xc = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(pool_exact(xc, k), F.avg_pool2d(xc, k))
+
+
+@pytest.mark.parametrize("opencv", CV_MODES)
+@pytest.mark.parametrize("k", [3, 7])
+def test_box_mean_is_avg_pool_without_padding(k, opencv):
+    x = torch.rand(2, 5, 41, 67) - 0.5
+    want = F.avg_pool2d(x.double(), k, stride=1, padding=k // 2, count_include_pad=False).float()
+    got = box_mean(x, k, opencv_exact() if opencv else None)
+    assert float((got - want).abs().max()) <= 1e-6
+
+
+def test_separable_upsampling_is_interpolate():
+    """The x pass (interpolation matrix) then the y pass (per-strip row pair) = F.interpolate(bilinear)."""
+    for gh, gw, h, w in [(5, 7, 160, 224), (11, 20, 360, 640), (3, 4, 77, 131)]:
+        x = torch.rand(2, 13, gh, gw)
+        want = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        cx = x @ C._lerp_matrix(gw, w)
+        rows = []
+        for sl, a, c, wa, wc, _ in C._strips(gh, h, 17):
+            rows.append(cx[:, :, a : a + 1] * wa + cx[:, :, c : c + 1] * wc)
+            assert sl.stop - sl.start <= 17
+        got = torch.cat(rows, 2)
+        assert float((got - want).abs().max()) <= 1e-6
+        i0, i1, w0, w1 = lerp_map(gh, h)
+        assert int(i0.min()) >= 0 and int(i1.max()) <= gh - 1 and torch.allclose(w0 + w1, torch.ones(h))
+
+
+@pytest.mark.parametrize("opencv", CV_MODES)
+def test_flow_estimator_close_to_reference(opencv):
+    """Same block matcher and Lucas-Kanade steps; the box filters and warps sum in another order."""
+    frames = scene_clip(1, 96, 160, steps=3)
+    lum = lambda x: F.avg_pool2d(0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3], 2)  # noqa: E731
+    cur, prev = lum(frames[2][1]), lum(frames[1][1])
+    fr, rr = estimate_flow(cur, prev, 3)
+    ff, rf = estimate_flow_fast(cur, prev, 3, cv=opencv_exact() if opencv else None)
+    assert float((ff - fr).abs().max()) <= 2e-3  # pixels; typical 1e-5
+    assert float((rf - rr).abs().max()) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------ the filter
+def test_videofilter_uses_the_fast_step_on_cpu_and_agrees():
+    frames = scene_clip(1, 72, 128, steps=5, seed=3)
+    to_u8 = lambda x: (x[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    fast, ref = VideoFilter(device="cpu"), VideoFilter(device="cpu", fast=False)
+    assert fast._cpu is not None and ref._cpu is None
+    for P, I in frames:
+        a = fast.step(to_u8(P), to_u8(I))
+        b = ref.step(to_u8(P), to_u8(I))
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+        ta, tb = fast.step(P), ref.step(P)  # tensors: a separate processed-only stream shape
+        assert float((ta - tb).abs().max()) <= FAST_TOL
+    whole_fast = VideoFilter(device="cpu").filter([to_u8(P) for P, _ in frames], [to_u8(I) for _, I in frames])
+    whole_ref = VideoFilter(device="cpu", fast=False).filter([to_u8(P) for P, _ in frames], [to_u8(I) for _, I in frames])
+    for a, b in zip(whole_fast, whole_ref):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
