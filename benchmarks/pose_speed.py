@@ -25,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (streamssm/cli.py): no spin-waiting on a shared CPU
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, md_table, write_section  # noqa: E402
@@ -64,7 +63,8 @@ def timed(fn, xs, sync) -> tuple[float, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU (the target machine has 2 cores)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU for batched rows (the target machine has "
+                    "2 cores); one stream runs on 1 thread (the fastest for its tiny ops)")
     ap.add_argument("--batches", default=None, help="comma-separated stream counts (default: CPU 1,256,1024,4096; GPU 1,1024,16384,65536)")
     ap.add_argument("--steps", type=int, default=None, help="steps per row (default: 300 single stream, 40 batched)")
     ap.add_argument("--no-compile", action="store_true")
@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     rows, best = [], {}
     for b in batches:
         n = args.steps or (300 if b == 1 else 40)
+        if not cuda:
+            torch.set_num_threads(1 if b == 1 else args.threads)
         xs_np = frames(n, b)
         xs = [torch.from_numpy(x).to(dev) for x in xs_np]
         one = b == 1
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
         f"## Pose filter speed ({'GPU' if cuda else 'CPU'})",
         "",
         f"`python benchmarks/pose_speed.py{' --device cuda' if cuda else ''}` on {where}"
-        f"{'' if cuda else ', OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', '')}. Shipped weights: "
+        f"{'' if cuda else ' (B=1 rows on 1 thread), OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', 'unset')}. Shipped weights: "
         f"d_model {cfg.d_model}, {cfg.n_layers} layers, expand {cfg.expand}, d_state {cfg.d_state}, headdim {cfg.headdim}: "
         f"{n_state} state floats per stream-keypoint. 33 keypoints, 2-D. ms/step = median latency of one step of all B streams"
         f"{' (synchronised)' if cuda else ''}; stream-steps/s = B x steps / wall time. One Euro runs in the same process on the same frames.",
