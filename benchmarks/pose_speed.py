@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
 
         with torch.no_grad():
             fast = FastPoseStep(model, b, K, 2, compile=False)
-            ms, ps = timed(lambda x: fast.step(x, clone=False), xs, sync)
+            ms, ps = timed(partial(fast.step, clone=False), xs, sync)
             add("FastPoseStep, eager" + (" + CUDA graph" if cuda else ""), ms, ps)
             if not args.no_compile:
                 t0 = time.perf_counter()
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
                 fastc.step(xs[0])
                 sync()
                 tc = time.perf_counter() - t0
-                ms, ps = timed(lambda x: fastc.step(x, clone=False), xs, sync)
+                ms, ps = timed(partial(fastc.step, clone=False), xs, sync)
                 add("FastPoseStep, torch.compile" + (" + CUDA graph" if cuda else ""), ms, ps)
                 print(f"  (compile + first step {tc:.1f} s)")
                 del fastc

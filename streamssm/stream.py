@@ -52,6 +52,21 @@ def take_streams(state: State, index: Sequence[int] | Tensor) -> State:
     return _like(state, [s.index_select(0, (idx % b).to(s.device)) for s in parts])
 
 
+def kept_streams(index: Any, batch: int) -> list[int]:
+    """The stream indices that remain when those in ``index`` (an int or a list; negative counts from the
+    end) are dropped from ``batch`` streams, in order. ValueError naming ``index`` if one is out of range.
+
+    >>> kept_streams([0, -1], 4)
+    [1, 2]
+    """
+    import numpy as np
+
+    drop = {int(i) % batch if -batch <= int(i) < batch else None for i in np.atleast_1d(np.asarray(index)).tolist()}
+    if None in drop:
+        raise ValueError(f"drop_streams: index {index!r} out of range for {batch} stream(s)")
+    return [i for i in range(batch) if i not in drop]
+
+
 def cat_streams(*states: State) -> State:
     """Concatenate batched states along the stream dimension (add streams: ``cat_streams(old, fresh)``)."""
     if not states:

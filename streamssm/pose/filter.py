@@ -22,7 +22,7 @@ from torch import Tensor
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
 from streamssm._args import as_number
 from streamssm._device import resolve_device
-from streamssm.stream import cat_streams, reset_state, take_streams
+from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
 
 DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "pose.safetensors"
@@ -302,10 +302,7 @@ class PoseFilter:
         if self.state is None:
             raise ValueError("drop_streams: no stream is running yet")
         b, k = self._shape
-        drop = {int(i) % b if -b <= int(i) < b else None for i in np.atleast_1d(np.asarray(index)).tolist()}
-        if None in drop:
-            raise ValueError(f"drop_streams: index {index!r} out of range for {b} stream(s)")
-        keep = [i for i in range(b) if i not in drop]
+        keep = kept_streams(index, b)
         if not keep:
             self.reset()
             return

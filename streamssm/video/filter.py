@@ -14,9 +14,9 @@ from torch import Tensor
 
 from streamssm._args import as_number
 from streamssm._device import resolve_device
-from streamssm.stream import cat_streams, reset_state, take_streams
+from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoStep
-from streamssm.video.model import VideoSSM, VideoSSMConfig, grid_shape
+from streamssm.video.model import VideoSSM, VideoSSMConfig
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
 
 log = logging.getLogger("streamssm")
@@ -286,10 +286,7 @@ class VideoFilter:
         if self.state is None:
             raise ValueError("drop_streams: no stream is running yet")
         b, h, w = self.model.state_frame(self.state)
-        drop = {int(i) % b if -b <= int(i) < b else None for i in np.atleast_1d(np.asarray(index)).tolist()}
-        if None in drop:
-            raise ValueError(f"drop_streams: index {index!r} out of range for {b} stream(s)")
-        keep = [i for i in range(b) if i not in drop]
+        keep = kept_streams(index, b)
         if not keep:
             self.reset()
             return
