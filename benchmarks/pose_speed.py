@@ -6,7 +6,8 @@
 Paths timed, all running the *same* ``PoseSSM.step`` (the explicit-state step; the fast paths are ways of
 running it, checked against it in tests/test_fast.py):
 
-* ``PoseFilter.step`` -- the public API (numpy in/out, input checks, state held by the filter);
+* ``PoseFilter.step`` -- the public API (numpy in/out, input checks, state held by the filter), eager and with
+  ``compile=True``;
 * ``FastPoseStep`` eager -- static buffers, no per-call checks;
 * ``FastPoseStep`` compiled -- ``torch.compile`` (Inductor: C++ on CPU, Triton on GPU), plus a CUDA graph on GPU;
   always on the torch SSM backend (the eager rows use ``auto``: mamba's Triton step kernel on a GPU).
@@ -107,6 +108,12 @@ def main(argv=None) -> int:
         api_in = [x[0] for x in xs_np] if one else list(xs_np)
         ms, ps = timed(filt.step, api_in, sync)
         add("PoseFilter.step (API, eager)", ms, ps)
+        if not args.no_compile:
+            filt_c = PoseFilter(device=str(dev), compile=True)
+            filt_c.step(api_in[0])  # compiles
+            ms, ps = timed(filt_c.step, api_in, sync)
+            add("PoseFilter(compile=True).step (API)", ms, ps)
+            del filt_c
 
         with torch.no_grad():
             fast = FastPoseStep(model, b, K, 2, compile=False)
