@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamssm.video.model import VideoSSM, _grad, _luma, flow_shape, grid_shape
+from streamssm.video.model import VideoSSM, _grad, _luma, check_frame_size, flow_shape, grid_shape
 
 log = logging.getLogger("streamssm")
 
@@ -416,6 +416,7 @@ class CPUVideoStep:
     def _step(self, P: Tensor, I: Tensor | None, state, strength: float, out_u8: np.ndarray | None):
         m, cfg, cv = self.model, self.model.config, self.cv
         b, _, h, w = P.shape
+        check_frame_size(h, w, cfg)
         if state is None:
             state = m.init_state(b, h, w)
         elif m.state_frame(state) != (b, h, w):

@@ -73,6 +73,13 @@ def grid_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int, int]
     return pre, cell, max(1, (h // pre) // cell), max(1, (w // pre) // cell)
 
 
+def check_frame_size(h: int, w: int, cfg: VideoSSMConfig) -> None:
+    """ValueError unless an h x w frame holds at least one statistics cell (``cfg.cell_px`` pixels a side)."""
+    if h < cfg.cell_px or w < cfg.cell_px:
+        raise ValueError(f"frame is {w}x{h} pixels; the video filter needs at least {cfg.cell_px}x{cfg.cell_px} "
+                         f"(one {cfg.cell_px}-pixel statistics cell)")
+
+
 def flow_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int]:
     """(div, hf, wf): the flow is refined on a ``div`` x downsampled luminance (half resolution for
     frames of 64 px and more); the block matcher starts 4x coarser."""
@@ -365,6 +372,7 @@ class VideoSSM(nn.Module):
         if I is not None and I.shape != P.shape:
             raise ValueError(f"original frames {tuple(I.shape)} must match processed frames {tuple(P.shape)}")
         b, t, _, h, w = P.shape
+        check_frame_size(h, w, self.config)
         if state is None:
             state = self.init_state(b, h, w, P.device)
         elif self.state_frame(state) != (b, h, w):
