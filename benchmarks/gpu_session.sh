@@ -8,10 +8,11 @@
 #         av (cp312 manylinux wheels, `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`)
 # On the device (carry .whl and .data/videos):
 #   bash benchmarks/gpu_session.sh bench            # GPU tests + ssm_scan + latency + throughput
+#   bash benchmarks/gpu_session.sh final            # all gpu tests, 1080p CUDA-graph latency row, pose speed
 #   bash benchmarks/gpu_session.sh train MINUTES    # resumable video training into $OUT/video.safetensors
-#   bash benchmarks/gpu_session.sh posesweep        # pose presets x loss weights, 6 runs side by side
-#     (carry .whl and .data/pose = a copy of ../shared/data/pose)
 #     (copy a previous run's video.safetensors + video.opt.pt into runs/ and carry runs/ to resume)
+#   bash benchmarks/gpu_session.sh posesweep        # pose presets x loss weights, side by side (SWEEP=...)
+#     (carry .whl and .data/pose = a copy of ../shared/data/pose)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -26,15 +27,6 @@ case "${1:-bench}" in
       --out "$OUT/latency.md" > "$OUT/latency.log" 2>&1; tail -40 "$OUT/latency.log"
     timeout 100 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
       --frames 120 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
-    ;;
-  bench2)  # GPU tests, pose speed with the shipped weights, the 1080p/2160p compiled latency rows
-    timeout 150 python3 -m pytest -m gpu tests/ssm/test_gpu.py tests/test_fast.py -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1
-    tail -25 "$OUT/gpu_tests.log"
-    timeout 130 python3 benchmarks/pose_speed.py --device cuda --batches 1024,65536,262144 --steps 30 > "$OUT/pose_speed.log" 2>&1
-    tail -22 "$OUT/pose_speed.log"
-    timeout 280 python3 benchmarks/latency.py --time-budget 250 --video-weights streamssm/weights/video.safetensors \
-      --sizes 2160p,1080p --batches 1 --pose-batches 100000 --verbose --no-write --out "$OUT/latency_2160.md" > "$OUT/latency.log" 2>&1
-    tail -60 "$OUT/latency.log"
     ;;
   final)  # every gpu-marked test, the 1080p CUDA-graph row (no compile), pose speed
     timeout 300 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short -x > "$OUT/gpu_tests.log" 2>&1

@@ -15,3 +15,14 @@ def as_number(value: Any, name: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def as_timestamp(value: Any) -> float:
+    """A frame timestamp in seconds: a finite number, or ValueError naming ``timestamp``."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"timestamp must be a number of seconds, got {value!r}") from None
+    if not np.isfinite(t):
+        raise ValueError(f"timestamp must be finite, got {t}")
+    return t

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
-from streamssm._args import as_number
+from streamssm._args import as_number, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
@@ -130,12 +130,7 @@ class PoseFilter:
 
     def _gap(self, t: Any) -> tuple[float, int]:
         """(timestamp, frame periods since the previous frame; 1 for the first) after validating ``t``."""
-        try:
-            t = float(t)
-        except (TypeError, ValueError):
-            raise ValueError(f"timestamp must be a number of seconds, got {t!r}") from None
-        if not math.isfinite(t):
-            raise ValueError(f"timestamp must be finite, got {t}")
+        t = as_timestamp(t)
         if self._last_t is None or self.state is None:
             return t, 1
         dt = t - self._last_t

@@ -118,8 +118,8 @@ def mamba_step(
     dt3 = dt[:, :, None].expand(b, h, p).contiguous()  # a stride-0 dt trips the kernel's tie_hdim check (dt_bias=None)
     # mamba-ssm 2.3.2's launcher unpacks dt_bias.stride() and D.stride() without a None check
     # ("Value after * must be an iterable"): pass explicit zeros for both
-    dt_bias = torch.zeros(h, p, device=x.device, dtype=torch.float32)
-    D2 = torch.zeros(h, p, device=x.device, dtype=torch.float32) if D is None else D.float()
+    dt_bias = torch.zeros(h, p, device=x.device, dtype=torch.float32)  # read only by the kernel
+    D2 = dt_bias if D is None else D.float()
     ys = []
     for s in range(0, b, _MAX_GRID_Y):
         e = min(b, s + _MAX_GRID_Y)

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamssm.video.model import VideoSSM, _grad, _luma, check_frame_size, flow_shape, grid_shape
+from streamssm.video.model import VideoSSM, _grad, _luma, check_frame_size, flow_shape, grid_shape, lk_solve
 
 log = logging.getLogger("streamssm")
 
@@ -320,12 +320,7 @@ def estimate_flow_fast(cur: Tensor, prev: Tensor, radius: int, iters: int = 2, w
         for j, (a, b) in enumerate(((gx, gx), (gx, gy), (gy, gy), (gx, e), (gy, e))):
             torch.mul(a, b, out=mom[:, j : j + 1])
         sxx, sxy, syy, sxe, sye = box_mean(mom, window, cv).unbind(1)
-        lam = 1e-4
-        a, b_, d = sxx + lam, sxy, syy + lam
-        det = a * d - b_ * b_
-        du = (d * sxe - b_ * sye) / det
-        dv = (a * sye - b_ * sxe) / det
-        flow = flow + torch.stack([du, dv], 1).clamp_(-2.0, 2.0)
+        flow = flow + torch.stack(lk_solve(sxx, sxy, syy, sxe, sye), 1).clamp_(-2.0, 2.0)
     res = box_mean(torch.sub(cur, _warp(prev, flow, cv)).abs_(), 3, cv)
     return flow, res
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamssm._args import as_number
+from streamssm._args import as_number, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoStep
@@ -167,12 +167,7 @@ class VideoFilter:
 
     def _timestamp(self, timestamp: Any) -> None:
         """Validate ``timestamp`` (s); a gap over ``max_gap`` since the previous frame starts over."""
-        try:
-            t = float(timestamp)
-        except (TypeError, ValueError):
-            raise ValueError(f"timestamp must be a number of seconds, got {timestamp!r}") from None
-        if not math.isfinite(t):
-            raise ValueError(f"timestamp must be finite, got {t}")
+        t = as_timestamp(timestamp)
         if self._last_t is not None and self.state is not None:
             if not t > self._last_t:
                 raise ValueError(f"timestamp {t} s does not come after the previous frame's {self._last_t} s: "

@@ -98,6 +98,14 @@ def _grad(x: Tensor) -> tuple[Tensor, Tensor]:
     return 0.5 * (px[..., 2:] - px[..., :-2]), 0.5 * (py[..., 2:, :] - py[..., :-2, :])
 
 
+def lk_solve(sxx: Tensor, sxy: Tensor, syy: Tensor, sxe: Tensor, sye: Tensor, lam: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """The Lucas-Kanade 2x2 normal equations per pixel, ridge ``lam``: window moments of the gradients
+    (xx, xy, yy) and of gradient x residual (xe, ye) -> the flow update (du, dv)."""
+    a, b, d = sxx + lam, sxy, syy + lam
+    det = a * d - b * b
+    return (d * sxe - b * sye) / det, (a * sye - b * sxe) / det
+
+
 def estimate_flow(cur: Tensor, prev: Tensor, radius: int, iters: int = 2, window: int = 7) -> tuple[Tensor, Tensor]:
     """Backward flow (t -> t-1) between luminance images (n, 1, h, w), in pixels of that resolution.
 
@@ -121,12 +129,7 @@ def estimate_flow(cur: Tensor, prev: Tensor, radius: int, iters: int = 2, window
         e = cur - wp
         sxx, sxy, syy = _box(gx * gx, window), _box(gx * gy, window), _box(gy * gy, window)
         sxe, sye = _box(gx * e, window), _box(gy * e, window)
-        lam = 1e-4
-        a, b_, d = sxx + lam, sxy, syy + lam
-        det = a * d - b_ * b_
-        du = (d * sxe - b_ * sye) / det
-        dv = (a * sye - b_ * sxe) / det
-        flow = flow + torch.cat([du, dv], 1).clamp(-2.0, 2.0)
+        flow = flow + torch.cat(lk_solve(sxx, sxy, syy, sxe, sye), 1).clamp(-2.0, 2.0)
     res = _box((cur - warp_backward(prev, flow)).abs(), 3)
     return flow, res
 
