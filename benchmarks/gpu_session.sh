@@ -37,6 +37,39 @@ case "${1:-bench}" in
     timeout 150 python3 benchmarks/pose_speed.py --device cuda --batches 65536,131072 --steps 30 > "$OUT/pose_speed.log" 2>&1
     grep "B=\|Best" "$OUT/pose_speed.log"
     ;;
+  realtime)  # session 3: the new GPU paths -- VideoFilter uint8 graph test, e2e file->file, pose halves, 2160p compiled
+    timeout 120 python3 -m pytest -m gpu tests/test_fast.py -q -p no:cacheprovider --tb=short \
+      -k "videofilter or uint8 or pose_graph" > "$OUT/gpu_tests.log" 2>&1; tail -8 "$OUT/gpu_tests.log"
+    timeout 150 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
+      --frames 240 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
+    timeout 170 python3 benchmarks/pose_speed.py --device cuda --batches 131072,262144 --steps 30 --profile > "$OUT/pose_speed.log" 2>&1
+    grep "B=\|Best\|float16 at\|bfloat16 at\|triton_\|Self CUDA" "$OUT/pose_speed.log" | head -40
+    timeout 150 python3 benchmarks/latency.py --time-budget 130 --video-weights streamssm/weights/video.safetensors \
+      --sizes 2160p --batches 1 --pose-batches 1000 --verbose --no-write --out "$OUT/latency_2160.md" > "$OUT/latency.log" 2>&1
+    grep -A12 "Video step, ms" "$OUT/latency.log"; grep -m3 "Error" "$OUT/latency.log"
+    ;;
+  realtime2)  # e2e on 600-frame inputs; the compiled 2160p row alone; the pose step's kernel profile
+    timeout 200 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
+      --frames 600 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
+    timeout 200 python3 benchmarks/latency.py --time-budget 180 --video-weights streamssm/weights/video.safetensors \
+      --sizes 2160p,1080p --batches 1 --compiled-only --verbose --no-write --out "$OUT/latency_compiled.md" > "$OUT/latency.log" 2>&1
+    grep "s\] " "$OUT/latency.log" | tail -5; grep -m3 "Error" "$OUT/latency.log"
+    timeout 150 python3 benchmarks/pose_speed.py --device cuda --batches 131072 --steps 30 --half "" --profile --no-write > "$OUT/pose_speed.log" 2>&1
+    grep -B3 -A25 "Self CUDA" "$OUT/pose_speed.log" | cut -c1-160 | head -40
+    ;;
+  realtime3)  # after the fused SSM readout: pose speed (RESULTS section), e2e (RESULTS section), compiled 1080p row
+    timeout 200 python3 benchmarks/pose_speed.py --device cuda --batches 65536,131072,262144 --steps 30 --half float16 \
+      > "$OUT/pose_speed.log" 2>&1; grep "B=\|Best\|float16 at" "$OUT/pose_speed.log"
+    timeout 200 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
+      --frames 600 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
+    timeout 170 python3 benchmarks/latency.py --time-budget 150 --video-weights streamssm/weights/video.safetensors \
+      --sizes 1080p --batches 1 --compiled-only --verbose --no-write --out "$OUT/latency_compiled.md" > "$OUT/latency.log" 2>&1
+    grep "s\] " "$OUT/latency.log" | tail -3
+    ;;
+  gputests)
+    timeout 580 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1
+    tail -30 "$OUT/gpu_tests.log"
+    ;;
   train)
     [ -f runs/video.safetensors ] && cp runs/video.safetensors runs/video.opt.pt "$OUT"/ 2>/dev/null
     python3 -m streamssm.cli train video --data .data/videos -o "$OUT/video.safetensors" --minutes "${2:-8}" \

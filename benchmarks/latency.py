@@ -825,7 +825,6 @@ def run_gpu(bench, models, sizes, batches, pose_batches, compile_ok) -> None:
     model, model_t, anchor = models["video"], models["video_torch"], models["anchor"]
     pose, pose_t, backend = models["pose"], models["pose_torch"], models["backend"]
     keep: dict = {}
-    export_row(bench, model)
 
     def phase_a(b):
         for name, w, h in sizes:
@@ -844,6 +843,11 @@ def run_gpu(bench, models, sizes, batches, pose_batches, compile_ok) -> None:
                            keep=keep if (n, b) == ("1080p", 1) else None)
 
     b0, later = batches[0], batches[1:]
+    if getattr(bench.args, "compiled_only", False):  # a follow-up run for the rows a full run had no time for
+        for name, _, _ in sizes:
+            compiled(name, b0)
+        return
+    export_row(bench, model)
     phase_a(b0)
     if compile_ok:
         compiled("1080p", b0)
@@ -884,6 +888,8 @@ def main(argv=None) -> int:
     ap.add_argument("--row-seconds", type=float, default=None, help="timing seconds a row may take (default 3)")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "mamba"],
                     help="SSM backend of the eager and graph rows")
+    ap.add_argument("--compiled-only", action="store_true",
+                    help="only the compiled + CUDA graph video rows of --sizes at the first batch (a follow-up run)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--onnx", default=None, help="a guided video step graph from streamssm.export.export_onnx (default: "
                     "export one here, which needs the onnx package)")

@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default=None, help="comma-separated stream counts (default: CPU 1,256,1024,4096; GPU 1,1024,16384,65536)")
     ap.add_argument("--steps", type=int, default=None, help="steps per row (default: 300 single stream, 40 batched)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--half", default=None, help="comma list of autocast dtypes for extra compiled FastPoseStep rows "
+                    "(float16, bfloat16; default: float16,bfloat16 on CUDA, none on CPU). The SSM state stays fp32.")
+    ap.add_argument("--profile", action="store_true", help="CUDA: print the top kernels of the largest compiled row")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
@@ -86,6 +89,8 @@ def main(argv=None) -> int:
     cfg = model.config
     n_state = sum(int(np.prod(s[1:])) for s in model.state_shapes(1, K)) // K  # per stream-keypoint
     rows, best = [], {}
+    halves = [h for h in (args.half if args.half is not None else ("float16,bfloat16" if cuda else "")).split(",") if h]
+    notes = []
     for b in batches:
         n = args.steps or (300 if b == 1 else 40)
         if not cuda:
@@ -128,7 +133,27 @@ def main(argv=None) -> int:
                 ms, ps = timed(partial(fastc.step, clone=False), xs, sync)
                 add("FastPoseStep, torch.compile" + (" + CUDA graph" if cuda else ""), ms, ps)
                 print(f"  (compile + first step {tc:.1f} s)")
+                fastc.reset()
+                ref = fastc.step(xs[0])  # fp32 output of one step, to compare the half rows with
+                if args.profile and cuda and b == batches[-1]:
+                    from torch.profiler import ProfilerActivity, profile
+
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        for x in xs[:10]:
+                            fastc.step(x, clone=False)
+                        sync()
+                    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
                 del fastc
+                for hname in halves:
+                    fasth = FastPoseStep(model_c, b, K, 2, compile=True, dtype=getattr(torch, hname))
+                    fasth.step(xs[0])
+                    fasth.reset()
+                    dev_h = float((fasth.step(xs[0]) - ref).abs().max())
+                    ms, ps = timed(partial(fasth.step, clone=False), xs, sync)
+                    add(f"FastPoseStep, torch.compile + CUDA graph, {hname} autocast", ms, ps)
+                    notes.append(f"{hname} at B={b}: largest first-step difference from fp32 {dev_h:.2e} "
+                                 "(pixels; the synthetic points are spread over ~10-50 px)")
+                    del fasth
             del fast
 
     where = machine(str(dev))
@@ -148,6 +173,7 @@ def main(argv=None) -> int:
         md_table(["path", "B streams", "ms/step", "stream-steps/s"], rows),
         "",
     ]
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     if cuda:
         lines.append(f"Best: {top[0]:,.0f} stream-steps/s at B={top[1]} (target >= 5M); One Euro (numpy on the host CPU) {oe_top[0]:,.0f}.")
     else:

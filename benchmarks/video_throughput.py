@@ -3,15 +3,18 @@
     python benchmarks/video_throughput.py                      # CPU, and CUDA too when available
     python benchmarks/video_throughput.py --device cpu --weights runs/video.safetensors --frames 60
 
-Inputs are made by upscaling the first ``--frames`` (<= 120) frames of a shared clip
+Inputs are made by upscaling ``--frames`` frames of a shared clip (played forwards then backwards when it is
+shorter)
 (``../shared/data/videos``) to 1280x720 and 1920x1080 and encoding them with libx264 (crf 20,
 veryfast). Per resolution and device we time, in frames per second:
 
 - decode: ``open_source`` iterated (H.264 decode + YUV -> RGB), no filter;
 - filter: ``VideoFilter.step`` on frames already in memory, unguided (the ``streamssm video P -o O``
   case), after 8 warm-up frames; 1 / median per-frame time;
-- encode: ``open_sink`` (the CLI's settings: libx264 crf 18 ultrafast) fed frames from memory;
-- end-to-end: ``streamssm.video.cli.filter_video`` (decode thread -> filter -> encode thread), the
+- encode: ``ThreadedSink(open_sink(...))`` as the CLI uses it (libx264 crf 18 ultrafast, frame threads; RGB -> YUV
+  conversion on one thread, encoding on another) fed frames from memory;
+- end-to-end: ``streamssm.video.cli.filter_video`` (decode thread -> filter -> convert thread -> encode
+  thread; on CUDA the filter step is a CUDA graph with pinned-memory copies), the
   same code path as the CLI, model already loaded; frames / wall time, including the final flush.
 
 Decode, encode and end-to-end are the best of two runs: on a shared machine a run that overlaps
@@ -39,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, md_table, write_section  # noqa: E402
 
-from streamssm.io import open_sink, open_source  # noqa: E402
+from streamssm.io import ThreadedSink, open_sink, open_source  # noqa: E402
 from streamssm.video.cli import filter_video  # noqa: E402
 from streamssm.video.filter import VideoFilter  # noqa: E402
 
@@ -49,13 +52,17 @@ SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 
 
 def make_input(src: Path, dst: Path, size: tuple[int, int], frames: int) -> int:
-    """The first ``frames`` frames of ``src`` resized to ``size`` and encoded to ``dst``; returns the count."""
+    """``frames`` frames from ``src`` resized to ``size`` and encoded to ``dst``; returns the count. A clip
+    shorter than ``frames`` is played forwards, then backwards, and so on (the motion stays continuous: no cut)."""
     w, h = size
-    with open_source(src, max_frames=frames, on_limit="stop") as s, \
-            open_sink(dst, fps=s.rate, width=w, height=h, crf=20, preset="veryfast") as out:
-        for f in s:
-            interp = cv2.INTER_CUBIC if w > s.width else cv2.INTER_AREA
-            out.write(f.rgb if (s.width, s.height) == size else cv2.resize(f.rgb, size, interpolation=interp))
+    with open_source(src, max_frames=frames, on_limit="stop") as s:
+        interp = cv2.INTER_CUBIC if w > s.width else cv2.INTER_AREA
+        clip = [f.rgb if (s.width, s.height) == size else cv2.resize(f.rgb, size, interpolation=interp) for f in s]
+        rate = s.rate
+    cycle = clip + clip[-2:0:-1] if len(clip) > 2 else clip
+    with open_sink(dst, fps=rate, width=w, height=h, crf=20, preset="veryfast") as out:
+        for i in range(frames):
+            out.write(cycle[i % len(cycle)])
         return out.frames_written
 
 
@@ -102,7 +109,7 @@ def bench(path: Path, filt: VideoFilter, tmp: Path, sync, repeats: int = 2) -> d
     enc = []
     for _ in range(repeats):
         t = time.perf_counter()
-        with open_sink(tmp / f"enc_{w}.mp4", fps=25, width=w, height=h, overwrite=True) as sink:
+        with ThreadedSink(open_sink(tmp / f"enc_{w}.mp4", fps=25, width=w, height=h, overwrite=True)) as sink:
             for o in outs:
                 sink.write(o)
         enc.append(fps_of(n, time.perf_counter() - t))
@@ -119,7 +126,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None,
                     help="video .safetensors (default: the shipped weights); 'random': a random-init model of the "
                          "current code (the cost does not depend on the trained values)")
-    ap.add_argument("--frames", type=int, default=None, help="frames per input, <= 120 (default: 120 on CUDA, 48 on CPU)")
+    ap.add_argument("--frames", type=int, default=None, help="frames per input (default: 600 on CUDA, 48 on CPU); a short clip is played back and forth")
     ap.add_argument("--clip", type=Path, default=CLIP)
     ap.add_argument("--sizes", default="720p,1080p")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -135,7 +142,7 @@ def main() -> None:
         tmp = Path(d)
         weights_path = random_weights(tmp / "random.safetensors") if a.weights == "random" else a.weights
         for dev in devices:
-            n_frames = min(120, a.frames or (120 if dev.startswith("cuda") else 48))
+            n_frames = a.frames or (600 if dev.startswith("cuda") else 48)
             inputs = {s: tmp / f"in_{s}.mp4" for s in sizes}
             for s, p in inputs.items():
                 if not p.exists() or open_source(p).frame_count != n_frames:
@@ -155,11 +162,13 @@ def main() -> None:
                 "",
                 f"`python benchmarks/video_throughput.py --device {dev}"
                 + (f" --weights {a.weights}" if a.weights else "") + f" --frames {n_frames}` on {machine(dev)}{half}; "
-                f"input: first {n_frames} frames of `{a.clip.name}` upscaled and encoded (libx264 crf 20); "
+                f"input: {n_frames} frames of `{a.clip.name}` (played back and forth) upscaled and encoded (libx264 crf 20); "
                 f"weights: {weights}; 1-min load average {load:.1f} at start, {load_end:.1f} at the end (other jobs share "
                 "the cores: noisy). Frames per second; filter unguided, 1 / median per-frame time after 8 warm-up "
-                "frames; encode = libx264 crf 18 ultrafast (the CLI default); end-to-end = decode thread -> filter "
-                "-> encode thread (`filter_video`, model loaded); decode / encode / end-to-end best of 2 runs.",
+                "frames; encode = libx264 crf 18 ultrafast, frame threads (the CLI default), RGB->YUV and encoding on two "
+                "threads; end-to-end = decode thread -> filter -> convert thread -> encode thread (`filter_video`, "
+                "model loaded; on a CPU the filter stage is itself the 3-thread pipeline of `VideoFilter.push`, on "
+                "CUDA a CUDA-graph step); decode / encode / end-to-end best of 2 runs.",
                 "",
                 md_table(["size", "frames", "decode fps", "filter fps", "encode fps", "end-to-end fps"], rows),
             ])

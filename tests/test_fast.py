@@ -259,6 +259,40 @@ def test_gpu_uint8_sync_and_pipelined():
             assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, f"{name} uint8 step {t}: max diff {diff.max()}"
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_videofilter_uint8_graph_path_equals_eager():
+    """VideoFilter on CUDA sends single uint8 frames through FastVideoStep (a graph of the same step): the same
+    frames as ``fast=False`` (the model's eager step), across a reset, a state snapshot/restore, a switch from
+    guided to processed-only and a strength change."""
+    from streamssm.video.filter import VideoFilter
+
+    frames = [(_to_u8(P)[0], _to_u8(I)[0]) for P, I in clip(1, 64, 96, steps=8)]
+    fast = VideoFilter(device="cuda", half=False)
+    ref = VideoFilter(device="cuda", half=False, fast=False)
+
+    def both(p, i, what):
+        a, b = fast.step(p, i), ref.step(p, i)
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, f"{what}: max diff {diff.max()}"
+
+    for t, (p, i) in enumerate(frames[:4]):
+        both(p, i, f"guided step {t}")
+    assert fast._graph is not None and fast._graph._runner.graph is not None  # the graph path ran
+    snap_f, snap_r = fast.get_state(), ref.get_state()
+    for t, (p, _) in enumerate(frames[4:6]):
+        both(p, None, f"processed-only step {t}")
+    fast.set_state(snap_f)
+    ref.set_state(snap_r)
+    fast.strength = ref.strength = 0.5
+    for t, (p, i) in enumerate(frames[4:]):
+        both(p, i, f"restored, strength 0.5, step {t}")
+    fast.reset()
+    ref.reset()
+    for t, (p, i) in enumerate(frames[:3]):
+        both(p, i, f"after reset, step {t}")
+
+
 def _check_pose(backend: str, compile: bool) -> None:
     torch.manual_seed(0)
     m = perturbed(PoseSSM(PoseSSMConfig(backend=backend))).cuda()

@@ -875,11 +875,22 @@ class _VideoSink(FrameSink):
         elif codec.startswith("libvpx"):
             vs.options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
         cc.thread_count = 0
+        if codec in ("libx264", "libx264rgb", "libx265"):
+            # PyAV's default thread type (SLICE) puts x264 in sliced-threads mode, which trades throughput for
+            # latency; frame threads encode ~2x more frames per second on many cores (a file has no latency).
+            cc.thread_type = "FRAME"
         self._vs = vs
         self._pix_fmt = pix_fmt
 
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:
         """Encode one frame. With ``timestamp`` (s) the frame keeps its time (gaps preserved, rounded to the frame grid)."""
+        self.encode(self.prepare(rgb), timestamp)
+
+    def prepare(self, rgb: np.ndarray):
+        """The colour conversion half of :meth:`write`: RGB -> the encoder's pixel format (a new ``av.VideoFrame``).
+
+        :class:`ThreadedSink` runs it on its own thread, so the conversion of frame t overlaps the encoding of
+        frame t-1; only one thread may call it (the RGB staging frame is reused)."""
         import av
 
         if self._closed:
@@ -895,7 +906,14 @@ class _VideoSink(FrameSink):
         np.copyto(self._rgb_view, rgb)
         # reformat() returns a new frame (the encoder may keep it for lookahead), tagged with
         # the matrix/range it was converted with.
-        frame = self._rgb_frame.reformat(format=self._pix_fmt, dst_colorspace=self._cs, dst_color_range=self._range)
+        return self._rgb_frame.reformat(format=self._pix_fmt, dst_colorspace=self._cs, dst_color_range=self._range)
+
+    def encode(self, frame, timestamp: float | None = None) -> None:
+        """The encoding half of :meth:`write`: a frame from :meth:`prepare` into the file, in call order."""
+        import av
+
+        if self._closed:
+            raise VideoIOError(f"{self.path}: write() after close()")
         pts = self._last_pts + 1
         if timestamp is not None:
             pts = max(pts, int(round(timestamp * self.rate)))
@@ -1343,11 +1361,13 @@ def prefetch(source: FrameSource, depth: int = 8) -> _Prefetch:
 
 
 class ThreadedSink:
-    """Encodes on a background thread so the caller can filter the next frame meanwhile.
+    """Encodes on background threads so the caller can filter the next frame meanwhile.
 
     ``write`` queues the frame (a copy is the caller's business: don't mutate it afterwards) and
-    re-raises an error from the encoder thread; ``close`` drains the queue, then closes ``sink``,
-    so an interrupted run still keeps every queued frame.
+    re-raises an error from the worker threads; ``close`` drains the queue, then closes ``sink``,
+    so an interrupted run still keeps every queued frame. A sink with ``prepare``/``encode`` halves
+    (the video sink: RGB -> YUV conversion, then encoding) gets one thread for each, so the conversion
+    of frame t overlaps the encoding of frame t-1; both release the GIL.
 
     >>> import tempfile, os, numpy as np
     >>> out = os.path.join(tempfile.mkdtemp(), "t.mp4")
@@ -1362,25 +1382,48 @@ class ThreadedSink:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="streamssm-encode", daemon=True)
-        self._thread.start()
+        split = callable(getattr(sink, "prepare", None)) and callable(getattr(sink, "encode", None))
+        self._threads = []
+        if split:
+            self._encode_queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+            self._threads.append(threading.Thread(target=self._run_prepare, name="streamssm-convert", daemon=True))
+            self._threads.append(threading.Thread(target=self._run_encode, name="streamssm-encode", daemon=True))
+        else:
+            self._threads.append(threading.Thread(target=self._run, name="streamssm-encode", daemon=True))
+        for t in self._threads:
+            t.start()
 
     def __getattr__(self, name):
         if name == "sink":
             raise AttributeError(name)
         return getattr(self.sink, name)
 
-    def _run(self) -> None:
+    def _work(self, q: queue.Queue, fn, forward: queue.Queue | None = None) -> None:
+        """Take items off ``q`` until _END, apply ``fn``; after an error, keep draining (the producer never
+        blocks) but do nothing more. ``forward``: where ``fn``'s results (and _END) go next."""
         while True:
-            item = self._queue.get()
+            item = q.get()
             if item is _END:
+                if forward is not None:
+                    forward.put(_END)
                 return
             if self._error is not None:
-                continue  # keep draining so the producer never blocks
+                continue
             try:
-                self.sink.write(*item)
+                res = fn(*item)
+                if forward is not None:
+                    forward.put((res, item[1]))
             except BaseException as e:
                 self._error = e
+
+    def _run(self) -> None:
+        self._work(self._queue, self.sink.write)
+
+    def _run_prepare(self) -> None:
+        self._work(self._queue, lambda rgb, _ts: self.sink.prepare(rgb), self._encode_queue)
+
+    def _run_encode(self) -> None:
+        self._work(self._encode_queue, self.sink.encode)
 
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:
         if self._error is not None:
@@ -1392,7 +1435,7 @@ class ThreadedSink:
                 self._queue.put((rgb, timestamp), timeout=0.1)
                 return
             except queue.Full:
-                if not self._thread.is_alive() or self._error is not None:
+                if not all(t.is_alive() for t in self._threads) or self._error is not None:
                     raise self._error or VideoIOError(f"{self.sink.path}: encoder thread died")
 
     def close(self, partial: bool = False) -> None:
@@ -1400,7 +1443,8 @@ class ThreadedSink:
             return
         self._closed = True
         self._queue.put(_END)
-        self._thread.join()
+        for t in self._threads:
+            t.join()
         try:
             self.sink.close(partial=partial or self._error is not None)
         finally:

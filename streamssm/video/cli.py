@@ -345,12 +345,13 @@ class _OwnedFrames:
 
 
 def _filter_loop(pairs: Iterable, filt, sink, bar, *, side_by_side: bool, report: WarpReport | None,
-                 label=None) -> None:
+                 label=None, pipelined: bool = False) -> None:
     """pairs yields (processed Frame, original rgb or None); writes filtered (or side-by-side) frames.
-    The frame's timestamp goes to the filter (a long gap starts it over) and to the sink (gaps kept)."""
+    The frame's timestamp goes to the filter (a long gap starts it over) and to the sink (gaps kept).
+    ``pipelined``: through ``filt.push``/``flush`` (one frame in flight; the same output frames)."""
     owned = _OwnedFrames()
-    for p, orig in pairs:
-        out = filt.step(p.rgb, orig, timestamp=p.timestamp)
+
+    def emit(p, orig, out):
         if report is not None:
             report.add(p.index, orig, p.rgb, out)
         if side_by_side:
@@ -361,6 +362,53 @@ def _filter_loop(pairs: Iterable, filt, sink, bar, *, side_by_side: bool, report
             frame = owned(out)
         sink.write(frame, p.timestamp)
         bar.update(1)
+
+    if not pipelined:
+        for p, orig in pairs:
+            emit(p, orig, filt.step(p.rgb, orig, timestamp=p.timestamp))
+        return
+    pending = None  # the (frame, original) whose output is in flight
+    ok = False
+    try:
+        for p, orig in pairs:
+            out = filt.push(p.rgb, orig, timestamp=p.timestamp)
+            if out is not None:
+                emit(*pending, out)
+            pending = (p, orig)
+        ok = True
+    finally:
+        # the frame in flight is finished and written, also when the run stops early (Ctrl-C, a bad frame)
+        try:
+            out = filt.flush()
+            if out is not None and pending is not None:
+                emit(*pending, out)
+        except Exception:
+            if ok:
+                raise
+            # the run is already failing (a full disk, a bad frame): that error is the one to report
+            log.debug("the frame in flight could not be finished", exc_info=True)
+
+
+def _cpu_pipeline(filt) -> bool:
+    """Pipeline the CPU fast step over two threads (``VideoFilter.push``) when there are two cores for it."""
+    return getattr(filt, "_cpu", None) is not None and (os.cpu_count() or 1) >= 2
+
+
+@contextlib.contextmanager
+def _one_thread_per_stage():
+    """torch and OpenCV on one thread each while the pipelined CPU filter runs its two stages on two threads
+    (two stages x two intra-op threads would oversubscribe a 2-core machine); restored afterwards."""
+    import cv2
+    import torch
+
+    t, c = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(t)
+        cv2.setNumThreads(c)
 
 
 @contextlib.contextmanager
@@ -451,9 +499,12 @@ def filter_video(
             else ((p, None) for p in src)
         if max_frames is not None:
             pairs = itertools.islice(pairs, max_frames)
+        pipelined = _cpu_pipeline(filt)
+        if pipelined:
+            stack.enter_context(_one_thread_per_stage())
         t0 = time.perf_counter()
         try:
-            _filter_loop(pairs, filt, sink, bar, side_by_side=side_by_side, report=rep)
+            _filter_loop(pairs, filt, sink, bar, side_by_side=side_by_side, report=rep, pipelined=pipelined)
         except KeyboardInterrupt:
             interrupted = True
             sink.close(partial=True)  # finalised here as incomplete; the ExitStack's close is then a no-op
@@ -601,9 +652,12 @@ def run_sample(
         rep = WarpReport(total)
         frames = stack.enter_context(prefetch(src))
         pairs = ((Frame(operator.apply(f.rgb, f.index), f.timestamp, f.index), f.rgb) for f in frames)
+        pipelined = _cpu_pipeline(filt)
+        if pipelined:
+            stack.enter_context(_one_thread_per_stage())
         t0 = time.perf_counter()
         try:
-            _filter_loop(pairs, filt, sink, bar, side_by_side=True, report=rep,
+            _filter_loop(pairs, filt, sink, bar, side_by_side=True, report=rep, pipelined=pipelined,
                          label=_labeller(f"processed ({op})", "streamssm filtered", src.width))
         except KeyboardInterrupt:
             interrupted = True

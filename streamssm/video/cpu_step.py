@@ -55,7 +55,7 @@ True
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ from streamssm.video.model import VideoSSM, _grad, _luma, check_frame_size, flow
 
 log = logging.getLogger("streamssm")
 
-__all__ = ["CPUVideoStep", "opencv_exact", "estimate_flow_fast", "box_mean", "pool_exact", "lerp_map"]
+__all__ = ["CPUVideoStep", "CPUVideoPipeline", "opencv_exact", "estimate_flow_fast", "box_mean", "pool_exact", "lerp_map"]
 
 _CONSTS: dict = {}  # small per-shape constants (index maps, window counts, kernels); never written after creation
 
@@ -409,7 +409,35 @@ class CPUVideoStep:
     # ----------------------------------------------------------------------------------------- body
     @torch.no_grad()
     def _step(self, P: Tensor, I: Tensor | None, state, strength: float, out_u8: np.ndarray | None):
-        m, cfg, cv = self.model, self.model.config, self.cv
+        front = self._front(P, I, state, strength)
+        prev = None if state is None else state[3]
+        O = self._tail(front, prev, out_u8)
+        return O, front.state_with(O)
+
+    def luma(self, P: Tensor, I: Tensor | None) -> Tensor:
+        """The flow's luminance of a frame (what the state keeps as ``state[4]``), as the reference pools it."""
+        div, _, _ = flow_shape(P.shape[-2], P.shape[-1], self.model.config)
+        return pool_exact(_luma(P if I is None else I), div)
+
+    @torch.no_grad()
+    def flow_full(self, g: Tensor, g_prev: Tensor, h: int, w: int) -> Tensor:
+        """Backward flow from the luminance ``g`` to ``g_prev`` and its confidence, upsampled to the full h x w:
+        (b, 3, h, w) = flow x, flow y (full-resolution pixels), confidence. Reads no state but the previous
+        frame's luminance, so :class:`CPUVideoPipeline` runs it on a thread of its own."""
+        m, cfg = self.model, self.model.config
+        div, _, _ = flow_shape(h, w, cfg)
+        flow, res = estimate_flow_fast(g, g_prev, cfg.search, cv=self.cv)
+        conf = torch.exp(-res / torch.exp(m.log_conf.float()))
+        return _upsample(torch.cat([flow * div, conf], 1), h, w, self.cv)
+
+    @torch.no_grad()
+    def _front(self, P: Tensor, I: Tensor | None, state, strength: float, g: Tensor | None = None,
+               fu=None) -> "_Front":
+        """Everything of a step that does not read the previous *output*: cell statistics, the SSM, the flow.
+        (So :class:`CPUVideoPipeline` can run frame t's front while frame t-1's tail finishes.) ``g``: the
+        frame's :meth:`luma` if already computed; ``fu``: its :meth:`flow_full` (or a future of it) if already
+        under way."""
+        m, cfg = self.model, self.model.config
         b, _, h, w = P.shape
         check_frame_size(h, w, cfg)
         if state is None:
@@ -421,34 +449,47 @@ class CPUVideoStep:
             )
         G = P if I is None else I
         pre, cell, gh, gw = grid_shape(h, w, cfg)
-        div, _, _ = flow_shape(h, w, cfg)
 
         # cell statistics and the flow's luminance exactly as the reference computes them: the per-cell affine
         # fit amplifies a rounding difference in the pooled frames ~1000x (one-pass covariances, ridge 1e-3)
         Pp = F.avg_pool2d(P, pre) if pre > 1 else P
         Gp = Pp if I is None else F.avg_pool2d(G, pre) if pre > 1 else G
         params, means = m.fit_cells(Pp, Gp, cell, gh, gw)
-        g = pool_exact(_luma(G), div)
+        g = self.luma(P, I) if g is None else g
         feats, fresh, fixed = m._stat_features(params[:, None], means[:, None], I is not None, state, None)
         coef, ssm_states = m._network(feats, state[m.N_FIXED:], fresh, stepping=True)
         coef = coef[:, 0].permute(0, 3, 1, 2)  # (b, 13, gh, gw)
 
         keep = (~fresh[:, 0]).to(torch.float32) * strength  # (b,)
         blend = bool((keep != 0).any())  # else the blend weight is 0 everywhere: no flow, no warp
+        sigma = None
         if blend:
-            flow, res = estimate_flow_fast(g, state[4], cfg.search, cv=cv)
-            conf = torch.exp(-res / torch.exp(m.log_conf.float()))
-            fu = _upsample(torch.cat([flow * div, conf], 1), h, w, cv)  # flow (full-res pixels), confidence
+            if fu is None:
+                fu = self.flow_full(g, state[4], h, w)  # flow (full-res pixels), confidence
             sigma = torch.exp(m.log_gate[0 if I is not None else 1])
-            keep4 = keep[:, None, None, None]
-            prev = state[3].contiguous()
-            xs, _ = _coords(h, w)
+        else:
+            fu = None
         # coefficients upsampled along x on the grid rows (a small matmul with the interpolation matrix), strength
-        # folded in there; per strip, between grid rows a and c with row weights wa, wc, the corrected frame is
-        # P + wa (dA_a G + db_a) + wc (dA_c G + db_c) -- the 13 upsampled coefficient planes are never formed
+        # folded in there
         cx = torch.cat([coef[:, :12] * strength, coef[:, 12:]], 1) @ _lerp_matrix(gw, w)  # (b, 13, gh, w)
+        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, ssm_states)
+
+    def _tail(self, f: "_Front", prev: Tensor | None, out_u8: np.ndarray | None) -> Tensor:
+        """The full-resolution rest of a step: correction, warp of the previous output ``prev``, gate, blend.
+
+        Per strip, between grid rows a and c with row weights wa, wc, the corrected frame is
+        P + wa (dA_a G + db_a) + wc (dA_c G + db_c) -- the 13 upsampled coefficient planes are never formed."""
+        cv = self.cv
+        P, G, cx, blend, fu = f.P, f.G, f.cx, f.blend, f.fu
+        if fu is not None and not isinstance(fu, Tensor):
+            fu = fu.result()  # a future: the pipeline's flow thread
+        b, _, h, w = P.shape
+        gh = f.gh
         dA = cx[:, :9].reshape(b, 3, 3, gh, 1, w)  # [i][j]: output channel i, guide channel j
         db = cx[:, 9:12, :, None]
+        if blend:
+            prev = prev.contiguous()
+            xs, _ = _coords(h, w)
 
         O = torch.empty(b, 3, h, w)
         for sl, a, c, wa, wc, ys in _strips(gh, h, max(1, self.strip_px // w)):
@@ -465,9 +506,9 @@ class CPUVideoStep:
                 fs = fu[:, :, sl]
                 wp = _sample(prev, *_grid(xs, ys, fs[:, 0], fs[:, 1], h, w), cv)
                 d = wp.sub_(Oc)  # warped previous output - corrected frame
-                gate = d.abs().mean(1, keepdim=True).neg_().div_(sigma).exp_()
+                gate = d.abs().mean(1, keepdim=True).neg_().div_(f.sigma).exp_()
                 beta = torch.mul(cx[:, 12:13, a : a + 1], wa).addcmul_(cx[:, 12:13, c : c + 1], wc).sigmoid_()
-                wgt = beta.mul_(fs[:, 2:3]).mul_(gate).mul_(keep4).clamp_(0.0, 1.0)
+                wgt = beta.mul_(fs[:, 2:3]).mul_(gate).mul_(f.keep4).clamp_(0.0, 1.0)
                 torch.addcmul(Oc, d, wgt, out=Os)
             if out_u8 is not None:
                 # = float_to_frame, in numpy (its float -> uint8 cast is 3x faster than torch's)
@@ -477,4 +518,124 @@ class CPUVideoStep:
                         cv.merge([qa[i, 0], qa[i, 1], qa[i, 2]], dst=out_u8[i, sl])
                 else:
                     out_u8[:, sl] = qa.transpose(0, 2, 3, 1)
-        return O, fixed + (O, g) + ssm_states
+        return O
+
+
+class _Front(NamedTuple):
+    """What :meth:`CPUVideoStep._front` hands to ``_tail`` (and the new state, but for the output)."""
+
+    P: Tensor
+    G: Tensor
+    cx: Tensor  # (b, 13, gh, w) coefficients upsampled along x, strength folded in
+    gh: int
+    blend: bool
+    fu: Any  # (b, 3, h, w): flow x, flow y (full-resolution pixels), confidence; or a future of it; None: no blend
+    sigma: Tensor | None
+    keep4: Tensor  # (b, 1, 1, 1)
+    fixed: tuple
+    g: Tensor
+    ssm_states: tuple
+
+    def state_with(self, O: Tensor) -> tuple[Tensor, ...]:
+        """The full new state once the output ``O`` is known (the layout of ``VideoSSM.init_state``)."""
+        return self.fixed + (O, self.g) + self.ssm_states
+
+
+class CPUVideoPipeline:
+    """Two frames in flight on three threads: frame t's cell statistics and SSM on the caller's thread, its flow
+    on a worker, while frame t-1's full-resolution tail (correction, warp, blend, uint8) runs on another. The same
+    arithmetic as :meth:`CPUVideoStep.step_uint8` frame by frame (the outputs are identical), one frame later.
+
+    ``push_uint8(frame, original=None) -> frame t-1's output`` (None for the first frame), ``flush() -> the last
+    output`` (None if nothing is pending). ``state``: the full state after the last output returned. Each thread
+    runs its torch ops on one intra-op thread (set ``torch.set_num_threads(1)`` for the pipeline's lifetime): two
+    threads of work on two cores, instead of one step spreading its small ops over both.
+
+    >>> import numpy as np
+    >>> from streamssm.video.model import VideoSSM, VideoSSMConfig
+    >>> step = CPUVideoStep(VideoSSM(VideoSSMConfig(d_model=16, n_layers=1, backend="torch")))
+    >>> frames = [np.full((64, 96, 3), 10 * i, np.uint8) for i in range(3)]
+    >>> with CPUVideoPipeline(step) as pipe:
+    ...     outs = [pipe.push_uint8(f) for f in frames] + [pipe.flush()]
+    >>> outs[0] is None, len([o for o in outs if o is not None])
+    (True, 3)
+    """
+
+    def __init__(self, step: CPUVideoStep, state=None, strength: float = 1.0):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.step = step
+        self.strength = float(strength)
+        self._front_state = state  # what the next front reads (its prev-output entry may be stale)
+        self._prev_out = None if state is None else state[3]
+        self.state = state
+        self._pending = None  # (future of the tail, front, out array, squeeze)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="streamssm-tail")
+        self._flow_pool = ThreadPoolExecutor(1, thread_name_prefix="streamssm-flow")
+
+    def _finish(self):
+        fut, front, out, squeeze = self._pending
+        self._pending = None
+        O = fut.result()
+        self._prev_out = O
+        self.state = front.state_with(O)
+        return out[0] if squeeze else out
+
+    def push_uint8(self, frame, original=None) -> np.ndarray | None:
+        f = np.ascontiguousarray(frame)
+        o = None if original is None else np.ascontiguousarray(original)
+        if f.dtype != np.uint8 or f.ndim not in (3, 4) or f.shape[-1] != 3:
+            raise ValueError(f"frame must be uint8 (H, W, 3) or (B, H, W, 3), got {f.dtype} {f.shape}")
+        if o is not None and (o.dtype != np.uint8 or o.shape != f.shape):
+            raise ValueError(f"original must be uint8 of the frame's shape {f.shape}, got {o.dtype} {o.shape}")
+        squeeze = f.ndim == 3
+        if squeeze:
+            f, o = f[None], None if o is None else o[None]
+        cv = self.step.cv
+        P = _planes_u8(f, cv)
+        I = None if o is None else _planes_u8(o, cv)
+        # frame t's flow on its own thread (it needs only this and the previous luminance), its statistics and
+        # SSM here, frame t-1's tail on the tail thread: three threads of work for the OS to spread over the cores
+        g = self.step.luma(P, I)
+        st = self._front_state
+        fu = None
+        if st is not None and st[4].shape == g.shape:
+            fu = self._flow_pool.submit(self.step.flow_full, g, st[4], P.shape[-2], P.shape[-1])
+        with torch.no_grad():
+            front = self.step._front(P, I, st, self.strength, g=g, fu=fu)  # overlaps the previous tail
+        fresh = self._front_state is None
+        done = self._finish() if self._pending is not None else None
+        out = np.empty(f.shape, np.uint8)
+        prev = None if fresh else self._prev_out
+        self._pending = (self._pool.submit(self._tail, front, prev, out), front, out, squeeze)
+        # the next front needs everything but the output (which only the tail reads)
+        # (a zero-stride stand-in of the output's shape: the front reads only its shape, for the stream check)
+        b, _, h, w = P.shape
+        self._front_state = front.state_with(torch.zeros(1).expand(b, 3, h, w))
+        return done
+
+    def restart(self) -> None:
+        """The next frame starts a new stream (a frame still in flight finishes as part of the old one)."""
+        self._front_state = None
+        self._prev_out = None
+
+    def _tail(self, front, prev, out):
+        with torch.no_grad():
+            return self.step._tail(front, prev, out)
+
+    def flush(self) -> np.ndarray | None:
+        return self._finish() if self._pending is not None else None
+
+    def close(self) -> None:
+        try:
+            if self._pending is not None:
+                self._pending[0].result()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._flow_pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -15,7 +15,7 @@ from torch import Tensor
 from streamssm._args import as_number, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
-from streamssm.video.cpu_step import CPUVideoStep
+from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
 from streamssm.video.model import VideoSSM, VideoSSMConfig
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
 
@@ -89,7 +89,9 @@ class VideoFilter:
             frames) need nothing: the blend is motion-compensated and gated per pixel.
         fast: on the CPU, run each step with :class:`~streamssm.video.cpu_step.CPUVideoStep` (the same
             math rearranged for the CPU, ~5x faster; equal to ``VideoSSM.step`` to fp32 rounding, 1e-4) and
-            :meth:`filter` frame by frame with it; ``False``: the model's own step and parallel scan.
+            :meth:`filter` frame by frame with it; on CUDA, run ``step`` on single H x W x 3 uint8 frames
+            through :class:`~streamssm.fast.FastVideoStep` (the same ``VideoSSM.step`` replayed as a CUDA graph,
+            pinned-memory copies; no compilation); ``False``: the model's own step and parallel scan.
 
     ``step(frame, original=None)``: numpy H x W x 3 uint8 RGB in and out (gray, RGBA, 16-bit and float
     frames are converted; the output has the input's dtype), or torch (B, 3, H, W) float tensors in
@@ -122,6 +124,10 @@ class VideoFilter:
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.max_gap = float(max_gap)
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
+        self._use_graph = bool(fast) and self.device.type == "cuda"
+        self._graph = None  # FastVideoStep of the running (h, w, guided) stream, made on first use
+        self._pipe: CPUVideoPipeline | None = None  # push()/flush() on the CPU fast path
+        self._queued = None  # push() elsewhere: the output held back one call
         self.state: tuple[Tensor, ...] | None = None
         self._key: tuple | None = None  # (B, H, W, guided) of the running stream
         self._last_t: float | None = None  # timestamp (s) of the last frame, when the caller gives them
@@ -165,10 +171,12 @@ class VideoFilter:
         # cost a host sync per frame)
         return torch.nan_to_num(frame.to(self.device, torch.float32), nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
 
-    def _timestamp(self, timestamp: Any) -> None:
-        """Validate ``timestamp`` (s); a gap over ``max_gap`` since the previous frame starts over."""
+    def _timestamp(self, timestamp: Any, running: bool | None = None) -> bool:
+        """Validate ``timestamp`` (s); a gap over ``max_gap`` since the previous frame starts over (returns True).
+        ``running``: whether a stream is running (default: there is a state)."""
         t = as_timestamp(timestamp)
-        if self._last_t is not None and self.state is not None:
+        gap = False
+        if self._last_t is not None and (self.state is not None if running is None else running):
             if not t > self._last_t:
                 raise ValueError(f"timestamp {t} s does not come after the previous frame's {self._last_t} s: "
                                  "timestamps must strictly increase (call reset() to start a new stream)")
@@ -176,13 +184,17 @@ class VideoFilter:
                 log.info("video: %.3g s without frames (> max_gap %.3g s): starting the streams over",
                          t - self._last_t, self.max_gap)
                 self.state = None
+                gap = True
         self._last_t = t
+        return gap
 
     # ------------------------------------------------------------------------------------- API
     def step(self, frame: Any, original: Any = None, timestamp: float | None = None):
         """Filter one frame (see the class docstring for the accepted types).
 
         ``timestamp`` (s, optional): see ``max_gap``; must increase from frame to frame."""
+        if self._pipe is not None:
+            raise RuntimeError("a frame given to push() is still in flight: call flush() before step()")
         if isinstance(frame, Tensor):
             P = self._tensor_in(frame, "frame")
             I = None if original is None else self._tensor_in(original, "original")
@@ -194,6 +206,8 @@ class VideoFilter:
             return O.to(frame.dtype)
         if self._cpu is not None and _rgb_uint8(frame) and (original is None or _rgb_uint8(original)):
             return self._step_uint8(frame, original, timestamp)
+        if self._use_graph and _rgb_uint8(frame) and (original is None or _rgb_uint8(original)):
+            return self._step_uint8_graph(frame, original, timestamp)
         p, dtype = frame_to_float(frame, "frame")
         P = torch.from_numpy(p).permute(2, 0, 1)[None, None].to(self.device)
         I = None
@@ -220,6 +234,88 @@ class VideoFilter:
         with torch.no_grad():
             out, self.state = self._cpu.step_uint8(frame, original, self.state, self.strength)
         self.frames_seen += 1
+        return out
+
+    def _step_uint8_graph(self, frame: np.ndarray, original: np.ndarray | None, timestamp: float | None) -> np.ndarray:
+        """:meth:`step` for one H x W x 3 uint8 stream on CUDA: ``FastVideoStep.step_uint8`` (a CUDA graph of
+        ``VideoSSM.step`` on static buffers). Its static state *is* ``self.state`` while the stream runs; a
+        reset, ``set_state`` or a stream change hands the state over before the next step."""
+        from streamssm.fast import FastVideoStep
+
+        if original is not None and original.shape != frame.shape:
+            raise ValueError(f"original frame is {original.shape[1]}x{original.shape[0]} but the processed frame is "
+                             f"{frame.shape[1]}x{frame.shape[0]}: they must be the same size")
+        if timestamp is not None:
+            self._timestamp(timestamp)
+        h, w = frame.shape[:2]
+        self._stream_key(1, h, w)
+        guided = original is not None
+        g = self._graph
+        if g is None or g.key != (1, h, w, guided):
+            if g is not None and g.key[:3] == (1, h, w) and self.state is g.state:
+                self.state = g.get_state()  # guided <-> processed-only: same state layout, carried over
+            dtype = torch.float16 if self.half else torch.float32
+            g = self._graph = FastVideoStep(self.model, h, w, 1, guided, dtype=dtype, compile=False, cuda_graph=True)
+        if self.state is None:
+            g.reset()
+        elif self.state is not g.state:
+            g.set_state(self.state)
+        g.set_strength(self.strength)
+        out = g.step_uint8(frame, original)
+        self.state = g.state
+        self.frames_seen += 1
+        return out
+
+    # ------------------------------------------------------------------------------- pipelined
+    def push(self, frame: Any, original: Any = None, timestamp: float | None = None):
+        """:meth:`step` with one frame of delay: returns the *previous* frame's output (None for the first call);
+        :meth:`flush` returns the last one. The outputs are the very frames ``step`` would give.
+
+        On the CPU fast path with H x W x 3 uint8 frames this is a :class:`~streamssm.video.cpu_step.CPUVideoPipeline`:
+        frame t's cell statistics and SSM run on the caller's thread, its flow on a worker thread, and frame t-1's
+        full-resolution tail on another (run torch with one intra-op thread meanwhile, as ``streamssm video`` does
+        on a CPU: ``torch.set_num_threads(1)``). Elsewhere it is ``step`` with the output held back. Call :meth:`flush`
+        before ``step``, ``reset`` or ``set_state``."""
+        if self._pipe is None and not (self._cpu is not None and _rgb_uint8(frame)
+                                       and (original is None or _rgb_uint8(original))):
+            out = self.step(frame, original, timestamp)
+            prev, self._queued = self._queued, out
+            return prev
+        f, o = frame, original
+        if not (_rgb_uint8(f) and (o is None or _rgb_uint8(o))):
+            raise ValueError("push(): this pipelined stream takes H x W x 3 uint8 frames (and originals); "
+                             f"got {getattr(f, 'dtype', type(f).__name__)} {getattr(f, 'shape', '')}: flush() first")
+        if o is not None and o.shape != f.shape:
+            raise ValueError(f"original frame is {o.shape[1]}x{o.shape[0]} but the processed frame is "
+                             f"{f.shape[1]}x{f.shape[0]}: they must be the same size")
+        gap = self._timestamp(timestamp, running=self._pipe is not None) if timestamp is not None else False
+        h, w = f.shape[:2]
+        if self._pipe is None:
+            self._stream_key(1, h, w)
+            self._pipe = CPUVideoPipeline(self._cpu, self.state, self.strength)
+        elif gap or self._key != (1, h, w):
+            if self._key != (1, h, w):
+                warnings.warn(f"streamssm: frame size changed from {self._key[1]}x{self._key[2]} to {h}x{w}; the "
+                              "filter starts over", RuntimeWarning, stacklevel=2)
+                self._key = (1, h, w)
+            self._pipe.restart()
+        self._pipe.strength = self.strength
+        out = self._pipe.push_uint8(f, o)
+        self.frames_seen += 1
+        self.state = self._pipe.state  # the state after the output returned (None until the first one)
+        return out
+
+    def flush(self):
+        """The output held back by :meth:`push` (None if there is none); the pipeline's worker is released."""
+        if self._pipe is not None:
+            pipe, self._pipe = self._pipe, None
+            try:
+                out = pipe.flush()
+                self.state = pipe.state
+            finally:
+                pipe.close()
+            return out
+        out, self._queued = self._queued, None
         return out
 
     def filter(self, frames: Sequence[Any] | Iterable[Any], originals: Sequence[Any] | None = None, chunk: int = 32) -> list:
@@ -256,7 +352,12 @@ class VideoFilter:
 
     def reset(self, mask: Any = None) -> None:
         """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
-        state is untouched, bit for bit)."""
+        state is untouched, bit for bit). A frame still in flight from :meth:`push` is dropped."""
+        if self._pipe is not None:
+            pipe, self._pipe = self._pipe, None
+            pipe.close()
+            mask = None
+        self._queued = None
         if mask is None or self.state is None:
             self.state, self._key, self._last_t = None, None, None
             return
@@ -293,6 +394,8 @@ class VideoFilter:
 
     def set_state(self, state) -> None:
         """Restore a snapshot from :meth:`get_state` (shapes, dtype float32 and finiteness checked)."""
+        if self._pipe is not None:
+            raise RuntimeError("a frame given to push() is still in flight: call flush() before set_state()")
         if state is None:
             self.reset()
             return

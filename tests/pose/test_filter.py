@@ -18,7 +18,7 @@ def _poses(t=20, k=17, d=2, b=None, seed=0, size=100.0, offset=300.0) -> np.ndar
     rng = np.random.default_rng(seed)
     lead = () if b is None else (b,)
     base = rng.uniform(-0.5, 0.5, lead + (k, d)) * size + offset
-    tt = np.arange(t)[:, *([None] * (len(lead) + 2))]
+    tt = np.arange(t).reshape((t,) + (1,) * (len(lead) + 2))
     phase = rng.uniform(0, 2 * np.pi, lead + (k, d))
     motion = 0.2 * size * np.sin(2 * np.pi * tt / 30.0 + phase)
     noise = rng.normal(0, 0.01 * size, (t,) + lead + (k, d))

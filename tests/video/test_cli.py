@@ -283,3 +283,57 @@ def test_sample_end_to_end(tmp_path, weights):
     src = probe(SAMPLE)
     assert info["frames"] == 8 and info["size"] == (2 * src["size"][0], src["size"][1]) and info["rate"] == src["rate"]
     assert "E_warp" in stdout and "flow from originals" in stdout
+
+
+def test_cpu_pipelined_run_equals_sequential(tmp_path, clips, weights, monkeypatch):
+    """On a CPU the CLI pipelines the fast step over two threads (VideoFilter.push): the decoded output equals
+    the frame-by-frame run's, frame for frame."""
+    from streamssm.io import open_source
+    from streamssm.video import cli as vcli
+
+    outs = {}
+    for mode in ("pipelined", "sequential"):
+        if mode == "sequential":
+            monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt: False)
+        else:
+            assert vcli._cpu_pipeline(vcli._make_filter(str(weights), "cpu", 1.0)) == ((os.cpu_count() or 1) >= 2)
+            monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt: True)
+        out = tmp_path / f"{mode}.mp4"
+        vcli.filter_video(str(clips["tone"]), str(out), weights=str(weights), device="cpu", progress=False)
+        with open_source(str(out)) as src:
+            outs[mode] = [f.rgb for f in src]
+    assert len(outs["pipelined"]) == len(outs["sequential"]) == probe(clips["tone"])["frames"]
+    for t, (a, b) in enumerate(zip(outs["pipelined"], outs["sequential"])):
+        assert np.array_equal(a, b), f"frame {t} differs"
+
+
+def test_cpu_pipelined_interrupt_keeps_the_frame_in_flight(tmp_path, clips, weights, monkeypatch):
+    """Ctrl-C while pipelined: the frame in flight is finished and written, so the output holds every frame
+    given to the filter before the interrupt (6)."""
+    from streamssm.video import cli as vcli
+
+    real = vcli._make_filter
+
+    class Interrupting:
+        def __init__(self, *a):
+            self.inner, self.n = real(*a), 0
+            self._cpu = self.inner._cpu
+
+        def reset(self):
+            self.inner.reset()
+
+        def push(self, p, i=None, **kw):
+            if self.n == 6:
+                raise KeyboardInterrupt
+            self.n += 1
+            return self.inner.push(p, i, **kw)
+
+        def flush(self):
+            return self.inner.flush()
+
+    monkeypatch.setattr(vcli, "_make_filter", Interrupting)
+    monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt: True)
+    out = tmp_path / "out.mp4"
+    args = _args(clips["tone"], "-o", out, "--weights", weights, "--device", "cpu", "--no-progress")
+    assert vcli.run_video(args) == 130
+    assert probe(out)["frames"] == 6

@@ -242,3 +242,45 @@ def test_videofilter_uses_the_fast_step_on_cpu_and_agrees():
     whole_ref = VideoFilter(device="cpu", fast=False).filter([to_u8(P) for P, _ in frames], [to_u8(I) for _, I in frames])
     for a, b in zip(whole_fast, whole_ref):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+def test_push_pipeline_equals_step_bit_for_bit():
+    """``VideoFilter.push`` (CPUVideoPipeline: front of frame t on this thread, tail of t-1 on a worker) gives
+    the very frames and final state of ``step``, one call later -- across a scene cut, a timestamp gap that
+    starts the stream over, a switch to processed-only, and a strength change."""
+    frames = scene_clip(1, 72, 128, steps=12, seed=5, cut=5)
+    to_u8 = lambda x: (x[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    pairs = [(to_u8(P), to_u8(I) if t < 9 else None) for t, (P, I) in enumerate(frames)]
+    stamps = [t / 25 + (5.0 if t >= 7 else 0.0) for t in range(len(pairs))]  # a 5 s gap before frame 7
+    seq, pipe = VideoFilter(device="cpu"), VideoFilter(device="cpu")
+    want, got = [], []
+    for t, ((p, i), ts) in enumerate(zip(pairs, stamps)):
+        if t == 10:
+            seq.strength = pipe.strength = 0.6
+        want.append(seq.step(p, i, timestamp=ts))
+        out = pipe.push(p, i, timestamp=ts)
+        assert (out is None) == (t == 0)
+        if out is not None:
+            got.append(out)
+        with pytest.raises(RuntimeError, match="flush"):
+            pipe.step(p, i)  # a frame is in flight
+    got.append(pipe.flush())
+    assert pipe.flush() is None and pipe._pipe is None
+    assert len(got) == len(want)
+    for t, (a, b) in enumerate(zip(got, want)):
+        assert np.array_equal(a, b), f"frame {t}: pipelined differs from step by {np.abs(a.astype(int) - b).max()}"
+    for s_p, s_s in zip(pipe.get_state(), seq.get_state()):
+        assert torch.equal(s_p, s_s)
+    assert pipe.step(*pairs[-1]).shape == pairs[-1][0].shape  # after flush, step works again
+
+
+def test_push_elsewhere_holds_back_one_step():
+    """Off the CPU fast path (float frames here), push is step with the output held back one call."""
+    f, ref = VideoFilter(device="cpu"), VideoFilter(device="cpu")
+    xs = [np.random.default_rng(i).random((64, 96, 3)).astype(np.float32) for i in range(3)]
+    outs = [f.push(x) for x in xs] + [f.flush()]
+    want = [ref.step(x) for x in xs]
+    assert outs[0] is None
+    for a, b in zip(outs[1:], want):
+        np.testing.assert_array_equal(a, b)
