@@ -13,6 +13,9 @@
 #     (copy a previous run's video.safetensors + video.opt.pt into runs/ and carry runs/ to resume)
 #   bash benchmarks/gpu_session.sh posesweep        # pose presets x loss weights, side by side (SWEEP=...)
 #     (carry .whl and .data/pose = a copy of ../shared/data/pose)
+#   bash benchmarks/gpu_session.sh realtime3        # pose speed + e2e file->file (RESULTS sections), compiled 1080p row
+#   bash benchmarks/gpu_session.sh realtime2        # e2e, the compiled 2160p row alone, the pose step's kernel profile
+#   bash benchmarks/gpu_session.sh gputests         # every gpu-marked test (~260 s)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
