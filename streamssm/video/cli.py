@@ -372,9 +372,9 @@ def _filter_loop(pairs: Iterable, filt, sink, bar, *, side_by_side: bool, report
     try:
         for p, orig in pairs:
             out = filt.push(p.rgb, orig, timestamp=p.timestamp)
+            prev, pending = pending, (p, orig)  # before emit: flush() below then pairs with the right frame
             if out is not None:
-                emit(*pending, out)
-            pending = (p, orig)
+                emit(*prev, out)
         ok = True
     finally:
         # the frame in flight is finished and written, also when the run stops early (Ctrl-C, a bad frame)
@@ -390,14 +390,14 @@ def _filter_loop(pairs: Iterable, filt, sink, bar, *, side_by_side: bool, report
 
 
 def _cpu_pipeline(filt) -> bool:
-    """Pipeline the CPU fast step over two threads (``VideoFilter.push``) when there are two cores for it."""
+    """Pipeline the CPU fast step over three threads (``VideoFilter.push``) when there are two cores or more."""
     return getattr(filt, "_cpu", None) is not None and (os.cpu_count() or 1) >= 2
 
 
 @contextlib.contextmanager
 def _one_thread_per_stage():
-    """torch and OpenCV on one thread each while the pipelined CPU filter runs its two stages on two threads
-    (two stages x two intra-op threads would oversubscribe a 2-core machine); restored afterwards."""
+    """torch and OpenCV on one thread each while the pipelined CPU filter runs its stages on three threads
+    (three stages x two intra-op threads would oversubscribe a 2-core machine); restored afterwards."""
     import cv2
     import torch
 
