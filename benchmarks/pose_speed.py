@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     lines = [
         f"## Pose filter speed ({'GPU' if cuda else 'CPU'})",
         "",
-        f"`python benchmarks/pose_speed.py{' --device cuda' if cuda else ''}` on {where}"
+        f"`python benchmarks/pose_speed.py{' ' + ' '.join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else ''}` on {where}"
         f"{'' if cuda else ' (B=1 rows on 1 thread), OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', 'unset')}. Shipped weights: "
         f"d_model {cfg.d_model}, {cfg.n_layers} layers, expand {cfg.expand}, d_state {cfg.d_state}, headdim {cfg.headdim}: "
         f"{n_state} state floats per stream-keypoint. 33 keypoints, 2-D. ms/step = median latency of one step of all B streams"
