@@ -394,6 +394,13 @@ class CPUVideoStep:
     def step_uint8(self, frame: Any, original: Any = None, state=None, strength: float = 1.0
                    ) -> tuple[np.ndarray, tuple[Tensor, ...]]:
         """uint8 (h, w, 3) or (b, h, w, 3) frame(s) [and originals] -> uint8 output of the same shape, new state."""
+        P, I, out, squeeze = self.planes_uint8(frame, original)
+        _, state = self._step(P, I, state, strength, out)
+        return (out[0] if squeeze else out), state
+
+    def planes_uint8(self, frame: Any, original: Any = None) -> tuple[Tensor, Tensor | None, np.ndarray, bool]:
+        """Checked uint8 (h, w, 3) / (b, h, w, 3) frame [and original] -> float planes P, I (b, 3, h, w), an empty
+        uint8 output of the batched shape, and whether the input was a single frame."""
         f = np.ascontiguousarray(frame)
         o = None if original is None else np.ascontiguousarray(original)
         if f.dtype != np.uint8 or f.ndim not in (3, 4) or f.shape[-1] != 3:
@@ -403,11 +410,8 @@ class CPUVideoStep:
         squeeze = f.ndim == 3
         if squeeze:
             f, o = f[None], None if o is None else o[None]
-        out = np.empty(f.shape, np.uint8)
         P = _planes_u8(f, self.cv)
-        I = None if o is None else _planes_u8(o, self.cv)
-        _, state = self._step(P, I, state, strength, out)
-        return (out[0] if squeeze else out), state
+        return P, None if o is None else _planes_u8(o, self.cv), np.empty(f.shape, np.uint8), squeeze
 
     # ----------------------------------------------------------------------------------------- body
     @torch.no_grad()
@@ -586,18 +590,7 @@ class CPUVideoPipeline:
         return out[0] if squeeze else out
 
     def push_uint8(self, frame, original=None) -> np.ndarray | None:
-        f = np.ascontiguousarray(frame)
-        o = None if original is None else np.ascontiguousarray(original)
-        if f.dtype != np.uint8 or f.ndim not in (3, 4) or f.shape[-1] != 3:
-            raise ValueError(f"frame must be uint8 (H, W, 3) or (B, H, W, 3), got {f.dtype} {f.shape}")
-        if o is not None and (o.dtype != np.uint8 or o.shape != f.shape):
-            raise ValueError(f"original must be uint8 of the frame's shape {f.shape}, got {o.dtype} {o.shape}")
-        squeeze = f.ndim == 3
-        if squeeze:
-            f, o = f[None], None if o is None else o[None]
-        cv = self.step.cv
-        P = _planes_u8(f, cv)
-        I = None if o is None else _planes_u8(o, cv)
+        P, I, out, squeeze = self.step.planes_uint8(frame, original)
         # frame t's flow on its own thread (it needs only this and the previous luminance), its statistics and
         # SSM here, frame t-1's tail on the tail thread: three threads of work for the OS to spread over the cores
         g = self.step.luma(P, I)
@@ -609,7 +602,6 @@ class CPUVideoPipeline:
             front = self.step._front(P, I, st, self.strength, g=g, fu=fu)  # overlaps the previous tail
         fresh = self._front_state is None
         done = self._finish() if self._pending is not None else None
-        out = np.empty(f.shape, np.uint8)
         prev = None if fresh else self._prev_out
         self._pending = (self._pool.submit(self._tail, front, prev, out), front, out, squeeze)
         # the next front needs everything but the output (which only the tail reads)
