@@ -165,7 +165,7 @@ def stage_profile(P: list, I: list, args) -> dict:
 
 def pipeline_rows(name: str, P: list, I: list, args, rounds: int = 2) -> dict:
     """Clip throughput (frames / wall s after the warm-up frames), guided: the fast step frame by frame on
-    ``args.threads`` threads against ``VideoFilter.push`` (CPUVideoPipeline: two stages on two threads, one
+    ``args.threads`` threads against ``VideoFilter.push`` (CPUVideoPipeline: three stages on three threads, one
     intra-op thread each, what ``streamssm video`` runs on a CPU); best of ``rounds`` alternating runs; the
     outputs must be identical."""
     def sync():
