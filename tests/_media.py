@@ -1,4 +1,4 @@
-"""Small media helpers shared by the robustness tests (test_faults, test_bad_inputs)."""
+"""Small media helpers shared by the tests (test_faults, test_bad_inputs, io and video tests)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -77,3 +79,31 @@ def cli_cmd(*args) -> list[str]:
 
 def run_cli(*args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cli_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env(), **kw)
+
+
+class FakeCapture:
+    """Stands in for ``cv2.VideoCapture``: ``good`` frames made by ``make(i)`` (RGB, handed out as BGR, ``delay``
+    seconds apart), then every read fails (``then="fail"``: unplugged) or blocks until ``release()``
+    (``then="block"``: a driver that never returns)."""
+
+    def __init__(self, make, good: int, then: str = "fail", delay: float = 0.0):
+        self.make, self.good, self.then, self.delay, self.i = make, good, then, delay, 0
+        self.released = threading.Event()
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return 30.0
+
+    def read(self):
+        if self.i < self.good:
+            self.i += 1
+            time.sleep(self.delay)
+            return True, self.make(self.i)[:, :, ::-1].copy()
+        if self.then == "block":
+            self.released.wait(10)
+        return False, None
+
+    def release(self):
+        self.released.set()

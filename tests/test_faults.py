@@ -23,7 +23,7 @@ import pytest
 av = pytest.importorskip("av")
 cv2 = pytest.importorskip("cv2")
 
-from tests._media import cli_cmd, digest, env, frame, frames_in, make_clip, run_cli, timestamps_in  # noqa: E402
+from tests._media import FakeCapture, cli_cmd, digest, env, frame, frames_in, make_clip, run_cli, timestamps_in  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,33 +118,10 @@ def test_disk_full_during_pose_write_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
 
 
-class _StoppingCamera:
-    """cv2.VideoCapture stand-in: ``good`` frames, then every read fails (unplugged)."""
-
-    def __init__(self, good: int):
-        self.good, self.i = good, 0
-
-    def isOpened(self):
-        return True
-
-    def get(self, prop):
-        return 30.0
-
-    def read(self):
-        if self.i < self.good:
-            self.i += 1
-            time.sleep(0.01)
-            return True, frame(self.i)[:, :, ::-1].copy()
-        return False, None
-
-    def release(self):
-        pass
-
-
 def test_camera_that_stops_delivering_exits_1_with_the_recording_kept(tmp_path, monkeypatch, capsys):
     from streamssm.cli import main
 
-    monkeypatch.setattr(cv2, "VideoCapture", lambda index: _StoppingCamera(40))
+    monkeypatch.setattr(cv2, "VideoCapture", lambda index: FakeCapture(frame, 40, delay=0.01))
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     rec = tmp_path / "rec.mp4"

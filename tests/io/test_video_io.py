@@ -33,6 +33,7 @@ from streamssm.io import (  # noqa: E402
     sigterm_as_exception,
     to_rate,
 )
+from tests._media import FakeCapture  # noqa: E402
 
 W, H = 64, 48
 
@@ -540,34 +541,9 @@ def test_preview_is_a_noop_without_display(monkeypatch):
         assert view.enabled is has_display()
 
 
-class _FakeCapture:
-    """Stands in for cv2.VideoCapture: delivers ``good`` frames, then fails or blocks."""
-
-    def __init__(self, good: int, then: str, release: threading.Event):
-        self.good, self.then, self.release_event, self.i = good, then, release, 0
-
-    def isOpened(self):
-        return True
-
-    def get(self, prop):
-        return 30.0
-
-    def read(self):
-        if self.i < self.good:
-            self.i += 1
-            return True, pattern(self.i)[:, :, ::-1].copy()
-        if self.then == "block":
-            self.release_event.wait(10)  # a driver that never returns
-        return False, None
-
-    def release(self):
-        self.release_event.set()
-
-
 @pytest.mark.parametrize("then", ["fail", "block"])
 def test_camera_that_stops_ends_with_warning(monkeypatch, caplog, then):
-    release = threading.Event()
-    monkeypatch.setattr(cv2, "VideoCapture", lambda index: _FakeCapture(6, then, release))
+    monkeypatch.setattr(cv2, "VideoCapture", lambda index: FakeCapture(pattern, 6, then))
     import time
 
     t = time.monotonic()

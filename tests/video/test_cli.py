@@ -21,15 +21,14 @@ import pytest
 av = pytest.importorskip("av")
 cv2 = pytest.importorskip("cv2")
 
+from tests import _media  # noqa: E402
+
 W, H = 96, 64
 
 
 def frame(i: int, w: int = W, h: int = H) -> np.ndarray:
-    """A moving gradient with a per-frame brightness wobble (something for the filter to do)."""
-    x = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
-    y = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-    img = 0.5 + 0.3 * np.sin(6 * x + 4 * y + 0.3 * i + np.array([0, 1, 2], np.float32)) + 0.08 * (-1) ** i
-    return np.clip(img * 255, 0, 255).astype(np.uint8)
+    """``tests._media.frame`` (a moving gradient with a per-frame brightness wobble) at this file's size."""
+    return _media.frame(i, w, h)
 
 
 def make_clip(path: Path, n: int = 20, rate: int = 25, audio: bool = False, size=(W, H)) -> Path:
