@@ -389,9 +389,13 @@ def _filter_loop(pairs: Iterable, filt, sink, bar, *, side_by_side: bool, report
             log.debug("the frame in flight could not be finished", exc_info=True)
 
 
-def _cpu_pipeline(filt) -> bool:
-    """Pipeline the CPU fast step over three threads (``VideoFilter.push``) when there are two cores or more."""
-    return getattr(filt, "_cpu", None) is not None and (os.cpu_count() or 1) >= 2
+def _cpu_pipeline(filt, stack: contextlib.ExitStack) -> bool:
+    """Whether to pipeline the CPU fast step over three threads (``VideoFilter.push``): with two cores or more.
+    If so, torch and OpenCV run on one thread per stage for the rest of ``stack``."""
+    if getattr(filt, "_cpu", None) is None or (os.cpu_count() or 1) < 2:
+        return False
+    stack.enter_context(_one_thread_per_stage())
+    return True
 
 
 @contextlib.contextmanager
@@ -499,9 +503,7 @@ def filter_video(
             else ((p, None) for p in src)
         if max_frames is not None:
             pairs = itertools.islice(pairs, max_frames)
-        pipelined = _cpu_pipeline(filt)
-        if pipelined:
-            stack.enter_context(_one_thread_per_stage())
+        pipelined = _cpu_pipeline(filt, stack)
         t0 = time.perf_counter()
         try:
             _filter_loop(pairs, filt, sink, bar, side_by_side=side_by_side, report=rep, pipelined=pipelined)
@@ -652,9 +654,7 @@ def run_sample(
         rep = WarpReport(total)
         frames = stack.enter_context(prefetch(src))
         pairs = ((Frame(operator.apply(f.rgb, f.index), f.timestamp, f.index), f.rgb) for f in frames)
-        pipelined = _cpu_pipeline(filt)
-        if pipelined:
-            stack.enter_context(_one_thread_per_stage())
+        pipelined = _cpu_pipeline(filt, stack)
         t0 = time.perf_counter()
         try:
             _filter_loop(pairs, filt, sink, bar, side_by_side=True, report=rep, pipelined=pipelined,

@@ -75,6 +75,17 @@ def _rgb_uint8(frame: Any) -> bool:
             and frame.shape[0] >= 1 and frame.shape[1] >= 1)
 
 
+def _rgb_uint8_pair(frame: Any, original: Any) -> bool:
+    """``frame`` and ``original`` (if any) are both H x W x 3 uint8 numpy frames (the fast paths' input)."""
+    return _rgb_uint8(frame) and (original is None or _rgb_uint8(original))
+
+
+def _check_same_size(frame: np.ndarray, original: np.ndarray | None) -> None:
+    if original is not None and original.shape != frame.shape:
+        raise ValueError(f"original frame is {original.shape[1]}x{original.shape[0]} but the processed frame is "
+                         f"{frame.shape[1]}x{frame.shape[0]}: they must be the same size")
+
+
 class VideoFilter:
     """Causal deflicker for processed video, one frame at a time or a whole clip at once.
 
@@ -126,6 +137,7 @@ class VideoFilter:
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
         self._use_graph = bool(fast) and self.device.type == "cuda"
         self._graph = None  # FastVideoStep of the running (h, w, guided) stream, made on first use
+        self._graph_strength = self.strength  # the strength its device scalar holds
         self._pipe: CPUVideoPipeline | None = None  # push()/flush() on the CPU fast path
         self._queued = None  # push() elsewhere: the output held back one call
         self.state: tuple[Tensor, ...] | None = None
@@ -204,18 +216,16 @@ class VideoFilter:
                 self._timestamp(timestamp)
             O = self._run(P[:, None], None if I is None else I[:, None], parallel=False)[:, 0]
             return O.to(frame.dtype)
-        if self._cpu is not None and _rgb_uint8(frame) and (original is None or _rgb_uint8(original)):
+        if self._cpu is not None and _rgb_uint8_pair(frame, original):
             return self._step_uint8(frame, original, timestamp)
-        if self._use_graph and _rgb_uint8(frame) and (original is None or _rgb_uint8(original)):
+        if self._use_graph and _rgb_uint8_pair(frame, original):
             return self._step_uint8_graph(frame, original, timestamp)
         p, dtype = frame_to_float(frame, "frame")
         P = torch.from_numpy(p).permute(2, 0, 1)[None, None].to(self.device)
         I = None
         if original is not None:
             i, _ = frame_to_float(original, "original")
-            if i.shape != p.shape:
-                raise ValueError(f"original frame is {i.shape[1]}x{i.shape[0]} but the processed frame is "
-                                 f"{p.shape[1]}x{p.shape[0]}: they must be the same size")
+            _check_same_size(p, i)
             I = torch.from_numpy(i).permute(2, 0, 1)[None, None].to(self.device)
         if timestamp is not None:
             self._timestamp(timestamp)
@@ -225,9 +235,7 @@ class VideoFilter:
     def _step_uint8(self, frame: np.ndarray, original: np.ndarray | None, timestamp: float | None) -> np.ndarray:
         """:meth:`step` for H x W x 3 uint8 frames on the CPU fast path: converted to and from float inside the
         fast step (the same ``frame_to_float`` / ``float_to_frame`` arithmetic), strip by strip."""
-        if original is not None and original.shape != frame.shape:
-            raise ValueError(f"original frame is {original.shape[1]}x{original.shape[0]} but the processed frame is "
-                             f"{frame.shape[1]}x{frame.shape[0]}: they must be the same size")
+        _check_same_size(frame, original)
         if timestamp is not None:
             self._timestamp(timestamp)
         self._stream_key(1, frame.shape[0], frame.shape[1])
@@ -242,9 +250,7 @@ class VideoFilter:
         reset, ``set_state`` or a stream change hands the state over before the next step."""
         from streamssm.fast import FastVideoStep
 
-        if original is not None and original.shape != frame.shape:
-            raise ValueError(f"original frame is {original.shape[1]}x{original.shape[0]} but the processed frame is "
-                             f"{frame.shape[1]}x{frame.shape[0]}: they must be the same size")
+        _check_same_size(frame, original)
         if timestamp is not None:
             self._timestamp(timestamp)
         h, w = frame.shape[:2]
@@ -255,12 +261,16 @@ class VideoFilter:
             if g is not None and g.key[:3] == (1, h, w) and self.state is g.state:
                 self.state = g.get_state()  # guided <-> processed-only: same state layout, carried over
             dtype = torch.float16 if self.half else torch.float32
-            g = self._graph = FastVideoStep(self.model, h, w, 1, guided, dtype=dtype, compile=False, cuda_graph=True)
+            g = self._graph = FastVideoStep(self.model, h, w, 1, guided, dtype=dtype, compile=False, cuda_graph=True,
+                                            strength=self.strength)
+            self._graph_strength = self.strength
         if self.state is None:
             g.reset()
         elif self.state is not g.state:
             g.set_state(self.state)
-        g.set_strength(self.strength)
+        if self._graph_strength != self.strength:  # a device write only when it changes, not every frame
+            g.set_strength(self.strength)
+            self._graph_strength = self.strength
         out = g.step_uint8(frame, original)
         self.state = g.state
         self.frames_seen += 1
@@ -276,18 +286,16 @@ class VideoFilter:
         full-resolution tail on another (run torch with one intra-op thread meanwhile, as ``streamssm video`` does
         on a CPU: ``torch.set_num_threads(1)``). Elsewhere it is ``step`` with the output held back. Call :meth:`flush`
         before ``step``, ``reset`` or ``set_state``."""
-        if self._pipe is None and not (self._cpu is not None and _rgb_uint8(frame)
-                                       and (original is None or _rgb_uint8(original))):
+        uint8 = _rgb_uint8_pair(frame, original)
+        if self._pipe is None and not (self._cpu is not None and uint8):
             out = self.step(frame, original, timestamp)
             prev, self._queued = self._queued, out
             return prev
         f, o = frame, original
-        if not (_rgb_uint8(f) and (o is None or _rgb_uint8(o))):
+        if not uint8:
             raise ValueError("push(): this pipelined stream takes H x W x 3 uint8 frames (and originals); "
                              f"got {getattr(f, 'dtype', type(f).__name__)} {getattr(f, 'shape', '')}: flush() first")
-        if o is not None and o.shape != f.shape:
-            raise ValueError(f"original frame is {o.shape[1]}x{o.shape[0]} but the processed frame is "
-                             f"{f.shape[1]}x{f.shape[0]}: they must be the same size")
+        _check_same_size(f, o)
         gap = self._timestamp(timestamp, running=self._pipe is not None) if timestamp is not None else False
         h, w = f.shape[:2]
         if self._pipe is None:

@@ -285,18 +285,26 @@ def test_sample_end_to_end(tmp_path, weights):
 
 
 def test_cpu_pipelined_run_equals_sequential(tmp_path, clips, weights, monkeypatch):
-    """On a CPU the CLI pipelines the fast step over two threads (VideoFilter.push): the decoded output equals
+    """On a CPU the CLI pipelines the fast step over three threads (VideoFilter.push): the decoded output equals
     the frame-by-frame run's, frame for frame."""
+    import contextlib
+
+    import torch
+
     from streamssm.io import open_source
     from streamssm.video import cli as vcli
 
     outs = {}
     for mode in ("pipelined", "sequential"):
         if mode == "sequential":
-            monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt: False)
+            monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt, stack: False)
         else:
-            assert vcli._cpu_pipeline(vcli._make_filter(str(weights), "cpu", 1.0)) == ((os.cpu_count() or 1) >= 2)
-            monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt: True)
+            with contextlib.ExitStack() as stack:
+                want = (os.cpu_count() or 1) >= 2
+                assert vcli._cpu_pipeline(vcli._make_filter(str(weights), "cpu", 1.0), stack) == want
+                if want:
+                    assert torch.get_num_threads() == 1  # one thread per stage while the pipeline runs
+            monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt, stack: True)
         out = tmp_path / f"{mode}.mp4"
         vcli.filter_video(str(clips["tone"]), str(out), weights=str(weights), device="cpu", progress=False)
         with open_source(str(out)) as src:
@@ -331,7 +339,7 @@ def test_cpu_pipelined_interrupt_keeps_the_frame_in_flight(tmp_path, clips, weig
             return self.inner.flush()
 
     monkeypatch.setattr(vcli, "_make_filter", Interrupting)
-    monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt: True)
+    monkeypatch.setattr(vcli, "_cpu_pipeline", lambda filt, stack: True)
     out = tmp_path / "out.mp4"
     args = _args(clips["tone"], "-o", out, "--weights", weights, "--device", "cpu", "--no-progress")
     assert vcli.run_video(args) == 130
