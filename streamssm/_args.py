@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 
-def as_number(value: Any, name: str) -> float:
-    """``float(value)``, or ValueError naming ``name`` (bools, strings and None are refused)."""
-    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+def as_number(value: Any, name: str, unit: str = "") -> float:
+    """``float(value)``, or ValueError naming ``name`` (and ``unit``; bools, strings and None are refused)."""
+    if not isinstance(value, (bool, np.bool_, str, bytes)) and value is not None:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{name} must be a number{' of ' + unit if unit else ''}, got {value!r}")
 
 
 def as_timestamp(value: Any) -> float:
     """A frame timestamp in seconds: a finite number, or ValueError naming ``timestamp``."""
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"timestamp must be a number of seconds, got {value!r}") from None
-    if not np.isfinite(t):
+    t = as_number(value, "timestamp", "seconds")
+    if not math.isfinite(t):
         raise ValueError(f"timestamp must be finite, got {t}")
     return t

@@ -19,7 +19,6 @@ PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 # A config is checked before the model is built from it: a hostile file could otherwise ask for a
 # d_model of 10^9 and exhaust memory before the tensor shapes are ever compared.
 MAX_CONFIG_INT = 8192
-MAX_CONFIG_ITEMS = 64
 
 
 def save_weights(path: str | Path, model: nn.Module, kind: str, config: dict, extra: dict | None = None) -> Path:
@@ -90,43 +89,34 @@ def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | 
 
 
 def _check_value(name: str, value: Any, default: Any, source: str | Path) -> Any:
+    """``value`` if it has the type of the field's ``default`` (bool, int, float or str -- what the model
+    configs hold) and a sane size; ValueError naming ``source`` and the field otherwise."""
     def bad(expected: str) -> ValueError:
         return ValueError(f"{source}: config field {name!r} is {value!r}, expected {expected}")
 
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise bad("true or false")
-        return value
-    if isinstance(value, bool):
-        raise bad(f"a {type(default).__name__}" if default is not None else "a number or string")
-    if isinstance(value, int):
-        if isinstance(default, float):
-            value = float(value)
-        elif not (0 <= value <= MAX_CONFIG_INT) or not (default is None or isinstance(default, int)):
-            raise bad(f"an integer in [0, {MAX_CONFIG_INT}]" if isinstance(default, int) else type(default).__name__)
-        else:
-            return value
-    if isinstance(value, float):
-        if not math.isfinite(value) or not (default is None or isinstance(default, float)):
-            raise bad("a finite number" if isinstance(default, float) else type(default).__name__)
-        return value
-    if isinstance(value, str):
-        if len(value) > 64 or not (default is None or isinstance(default, str)):
-            raise bad("a short string" if isinstance(default, str) else type(default).__name__)
-        return value
-    if isinstance(value, list) and (default is None or isinstance(default, (list, tuple))):
-        if len(value) > MAX_CONFIG_ITEMS:
-            raise bad(f"a list of at most {MAX_CONFIG_ITEMS} items")
-        item = default[0] if default else None
-        items = [_check_value(f"{name}[{i}]", v, item, source) for i, v in enumerate(value)]
-        return tuple(items) if isinstance(default, tuple) else items
-    raise bad(type(default).__name__ if default is not None else "a number, string or list")
+    elif isinstance(default, int):
+        if not (number and isinstance(value, int) and 0 <= value <= MAX_CONFIG_INT):
+            raise bad(f"an integer in [0, {MAX_CONFIG_INT}]")
+    elif isinstance(default, float):
+        if not (number and math.isfinite(value)):
+            raise bad("a finite number")
+        value = float(value)
+    elif isinstance(default, str):
+        if not (isinstance(value, str) and len(value) <= 64):
+            raise bad("a short string")
+    else:  # a field type the model configs do not have
+        raise bad(f"a {type(default).__name__}")
+    return value
 
 
 def build_config(cls: type, config: Any, source: str | Path, **override: Any):
     """``cls(**config)`` after checking, against the dataclass ``cls``'s fields and defaults, that every
     key is known and every value has the default's type and a sane size (ints in [0, MAX_CONFIG_INT],
-    finite floats, short strings, short lists); ValueError naming ``source`` otherwise."""
+    finite floats, short strings); ValueError naming ``source`` otherwise."""
     if not isinstance(config, dict):
         raise ValueError(f"{source}: streamssm.config must be a JSON object, got {type(config).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -199,6 +199,54 @@ def test_pose_frame_number_gaps_are_stepped_over_as_missing_frames(tmp_path):
     np.testing.assert_allclose(got[:, 2:].reshape(len(kept), 5, 2), want, rtol=1e-5, atol=1e-3)
 
 
+def test_restored_state_starts_a_new_timeline():
+    """A snapshot restored with set_state continues from its own next frame: timestamps seen after the snapshot
+    was taken do not refuse the restored stream's next one (both filters)."""
+    from streamssm import PoseFilter, VideoFilter
+
+    x = np.random.default_rng(0).normal(size=(4, 5, 2)).astype(np.float32) * 3 + 100
+    pose = PoseFilter(device="cpu", fps=30)
+    pose.step(x[0], timestamp=10.0)
+    snap = pose.get_state()
+    want = pose.step(x[1], timestamp=10.033)
+    pose.step(x[2], timestamp=11.0)
+    pose.set_state(snap)
+    np.testing.assert_array_equal(pose.step(x[1], timestamp=10.033), want)
+    video = VideoFilter(device="cpu")
+    video.step(frame(0), timestamp=10.0)
+    snap = video.get_state()
+    want = video.step(frame(1), timestamp=10.033)
+    video.step(frame(2), timestamp=11.0)
+    video.set_state(snap)
+    np.testing.assert_array_equal(video.step(frame(1), timestamp=10.033), want)
+
+
+def test_pose_filter_and_step_restart_alike_when_max_gap_is_below_a_frame():
+    """With max_gap shorter than one frame period, back-to-back frames are no gap: filter(timestamps=) and
+    step(timestamp=) give the same frames (neither starts over)."""
+    from streamssm import PoseFilter
+
+    x = (np.random.default_rng(1).normal(size=(12, 5, 2)).cumsum(0) * 3 + 100).astype(np.float32)
+    ts = np.arange(12) / 30.0
+    a, b = PoseFilter(device="cpu", fps=30, max_gap=0.01), PoseFilter(device="cpu", fps=30, max_gap=0.01)
+    stepped = np.stack([a.step(x[i], timestamp=ts[i]) for i in range(12)])
+    np.testing.assert_allclose(b.filter(x, timestamps=ts), stepped, rtol=1e-5, atol=1e-4)
+
+
+def test_pose_fps_override_does_not_read_recording_timestamps_as_gaps(tmp_path):
+    """An npz with ``timestamps`` (seconds, 30 fps) filtered with --fps 60: the frames are taken as 60 fps
+    samples, not as 30 fps ones with a dropped frame before each (which the filter would step over)."""
+    from streamssm import PoseFilter
+
+    x = (np.random.default_rng(2).normal(size=(40, 5, 2)).cumsum(0) * 3 + 100).astype(np.float32)
+    np.savez(tmp_path / "in.npz", points=x, timestamps=np.arange(40) / 30.0)
+    r = run_cli("pose", tmp_path / "in.npz", "-o", tmp_path / "out.npz", "--fps", "60")
+    assert r.returncode == 0, r.stderr
+    assert "gap" not in r.stdout
+    got = np.load(tmp_path / "out.npz")["points"]
+    np.testing.assert_allclose(got, PoseFilter(device="cpu", fps=60).filter(x), rtol=1e-5, atol=1e-3)
+
+
 def test_png_folder_output_is_replaced_only_by_a_complete_run(tmp_path):
     from streamssm.io import open_sink
 

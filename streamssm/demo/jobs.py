@@ -26,7 +26,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -106,9 +105,9 @@ class TempSpace:
             self.root.mkdir(parents=True, exist_ok=True)
             owned = False
         self.stale_s = stale_s
+        # weakref.finalize also runs at interpreter exit (no atexit hook: its strong reference would keep the
+        # space, and its folder, alive until then)
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.root), True) if owned else None
-        if owned:
-            atexit.register(self.close)
 
     def close(self) -> None:
         if self._finalizer is not None:
@@ -474,7 +473,7 @@ def run_pose_job(
     """
     from streamssm.baselines import one_euro
     from streamssm.io.pose_files import read_pose
-    from streamssm.pose.cli import mean_acceleration
+    from streamssm.pose.cli import _valid, mean_acceleration
     from streamssm.pose.data import body_size
     from streamssm.pose.filter import PoseFilter
 
@@ -505,13 +504,14 @@ def run_pose_job(
         pts, units, image = data.points[..., :2] * wh, "px", (float(wh[0]), float(wh[1]))
     else:
         pts, units, image = data.points, "file units", None
-    valid = np.isfinite(pts).all(-1)
+    conf = None if mediapipe else data.confidence  # as `streamssm pose`: MediaPipe's visibility is not a weight
+    valid = _valid(pts, conf)
     if not valid.any():
-        raise DemoError(f"{label}: every keypoint is missing (NaN) in every frame")
+        raise DemoError(f"{label}: every keypoint is missing (NaN or confidence 0) in every frame")
 
     filt = PoseFilter(device=device, strength=strength, fps=fps)
     t0 = time.perf_counter()
-    ours = filt.filter(pts)
+    ours = filt.filter(pts, confidence=conf)
     seconds = time.perf_counter() - t0
     size = float(body_size(np.where(valid[..., None], pts, np.nan)))
     size = size if np.isfinite(size) and size > 0 else 1.0
@@ -560,6 +560,8 @@ def _render_skeletons(out: Path, methods: dict[str, np.ndarray], joint: int, edg
     xy = raw[:t, :, :2]
     # the view: the body's extent over the clip (robust percentiles) plus a margin, same for all panels
     fin = xy[np.isfinite(xy).all(-1)]
+    if not fin.size:  # nothing detected in the animated frames: frame the view on the whole clip
+        fin = raw[..., :2][np.isfinite(raw[..., :2]).all(-1)]
     (x0, y0), (x1, y1) = np.percentile(fin, 1, axis=0), np.percentile(fin, 99, axis=0)
     pad = 0.15 * max(x1 - x0, y1 - y0, 1e-6)
     x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad

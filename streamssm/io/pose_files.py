@@ -38,7 +38,6 @@ folder and ``os.replace`` it into place, and refuse to overwrite the file the da
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import math
@@ -48,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from streamssm.io.video import _disk_error
 
 __all__ = ["PoseData", "read_pose", "write_pose", "SUPPORTED_EXTENSIONS"]
 
@@ -377,7 +378,7 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):  # a full disk, a path that is a directory ...: name the output, not the temp file
-            full = e.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1))
+            full = _disk_error(e)
             raise _err(path, f"{'disk full (or file size limit)' if full else 'cannot write'}; nothing written ({e.strerror or e})") from None
         raise
     return path

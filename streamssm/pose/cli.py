@@ -16,8 +16,9 @@ plus ``landmarks_filtered``. Choices, and why:
   ``.json``'s per-frame ``"frame"`` numbers, or an ``.npz``'s ``timestamps`` array (seconds) place each
   frame in time; holes are stepped over as missing frames and a gap over 1 s starts the filter over
   (:class:`~streamssm.pose.filter.PoseFilter` ``timestamps=``). Frame numbers must increase.
-* **Bounded memory.** The file is filtered :data:`CHUNK` frames at a time with the state carried
-  (the same result as one pass), so an hour-long file does not need an hour of scan intermediates.
+* **Bounded memory.** :meth:`PoseFilter.filter <streamssm.pose.filter.PoseFilter.filter>` scans in chunks
+  with the state carried (the same result as one pass), so an hour-long file does not need an hour of scan
+  intermediates.
 * **The summary** is one line on stdout: frames, keypoints, dims, fps (and where it came from), time,
   and the mean acceleration magnitude ``|x[t+1] - 2 x[t] + x[t-1]|`` before -> after, in % of the body
   size (the median over valid frames of the bounding-box diagonal of the valid keypoints) per frame^2,
@@ -41,7 +42,6 @@ __all__ = ["run_pose", "mean_acceleration"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")  # same list as streamssm.io.video (not imported: needs av)
 DEFAULT_FPS = 30.0
-CHUNK = 1024  # frames per parallel scan; measured peak ~180 MiB of scan intermediates for 33 keypoints (CPU)
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -118,8 +118,10 @@ def _fps(args, file_fps: float | None) -> tuple[float, str]:
     return DEFAULT_FPS, "default, file has none"
 
 
-def _timestamps(data: PoseData, inp: Path, fps: float) -> np.ndarray | None:
-    """Seconds of each frame from the file's frame numbers / timestamps, or None when it has none."""
+def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True) -> np.ndarray | None:
+    """Seconds of each frame from the file's frame numbers / timestamps, or None when it has none.
+    ``seconds=False`` (``--fps`` given): an npz's ``timestamps`` (seconds of the recording) are not used, since
+    on another frame rate's grid they would read as dropped or doubled frames; frame numbers still are."""
     fmt = data.meta.get("format", "")
     raw, scale, what = None, 1.0 / fps, "frame numbers"
     if fmt == "csv":
@@ -128,7 +130,7 @@ def _timestamps(data: PoseData, inp: Path, fps: float) -> np.ndarray | None:
         nums = [f.get("frame") for f in data.meta.get("per_frame", [])]
         if nums and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in nums):
             raw = np.asarray(nums, np.float64)
-    elif fmt.startswith("npz") and "timestamps" in data.meta.get("arrays", {}):
+    elif seconds and fmt.startswith("npz") and "timestamps" in data.meta.get("arrays", {}):
         raw, scale, what = np.asarray(data.meta["arrays"]["timestamps"], np.float64).reshape(-1), 1.0, "'timestamps'"
         if raw.shape != (data.num_frames,):
             raise ValueError(f"{inp}: 'timestamps' has {raw.size} values for {data.num_frames} frames, "
@@ -151,8 +153,9 @@ def _gap_text(ts: np.ndarray | None, fps: float, max_gap: float) -> str:
     gaps = periods > 1
     if not gaps.any():
         return ""
-    restarts = int((periods > max_gap * fps).sum())
-    dropped = int((periods[gaps & (periods <= max_gap * fps)] - 1).sum())
+    restart = gaps & (periods > max_gap * fps)  # PoseFilter's rule: a gap (missing frames) longer than max_gap
+    restarts = int(restart.sum())
+    dropped = int((periods[gaps & ~restart] - 1).sum())
     text = f"; {int(gaps.sum())} gap(s) in the frame numbers ({dropped} dropped frames stepped over"
     return text + (f", {restarts} gap(s) over {max_gap:g} s restarted the filter)" if restarts else ")")
 
@@ -191,13 +194,9 @@ def run_pose(args) -> int:
     filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
     mediapipe = data.meta.get("format") == "npz-mediapipe"
     conf = None if mediapipe else data.confidence  # visibility is not a weight (module docstring)
-    ts = _timestamps(data, inp, fps)
+    ts = _timestamps(data, inp, fps, seconds=args.fps is None)
     t0 = time.perf_counter()
-    y = np.concatenate([
-        filt.filter(data.points[s : s + CHUNK], confidence=None if conf is None else conf[s : s + CHUNK],
-                    timestamps=None if ts is None else ts[s : s + CHUNK])
-        for s in range(0, data.num_frames, CHUNK)
-    ])
+    y = filt.filter(data.points, confidence=conf, timestamps=ts)
     seconds = time.perf_counter() - t0
     y = np.where(np.isfinite(data.points).all(-1, keepdims=True), y, np.nan).astype(np.float32)
 
@@ -253,7 +252,8 @@ def _run_video(args, inp: Path, out: Path) -> int:
                 if res.pose_landmarks is not None:
                     raw = np.array([[lm.x * w, lm.y * h] for lm in res.pose_landmarks.landmark], np.float32)
                 t0 = time.perf_counter()
-                y = filt.step(raw, timestamp=frame.timestamp)
+                # the video's timestamps only on its own frame rate: on a forced --fps grid they would read as gaps
+                y = filt.step(raw, timestamp=frame.timestamp if args.fps is None else None)
                 seconds += time.perf_counter() - t0
                 raw_all.append(raw)
                 out_all.append(y)

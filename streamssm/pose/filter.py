@@ -27,6 +27,9 @@ from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_wei
 
 DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "pose.safetensors"
 MAX_KEYPOINTS = 4096  # per frame: MediaPipe Holistic has 543; more is a wrong axis order or hostile input
+# keypoint-frames per parallel scan in filter(): 1024 frames of 33 keypoints peaked at ~180 MiB of scan
+# intermediates on the CPU (measured for the CLI); longer inputs are scanned in pieces with the state carried
+SCAN_KEYPOINT_FRAMES = 1024 * 33
 log = logging.getLogger("streamssm")
 
 
@@ -213,10 +216,17 @@ class PoseFilter:
         return self._out(y[:, 0] if single else y, is_torch, dtype, sequence)
 
     def _scan(self, p: Tensor, c: Tensor | None) -> Tensor:
-        """(T, B, K, D) -> (T, B, K, D) with the parallel scan, advancing the state."""
-        y, self.state = self.model(p.transpose(0, 1), None if c is None else c.transpose(0, 1), self.state,
-                                   fps=self.fps, strength=self.strength)
-        return y.transpose(0, 1)
+        """(T, B, K, D) -> (T, B, K, D) with the parallel scan, advancing the state; in chunks of
+        :data:`SCAN_KEYPOINT_FRAMES` keypoint-frames with the state carried, so memory stays bounded
+        whatever T (the API, the CLI and the demo all go through here)."""
+        t, b, k, _ = p.shape
+        n = max(1, SCAN_KEYPOINT_FRAMES // (b * k))
+        outs = []
+        for s in range(0, t, n):
+            y, self.state = self.model(p[s : s + n].transpose(0, 1), None if c is None else c[s : s + n].transpose(0, 1),
+                                       self.state, fps=self.fps, strength=self.strength)
+            outs.append(y.transpose(0, 1))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _timeline(self, timestamps: Any, t: int) -> list[tuple[int, int, np.ndarray, bool]]:
         """Validate (T,) timestamps and cut the frames into segments ``(start, stop, pos, restart)``:
@@ -241,7 +251,7 @@ class PoseFilter:
             raise ValueError(f"timestamps must strictly increase: frame {i} is at {ts[i]} s, after {prev[i]} s "
                              "(call reset() to start a new stream)")
         periods = np.where(np.isfinite(dt), np.maximum(1, np.round(np.nan_to_num(dt) * self.fps)), 1).astype(np.int64)
-        restart = periods > self.max_gap * self.fps
+        restart = (periods > 1) & (periods > self.max_gap * self.fps)  # as step: only a gap with missing frames
         starts = sorted({0, *np.flatnonzero(restart).tolist()})
         segments = []
         for j, start in enumerate(starts):
@@ -330,3 +340,4 @@ class PoseFilter:
                 raise ValueError(f"pose state[{i}] contains NaN or inf: not a state this filter produced")
         self.state = tuple(s.to(self.device).clone() for s in state)
         self._shape = (b, k)
+        self._last_t = None  # the restored stream's timeline starts at its next frame

@@ -423,3 +423,4 @@ class VideoFilter:
                 raise ValueError(f"video state[{i}] contains NaN or inf: not a state this filter produced")
         self.state = tuple(s.to(self.device).clone() for s in state)
         self._key = (b, h, w)
+        self._last_t = None  # the restored stream's timeline starts at its next frame
