@@ -73,6 +73,27 @@ case "${1:-bench}" in
     timeout 580 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1
     tail -30 "$OUT/gpu_tests.log"
     ;;
+  train2)  # two video trainings side by side: w_temporal ${2:-4} and ${3:-8}, ${4:-7.5} minutes each
+    for wt in "${2:-4}" "${3:-8}"; do
+      python3 -m streamssm.cli train video --data .data/videos -o "$OUT/video_w$wt.safetensors" --minutes "${4:-7.5}" \
+        --steps 2400 --workers 7 --batch 12 --w-temporal "$wt" --no-progress > "$OUT/train_w$wt.log" 2>&1 &
+    done
+    wait; for f in "$OUT"/train_w*.log; do tail -n 4 "$f"; done
+    ;;
+  flow2)  # session 4, after the pyramidal flow: every gpu test, the CUDA-graph 1080p/2160p rows (no compile), e2e
+    timeout 300 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1
+    tail -8 "$OUT/gpu_tests.log"
+    timeout 120 python3 benchmarks/latency.py --time-budget 100 --video-weights streamssm/weights/video.safetensors \
+      --sizes 1080p,2160p --batches 1 --pose-batches 1000 --no-compile --verbose --no-write --out "$OUT/latency_graph.md" \
+      > "$OUT/latency.log" 2>&1; grep -A12 "Video step, ms" "$OUT/latency.log"; grep -m3 "Error" "$OUT/latency.log"
+    timeout 150 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
+      --frames 600 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
+    ;;
+  flow2c)  # the compiled + graph 1080p and 2160p rows
+    timeout 560 python3 benchmarks/latency.py --time-budget 520 --video-weights streamssm/weights/video.safetensors \
+      --sizes 1080p,2160p --batches 1 --compiled-only --verbose --no-write --out "$OUT/latency_compiled.md" \
+      > "$OUT/latency.log" 2>&1; grep "s\] " "$OUT/latency.log" | tail -4; grep -A8 "Video step, ms" "$OUT/latency.log"
+    ;;
   train)
     [ -f runs/video.safetensors ] && cp runs/video.safetensors runs/video.opt.pt "$OUT"/ 2>/dev/null
     python3 -m streamssm.cli train video --data .data/videos -o "$OUT/video.safetensors" --minutes "${2:-8}" \

@@ -129,7 +129,7 @@ def run_size(name: str, w: int, h: int, args) -> tuple[list[list], dict]:
 
 def stage_profile(P: list, I: list, args) -> dict:
     """Median single-thread ms of each stage of the guided fast step (what bounds the pipelined throughput):
-    uint8 -> planes and luminance, cell statistics + SSM, flow (block matching + Lucas-Kanade + upsampling),
+    uint8 -> planes and luminance, cell statistics + SSM, flow (Lucas-Kanade pyramid + smoothing + upsampling),
     full-resolution tail (correction, warp, gate, blend, -> uint8)."""
     from streamssm.video.cpu_step import _planes_u8
 

@@ -11,7 +11,9 @@
   of :func:`streamssm.metrics.consistency_mask` (Ruder et al. 2016). This is the causal recurrence at
   the heart of Lai et al. 2018's temporal loss, without the network. Note that scoring it with
   :func:`streamssm.metrics.warp_error` using the *same* DIS flow flatters it; score with
-  ``flow="farneback"`` as well.
+  ``flow="farneback"`` as well. ``occlusion=False`` drops the mask (blends wherever the flow lands inside
+  the frame) and saves the forward flow: on the benchmark's real-flicker cases that trades better, see
+  ``benchmarks/video_quality.py``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from streamssm.metrics import consistency_mask, warp
+from streamssm.metrics import _grid, consistency_mask, warp
 
 __all__ = ["ema", "MCEMAState", "mc_ema_step", "MCEMAFilter", "mc_ema"]
 
@@ -55,7 +57,7 @@ def _dis(preset: int):
 
 
 def mc_ema_step(processed: np.ndarray, original: np.ndarray, state: MCEMAState | None,
-                alpha: float = 0.3, dis=None) -> tuple[np.ndarray, MCEMAState]:
+                alpha: float = 0.3, dis=None, occlusion: bool = True) -> tuple[np.ndarray, MCEMAState]:
     """One causal step: ``out, state = mc_ema_step(P_t, I_t, state)``; ``state=None`` starts a stream.
 
     ``dis`` is a reusable ``cv2.DISOpticalFlow`` (created with the MEDIUM preset when None).
@@ -67,8 +69,12 @@ def mc_ema_step(processed: np.ndarray, original: np.ndarray, state: MCEMAState |
         return _u8(p), MCEMAState(gray, p)
     dis = dis if dis is not None else _dis(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     bw = dis.calc(gray, state.prev_gray, None)  # I_t(x) ~ I_{t-1}(x + bw(x))
-    fw = dis.calc(state.prev_gray, gray, None)
-    valid = consistency_mask(bw, fw)[..., None]
+    if occlusion:
+        valid = consistency_mask(bw, dis.calc(state.prev_gray, gray, None))[..., None]
+    else:  # only where x + bw(x) lies inside the previous frame
+        h, w = gray.shape
+        tx, ty = _grid(h, w)[..., 0] + bw[..., 0], _grid(h, w)[..., 1] + bw[..., 1]
+        valid = ((tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1))[..., None]
     prev = warp(state.prev_out, bw)
     # blend only where the history is trustworthy: out = p + valid * (1 - alpha) * (prev - p)
     prev -= p
@@ -88,8 +94,9 @@ class MCEMAFilter:
     >>> f.reset()
     """
 
-    def __init__(self, alpha: float = 0.3, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM):
+    def __init__(self, alpha: float = 0.3, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, occlusion: bool = True):
         self.alpha = alpha
+        self.occlusion = occlusion
         self._dis = _dis(preset)
         self.state: MCEMAState | None = None
 
@@ -97,12 +104,12 @@ class MCEMAFilter:
         self.state = None
 
     def step(self, processed: np.ndarray, original: np.ndarray) -> np.ndarray:
-        out, self.state = mc_ema_step(processed, original, self.state, self.alpha, self._dis)
+        out, self.state = mc_ema_step(processed, original, self.state, self.alpha, self._dis, self.occlusion)
         return out
 
 
 def mc_ema(processed: Sequence[np.ndarray], originals: Sequence[np.ndarray], alpha: float = 0.3,
-           preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> list[np.ndarray]:
+           preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, occlusion: bool = True) -> list[np.ndarray]:
     """Motion-compensated EMA over a whole clip (frame by frame, causal)."""
-    f = MCEMAFilter(alpha, preset)
+    f = MCEMAFilter(alpha, preset, occlusion)
     return [f.step(p, i) for p, i in zip(processed, originals, strict=True)]

@@ -42,6 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = VideoTrainConfig(steps=args.steps or 4000, minutes=args.minutes, seed=args.seed, workers=args.workers)
     if args.batch:
         cfg.batch = args.batch
+    if args.w_temporal is not None:
+        cfg.w_temporal = args.w_temporal
     if args.tiny:
         cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
                                short_side=128, seed=args.seed)
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--w-pos", type=float, default=None, help="pose: loss weight of position error")
     s.add_argument("--w-vel", type=float, default=None, help="pose: loss weight of velocity error")
     s.add_argument("--w-acc", type=float, default=None, help="pose: loss weight of acceleration error")
+    s.add_argument("--w-temporal", type=float, default=None, help="video: loss weight of the temporal term (default 4)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
 

@@ -5,7 +5,7 @@ single source of truth: nothing here re-implements the math), on buffers whose s
 so one step can be captured as a CUDA graph and replayed with a single launch:
 
 * **Precision.** The step runs under ``torch.autocast(dtype)`` rather than on a ``.half()``-ed module: the model
-  keeps its own fp32 islands (``VideoSSM.cell_stats`` and the block matcher disable autocast; the SSM state, the
+  keeps its own fp32 islands (``VideoSSM.cell_stats`` and the flow disable autocast; the SSM state, the
   ``dt``/``A`` discretisation and RMSNorm are fp32 by construction), which a ``.half()`` would break (the fp32
   features would meet fp16 weights). Autocast's weight-cast cache is off (``cache_enabled=False``): a cached cast
   made during warm-up and freed when the context closes would leave a dangling address in the graph.
@@ -78,7 +78,7 @@ def _freeze(data):
 class FrozenHostConstants(TorchFunctionMode):
     """Serve ``torch.tensor(<Python numbers>, device=<device_type>)`` from a cache of device tensors.
 
-    ``VideoSSM`` builds its block-matching offsets and a ridge identity with ``torch.tensor([...], device=...)``.
+    ``VideoSSM`` builds a ridge identity with ``torch.tensor([...], device=...)``.
     On CUDA that is a pageable host-to-device copy plus ``cudaStreamSynchronize``, which raises inside CUDA-graph
     capture ("operation not permitted when stream is capturing"). With this mode active during warm-up and
     capture, the first call creates the device tensor and every later call returns a device-side clone of it

@@ -44,10 +44,14 @@ def read_weights(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Ten
         what = "is a directory" if path.is_dir() else "does not exist"
         raise ValueError(f"weights file {path} {what} (expected a .safetensors file)")
     with open(path, "rb") as f:
-        head = f.read(8)
-    # torch.save files are zip archives (PK) or raw pickles (0x80 protocol byte): refuse them by
-    # content, whatever their extension; safetensors starts with an 8-byte little-endian header size.
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = f.read(9)
+    # torch.save files are zip archives (PK) or raw pickles (0x80, protocol 2-5): refuse them by content,
+    # whatever their extension. Safetensors starts with an 8-byte little-endian header size and a JSON
+    # header, so look for that first: its size's low byte may well be 0x80 (a 2688-byte header).
+    n = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    safetensors_like = head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+    pickle_like = head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+    if pickle_like and not safetensors_like:
         raise ValueError(f"{path} is a pickle or torch.save checkpoint, not safetensors: streamssm never "
                          "unpickles weights (unpickling can run code). Convert it with safetensors.torch.save_file "
                          "in an environment you trust")

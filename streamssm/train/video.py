@@ -96,6 +96,20 @@ class _ClipStream(torch.utils.data.IterableDataset):
             yield out
 
 
+def without_guided_correction(src: str | Path, out: str | Path) -> Path:
+    """Copy video weights with ``guided_correction`` off: guided, the per-cell colour correction (dA, db) is not
+    applied and only the learned, motion-compensated temporal blend remains; processed-only is unchanged. How
+    the shipped weights were finished: with session 4's flow, the guided correction changed nothing measurable
+    on the real-flicker benchmark cases (E_warp ratio 0.327 vs 0.325, PSNR 28.2 vs 28.3 dB) but slowly pulled a
+    clean still scene ~7/255 away from its input (``tests/test_soak.py``); without it that scene passes through
+    unchanged. Processed-only, the correction is what removes a global colour flicker, so it stays."""
+    config, tensors, extra = read_weights(src, "video")
+    model = VideoSSM(VideoSSMConfig(**config))
+    load_into(model, tensors, src)
+    config = {**config, "guided_correction": False}
+    return save_weights(out, model, "video", config, extra)
+
+
 def load_training_videos(videos: str | Path, short_side: int, max_frames: int | None = None) -> dict:
     """A folder of videos, a list of files, or a cache .npz -> {name: (t, h, w, 3) uint8}."""
     from streamssm.data.video_clips import load_cache, load_videos

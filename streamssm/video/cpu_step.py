@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamssm.video.model import VideoSSM, _grad, _luma, check_frame_size, flow_shape, grid_shape, lk_solve
+from streamssm.video.model import FLOW_SHARP, VideoSSM, _grad, _luma, check_frame_size, flow_shape, grid_shape, lk_solve
 
 log = logging.getLogger("streamssm")
 
@@ -280,50 +280,34 @@ def _warp(x: Tensor, flow: Tensor, cv=None) -> Tensor:
     return _sample(x.contiguous(), *_grid(xs, ys, flow[:, 0], flow[:, 1], h, w), cv)
 
 
-def block_match_flow(cur: Tensor, prev: Tensor, radius: int, temperature: float, cv=None) -> Tensor:
-    """The flow of :func:`~streamssm.video.model.block_match` (its confidence is not needed): the (2r+1)^2
-    absolute differences written into one buffer and box-filtered by :func:`box_mean`."""
-    n, _, h, w = cur.shape
-    r = radius
-    pp = F.pad(prev, (r, r, r, r), mode="replicate")
-    k = 2 * r + 1
-    cost = torch.empty(n, k * k, h, w)
-    i = 0
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            torch.sub(cur, pp[:, :, r + dy : r + dy + h, r + dx : r + dx + w], out=cost[:, i : i + 1])
-            i += 1
-    cost = box_mean(cost.abs_(), 3, cv)
-    wts = torch.softmax(cost.neg_().div_(temperature), dim=1)  # = softmax(-cost / temperature)
-
-    def offsets():
-        d = torch.arange(-r, r + 1, dtype=torch.float32)
-        return torch.stack([d.repeat(k), d.repeat_interleave(k)])  # (2, D): (dx, dy) in block_match's order
-
-    return torch.einsum("ndhw,cd->nchw", wts, _const(("bm", r), offsets))
-
-
-def estimate_flow_fast(cur: Tensor, prev: Tensor, radius: int, iters: int = 2, window: int = 7, cv=None
-                       ) -> tuple[Tensor, Tensor]:
+def estimate_flow_fast(cur: Tensor, prev: Tensor, levels: int = 5, iters: int = 1, window: int = 7, smooth: int = 9,
+                       cv=None) -> tuple[Tensor, Tensor]:
     """:func:`~streamssm.video.model.estimate_flow` with the box filters of :func:`box_mean` (the five
-    Lucas-Kanade moments filtered as one stack) and the warps of ``cv.remap`` when ``cv`` is given."""
-    n, _, h, w = cur.shape
+    Lucas-Kanade moments filtered as one stack, the smoothing's three planes likewise), the warps of
+    ``cv.remap`` and the upsampling of ``cv.resize`` when ``cv`` is given."""
     cur, prev = cur.contiguous(), prev.contiguous()
-    c = 4 if min(h, w) >= 32 else 1
-    if c > 1:
-        flow = block_match_flow(F.avg_pool2d(cur, c), F.avg_pool2d(prev, c), radius, 0.0005, cv)
-        flow = F.interpolate(flow * c, size=(h, w), mode="bilinear", align_corners=False)
-    else:
-        flow = torch.zeros(n, 2, h, w, device=cur.device, dtype=cur.dtype)
-    mom = torch.empty(n, 5, h, w)
-    for _ in range(iters):
-        wp = _warp(prev, flow, cv)
-        gx, gy = _grad(wp)
-        e = torch.sub(cur, wp, out=wp)
-        for j, (a, b) in enumerate(((gx, gx), (gx, gy), (gy, gy), (gx, e), (gy, e))):
-            torch.mul(a, b, out=mom[:, j : j + 1])
-        sxx, sxy, syy, sxe, sye = box_mean(mom, window, cv).unbind(1)
-        flow = flow + torch.stack(lk_solve(sxx, sxy, syy, sxe, sye), 1).clamp_(-2.0, 2.0)
+    pyr = [(cur, prev)]
+    for _ in range(levels - 1):
+        pyr.append((pool_exact(pyr[-1][0], 2), pool_exact(pyr[-1][1], 2)))
+    flow = None
+    for c, p in reversed(pyr):
+        n, _, h, w = c.shape
+        if flow is None:
+            flow = torch.zeros(n, 2, h, w)
+        else:
+            flow = _upsample(flow.mul_(2.0), h, w, cv)
+        mom = torch.empty(n, 5, h, w)
+        for _ in range(iters):
+            wp = _warp(p, flow, cv)
+            gx, gy = _grad(wp)
+            e = torch.sub(c, wp, out=wp)
+            for j, (a, b) in enumerate(((gx, gx), (gx, gy), (gy, gy), (gx, e), (gy, e))):
+                torch.mul(a, b, out=mom[:, j : j + 1])
+            sxx, sxy, syy, sxe, sye = box_mean(mom, window, cv).unbind(1)
+            flow = flow + torch.stack(lk_solve(sxx, sxy, syy, sxe, sye), 1).clamp_(-2.0, 2.0)
+        wgt = box_mean(torch.sub(c, _warp(p, flow, cv)).abs_(), 3, cv).div_(-FLOW_SHARP).exp_()
+        sums = box_mean(torch.cat([flow * wgt, wgt], 1), smooth, cv)
+        flow = sums[:, :2] / sums[:, 2:].add_(1e-6)
     res = box_mean(torch.sub(cur, _warp(prev, flow, cv)).abs_(), 3, cv)
     return flow, res
 
@@ -433,7 +417,8 @@ class CPUVideoStep:
         frame's luminance, so :class:`CPUVideoPipeline` runs it on a thread of its own."""
         m, cfg = self.model, self.model.config
         div, _, _ = flow_shape(h, w, cfg)
-        flow, res = estimate_flow_fast(g, g_prev, cfg.search, cv=self.cv)
+        flow, res = estimate_flow_fast(g, g_prev, cfg.flow_levels, window=cfg.flow_window, smooth=cfg.flow_smooth,
+                                       cv=self.cv)
         conf = torch.exp(-res / torch.exp(m.log_conf.float()))
         return _upsample(torch.cat([flow * div, conf], 1), h, w, self.cv)
 
@@ -464,7 +449,7 @@ class CPUVideoStep:
         params, means = m.fit_cells(Pp, Gp, cell, gh, gw)
         g = self.luma(P, I) if g is None else g
         feats, fresh, fixed = m._stat_features(params[:, None], means[:, None], I is not None, state, None)
-        coef, ssm_states = m._network(feats, state[m.N_FIXED:], fresh, stepping=True)
+        coef, ssm_states = m._network(feats, state[m.N_FIXED:], fresh, stepping=True, guided=I is not None)
         coef = coef[:, 0].permute(0, 3, 1, 2)  # (b, 13, gh, gw)
 
         keep = (~fresh[:, 0]).to(torch.float32) * strength  # (b,)

@@ -53,8 +53,11 @@ class VideoSSMConfig:
     headdim: int = 16
     cell_px: int = 32  # grid cell size in full-resolution pixels (the same statistics at any resolution)
     pre: int = 4  # moments are computed on a ``pre`` x downsampled frame
-    search: int = 3  # block-matching radius, in flow-resolution pixels (flow runs at 1 / (2 pre))
+    flow_levels: int = 5  # pyramid levels of the flow (the coarsest at 1/16 of the flow resolution)
+    flow_window: int = 7  # Lucas-Kanade window of the flow, in flow-resolution pixels (flow runs at 1/2 resolution)
+    flow_smooth: int = 9  # window of the flow's confidence-weighted smoothing, likewise
     blend_init: float = 1.5  # initial logit of the temporal blend weight (sigmoid -> 0.82)
+    guided_correction: bool = True  # apply the per-cell colour correction (dA, db) in guided mode too
     eps: float = 1e-3  # ridge of the local affine fit (variance units, [0, 1] colour)
     cut_corr: float = 0.3  # consecutive-thumbnail correlation under which a frame is a scene cut
     backend: str = "auto"
@@ -81,8 +84,8 @@ def check_frame_size(h: int, w: int, cfg: VideoSSMConfig) -> None:
 
 
 def flow_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int]:
-    """(div, hf, wf): the flow is refined on a ``div`` x downsampled luminance (half resolution for
-    frames of 64 px and more); the block matcher starts 4x coarser."""
+    """(div, hf, wf): the flow runs on a ``div`` x downsampled luminance (half resolution for frames of
+    64 px and more); its pyramid (``flow_levels``) starts from there."""
     div = 2 if min(h, w) >= 64 else 1
     return div, h // div, w // div
 
@@ -106,61 +109,52 @@ def lk_solve(sxx: Tensor, sxy: Tensor, syy: Tensor, sxe: Tensor, sye: Tensor, la
     return (d * sxe - b * sye) / det, (a * sye - b * sxe) / det
 
 
-def estimate_flow(cur: Tensor, prev: Tensor, radius: int, iters: int = 2, window: int = 7) -> tuple[Tensor, Tensor]:
+FLOW_SHARP = 0.02  # residual scale of the flow smoothing's weights (luminance in [0, 1])
+
+
+def smooth_flow(flow: Tensor, cur: Tensor, prev: Tensor, size: int, sharp: float = FLOW_SHARP) -> Tensor:
+    """Confidence-weighted box average of ``flow`` over ``size`` x ``size`` windows: each pixel weighs
+    ``exp(-r / sharp)``, r its 3 x 3 mean photometric residual ``|cur - warp(prev, flow)|``. Fills flat and
+    occluded regions from well-matched neighbours (the densification step of DIS, Kroeger et al. 2016)."""
+    wgt = torch.exp(-_box((cur - warp_backward(prev, flow)).abs(), 3) / sharp)
+    return _box(flow * wgt, size) / (_box(wgt, size) + 1e-6)
+
+
+def estimate_flow(cur: Tensor, prev: Tensor, levels: int = 5, iters: int = 1, window: int = 7, smooth: int = 9
+                  ) -> tuple[Tensor, Tensor]:
     """Backward flow (t -> t-1) between luminance images (n, 1, h, w), in pixels of that resolution.
 
-    Coarse-to-fine and exportable: block matching at 1/4 of the given resolution (+-``radius``),
-    then ``iters`` Lucas-Kanade refinements (windowed least squares on the linearised brightness
-    constancy, Lucas & Kanade 1981) at full given resolution for sub-pixel accuracy -- which is what
-    matters for warping textured regions. Returns flow (n, 2, h, w) and a confidence (n, 1, h, w)
-    from the remaining matching residual.
+    Coarse to fine over a pyramid of ``levels`` 2x steps, starting from zero at the coarsest level (1/16 with
+    5 levels: a 320 x 180 image is 20 x 11 there, and the 32 px the filter needs at least, 2 px). The count does
+    not depend on the frame size, so one exported graph serves every resolution. At each level the flow from
+    the level above is doubled and upsampled, refined by ``iters`` Lucas-Kanade steps
+    (windowed least squares on the linearised brightness constancy, ``window`` x ``window``; Lucas & Kanade
+    1981) and smoothed by :func:`smooth_flow`. Plain pools, pads and ``grid_sample``: it exports to
+    ONNX/TensorRT. Returns the flow (n, 2, h, w) and the remaining 3 x 3 mean residual (n, 1, h, w).
     """
-    n, _, h, w = cur.shape
-    c = 4 if min(h, w) >= 32 else 1
-    if c > 1:
-        cc, pc = F.avg_pool2d(cur, c), F.avg_pool2d(prev, c)
-        flow, _ = block_match(cc, pc, radius, temperature=0.0005)
-        flow = F.interpolate(flow * c, size=(h, w), mode="bilinear", align_corners=False)
-    else:
-        flow = torch.zeros(n, 2, h, w, device=cur.device, dtype=cur.dtype)
-    for _ in range(iters):
-        wp = warp_backward(prev, flow)
-        gx, gy = _grad(wp)
-        e = cur - wp
-        sxx, sxy, syy = _box(gx * gx, window), _box(gx * gy, window), _box(gy * gy, window)
-        sxe, sye = _box(gx * e, window), _box(gy * e, window)
-        flow = flow + torch.cat(lk_solve(sxx, sxy, syy, sxe, sye), 1).clamp(-2.0, 2.0)
+    pyr = [(cur, prev)]
+    for _ in range(levels - 1):
+        pyr.append((F.avg_pool2d(pyr[-1][0], 2), F.avg_pool2d(pyr[-1][1], 2)))
+    flow = None
+    for c, p in reversed(pyr):
+        if flow is None:
+            flow = torch.zeros(c.shape[0], 2, *c.shape[-2:], device=c.device, dtype=c.dtype)
+        else:
+            flow = F.interpolate(flow * 2.0, size=c.shape[-2:], mode="bilinear", align_corners=False)
+        for _ in range(iters):
+            wp = warp_backward(p, flow)
+            gx, gy = _grad(wp)
+            e = c - wp
+            sxx, sxy, syy = _box(gx * gx, window), _box(gx * gy, window), _box(gy * gy, window)
+            sxe, sye = _box(gx * e, window), _box(gy * e, window)
+            flow = flow + torch.cat(lk_solve(sxx, sxy, syy, sxe, sye), 1).clamp(-2.0, 2.0)
+        flow = smooth_flow(flow, c, p, smooth)
     res = _box((cur - warp_backward(prev, flow)).abs(), 3)
     return flow, res
 
 
 def _luma(x: Tensor) -> Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
-def block_match(cur: Tensor, prev: Tensor, radius: int, temperature: float = 0.01) -> tuple[Tensor, Tensor]:
-    """Backward flow from ``cur`` to ``prev`` (n, 1, h, w) by exhaustive search over +-radius pixels.
-
-    Cost: 3x3 mean absolute difference; sub-pixel flow by soft-argmin (softmax of -cost / temperature);
-    confidence = exp(-min cost / 0.02). Returns flow (n, 2, h, w) in pixels (x, y) and confidence
-    (n, 1, h, w). Plain pads, slices and pools: it exports to ONNX/TensorRT.
-    """
-    n, _, h, w = cur.shape
-    r = radius
-    pp = F.pad(prev, (r, r, r, r), mode="replicate")
-    costs, dxs, dys = [], [], []
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            shifted = pp[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
-            costs.append((cur - shifted).abs())
-            dxs.append(float(dx))
-            dys.append(float(dy))
-    cost = F.avg_pool2d(torch.cat(costs, 1), 3, stride=1, padding=1, count_include_pad=False)  # (n, D, h, w)
-    wts = torch.softmax(-cost / temperature, dim=1)
-    d = torch.tensor([dxs, dys], device=cur.device, dtype=cur.dtype)  # (2, D)
-    flow = torch.einsum("ndhw,cd->nchw", wts, d)
-    conf = torch.exp(-cost.min(1, keepdim=True).values / 0.02)
-    return flow, conf
 
 
 def warp_backward(x: Tensor, flow: Tensor) -> Tensor:
@@ -235,7 +229,7 @@ class VideoSSM(nn.Module):
             self.head.bias.zero_()
             self.head.bias[N_PARAMS] = cfg.blend_init  # ... and MC-EMA-like temporal blending
         # Width of the per-pixel gate that refuses to blend where the warped previous output disagrees
-        # with the colour-corrected frame. Guided, the block matcher's confidence (computed on the
+        # with the colour-corrected frame. Guided, the flow's residual (computed on the
         # flicker-free original) already flags occlusions, so the gate starts wide (exp(0) = 1);
         # processed-only it is the main occlusion test and starts narrow (exp(-2) ~ 0.14).
         self.log_gate = nn.Parameter(torch.tensor([0.0, -2.0]))  # [guided, processed-only]
@@ -340,7 +334,7 @@ class VideoSSM(nn.Module):
         return feats.permute(0, 1, 3, 4, 2), fresh, new_fixed
 
     # ---------------------------------------------------------------------------------- network
-    def _network(self, feats: Tensor, ssm_states, fresh: Tensor, stepping: bool):
+    def _network(self, feats: Tensor, ssm_states, fresh: Tensor, stepping: bool, guided: bool):
         b, t, gh, gw, _ = feats.shape
         x = self.embed(feats)
         new_states = []
@@ -358,7 +352,10 @@ class VideoSSM(nn.Module):
             m = mix(x.reshape(b * t, gh, gw, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             x = x + m.reshape(b, t, gh, gw, -1)
             new_states.append(st.reshape(b, gh * gw, *st.shape[1:]))
-        return self.head(self.norm(x)), tuple(new_states)
+        coef = self.head(self.norm(x))
+        if guided and not self.config.guided_correction:  # blend only: no colour correction (dA = db = 0)
+            coef = torch.cat([torch.zeros_like(coef[..., :N_PARAMS]), coef[..., N_PARAMS:]], -1)
+        return coef, tuple(new_states)
 
     def _correct(self, P: Tensor, G: Tensor, coef: Tensor, strength: float) -> tuple[Tensor, Tensor]:
         """O = P + dA G + db with the (n, 13, gh, gw) coefficients upsampled to full resolution; also
@@ -385,19 +382,21 @@ class VideoSSM(nn.Module):
             )
         G = P if I is None else I
         feats, fresh, fixed = self._features(P, G, I is not None, state, reset)
-        coef, ssm_states = self._network(feats, state[self.N_FIXED:], fresh, stepping)
+        coef, ssm_states = self._network(feats, state[self.N_FIXED:], fresh, stepping, I is not None)
         coef = coef.permute(0, 1, 4, 2, 3).flatten(0, 1).to(P.dtype)
         Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
         Oc, beta = Oc.reshape(P.shape), beta.reshape(b, t, 1, h, w)
 
         # motion-compensated temporal blending at full resolution: flow of the guide from frame t to
-        # t-1 (block matching at low resolution, all frames at once), then a short recurrence
+        # t-1 (coarse-to-fine at half resolution, all frames at once), then a short recurrence
         div, hf, wf = flow_shape(h, w, self.config)
         with torch.autocast(P.device.type, enabled=False):
             g = _luma(G.flatten(0, 1).float())
             g = (F.avg_pool2d(g, div) if div > 1 else g).reshape(b, t, 1, hf, wf)
             gprev = torch.cat([state[4][:, None], g[:, :-1]], 1)
-            flow, res = estimate_flow(g.flatten(0, 1), gprev.flatten(0, 1), self.config.search)
+            cfg = self.config
+            flow, res = estimate_flow(g.flatten(0, 1), gprev.flatten(0, 1), cfg.flow_levels, window=cfg.flow_window,
+                                      smooth=cfg.flow_smooth)
             conf = torch.exp(-res / torch.exp(self.log_conf.float()))
             flow = F.interpolate(flow * div, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
             conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)

@@ -215,12 +215,12 @@ def test_separable_upsampling_is_interpolate():
 
 @pytest.mark.parametrize("opencv", CV_MODES)
 def test_flow_estimator_close_to_reference(opencv):
-    """Same block matcher and Lucas-Kanade steps; the box filters and warps sum in another order."""
+    """Same pyramid, Lucas-Kanade steps and smoothing; the box filters, warps and upsampling sum in another order."""
     frames = scene_clip(1, 96, 160, steps=3)
     lum = lambda x: F.avg_pool2d(0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3], 2)  # noqa: E731
     cur, prev = lum(frames[2][1]), lum(frames[1][1])
-    fr, rr = estimate_flow(cur, prev, 3)
-    ff, rf = estimate_flow_fast(cur, prev, 3, cv=opencv_exact() if opencv else None)
+    fr, rr = estimate_flow(cur, prev)
+    ff, rf = estimate_flow_fast(cur, prev, cv=opencv_exact() if opencv else None)
     assert float((ff - fr).abs().max()) <= 2e-3  # pixels; typical 1e-5
     assert float((rf - rr).abs().max()) <= 1e-5
 
