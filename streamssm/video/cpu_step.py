@@ -464,7 +464,8 @@ class CPUVideoStep:
         # coefficients upsampled along x on the grid rows (a small matmul with the interpolation matrix), strength
         # folded in there
         cx = torch.cat([coef[:, :12] * strength, coef[:, 12:]], 1) @ _lerp_matrix(gw, w)  # (b, 13, gh, w)
-        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, ssm_states)
+        correct = I is None or m.config.guided_correction  # else dA = db = 0 exactly (``VideoSSM._network``)
+        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, ssm_states, correct)
 
     def _tail(self, f: "_Front", prev: Tensor | None, out_u8: np.ndarray | None) -> Tensor:
         """The full-resolution rest of a step: correction, warp of the previous output ``prev``, gate, blend.
@@ -485,12 +486,15 @@ class CPUVideoStep:
 
         O = torch.empty(b, 3, h, w)
         for sl, a, c, wa, wc, ys in _strips(gh, h, max(1, self.strip_px // w)):
-            Gs = G[:, :, sl]
-            Sa = torch.addcmul(db[:, :, a], dA[:, :, 0, a], Gs[:, 0:1])
-            Sa.addcmul_(dA[:, :, 1, a], Gs[:, 1:2]).addcmul_(dA[:, :, 2, a], Gs[:, 2:3])
-            Sc = torch.addcmul(db[:, :, c], dA[:, :, 0, c], Gs[:, 0:1])
-            Sc.addcmul_(dA[:, :, 1, c], Gs[:, 1:2]).addcmul_(dA[:, :, 2, c], Gs[:, 2:3])
-            Oc = torch.addcmul(P[:, :, sl], Sa, wa).addcmul_(Sc, wc).clamp_(0.0, 1.0)
+            if f.correct:
+                Gs = G[:, :, sl]
+                Sa = torch.addcmul(db[:, :, a], dA[:, :, 0, a], Gs[:, 0:1])
+                Sa.addcmul_(dA[:, :, 1, a], Gs[:, 1:2]).addcmul_(dA[:, :, 2, a], Gs[:, 2:3])
+                Sc = torch.addcmul(db[:, :, c], dA[:, :, 0, c], Gs[:, 0:1])
+                Sc.addcmul_(dA[:, :, 1, c], Gs[:, 1:2]).addcmul_(dA[:, :, 2, c], Gs[:, 2:3])
+                Oc = torch.addcmul(P[:, :, sl], Sa, wa).addcmul_(Sc, wc).clamp_(0.0, 1.0)
+            else:  # P + 0: the reference adds exact zeros
+                Oc = P[:, :, sl].clamp(0.0, 1.0)
             Os = O[:, :, sl]
             if not blend:
                 Os.copy_(Oc)
@@ -527,6 +531,7 @@ class _Front(NamedTuple):
     fixed: tuple
     g: Tensor
     ssm_states: tuple
+    correct: bool = True  # False: the colour correction is zero (guided, ``guided_correction`` off), skip it
 
     def state_with(self, O: Tensor) -> tuple[Tensor, ...]:
         """The full new state once the output ``O`` is known (the layout of ``VideoSSM.init_state``)."""
