@@ -40,8 +40,13 @@ def _kept(stderr: str) -> tuple[str, int]:
 
 def _run_and_signal(args, sig, partial: Path) -> subprocess.CompletedProcess:
     """Start ``streamssm video ...``, wait until the output is being written (the muxer's header is
-    there), give it a second of frames, send ``sig``."""
-    p = subprocess.Popen(cli_cmd("video", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    there), give it a second of frames, send ``sig``.
+
+    The child gets SIGINT's default disposition back first: a test run started in the background (``cmd &``,
+    ``nohup``) hands its children an *ignored* SIGINT, and Python then installs no Ctrl-C handler at all -- the
+    run would finish and this harness would read that as the CLI ignoring Ctrl-C."""
+    p = subprocess.Popen(cli_cmd("video", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < 90:

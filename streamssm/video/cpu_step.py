@@ -547,7 +547,8 @@ class CPUVideoPipeline:
     output`` (None if nothing is pending). ``state``: the full state after the last output returned. Run torch
     and OpenCV on one intra-op thread each for the pipeline's lifetime (``torch.set_num_threads(1)``): three
     threads of work for the OS to spread over the cores, instead of one step spreading its small ops over them.
-    Measured at 720p on 2 cores: 14.1 fps against 11.1 frame by frame (``benchmarks/video_cpu_speed.py``).
+    Measured at 720p on 2 cores, shipped weights, guided: 15.9 fps against 13.0 frame by frame
+    (``benchmarks/video_cpu_speed.py``).
 
     >>> import numpy as np
     >>> from streamssm.video.model import VideoSSM, VideoSSMConfig
