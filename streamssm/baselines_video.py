@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from streamssm.metrics import _grid, consistency_mask, warp
+from streamssm.metrics import consistency_mask, inside_mask, warp
 
 __all__ = ["ema", "MCEMAState", "mc_ema_step", "MCEMAFilter", "mc_ema"]
 
@@ -72,9 +72,7 @@ def mc_ema_step(processed: np.ndarray, original: np.ndarray, state: MCEMAState |
     if occlusion:
         valid = consistency_mask(bw, dis.calc(state.prev_gray, gray, None))[..., None]
     else:  # only where x + bw(x) lies inside the previous frame
-        h, w = gray.shape
-        tx, ty = _grid(h, w)[..., 0] + bw[..., 0], _grid(h, w)[..., 1] + bw[..., 1]
-        valid = ((tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1))[..., None]
+        valid = inside_mask(bw)[..., None]
     prev = warp(state.prev_out, bw)
     # blend only where the history is trustworthy: out = p + valid * (1 - alpha) * (prev - p)
     prev -= p

@@ -36,6 +36,7 @@ __all__ = [
     "compute_flow",
     "compute_flows",
     "consistency_mask",
+    "inside_mask",
     "warp",
     "warp_errors",
     "warp_error",
@@ -100,9 +101,18 @@ def consistency_mask(fw: np.ndarray, bw: np.ndarray) -> np.ndarray:
     sq = lambda f: cv2.magnitude(f[..., 0], f[..., 1]) ** 2  # noqa: E731
     lhs = sq(fw + bw_w)
     rhs = 0.01 * (sq(fw) + sq(bw_w)) + 0.5
+    return (lhs < rhs) & _inside(target)
+
+
+def inside_mask(flow: np.ndarray) -> np.ndarray:
+    """Pixels ``x`` whose ``x + flow(x)`` lies inside the frame, ``(h, w)`` bool."""
+    return _inside(_grid(*flow.shape[:2]) + flow)
+
+
+def _inside(target: np.ndarray) -> np.ndarray:
+    h, w = target.shape[:2]
     tx, ty = target[..., 0], target[..., 1]
-    inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
-    return (lhs < rhs) & inside
+    return (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
 
 
 @dataclass

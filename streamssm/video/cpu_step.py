@@ -65,7 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamssm.video.model import FLOW_SHARP, VideoSSM, _grad, _luma, check_frame_size, flow_shape, grid_shape, lk_solve
+from streamssm.video.model import (FLOW_SHARP, VideoSSM, _grad, _luma, check_frame_size, flow_shape, grid_shape,
+                                   lk_solve)
 
 log = logging.getLogger("streamssm")
 
@@ -464,8 +465,8 @@ class CPUVideoStep:
         # coefficients upsampled along x on the grid rows (a small matmul with the interpolation matrix), strength
         # folded in there
         cx = torch.cat([coef[:, :12] * strength, coef[:, 12:]], 1) @ _lerp_matrix(gw, w)  # (b, 13, gh, w)
-        correct = I is None or m.config.guided_correction  # else dA = db = 0 exactly (``VideoSSM._network``)
-        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, ssm_states, correct)
+        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, ssm_states,
+                      m.corrects(I is not None))
 
     def _tail(self, f: "_Front", prev: Tensor | None, out_u8: np.ndarray | None) -> Tensor:
         """The full-resolution rest of a step: correction, warp of the previous output ``prev``, gate, blend.
@@ -531,7 +532,7 @@ class _Front(NamedTuple):
     fixed: tuple
     g: Tensor
     ssm_states: tuple
-    correct: bool = True  # False: the colour correction is zero (guided, ``guided_correction`` off), skip it
+    correct: bool  # False: dA = db = 0 exactly (``VideoSSM.corrects``), so the tail skips the correction
 
     def state_with(self, O: Tensor) -> tuple[Tensor, ...]:
         """The full new state once the output ``O`` is known (the layout of ``VideoSSM.init_state``)."""

@@ -334,6 +334,11 @@ class VideoSSM(nn.Module):
         return feats.permute(0, 1, 3, 4, 2), fresh, new_fixed
 
     # ---------------------------------------------------------------------------------- network
+    def corrects(self, guided: bool) -> bool:
+        """Whether the per-cell colour correction (dA, db) is applied: always processed-only, and guided unless
+        ``config.guided_correction`` is off (then the head's dA, db are replaced by exact zeros)."""
+        return not guided or self.config.guided_correction
+
     def _network(self, feats: Tensor, ssm_states, fresh: Tensor, stepping: bool, guided: bool):
         b, t, gh, gw, _ = feats.shape
         x = self.embed(feats)
@@ -353,7 +358,7 @@ class VideoSSM(nn.Module):
             x = x + m.reshape(b, t, gh, gw, -1)
             new_states.append(st.reshape(b, gh * gw, *st.shape[1:]))
         coef = self.head(self.norm(x))
-        if guided and not self.config.guided_correction:  # blend only: no colour correction (dA = db = 0)
+        if not self.corrects(guided):  # blend only: dA = db = 0
             coef = torch.cat([torch.zeros_like(coef[..., :N_PARAMS]), coef[..., N_PARAMS:]], -1)
         return coef, tuple(new_states)
 
