@@ -13,6 +13,9 @@
 #     (copy a previous run's video.safetensors + video.opt.pt into runs/ and carry runs/ to resume)
 #   bash benchmarks/gpu_session.sh posesweep        # pose presets x loss weights, side by side (SWEEP=...)
 #     (carry .whl and .data/pose = a copy of ../shared/data/pose)
+#   bash benchmarks/gpu_session.sh soak5 float16    # the GPU soak (then float32 in a second call; RESULTS sections to merge)
+#   bash benchmarks/gpu_session.sh pose5            # all gpu tests + GPU pose speed (RESULTS section to merge)
+#   bash benchmarks/gpu_session.sh posespeed        # pose presets x playback-speed ranges, trained then scored (SWEEP=...)
 #   bash benchmarks/gpu_session.sh realtime3        # pose speed + e2e file->file (RESULTS sections), compiled 1080p row
 #   bash benchmarks/gpu_session.sh realtime2        # e2e, the compiled 2160p row alone, the pose step's kernel profile
 #   bash benchmarks/gpu_session.sh gputests         # every gpu-marked test (~260 s)
@@ -109,6 +112,33 @@ case "${1:-bench}" in
         --steps "$steps" --minutes "${MINUTES:-8}" -o "$OUT/pose_$name.safetensors" --no-progress > "/tmp/plogs/$name.log" 2>&1 &
     done
     wait; tail -n 2 /tmp/plogs/*.log
+    ;;
+  soak5)  # session 5: the GPU soak with the shipped weights, one dtype per call (float16 | float32), ~6 min
+    timeout 560 python3 benchmarks/soak.py --device cuda --dtype "${2:-float16}" --pose-frames 1000000 --pose-step-frames 2000 \
+      --video-frames 20000 --checkpoints 40 --pose-seconds 120 --video-seconds 380 > "$OUT/soak.log" 2>&1
+    grep "^|" "$OUT/soak.log" | head -8; tail -2 "$OUT/soak.log"
+    ;;
+  pose5)  # session 5: every gpu test with the new (tiny) pose weights, then the GPU pose speed section
+    timeout 330 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1
+    tail -15 "$OUT/gpu_tests.log"
+    timeout 200 python3 benchmarks/pose_speed.py --device cuda --batches 65536,131072 --steps 30 --half float16 > "$OUT/pose_speed.log" 2>&1
+    grep "B=\|Best\|float16 at" "$OUT/pose_speed.log"
+    ;;
+  posespeed)  # session 5: pose variants with a playback-speed range, side by side, then each scored (ours vs raw)
+    export STREAMSSM_DATA=$PWD/.data OMP_NUM_THREADS=2
+    # SWEEP="name:preset:speed:steps[:w_pos:w_vel:w_acc[:seed]] ..."; weights to $OUT, logs to /tmp/plogs (printed)
+    mkdir -p /tmp/plogs
+    for spec in ${SWEEP:-tiny_w:tiny:0.6,3.0:6000 small_w:small:0.6,3.0:6000 tiny_d:tiny:0.8,1.25:6000 tiny_ww:tiny:0.5,4.0:6000}; do
+      IFS=: read -r name preset speed steps wp wv wa seed <<< "$spec"
+      python3 -m streamssm.cli train pose --device cuda --preset "$preset" --speed "$speed" --w-pos "${wp:-2}" \
+        --w-vel "${wv:-1}" --w-acc "${wa:-1.5}" --seed "${seed:-0}" \
+        --steps "$steps" --minutes "${MINUTES:-7}" -o "$OUT/pose_$name.safetensors" --no-progress > "/tmp/plogs/$name.log" 2>&1 &
+    done
+    wait; tail -n 2 /tmp/plogs/*.log
+    for w in "$OUT"/pose_*.safetensors; do
+      python3 benchmarks/pose_quality.py --ours-only --weights "$w" --streams 32 --frames 240 > "/tmp/plogs/q_$(basename "$w").log" 2>&1 &
+    done
+    wait; cat /tmp/plogs/q_*.log | grep "^- "
     ;;
 esac
 ls -la "$OUT"

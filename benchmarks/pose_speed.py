@@ -6,8 +6,10 @@
 Paths timed, all running the *same* ``PoseSSM.step`` (the explicit-state step; the fast paths are ways of
 running it, checked against it in tests/test_fast.py):
 
-* ``PoseFilter.step`` -- the public API (numpy in/out, input checks, state held by the filter), eager and with
-  ``compile=True``;
+* ``PoseFilter.step`` -- the public API (numpy in/out, input checks, state held by the filter): eager PyTorch,
+  the native C step (the CPU default, :mod:`streamssm.pose.native`) and ``compile=True``;
+* ``NativePoseStep`` (CPU) -- the C step on fixed buffers, its state kept in the kernel's lane layout, streams split
+  over ``--threads`` threads;
 * ``FastPoseStep`` eager -- static buffers, no per-call checks;
 * ``FastPoseStep`` compiled -- ``torch.compile`` (Inductor: C++ on CPU, Triton on GPU), plus a CUDA graph on GPU;
   always on the torch SSM backend (the eager rows use ``auto``: mamba's Triton step kernel on a GPU).
@@ -35,6 +37,7 @@ from _results import machine, md_table, write_section  # noqa: E402
 
 from streamssm.baselines import OneEuro  # noqa: E402
 from streamssm.fast import FastPoseStep  # noqa: E402
+from streamssm.pose.native import NativePoseStep, native_available  # noqa: E402
 from streamssm.pose.filter import PoseFilter  # noqa: E402
 
 K = 33
@@ -82,8 +85,11 @@ def main(argv=None) -> int:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     batches = [int(b) for b in (args.batches or ("1,1024,16384,65536" if cuda else "1,256,1024,4096")).split(",")]
 
-    filt = PoseFilter(device=str(dev))
+    filt = PoseFilter(device=str(dev), native=False)
     model = filt.model
+    native_ok, native_why = (False, "CUDA run") if cuda else native_available(model)
+    if not cuda and not native_ok:
+        print(f"native C step unavailable: {native_why}", flush=True)
     # torch.compile traces the torch backend (mamba's in-place Triton step kernel is not compile-safe)
     model_c = PoseFilter(device=str(dev), backend="torch").model
     cfg = model.config
@@ -113,6 +119,14 @@ def main(argv=None) -> int:
         api_in = [x[0] for x in xs_np] if one else list(xs_np)
         ms, ps = timed(filt.step, api_in, sync)
         add("PoseFilter.step (API, eager)", ms, ps)
+        if native_ok:
+            filt_n = PoseFilter(device="cpu")  # the CPU default: the native step
+            ms, ps = timed(filt_n.step, api_in, sync)
+            add("PoseFilter.step (API, native C step: the CPU default)", ms, ps)
+            nat = NativePoseStep(model, b, K, 2, threads=1 if one else args.threads)
+            ms, ps = timed(partial(nat.step, clone=False), xs, sync)
+            add("NativePoseStep (C)", ms, ps)
+            del filt_n, nat
         if not args.no_compile:
             filt_c = PoseFilter(device=str(dev), compile=True)
             filt_c.step(api_in[0])  # compiles
@@ -158,7 +172,8 @@ def main(argv=None) -> int:
 
     where = machine(str(dev))
     single = {r[0]: float(r[2]) for r in rows if r[1] == 1}
-    fast_single = min((v for k, v in single.items() if k.startswith("FastPoseStep")), default=float("nan"))
+    fast_single = min((v for k, v in single.items() if k.startswith(("FastPoseStep", "NativePoseStep"))), default=float("nan"))
+    api_single = min((v for k, v in single.items() if k.startswith("PoseFilter")), default=float("nan"))
     top = max((v for k, v in best.items() if not k.startswith("baseline")), default=(0, 0, 0))
     oe_top = best.get("baseline: One Euro (numpy, vectorised)", (0, 0, 0))
     lines = [
@@ -177,7 +192,8 @@ def main(argv=None) -> int:
     if cuda:
         lines.append(f"Best: {top[0]:,.0f} stream-steps/s at B={top[1]} (target >= 5M); One Euro (numpy on the host CPU) {oe_top[0]:,.0f}.")
     else:
-        lines.append(f"One stream: API {single.get('PoseFilter.step (API, eager)', float('nan')):.3f} ms, fastest path "
+        lines.append(f"One stream: API {api_single:.3f} ms (fastest PoseFilter row; eager "
+                     f"{single.get('PoseFilter.step (API, eager)', float('nan')):.3f} ms), fastest path "
                      f"{fast_single:.3f} ms (target <= 0.5 ms); One Euro {single.get('baseline: One Euro (numpy, vectorised)', float('nan')):.3f} ms.")
         lines.append(f"Batched: best {top[0]:,.0f} stream-steps/s at B={top[1]} (target >= 100k); One Euro {oe_top[0]:,.0f} at B={oe_top[1]}.")
     body = "\n".join(lines)

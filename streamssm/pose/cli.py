@@ -216,8 +216,8 @@ def _run_video(args, inp: Path, out: Path) -> int:
     """Video in: MediaPipe Pose per frame, :meth:`PoseFilter.step` live, overlay video out (raw red,
     filtered green).
 
-    UNTESTED HERE: mediapipe is not installed in the development environment, so only the
-    "mediapipe missing" error below is covered by the tests. Uses the legacy ``mp.solutions.pose``
+    Tested by ``tests/pose/test_cli.py::test_video_overlay_with_mediapipe`` where the mediapipe extra is
+    installed (CI does not install it; there the "mediapipe missing" error is tested). Uses the legacy ``mp.solutions.pose``
     API (``model_complexity=1``, ``smooth_landmarks=False`` so that MediaPipe's own smoother does not
     hide the jitter we filter). Landmarks are filtered in pixels (x*w, y*h), i.e. isotropic units.
     """

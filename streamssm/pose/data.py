@@ -284,7 +284,7 @@ class PoseDataset:
         unit_list = []
         for i in range(batch):
             fps = float(rng.uniform(*fps_range))
-            speed = float(rng.uniform(*speed_range))
+            speed = float(np.exp(rng.uniform(np.log(speed_range[0]), np.log(speed_range[1]))))  # log-uniform
             p = self.sample_window(rng, length, fps, speed)
             root = p[0].mean(axis=0) * np.array([1.0, 0.0, 1.0])  # centre the first frame on the floor
             p = (p - root) @ _rot_y(rng.uniform(-np.pi, np.pi)).T * rng.uniform(*scale_range)

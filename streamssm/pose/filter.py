@@ -10,6 +10,7 @@ held pose stale: the streams start over (as after :meth:`PoseFilter.reset`). Tim
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -52,6 +53,11 @@ class PoseFilter:
         fps: frame rate of the stream (the filter adapts its time constants to it).
         compile: run :meth:`step` through ``torch.compile`` (same outputs to fp32 rounding; the first step of
             each shape compiles for seconds; about 0.4 ms per 33-keypoint frame on one CPU core instead of ~2 ms).
+        native: on the CPU, run :meth:`step` through the fused C step of :mod:`streamssm.pose.native` (same
+            outputs to fp32 rounding; built once with the system C compiler, about a second; ~0.05 ms per
+            33-keypoint frame). ``None`` (default): when the device is the CPU, ``compile`` is off and it builds
+            (otherwise the PyTorch step, with one log line saying why); ``True``: required; ``False``: off.
+            :meth:`filter` always runs the parallel scan.
         max_gap: seconds; with timestamps, a longer gap between frames starts the streams over (see the
             module docstring). Shorter gaps are stepped over as missing frames.
 
@@ -77,7 +83,7 @@ class PoseFilter:
     """
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0, fps: float = 30.0,
-                 backend: str = "auto", max_gap: float = 1.0, compile: bool = False):
+                 backend: str = "auto", max_gap: float = 1.0, compile: bool = False, native: bool | None = None):
         strength, fps, max_gap = (as_number(strength, "strength"), as_number(fps, "fps"), as_number(max_gap, "max_gap"))
         if not (0.0 <= strength <= 2.0):
             raise ValueError(f"strength must be in [0, 2], got {strength}")
@@ -90,6 +96,11 @@ class PoseFilter:
         # (B, K, D) on first use. On the torch SSM backend: mamba's in-place Triton step kernel is not compile-safe.
         self.model = load_pose_model(weights, self.device, "torch" if compile else backend)
         self._step = torch.compile(self.model.step, dynamic=False) if compile else self.model.step
+        self.native = self._use_native(native, compile)
+        if self.native:
+            from streamssm.pose.native import native_step
+
+            self._step = functools.partial(native_step, self.model)
         self.strength = float(strength)
         self.fps = float(fps)
         self.max_gap = float(max_gap)
@@ -98,6 +109,20 @@ class PoseFilter:
         self._last_t: float | None = None  # timestamp (s) of the last frame, when the caller gives them
 
     # --------------------------------------------------------------------------------- helpers
+    def _use_native(self, native: bool | None, compile: bool) -> bool:
+        if native is False or (native is None and (compile or self.device.type != "cpu")):
+            return False
+        if self.device.type != "cpu" or compile:
+            raise ValueError("native=True needs device='cpu' and compile=False")
+        from streamssm.pose.native import native_available
+
+        ok, why = native_available(self.model)
+        if not ok:
+            if native:
+                raise RuntimeError(f"native=True, but {why}")
+            log.info("streamssm: native pose step unavailable, using the PyTorch step: %s", why.splitlines()[0])
+        return ok
+
     def _to_tensor(self, points: Any, confidence: Any, lead: int) -> tuple[Tensor, Tensor | None, bool, Any]:
         is_torch = isinstance(points, Tensor)
         if not is_torch:

@@ -53,7 +53,8 @@ class PoseSSMConfig:
     @classmethod
     def preset(cls, name: str, backend: str = "auto") -> "PoseSSMConfig":
         """Named sizes: ``base`` (the v1 network, 1024 state floats per joint and layer), ``small`` (256),
-        ``tiny`` (128). State size bounds the batched speed (see benchmarks/RESULTS.md, pose speed)."""
+        ``tiny`` (128; the shipped weights since session 5). State size bounds the batched speed (see
+        benchmarks/RESULTS.md, pose speed)."""
         if name not in POSE_PRESETS:
             raise ValueError(f"pose preset must be one of {sorted(POSE_PRESETS)}, got {name!r}")
         return cls(**POSE_PRESETS[name], backend=backend)

@@ -31,11 +31,13 @@ class PoseTrainConfig:
     seed: int = 0
     val_every: int = 250
     layout: str = "body17"
+    speed: tuple[float, float] = (0.8, 1.25)  # playback speed range (log-uniform): wider = faster motions seen
 
 
-def make_batch(ds: PoseDataset, rng: np.random.Generator, batch: int, length: int):
+def make_batch(ds: PoseDataset, rng: np.random.Generator, batch: int, length: int,
+               speed: tuple[float, float] = (0.8, 1.25)):
     """(noisy, confidence, clean, fps, body_size) torch tensors for one training batch."""
-    b = ds.sample_batch(rng, batch, length)
+    b = ds.sample_batch(rng, batch, length, speed_range=speed)
     noisy, conf = add_noise(b.clean, rng, names=b.names, fps=b.fps, size=b.body_size)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     return t(noisy), t(conf), t(b.clean), t(b.fps), t(b.body_size)
@@ -114,7 +116,7 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        noisy, conf, clean, fps, size = to_dev(make_batch(train_ds, rng, cfg.batch, cfg.length))
+        noisy, conf, clean, fps, size = to_dev(make_batch(train_ds, rng, cfg.batch, cfg.length, cfg.speed))
         y, _ = model(noisy, conf, fps=fps)
         loss = pose_loss(y, clean, size, cfg)
         opt.zero_grad(set_to_none=True)

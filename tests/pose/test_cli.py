@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,3 +127,38 @@ def test_video_without_mediapipe_says_how_to_install(tmp_path):
     r = _cli("clip.mp4", "-o", "out.mp4", cwd=tmp_path)
     assert r.returncode == 2
     assert "pip install 'streamssm[mediapipe]'" in r.stderr and "clip.mp4" in r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="needs the optional mediapipe extra "
+                    "(pip install 'streamssm[mediapipe]')")
+def test_video_overlay_with_mediapipe(shared_data, tmp_path):
+    """A real video through MediaPipe Pose, filtered live, drawn: the overlay plays, has every frame, and the
+    filter lowered the landmarks' acceleration."""
+    import av
+
+    clip = tmp_path / "juggle.mp4"
+    with av.open(str(shared_data / "videos" / "edgetam_05_default_juggle.mp4")) as src, av.open(str(clip), "w") as dst:
+        # the first 40 frames, re-encoded small (MediaPipe per frame is the slow part)
+        ins = src.streams.video[0]
+        out = dst.add_stream("libx264", rate=ins.average_rate)
+        out.width, out.height, out.pix_fmt = 640, 360, "yuv420p"
+        for i, frame in enumerate(src.decode(ins)):
+            if i == 40:
+                break
+            for p in out.encode(frame.reformat(width=640, height=360, format="yuv420p")):
+                dst.mux(p)
+        for p in out.encode():
+            dst.mux(p)
+    r = _cli("juggle.mp4", "-o", "overlay.mp4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "40 frames, 33 keypoints" in r.stdout
+    m = re.search(r"mean acceleration ([0-9.]+)% -> ([0-9.]+)% of body size", r.stdout)
+    assert m, r.stdout
+    with av.open(str(tmp_path / "overlay.mp4")) as f:
+        frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
+    assert len(frames) == 40 and frames[0].shape == (360, 640, 3)
+    # both skeletons drawn: pure-ish red and green pixels exist somewhere in the clip
+    red = sum(int(((x[..., 0] > 200) & (x[..., 1] < 60) & (x[..., 2] < 60)).sum()) for x in frames)
+    green = sum(int(((x[..., 1] > 200) & (x[..., 0] < 60) & (x[..., 2] < 60)).sum()) for x in frames)
+    assert red > 100 and green > 100, (red, green)
+    assert float(m.group(2)) < 0.8 * float(m.group(1)), r.stdout  # the filter smoothed the real landmarks
