@@ -93,6 +93,10 @@ def _load(sizes: dict[str, int]) -> ctypes.CDLL:
             raise RuntimeError(_failed[key])
         try:
             lib = _build(sizes)
+        except OSError as e:  # an unwritable cache folder, a library that does not load
+            _failed[key] = (f"the native pose step could not be built or loaded under {_cache_dir()} ({e}); "
+                            "set STREAMSSM_CACHE to a writable folder")
+            raise RuntimeError(_failed[key]) from e
         except RuntimeError as e:
             _failed[key] = str(e)
             raise

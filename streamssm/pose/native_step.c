@@ -8,8 +8,9 @@
  *
  * The network runs on LANES = 8 keypoints at once, one keypoint per SIMD lane: every inner loop is a
  * constant-length loop over lanes, which the compiler turns into plain vector arithmetic (no horizontal sums,
- * no shuffles). The SSM state is kept lane-major for that: per layer (B, G, NH * HP, NS, LANES), G = ceil(K / 8);
- * streamssm/pose/native.py converts from and to PoseSSM's (B, K, NH, HP, NS).
+ * no shuffles). The SSM state is kept lane-major for that: per layer (B, G, NH * HP, NS, LANES), G = ceil(K / 8)
+ * (NativePoseStep holds it so); pose_step(..., model_layout=1) instead takes PoseSSM's (B, K, NH, HP, NS) and
+ * transposes each stream's state into a lane buffer and back.
  *
  * Weights (one float array, in this order; matrices transposed, (in, out) row-major: W_t[i][o] = W[o][i]):
  *   embed W_t (NF x D), b (D)
@@ -17,7 +18,7 @@
  *              A = -exp(A_log) (NH), D skip (DI), out_proj W_t (DI x D), b (D), mixer W_t (D x D), b (D)
  *   norm w (D), head W_t (D x 3), b (3)
  * Fixed state (as PoseSSM.step's, float32, contiguous): prev_x (B,K,3), has_prev (B,K), scale (B), last_out (B,K,3),
- *   has_out (B). All state is read and written in place.
+ *   has_out (B), read and written in place; the SSM states too, unless pose_step is given ssm_out.
  */
 #include <math.h>
 #include <stdint.h>

@@ -76,7 +76,8 @@ def test_native_step_other_network_size():
             p.add_(torch.randn_like(p) * 0.2)
     xs, cs = _hostile_stream(60, 3, 17, 2, seed=5)
     worst, _, _ = _run_both(model, xs, cs, 30.0, strength=1.0)
-    moved = float((model.step(xs[5], cs[5])[0] - xs[5]).nan_to_num().abs().max())
+    with torch.no_grad():
+        moved = float((model.step(xs[5], cs[5])[0] - xs[5]).nan_to_num().abs().max())
     assert moved > 1e-2, "the random network should change the points"
     assert worst < 2e-3, f"native vs PoseSSM.step (tiny preset): largest difference {worst:.2e} px"
 
@@ -164,3 +165,16 @@ def test_native_step_leaves_the_given_state_untouched():
     y2, _ = native.native_step(SHIPPED, xs[6], cs[6], snap)
     assert torch.equal(y1.nan_to_num(), y2.nan_to_num())
     assert not all(torch.equal(a, b) for a, b in zip(st1, snap))
+
+
+def test_unwritable_cache_falls_back_with_a_reason(monkeypatch, tmp_path):
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should go")
+    monkeypatch.setenv("STREAMSSM_CACHE", str(blocker))
+    monkeypatch.setattr(native, "_libs", {})
+    monkeypatch.setattr(native, "_failed", {})
+    ok, why = native.native_available(SHIPPED)
+    assert not ok and "STREAMSSM_CACHE" in why
+    assert not PoseFilter(device="cpu").native
