@@ -126,12 +126,12 @@ case "${1:-bench}" in
     ;;
   posespeed)  # session 5: pose variants with a playback-speed range, side by side, then each scored (ours vs raw)
     export STREAMSSM_DATA=$PWD/.data OMP_NUM_THREADS=2
-    # SWEEP="name:preset:speed:steps[:w_pos:w_vel:w_acc[:seed]] ..."; weights to $OUT, logs to /tmp/plogs (printed)
+    # SWEEP="name:preset:speed:steps[:w_pos:w_vel:w_acc[:seed[:lr[:batch]]]] ..."; weights to $OUT, logs to /tmp/plogs (printed)
     mkdir -p /tmp/plogs
     for spec in ${SWEEP:-tiny_w:tiny:0.6,3.0:6000 small_w:small:0.6,3.0:6000 tiny_d:tiny:0.8,1.25:6000 tiny_ww:tiny:0.5,4.0:6000}; do
-      IFS=: read -r name preset speed steps wp wv wa seed <<< "$spec"
+      IFS=: read -r name preset speed steps wp wv wa seed lr batch <<< "$spec"
       python3 -m streamssm.cli train pose --device cuda --preset "$preset" --speed "$speed" --w-pos "${wp:-2}" \
-        --w-vel "${wv:-1}" --w-acc "${wa:-1.5}" --seed "${seed:-0}" \
+        --w-vel "${wv:-1}" --w-acc "${wa:-1.5}" --seed "${seed:-0}" --lr "${lr:-0.003}" --batch "${batch:-24}" \
         --steps "$steps" --minutes "${MINUTES:-7}" -o "$OUT/pose_$name.safetensors" --no-progress > "/tmp/plogs/$name.log" 2>&1 &
     done
     wait; tail -n 2 /tmp/plogs/*.log

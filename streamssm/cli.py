@@ -37,7 +37,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from streamssm.pose.model import PoseSSMConfig
         from streamssm.train.pose import PoseTrainConfig, train_pose
 
-        cfg = PoseTrainConfig(steps=args.steps or 6000, minutes=args.minutes, seed=args.seed)
+        cfg = PoseTrainConfig(steps=args.steps or PoseTrainConfig.steps, minutes=args.minutes, seed=args.seed)
         if args.tiny:
             cfg = PoseTrainConfig(steps=args.steps or 20, batch=4, length=32, val_every=10, seed=args.seed)
         for name in ("batch", "w_pos", "w_vel", "w_acc", "lr"):

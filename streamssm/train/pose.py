@@ -19,11 +19,11 @@ from streamssm.weights import load_into, read_weights, save_weights
 
 @dataclass
 class PoseTrainConfig:
-    steps: int = 6000
+    steps: int = 8000
     minutes: float | None = None  # wall-clock budget: the schedule follows time as well, ending at the budget
-    batch: int = 24
+    batch: int = 16
     length: int = 96
-    lr: float = 3e-3
+    lr: float = 5e-3
     weight_decay: float = 1e-4
     w_pos: float = 2.0
     w_vel: float = 1.0
