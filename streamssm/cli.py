@@ -37,10 +37,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from streamssm.pose.model import PoseSSMConfig
         from streamssm.train.pose import PoseTrainConfig, train_pose
 
-        cfg = PoseTrainConfig(steps=args.steps or PoseTrainConfig.steps, minutes=args.minutes, seed=args.seed)
+        cfg = PoseTrainConfig(minutes=args.minutes, seed=args.seed)
         if args.tiny:
             cfg = PoseTrainConfig(steps=args.steps or 20, batch=4, length=32, val_every=10, seed=args.seed)
-        for name in ("batch", "w_pos", "w_vel", "w_acc", "lr"):
+        for name in ("steps", "batch", "w_pos", "w_vel", "w_acc", "lr"):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
         if args.speed is not None:

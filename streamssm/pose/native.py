@@ -19,7 +19,7 @@ keypoint; see ``benchmarks/pose_speed.py`` for the figures).
   ``ctypes`` releases the GIL during the call. A stream's output does not depend on the split.
 * **SIMD across keypoints.** The network runs 8 keypoints at once, one per vector lane, so every inner loop is
   plain vertical vector arithmetic. The SSM state is kept lane-major for it ((B, ceil(K/8), H*P, N, 8),
-  :func:`to_lanes`); :class:`NativePoseStep` owns its state in that layout and updates it in place, while
+  :func:`lane_shape`); :class:`NativePoseStep` owns its state in that layout and updates it in place, while
   :func:`native_step` takes and returns PoseSSM's layout (explicit state in, new state out; the C step
   transposes each stream's state into a lane buffer and back).
 """
@@ -165,16 +165,14 @@ def pack_weights(model: PoseSSM) -> Tensor:
 LANES = 8  # keypoints per SIMD lane group in native_step.c
 
 
-def to_lanes(state: Tensor) -> Tensor:
-    """One layer's SSM state, PoseSSM layout (B, K, H, P, N) -> the C step's (B, G, H * P, N, LANES)."""
-    b, k, h, p, n = state.shape
-    g = -(-k // LANES)
-    x = torch.nn.functional.pad(state.float().reshape(b, k, h * p, n), (0, 0, 0, 0, 0, g * LANES - k))
-    return x.reshape(b, g, LANES, h * p, n).permute(0, 1, 3, 4, 2).contiguous()
+def lane_shape(batch: int, k: int, model: PoseSSM) -> tuple[int, ...]:
+    """One layer's SSM state in the C step's lane-major layout: (B, G, H * P, N, LANES), G = ceil(K / LANES)."""
+    ssm = model.blocks[0].ssm
+    return (batch, -(-k // LANES), ssm.nheads * ssm.headdim, ssm.d_state, LANES)
 
 
 def from_lanes(lanes: Tensor, k: int, heads: int) -> Tensor:
-    """The inverse of :func:`to_lanes` (padding lanes dropped)."""
+    """A lane-major state (:func:`lane_shape`) in PoseSSM's layout (B, K, H, P, N), padding lanes dropped."""
     b, g, ch, n, _ = lanes.shape
     x = lanes.permute(0, 1, 4, 2, 3).reshape(b, g * LANES, ch, n)[:, :k]
     return x.reshape(b, k, heads, ch // heads, n).contiguous()
@@ -188,8 +186,6 @@ def _check_model(model: PoseSSM) -> None:
             raise ValueError("native pose step: expects in_proj and out_proj with biases (PoseSSM's SSMBlock)")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("native pose step: the model must be on the CPU")
-
-
 
 
 class _Runner:
@@ -210,7 +206,7 @@ class _Runner:
                  state: tuple[Tensor, ...], out: Tensor, model_layout: bool = False,
                  ssm_out: tuple[Tensor, ...] | None = None) -> None:
         """Run one step in place on ``state`` (contiguous float32 CPU tensors: the five fixed tensors, then each
-        layer's SSM state in the lane layout of :func:`to_lanes`, or PoseSSM's with ``model_layout``), writing
+        layer's SSM state in the lane layout of :func:`lane_shape`, or PoseSSM's with ``model_layout``), writing
         ``out``. With ``model_layout``, ``ssm_out`` (PoseSSM's layout) receives the new SSM states instead."""
         b, k, d = points.shape
         ssm = (ctypes.c_void_p * self.n_layers)(*[s.data_ptr() for s in state[5:]])
@@ -300,8 +296,9 @@ class NativePoseStep:
         self._runner = _Runner(model, threads)
         self.fps = torch.full((self.key[0],), float(fps))
         self.strength = float(strength)
-        init = model.init_state(self.key[0], self.key[1])
-        self._state = (*(s.contiguous() for s in init[:5]), *(to_lanes(s) for s in init[5:]))
+        b, k = self.key[:2]
+        self._state = (*(s.contiguous() for s in model.init_state(b, k)[:5]),
+                       *(torch.zeros(lane_shape(b, k, model)) for _ in model.blocks))
         self._out = torch.empty(self.key)
 
     @property

@@ -33,7 +33,7 @@
 #define SSM_FLOATS (N_HEADS * HEADDIM * D_STATE)
 #define EPS 1e-5f
 #define LANES 8
-/* Vectorise a loop over lanes as a loop (with vector exp/log1p from libmvec where there is one) rather than
+/* Vectorise a loop over lanes as a loop (with libmvec's vector log1p where there is one) rather than
  * unrolling it first; needs -fopenmp-simd (no OpenMP runtime). */
 #define SIMD _Pragma("omp simd")
 
