@@ -10,6 +10,7 @@
 #   bash benchmarks/gpu_session.sh bench            # GPU tests + ssm_scan + latency + throughput
 #   bash benchmarks/gpu_session.sh final            # all gpu tests, 1080p CUDA-graph latency row, pose speed
 #   bash benchmarks/gpu_session.sh train MINUTES    # resumable video training into $OUT/video.safetensors
+#   SPECS='w4:8:--w-temporal 4|nb3:8:--p-no-blend 0.3' bash benchmarks/gpu_session.sh trainx   # side by side
 #     (copy a previous run's video.safetensors + video.opt.pt into runs/ and carry runs/ to resume)
 #   bash benchmarks/gpu_session.sh posesweep        # pose presets x loss weights, side by side (SWEEP=...)
 #     (carry .whl and .data/pose = a copy of ../shared/data/pose)
@@ -82,6 +83,18 @@ case "${1:-bench}" in
         --steps 2400 --workers 7 --batch 12 --w-temporal "$wt" --no-progress > "$OUT/train_w$wt.log" 2>&1 &
     done
     wait; for f in "$OUT"/train_w*.log; do tail -n 4 "$f"; done
+    ;;
+  trainx)  # session 6: resumable video trainings side by side, SPECS="name:minutes:extra args|..." (spaces in args ok);
+    # each resumes from runs/train_NAME/ when it holds a previous piece (copy that piece's $OUT/train_NAME there, carry it)
+    IFS='|' read -ra specs <<< "${SPECS:-w4:8:--w-temporal 4}"
+    for spec in "${specs[@]}"; do
+      IFS=: read -r name mins extra <<< "$spec"
+      mkdir -p "$OUT/train_$name"; cp runs/train_$name/video.* "$OUT/train_$name/" 2>/dev/null
+      # shellcheck disable=SC2086
+      python3 -m streamssm.cli train video --data .data/videos -o "$OUT/train_$name/video.safetensors" --minutes "$mins" \
+        --steps 2400 --workers 7 --batch 12 $extra --resume --no-progress > "$OUT/train_$name.log" 2>&1 &
+    done
+    wait; for f in "$OUT"/train_*.log; do echo "== $f"; tail -n 4 "$f"; done
     ;;
   flow2)  # session 4, after the pyramidal flow: every gpu test, the CUDA-graph 1080p/2160p rows (no compile), e2e
     timeout 300 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1

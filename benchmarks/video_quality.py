@@ -177,12 +177,13 @@ def main(argv=None):
         for label, (O, ms) in res.items():
             ratio = metrics.warp_error(O, flows=flows) / eP
             ps = metrics.psnr(O, P)
+            lf = metrics.luminance_flicker(O, T, P) if T is not None else None
             r = [name, label, f"{ratio:.3f}", fmt(ps), fmt(metrics.psnr(O, T)) if T is not None else "-",
-                 f"{ms:.0f}" if ms else "-"]
+                 f"{lf:.2f}" if lf is not None else "-", f"{ms:.0f}" if ms else "-"]
             rows.append(r)
             if real:
-                real_rows.append((label, ratio, ps))
-        rows.append([name, "(E_warp(I)/E_warp(P))", f"{eI / eP:.3f}", "", "", ""])
+                real_rows.append((label, ratio, ps, lf))
+        rows.append([name, "(E_warp(I)/E_warp(P))", f"{eI / eP:.3f}", "", "", "", ""])
         slug = "".join(c if c.isalnum() else "_" for c in name.split(":")[-1].strip())[:40]
         png = HERE / f"video_{slug}.png"
         picture(name, P, res["**streamssm guided**"][0], png)
@@ -190,20 +191,26 @@ def main(argv=None):
         print("\n".join(" | ".join(r) for r in rows[-len(res) - 1 :]), flush=True)
     # averages over cases with real flicker (E_warp(P) >= 2 E_warp(I))
     avg = {}
-    for label, ratio, ps in real_rows:
-        avg.setdefault(label, []).append((ratio, ps))
-    avg_rows = [[k, f"{np.mean([a for a, _ in v]):.3f}", f"{np.mean([b for _, b in v if np.isfinite(b)]):.1f}" if any(np.isfinite(b) for _, b in v) else "inf", len(v)]
-                for k, v in avg.items()]
+    for label, ratio, ps, lf in real_rows:
+        avg.setdefault(label, []).append((ratio, ps, lf))
+    avg_rows = []
+    for k, v in avg.items():
+        fin = [b for _, b, _ in v if np.isfinite(b)]
+        lfs = [c for _, _, c in v if c is not None]
+        avg_rows.append([k, f"{np.mean([a for a, _, _ in v]):.3f}", f"{np.mean(fin):.1f}" if fin else "inf",
+                         f"{np.mean(lfs):.2f} ({len(lfs)})" if lfs else "-", len(v)])
     body = (
         "## Video deflicker quality\n\n"
         f"`python benchmarks/video_quality.py` on {machine('cpu')} (streamssm on CPU, fp32). E_warp ratio = "
         "E_warp(O)/E_warp(P), scored with Farneback flow between originals (MC-EMA uses DIS inside, streamssm "
         "its own pyramidal Lucas-Kanade flow); PSNR(O, P) in dB; PSNR(O, T) to the consistent target where there is "
-        "one (held-out operators: the same operator with its parameters held); ms/frame on this CPU. Held-out "
+        "one (held-out operators: the same operator with its parameters held); lum. flicker = the share of the "
+        "processed clip's frame-to-frame mean-luminance flicker (its departure from T's) left in the output "
+        "(`metrics.luminance_flicker`: 0 = brightness moves as T's, 1 = as P's); ms/frame on this CPU. Held-out "
         f"operators: {args.frames} frames at {args.width} px wide.\n\n"
-        + md_table(["case", "method", "E_warp ratio", "PSNR(O,P)", "PSNR(O,T)", "ms/frame"], rows)
+        + md_table(["case", "method", "E_warp ratio", "PSNR(O,P)", "PSNR(O,T)", "lum. flicker", "ms/frame"], rows)
         + "\n\nAverage over cases with real flicker (E_warp(P) >= 2 E_warp(I)):\n\n"
-        + md_table(["method", "mean E_warp ratio", "mean PSNR(O,P)", "cases"], avg_rows)
+        + md_table(["method", "mean E_warp ratio", "mean PSNR(O,P)", "mean lum. flicker (cases with T)", "cases"], avg_rows)
         + "\n\nThe consistent target's row is the reference for the held-out operators: where its E_warp ratio is "
         "near 1, the operator's frames differ along the motion mostly in texture the operator makes anew each frame "
         "(edge-aware filters on moving content), not in parameter flicker, and a lower ratio there is reached only "

@@ -56,6 +56,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.batch = args.batch
     if args.w_temporal is not None:
         cfg.w_temporal = args.w_temporal
+    if args.p_no_blend is not None:
+        cfg.p_no_blend = args.p_no_blend
     if args.tiny:
         cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
                                short_side=128, seed=args.seed)
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--speed", default=None, metavar="MIN,MAX",
                    help="pose: playback speed range of the training clips, log-uniform (default 0.8,1.25)")
     s.add_argument("--w-temporal", type=float, default=None, help="video: loss weight of the temporal term (default 4)")
+    s.add_argument("--p-no-blend", type=float, default=None,
+                   help="video: share of batches trained with the temporal blend off (default 0)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
 

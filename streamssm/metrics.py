@@ -226,3 +226,19 @@ def ssim(a, b) -> float:
 def mean_luminance(frames) -> np.ndarray:
     """Per-frame mean BT.601 luma in [0, 1], shape ``(t,)``."""
     return np.array([float((_to_float(f) @ _LUMA).mean()) for f in frames])
+
+
+def luminance_flicker(frames, target, processed) -> float:
+    """Residual global flicker: how much of the processed clip's frame-to-frame mean-luminance flicker (its
+    departure from a temporally consistent ``target``'s) is left in ``frames``.
+
+    ``mean_t |d(L(O) - L(T))| / mean_t |d(L(P) - L(T))|`` with L the per-frame :func:`mean_luminance` and d the
+    difference between consecutive frames: 0 when the output's brightness moves exactly as the target's, 1 when
+    it flickers as much as the processed clip. The warping error is dominated by fine texture; this is the
+    brightness pumping a viewer notices first. Needs a target (same length as the clips)."""
+    if not (len(frames) == len(target) == len(processed)) or len(frames) < 2:
+        raise ValueError(f"luminance_flicker needs three clips of the same length >= 2, got {len(frames)}, "
+                         f"{len(target)}, {len(processed)}")
+    lt = mean_luminance(target)
+    den = np.abs(np.diff(mean_luminance(processed) - lt)).mean()
+    return float(np.abs(np.diff(mean_luminance(frames) - lt)).mean() / max(den, 1e-12))

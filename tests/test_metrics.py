@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from streamssm.metrics import Flows, compute_flows, mean_luminance, psnr, ssim, warp, warp_error, warp_errors
+from streamssm.metrics import (Flows, compute_flows, luminance_flicker, mean_luminance, psnr, ssim, warp, warp_error,
+                               warp_errors)
 
 
 def _texture(h=140, w=180, seed=0):
@@ -68,6 +69,22 @@ def test_psnr_ssim_luminance():
     noisy = np.clip(a + np.random.default_rng(0).normal(0, 20, a.shape), 0, 255).astype(np.uint8)
     assert 0.0 < ssim(a, noisy) < 0.9
     assert mean_luminance([np.full((4, 4, 3), 128, np.uint8)])[0] == pytest.approx(128 / 255, abs=1e-6)
+
+
+def test_luminance_flicker():
+    rng = np.random.default_rng(1)
+    base = _texture(32, 32).astype(np.float32)
+    T = [np.clip(base + 2.0 * t, 0, 255) for t in range(12)]  # a slow, consistent brightening
+    gains = rng.uniform(-15, 15, 12)
+    P = [np.clip(f + g, 0, 255) for f, g in zip(T, gains)]  # + a brightness flicker
+    assert luminance_flicker(T, T, P) == pytest.approx(0.0, abs=1e-9)
+    assert luminance_flicker(P, T, P) == pytest.approx(1.0)
+    half = [np.clip(f + 0.5 * g, 0, 255) for f, g in zip(T, gains)]
+    assert luminance_flicker(half, T, P) == pytest.approx(0.5, abs=0.02)
+    frozen = [P[0]] * 12  # ignores the target's own brightening: flicker of its own
+    assert luminance_flicker(frozen, T, P) > 0.05
+    with pytest.raises(ValueError, match="same length"):
+        luminance_flicker(P[:5], T, P)
 
 
 def test_video_psnr_pools_mse():

@@ -7,7 +7,9 @@ Each clip: real frames (own temporal order, or a still frame under a synthetic c
 flow, sometimes with a scene cut), a training operator applied with jittered parameters (P) and with
 fixed ones (the target). Losses: L1 to the target, and a temporal loss on known-flow clips:
 ``|(O_t - warp(O_{t+1})) - (T_t - warp(T_{t+1}))|`` on valid pixels. Half of the clips are shown
-without the original (processed-only mode). Checkpoints (weights + optimiser) let a run resume, so it
+without the original (processed-only mode); with ``p_no_blend`` (``--p-no-blend``) that share of the batches
+runs with the motion-compensated blend off, so the per-cell colour correction has to remove the flicker on its
+own (on real footage the blend gives way wherever the flow is unsure, and the correction is what is left). Checkpoints (weights + optimiser) let a run resume, so it
 can go in pieces of a few minutes.
 """
 
@@ -38,6 +40,7 @@ class VideoTrainConfig:
     weight_decay: float = 1e-4
     w_temporal: float = 4.0
     p_unguided: float = 0.5
+    p_no_blend: float = 0.0  # share of batches trained with the temporal blend off (the colour correction alone)
     workers: int = 8
     seed: int = 0
     save_every: int = 250
@@ -198,8 +201,9 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         guided = rng.random() >= cfg.p_unguided
+        blend = bool(rng.random() >= cfg.p_no_blend)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            O, _ = ddp(batch["processed"], batch["original"] if guided else None, None, batch["cut_mask"])
+            O, _ = ddp(batch["processed"], batch["original"] if guided else None, None, batch["cut_mask"], blend=blend)
         loss, tmp = video_loss(O.float(), batch["target"], batch["flow"], batch["flow_valid"], cfg.w_temporal)
         opt.zero_grad(set_to_none=True)
         loss.backward()

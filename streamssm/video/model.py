@@ -371,7 +371,7 @@ class VideoSSM(nn.Module):
         out = P + (dA * G[:, None]).sum(2) + cf[:, 9:12] * strength
         return out.clamp(0.0, 1.0), torch.sigmoid(cf[:, 12:13])
 
-    def _run(self, P, I, state, reset, strength, stepping):
+    def _run(self, P, I, state, reset, strength, stepping, blend: bool = True):
         if P.dim() != 5 or P.shape[2] != 3:
             raise ValueError(f"processed frames must be (B, T, 3, H, W), got {tuple(P.shape)}")
         if I is not None and I.shape != P.shape:
@@ -405,7 +405,7 @@ class VideoSSM(nn.Module):
             conf = torch.exp(-res / torch.exp(self.log_conf.float()))
             flow = F.interpolate(flow * div, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
             conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
-        keep = (~fresh).to(P.dtype)[:, :, None, None, None] * strength
+        keep = (~fresh).to(P.dtype)[:, :, None, None, None] * (strength if blend else 0.0)
         sigma = torch.exp(self.log_gate[0 if I is not None else 1])
         prev = state[3].to(P.dtype)
         outs = []
@@ -419,8 +419,11 @@ class VideoSSM(nn.Module):
         fixed = fixed + (prev.float(), g[:, -1].float())
         return O, fixed + ssm_states
 
-    def forward(self, P: Tensor, I: Tensor | None = None, state=None, reset: Tensor | None = None, strength: float = 1.0):
-        return self._run(P, I, state, reset, strength, stepping=False)
+    def forward(self, P: Tensor, I: Tensor | None = None, state=None, reset: Tensor | None = None, strength: float = 1.0,
+                blend: bool = True):
+        """The parallel scan over a clip. ``blend=False`` (a training ablation) switches the motion-compensated
+        temporal blend off, so the output is the per-cell colour correction alone."""
+        return self._run(P, I, state, reset, strength, stepping=False, blend=blend)
 
     def step(self, P: Tensor, I: Tensor | None = None, state=None, strength: float = 1.0):
         O, state = self._run(P[:, None], None if I is None else I[:, None], state, None, strength, stepping=True)

@@ -73,6 +73,18 @@ def test_scene_cut_starts_over_exactly(guided):
     assert float((O[:, 4] - O_fresh[:, 0]).abs().max()) > 1e-2  # a different scene before the cut
 
 
+def test_blend_off_leaves_the_colour_correction_alone():
+    """``forward(blend=False)`` (the trainer's ``--p-no-blend`` ablation) is the corrected frame with no temporal
+    blend: the same as the blended output on a stream's first frame (nothing to blend with yet), different after."""
+    model = load_video_model(None, "cpu", backend="torch")
+    P, _ = _clip(steps=5)
+    with torch.no_grad():
+        O_blend, _ = model(P, None)
+        O_off, _ = model(P, None, blend=False)
+    assert float((O_blend[:, 0] - O_off[:, 0]).abs().max()) <= 1e-6  # nothing to blend on the first frame
+    assert float((O_blend[:, 1:] - O_off[:, 1:]).abs().max()) > 1e-3
+
+
 @pytest.mark.parametrize("guided", [True, False])
 def test_shipped_weights_remove_flicker_on_a_moving_scene(guided):
     """A textured scene panning ~1.5 px a frame, processed with a per-frame colour gain (+-12%) and offset: the
