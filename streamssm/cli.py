@@ -58,6 +58,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.w_temporal = args.w_temporal
     if args.p_no_blend is not None:
         cfg.p_no_blend = args.p_no_blend
+    if args.real_flow:
+        cfg.real_flow = True
     if args.tiny:
         cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
                                short_side=128, seed=args.seed)
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--w-temporal", type=float, default=None, help="video: loss weight of the temporal term (default 4)")
     s.add_argument("--p-no-blend", type=float, default=None,
                    help="video: share of batches trained with the temporal blend off (default 0)")
+    s.add_argument("--real-flow", action="store_true",
+                   help="video: temporal loss also on clips in the footage's own motion (DIS flow between originals)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
 

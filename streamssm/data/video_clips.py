@@ -4,7 +4,8 @@ Pipeline for one clip (:meth:`VideoClipSampler.sample_clip`):
 
 1. pick a cached video (uint8 RGB, short side ~256 px) and either one still frame (``synthetic``
    mode: all motion is the synthetic camera, so the flow is known exactly) or consecutive frames at
-   stride 1-2 (``real`` mode: the footage's own motion plus the synthetic camera, flow unknown);
+   stride 1-2 (``real`` mode: the footage's own motion plus the synthetic camera; flow unknown, or with
+   ``real_flow`` estimated by DIS between the originals with a forward-backward occlusion check);
 2. a smooth random camera path: per frame a homography ``H_t`` mapping output pixels to source
    pixels (pan with smoothly varying velocity and hand shake, zoom, roll, slight perspective), kept
    inside the source frame; ``original_t = warpPerspective(src_t, H_t)``;
@@ -16,7 +17,8 @@ Pipeline for one clip (:meth:`VideoClipSampler.sample_clip`):
 Flow convention (same as :mod:`streamssm.metrics`): ``flow[t]`` is the forward flow from frame ``t``
 to ``t + 1``, ``original_t(x) ~ original_{t+1}(x + flow[t](x))``, in pixels, channels ``(dx, dy)``.
 In synthetic mode ``flow[t](x) = pi(H_{t+1}^{-1} H_t x) - x``; ``flow_valid[t]`` marks pixels whose
-target lies inside frame ``t + 1``; across a cut the flow is zero and invalid.
+target lies inside frame ``t + 1``; across a cut the flow is zero and invalid. In real mode with
+``real_flow`` it is :func:`streamssm.metrics.compute_flows` (DIS) and its non-occlusion mask.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
+from streamssm.metrics import compute_flows
 from streamssm.video.operators import TRAIN_OPERATORS, make_operator
 
 __all__ = ["load_videos", "build_cache", "load_cache", "VideoClipSampler", "ClipBatchSampler",
@@ -174,7 +177,8 @@ class VideoClipSampler:
     """
 
     def __init__(self, videos: dict[str, np.ndarray] | str | Path, operators: Sequence[str] = TRAIN_OPERATORS,
-                 p_real: float = 0.5, p_cut: float = 0.15, p_static: float = 0.1, max_real_stride: int = 2):
+                 p_real: float = 0.5, p_cut: float = 0.15, p_static: float = 0.1, max_real_stride: int = 2,
+                 real_flow: bool = False):
         self.videos = load_cache(videos) if isinstance(videos, (str, Path)) else dict(videos)
         if not self.videos:
             raise ValueError("no videos")
@@ -182,6 +186,7 @@ class VideoClipSampler:
         self.operators = list(operators)
         self.p_real, self.p_cut, self.p_static = p_real, p_cut, p_static
         self.max_real_stride = max_real_stride
+        self.real_flow = real_flow
 
     def _segment(self, rng: np.random.Generator, n: int, hw: tuple[int, int], real: bool):
         """``n`` original frames of one shot, and the camera homographies."""
@@ -204,21 +209,28 @@ class VideoClipSampler:
 
     def sample_clip(self, rng: np.random.Generator, T: int, size: int | tuple[int, int]) -> dict:
         """One clip: ``processed``/``original``/``target`` ``(T, 3, h, w)`` float32 in [0, 1],
-        ``flow`` ``(T-1, 2, h, w)`` and ``flow_valid`` ``(T-1, h, w)`` (None in real mode),
+        ``flow`` ``(T-1, 2, h, w)`` and ``flow_valid`` ``(T-1, h, w)`` (None in real mode without ``real_flow``),
         ``cut_mask`` ``(T,)`` bool, ``operator`` name."""
         hw = (size, size) if isinstance(size, int) else tuple(size)
         real = rng.random() < self.p_real
+        with_flow = not real or self.real_flow
         cut = int(rng.integers(2, T - 1)) if (T >= 4 and rng.random() < self.p_cut) else T
         seg_lens = [cut] + ([T - cut] if cut < T else [])
         originals, flows, valids = [], [], []
         for k, n in enumerate(seg_lens):
             frames, Hs = self._segment(rng, n, hw, real)
             originals += frames
-            if not real:
+            if with_flow:
                 if k > 0:  # the pair that straddles the cut
                     flows.append(np.zeros((1, 2, *hw), np.float32))
                     valids.append(np.zeros((1, *hw), bool))
-                f, v = homography_flow(Hs, hw)
+                if not real:
+                    f, v = homography_flow(Hs, hw)
+                elif n > 1:  # the footage's own motion: DIS flow between the originals, occlusions masked
+                    est = compute_flows(frames, "dis")
+                    f, v = est.forward.transpose(0, 3, 1, 2).copy(), est.valid
+                else:
+                    continue
                 flows.append(f)
                 valids.append(v)
         cut_mask = np.zeros(T, bool)
@@ -235,8 +247,8 @@ class VideoClipSampler:
             "processed": _chw(processed),
             "original": _chw(originals),
             "target": _chw(target),
-            "flow": None if real else np.concatenate(flows),
-            "flow_valid": None if real else np.concatenate(valids),
+            "flow": np.concatenate(flows) if with_flow else None,
+            "flow_valid": np.concatenate(valids) if with_flow else None,
             "cut_mask": cut_mask,
             "operator": name,
         }

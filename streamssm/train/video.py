@@ -5,7 +5,8 @@
 
 Each clip: real frames (own temporal order, or a still frame under a synthetic camera path with known
 flow, sometimes with a scene cut), a training operator applied with jittered parameters (P) and with
-fixed ones (the target). Losses: L1 to the target, and a temporal loss on known-flow clips:
+fixed ones (the target). Losses: L1 to the target, and a temporal loss on known-flow clips (with
+``real_flow``, ``--real-flow``, also on clips in the footage's own motion, DIS flow between the originals):
 ``|(O_t - warp(O_{t+1})) - (T_t - warp(T_{t+1}))|`` on valid pixels. Half of the clips are shown
 without the original (processed-only mode); with ``p_no_blend`` (``--p-no-blend``) that share of the batches
 runs with the motion-compensated blend off, so the per-cell colour correction has to remove the flicker on its
@@ -41,6 +42,7 @@ class VideoTrainConfig:
     w_temporal: float = 4.0
     p_unguided: float = 0.5
     p_no_blend: float = 0.0  # share of batches trained with the temporal blend off (the colour correction alone)
+    real_flow: bool = False  # temporal loss on real-motion clips too, with DIS flow between the originals
     workers: int = 8
     seed: int = 0
     save_every: int = 250
@@ -84,7 +86,7 @@ class _ClipStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
         rng = np.random.default_rng([self.cfg.seed, self.rank, wid])
-        sampler = VideoClipSampler(self.videos, operators=self.operators or TRAIN_OPERATORS)
+        sampler = VideoClipSampler(self.videos, operators=self.operators or TRAIN_OPERATORS, real_flow=self.cfg.real_flow)
         while True:
             size = int(rng.choice(self.cfg.sizes))
             batch = [sampler.sample_clip(rng, self.cfg.length, size) for _ in range(self.cfg.batch)]

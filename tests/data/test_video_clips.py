@@ -47,6 +47,22 @@ def test_real_mode_has_no_flow(videos):
     assert c["flow"] is None and c["flow_valid"] is None
 
 
+def test_real_flow_aligns_the_footage_and_marks_the_cut(videos):
+    """``real_flow``: real-order clips get DIS flow between the originals (it aligns frame t+1 onto t far better
+    than no motion compensation), the pair across a cut none."""
+    s = VideoClipSampler(videos, p_real=1.0, p_cut=1.0, real_flow=True)
+    c = s.sample_clip(np.random.default_rng(4), 8, 64)
+    assert c["flow"].shape == (7, 2, 64, 64) and c["flow_valid"].shape == (7, 64, 64)
+    (cut,) = np.flatnonzero(c["cut_mask"])
+    assert not c["flow_valid"][cut - 1].any()
+    o = c["original"].transpose(0, 2, 3, 1)
+    for t in [t for t in range(7) if t != cut - 1]:
+        m = c["flow_valid"][t]
+        assert m.mean() > 0.3
+        err = np.abs(warp(o[t + 1], c["flow"][t].transpose(1, 2, 0)) - o[t])[m].mean()
+        assert err < 0.5 * np.abs(o[t + 1] - o[t])[m].mean() + 1e-3
+
+
 def test_flow_reproduces_previous_frame(videos):
     s = VideoClipSampler(videos, p_real=0.0, p_cut=0.0, p_static=0.0)
     rng = np.random.default_rng(2)
