@@ -10,8 +10,8 @@ fixed ones (the target). Losses: L1 to the target, and a temporal loss on known-
 ``|(O_t - warp(O_{t+1})) - (T_t - warp(T_{t+1}))|`` on valid pixels. Half of the clips are shown
 without the original (processed-only mode); with ``p_no_blend`` (``--p-no-blend``) that share of the batches
 runs with the motion-compensated blend off, so the per-cell colour correction has to remove the flicker on its
-own (on real footage the blend gives way wherever the flow is unsure, and the correction is what is left). Checkpoints (weights + optimiser) let a run resume, so it
-can go in pieces of a few minutes.
+own (on real footage the blend gives way wherever the flow is unsure, and the correction is what is left).
+Checkpoints (weights + optimiser) let a run resume, so it can go in pieces of a few minutes.
 """
 
 from __future__ import annotations
