@@ -25,7 +25,7 @@ from streamssm import metrics  # noqa: E402
 from streamssm.video.filter import VideoFilter  # noqa: E402
 from video_quality import cases  # noqa: E402
 
-DEFAULT_VARIANTS = ["shipped|||", "shipped, strength 0.8||0.8|", "shipped, guided correction on|||on"]
+DEFAULT_VARIANTS = ["shipped|||", "shipped, strength 1.3||1.3|", "shipped, guided correction on|||on"]
 
 
 def parse_variant(spec: str) -> tuple[str, str | None, float, bool | None]:

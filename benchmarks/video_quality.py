@@ -1,14 +1,18 @@
 """Video deflicker quality against baselines, on real processed videos and held-out operators.
 
-    python benchmarks/video_quality.py [--weights W] [--frames 48] [--width 640] [--strength 0.8] [--no-write]
+    python benchmarks/video_quality.py [--weights W] [--frames 48] [--width 640] [--strength 1.3] [--no-uncalibrated]
+        [--no-write]
 
 Cases:
 * real per-frame processed videos with their originals (../shared/data/pairs: dehazing, enhancement);
 * held-out operators (never used in training) applied to shared footage with moving cameras.
 Methods: identity (P), EMA (alpha 0.3), motion-compensated EMA (DIS flow on the originals, alpha 0.3
-where not occluded: the issue's baseline; and alpha 0.4 with no occlusion mask, which trades better here), ffmpeg's ``deflicker`` filter (through PyAV's libavfilter; it looks 5 frames
-ahead, so it is *not* causal), streamssm guided (P and I) and processed-only (P), and guided at a lower
-``--strength`` (the user's trade of flicker against fidelity to P).
+where not occluded: the issue's baseline; and alpha 0.4 with no occlusion mask, which trades better here),
+ffmpeg's ``deflicker`` filter (through PyAV's libavfilter; it looks 5 frames ahead, so it is *not* causal),
+streamssm guided (P and I) and processed-only (P), guided at another ``--strength`` (the user's trade of
+flicker against fidelity to P), and guided with the shipped weights' blend calibration undone
+(``streamssm.train.video.calibrate_blend``, chosen on the pairs alone by ``video_calibration.py``; this row
+shows what it does on the held-out cases).
 Scores: E_warp(O)/E_warp(P) (Lai et al. 2018) with Farneback flow -- a different algorithm from the
 DIS flow MC-EMA uses and from streamssm's pyramidal Lucas-Kanade flow -- and PSNR(O, P). CPU ms/frame for each
 method on this machine. Writes the section "video_quality" of benchmarks/RESULTS.md and one picture
@@ -24,13 +28,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import baselines_video as bv  # noqa: E402
 from streamssm import metrics  # noqa: E402
-from streamssm.video.filter import VideoFilter  # noqa: E402
+from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter  # noqa: E402
 from streamssm.video.operators import HELDOUT_OPERATORS, make_operator  # noqa: E402
+from streamssm.weights import read_weights  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = (HERE.parent / ".." / "shared" / "data").resolve()
@@ -139,13 +145,29 @@ def picture(name: str, P, O, path: Path):
     plt.close(fig)
 
 
+def uncalibrated(weights=None) -> VideoFilter:
+    """A CPU VideoFilter of ``weights`` (default: the shipped ones) with the blend calibration its file records
+    (``streamssm.train.video.calibrate_blend``) taken off again."""
+    f = VideoFilter(weights, device="cpu")
+    _, _, extra = read_weights(weights or DEFAULT_WEIGHTS, "video")
+    cal = extra.get("calibration")
+    if cal:
+        with torch.no_grad():
+            f.model.log_conf -= cal["conf_shift"]
+        f.model.config.blend_gain /= cal["gain"]
+        f.model.config.still_px = 0.0
+    return f
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None)
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--strength", type=float, default=0.8,
+    ap.add_argument("--strength", type=float, default=1.3,
                     help="also run streamssm guided at this strength (the user's knob; default 1.0 is the main row)")
+    ap.add_argument("--uncalibrated", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run streamssm guided with the weights' blend calibration undone (calibrate_blend)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     rows, real_rows = [], []
@@ -170,6 +192,9 @@ def main(argv=None):
         if args.strength != 1.0:
             f = VideoFilter(args.weights, device="cpu", strength=args.strength)
             res[f"streamssm guided, strength {args.strength:g}"] = timed(lambda: f.filter(P, I), n)
+        if args.uncalibrated:
+            f = uncalibrated(args.weights)
+            res["streamssm guided, blend calibration undone"] = timed(lambda: f.filter(P, I), n)
         real = eP >= 2 * eI
         if T is not None:
             res["(consistent target T: the operator with its parameters held)"] = (T, 0.0)

@@ -82,7 +82,8 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("processed", nargs="?", metavar="PROCESSED", help="processed video file or image folder")
     s.add_argument("--original", metavar="ORIGINAL", help="the unprocessed frames (video or folder): guides the filter")
     s.add_argument("-o", "--output", metavar="OUTPUT", help="video file (.mp4/.mkv/.mov/.avi/.webm) or folder/ for PNG frames")
-    s.add_argument("--strength", type=float, default=1.0, help="0 = processed unchanged, 1 = full correction (max 2)")
+    s.add_argument("--strength", type=float, default=1.0,
+                   help="0 = processed unchanged, 1 = the calibrated correction and blend, higher = steadier (max 2)")
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
     s.add_argument("--weights", default=None, help="video .safetensors (default: the weights shipped in the package)")
     s.add_argument("--side-by-side", action="store_true", help="write [processed | filtered] (double width)")

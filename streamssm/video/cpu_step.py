@@ -65,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamssm.video.model import (FLOW_SHARP, VideoSSM, _grad, _luma, check_frame_size, flow_shape, grid_shape,
-                                   lk_solve)
+from streamssm.video.model import (FLOW_SHARP, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
+                                   flow_shape, grid_shape, lk_solve)
 
 log = logging.getLogger("streamssm")
 
@@ -420,7 +420,7 @@ class CPUVideoStep:
         div, _, _ = flow_shape(h, w, cfg)
         flow, res = estimate_flow_fast(g, g_prev, cfg.flow_levels, window=cfg.flow_window, smooth=cfg.flow_smooth,
                                        cv=self.cv)
-        conf = torch.exp(-res / torch.exp(m.log_conf.float()))
+        conf = blend_confidence(res, flow * div, m.log_conf, cfg)
         return _upsample(torch.cat([flow * div, conf], 1), h, w, self.cv)
 
     @torch.no_grad()

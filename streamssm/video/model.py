@@ -58,6 +58,8 @@ class VideoSSMConfig:
     flow_smooth: int = 9  # window of the flow's confidence-weighted smoothing, likewise
     blend_init: float = 1.5  # initial logit of the temporal blend weight (sigmoid -> 0.82)
     guided_correction: bool = True  # apply the per-cell colour correction (dA, db) in guided mode too
+    blend_gain: float = 1.0  # scale of the temporal blend weight where the content moves (set by calibrate_blend)
+    still_px: float = 0.0  # flow (full-res px) under which the guide counts as still: gain -> 1 there; 0: off
     eps: float = 1e-3  # ridge of the local affine fit (variance units, [0, 1] colour)
     cut_corr: float = 0.3  # consecutive-thumbnail correlation under which a frame is a scene cut
     backend: str = "auto"
@@ -151,6 +153,22 @@ def estimate_flow(cur: Tensor, prev: Tensor, levels: int = 5, iters: int = 1, wi
         flow = smooth_flow(flow, c, p, smooth)
     res = _box((cur - warp_backward(prev, flow)).abs(), 3)
     return flow, res
+
+
+def blend_confidence(res: Tensor, flow: Tensor, log_conf: Tensor, cfg: VideoSSMConfig) -> Tensor:
+    """The temporal blend's confidence at flow resolution, (n, 1, hf, wf): ``exp(-res / exp(log_conf))`` (how well
+    the flow explains the guide; ``res`` the flow's residual) times ``cfg.blend_gain`` where the content moves.
+    Where the guide holds still (flow well under ``cfg.still_px`` full-resolution pixels; ``flow`` (n, 2, hf, wf)
+    in those pixels) the gain fades to 1: there any change of the processed frame is the operator's flicker, and
+    the warp is the identity, so a long memory blurs nothing. The one definition for every step path."""
+    conf = torch.exp(-res / torch.exp(log_conf.float()))
+    gain = cfg.blend_gain
+    if gain == 1.0:
+        return conf
+    if cfg.still_px <= 0:
+        return conf * gain
+    still = torch.exp(-flow.square().sum(1, keepdim=True) / cfg.still_px**2)
+    return conf * (gain + (1.0 - gain) * still)
 
 
 def _luma(x: Tensor) -> Tensor:
@@ -402,7 +420,7 @@ class VideoSSM(nn.Module):
             cfg = self.config
             flow, res = estimate_flow(g.flatten(0, 1), gprev.flatten(0, 1), cfg.flow_levels, window=cfg.flow_window,
                                       smooth=cfg.flow_smooth)
-            conf = torch.exp(-res / torch.exp(self.log_conf.float()))
+            conf = blend_confidence(res, flow * div, self.log_conf, cfg)
             flow = F.interpolate(flow * div, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
             conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
         keep = (~fresh).to(P.dtype)[:, :, None, None, None] * (strength if blend else 0.0)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from streamssm import metrics
+from streamssm.video.cpu_step import CPUVideoStep
 from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter, load_video_model
 from streamssm.video.model import estimate_flow
 from tests.video.test_cpu_step import scene_clip
@@ -89,8 +90,9 @@ def test_blend_off_leaves_the_colour_correction_alone():
 def test_shipped_weights_remove_flicker_on_a_moving_scene(guided):
     """A textured scene panning ~1.5 px a frame, processed with a per-frame colour gain (+-12%) and offset: the
     warping error (flow from the originals) drops below the input's. Guided, the output also comes closer to
-    the flicker-free scene than the input is (measured: ratio 0.02, +5.6 dB); processed-only reads the flicker
-    from P alone and does much less on a global gain (measured: ratio 0.86)."""
+    the flicker-free scene than the input is (measured with the shipped, calibrated weights: ratio 0.135, +5.2 dB;
+    0.02 and +5.6 dB before the calibration); processed-only reads the flicker from P alone and does much less on
+    a global gain (measured: ratio 0.94; 0.86 before the calibration)."""
     P, I = _clip(steps=16, h=96, w=160, seed=4)
     frames = [_u8(P[0, t]) for t in range(P.shape[1])]
     originals = [_u8(I[0, t]) for t in range(I.shape[1])]
@@ -132,3 +134,81 @@ def test_shipped_weights_load_offline(monkeypatch):
     assert f.model.head.weight.abs().sum() > 0, "shipped weights look untrained (zero head = no correction)"
     out = f.step(np.full((64, 96, 3), 128, np.uint8))
     assert out.shape == (64, 96, 3) and out.dtype == np.uint8
+
+
+def test_shipped_weights_guided_blend_only():
+    """The shipped weights are finished with ``without_guided_correction``: guided, with the temporal blend off, the
+    output is the processed frame itself; processed-only the colour correction still acts."""
+    model = load_video_model(None, "cpu", backend="torch")
+    assert not model.config.guided_correction
+    P, I = _clip(steps=4)
+    with torch.no_grad():
+        O_guided, _ = model(P, I, blend=False)
+        O_alone, _ = model(P, None, blend=False)
+    assert float((O_guided - P).abs().max()) <= 1e-6
+    assert float((O_alone - P).abs().max()) > 1e-3
+
+
+def test_calibrate_blend_scales_the_blend_and_records_it(tmp_path):
+    """``calibrate_blend`` shifts the flow-confidence scale, multiplies ``blend_gain``, sets ``still_px`` and
+    records all three. Gain 0 with ``still_px`` off leaves the blend-free output; with no guided correction (the
+    shipped weights), gain g at strength 1 is the same filter as gain 1 at strength g; the shift alone changes the
+    output on a moving scene."""
+    from streamssm.train.video import calibrate_blend
+    from streamssm.weights import read_weights
+
+    base = load_video_model(None, "cpu", backend="torch")
+    base.config.blend_gain, base.config.still_px = 1.0, 0.0  # strength s = gain s below
+    P, I = _clip(steps=8, seed=3)
+    out = {}
+    for name, shift, gain in [("off", 0.0, 0.0), ("half", 0.0, 0.5), ("shift", 1.0, 1.0)]:
+        path = calibrate_blend(DEFAULT_WEIGHTS, tmp_path / f"{name}.safetensors", conf_shift=shift, gain=gain,
+                               still_px=0.0)
+        config, tensors, extra = read_weights(path, "video")
+        assert extra["calibration"] == {"conf_shift": shift, "gain": gain, "still_px": 0.0}
+        shipped, _, _ = read_weights(DEFAULT_WEIGHTS, "video")
+        assert config["blend_gain"] == pytest.approx(shipped.get("blend_gain", 1.0) * gain)
+        assert torch.allclose(tensors["log_conf"], base.log_conf.detach() + shift)
+        out[name] = load_video_model(path, "cpu", backend="torch")
+        out[name].config.blend_gain = gain  # relative to gain 1, whatever the shipped file holds
+    with torch.no_grad():
+        O_off, _ = out["off"](P, I)
+        O_noblend, _ = base(P, I, blend=False)
+        O_half, _ = out["half"](P, I)
+        O_base_half, _ = base(P, I, strength=0.5)
+        O_base, _ = base(P, I)
+        O_shift, _ = out["shift"](P, I)
+    assert float((O_off - O_noblend).abs().max()) <= 1e-6
+    assert float((O_half - O_base_half).abs().max()) <= 1e-5
+    assert float((O_half - O_base).abs().max()) > 1e-3
+    assert float((O_shift - O_base).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_still_guide_keeps_the_full_blend(fast):
+    """With ``still_px`` set, the blend gain applies where the content moves and fades to 1 where the guide holds
+    still: a still original under a flickering operator is filtered as with gain 1; a panning scene (about 1.5 px
+    a frame, well over ``still_px``) as with the gain alone. Reference scan and the CPU fast step alike."""
+    model = load_video_model(None, "cpu", backend="torch")
+    model.config.guided_correction = False
+    P, I = _clip(steps=8, seed=5)
+    gain = torch.linspace(0.7, 1.3, 8)[None, :, None, None, None]
+    still_I = I[:, :1].expand_as(I).contiguous()
+    still_P = (still_I * gain).clamp(0, 1)  # a per-frame gain flicker over a still shot
+
+    def run(P, I, gain, still_px):
+        model.config.blend_gain, model.config.still_px = gain, still_px
+        with torch.no_grad():
+            if not fast:
+                return model(P, I)[0]
+            step, state, outs = CPUVideoStep(model), None, []
+            for t in range(P.shape[1]):
+                o, state = step.step(P[:, t], I[:, t], state, 1.0)
+                outs.append(o)
+            return torch.stack(outs, 1)
+
+    full = run(still_P, still_I, 1.0, 0.0)
+    assert float((run(still_P, still_I, 0.5, 0.5) - full).abs().max()) <= 1e-5
+    assert float((run(still_P, still_I, 0.5, 0.0) - full).abs().max()) > 1e-2  # the gain alone: less blend
+    moving = run(P, I, 0.5, 0.5)
+    assert float((moving - run(P, I, 0.5, 0.0)).abs().mean()) < 0.1 * float((moving - run(P, I, 1.0, 0.0)).abs().mean())
