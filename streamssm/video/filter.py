@@ -94,7 +94,7 @@ class VideoFilter:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
         strength: 0 returns the processed frame, 1 the learned correction and the calibrated temporal blend
             (up to 2). It scales both; the shipped weights' blend weight is 0.6 of the learned one where the
-            content moves (``calibrate_blend``), so strength ~1.7 is the uncalibrated blend there.
+            content moves (``calibrate_blend``), so strength ~1.7 gives it its learned weight there.
         half: run the network in float16 on CUDA (default True there).
         max_gap: seconds; with timestamps (``step(..., timestamp=)``), a longer gap since the previous
             frame (a camera that stalled, a cut in a variable-frame-rate file) starts the streams over,
