@@ -11,7 +11,7 @@ scored with Farneback flow between the originals, as in ``video_quality.py``. Th
 ratio among the points whose mean PSNR(O, P) is at least ``--margin`` dB above the EMA's. The held-out operators
 of ``video_quality.py`` are not used. Also reported, not part of the rule: the still-camera case of the demo's
 webcam tab (one real frame under the ``gamma_jitter`` operator, 24 frames, guided), as the share of its
-frame-to-frame mean-luminance flicker left in the output -- the blend gain caps the blend weight everywhere, so a
+frame-to-frame mean-luminance flicker left in the output (``metrics.luminance_flicker``) -- the blend gain caps the blend weight everywhere, so a
 lower gain would keep more of a still scene's flicker, as MC-EMA's a=0.3 does, but for ``--still-px``: where the
 guide's flow is under about that many pixels the blend keeps its full weight. Writes the section
 "video_calibration" of benchmarks/RESULTS.md.
@@ -75,9 +75,8 @@ def main(argv=None):
     op = make_demo_operator("gamma_jitter", seed=0)
     still_P = [op.apply(still, t) for t in range(24)]
 
-    def still_left(O) -> float:  # mean |frame-to-frame mean-luma change| of O over that of P, after 4 frames
-        lp, lo = (np.array([x.astype(np.float64).mean() for x in X]) for X in (still_P, O))
-        return float(np.abs(np.diff(lo[4:])).mean() / np.abs(np.diff(lp[4:])).mean())
+    def still_left(O) -> float:  # metrics.luminance_flicker against the still frame, after 4 frames
+        return metrics.luminance_flicker(O[4:], [still] * (len(still_P) - 4), still_P[4:])
 
     ema = score({k: bv.mc_ema(P, I, alpha=0.3) for k, (P, I) in data.items()})
     ema_still = still_left(bv.mc_ema(still_P, [still] * len(still_P), alpha=0.3))
@@ -126,7 +125,7 @@ def main(argv=None):
         f"bike-packing). Rule: the lowest mean ratio among the points at least {args.margin:g} dB above the "
         f"motion-compensated EMA's mean PSNR. {chosen}; processed-only rows for reference. Still-camera flicker "
         "left: the demo webcam's case (one frame of bike-packing's original, `gamma_jitter`, 24 frames, guided), "
-        "the share of P's mean-luminance flicker left in O after 4 frames (not part of the rule).\n\n"
+        "`metrics.luminance_flicker` of O against that frame, after 4 frames (not part of the rule).\n\n"
         + md_table(["variant", "shift", "gain", "mean E_warp ratio", "mean PSNR(O,P)", "per video",
                     "still-camera flicker left"], rows + po)
         + f"\n\nRun took {time.time() - t0:.0f} s."

@@ -420,8 +420,9 @@ class CPUVideoStep:
         div, _, _ = flow_shape(h, w, cfg)
         flow, res = estimate_flow_fast(g, g_prev, cfg.flow_levels, window=cfg.flow_window, smooth=cfg.flow_smooth,
                                        cv=self.cv)
-        conf = blend_confidence(res, flow * div, m.log_conf, cfg)
-        return _upsample(torch.cat([flow * div, conf], 1), h, w, self.cv)
+        flow = flow * div  # full-resolution pixels
+        conf = blend_confidence(res, flow, m.log_conf, cfg)
+        return _upsample(torch.cat([flow, conf], 1), h, w, self.cv)
 
     @torch.no_grad()
     def _front(self, P: Tensor, I: Tensor | None, state, strength: float, g: Tensor | None = None,

@@ -420,8 +420,9 @@ class VideoSSM(nn.Module):
             cfg = self.config
             flow, res = estimate_flow(g.flatten(0, 1), gprev.flatten(0, 1), cfg.flow_levels, window=cfg.flow_window,
                                       smooth=cfg.flow_smooth)
-            conf = blend_confidence(res, flow * div, self.log_conf, cfg)
-            flow = F.interpolate(flow * div, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
+            flow = flow * div  # full-resolution pixels
+            conf = blend_confidence(res, flow, self.log_conf, cfg)
+            flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
             conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
         keep = (~fresh).to(P.dtype)[:, :, None, None, None] * (strength if blend else 0.0)
         sigma = torch.exp(self.log_gate[0 if I is not None else 1])

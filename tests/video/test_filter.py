@@ -160,13 +160,13 @@ def test_calibrate_blend_scales_the_blend_and_records_it(tmp_path):
     base = load_video_model(None, "cpu", backend="torch")
     base.config.blend_gain, base.config.still_px = 1.0, 0.0  # strength s = gain s below
     P, I = _clip(steps=8, seed=3)
+    shipped, _, _ = read_weights(DEFAULT_WEIGHTS, "video")
     out = {}
     for name, shift, gain in [("off", 0.0, 0.0), ("half", 0.0, 0.5), ("shift", 1.0, 1.0)]:
         path = calibrate_blend(DEFAULT_WEIGHTS, tmp_path / f"{name}.safetensors", conf_shift=shift, gain=gain,
                                still_px=0.0)
         config, tensors, extra = read_weights(path, "video")
         assert extra["calibration"] == {"conf_shift": shift, "gain": gain, "still_px": 0.0}
-        shipped, _, _ = read_weights(DEFAULT_WEIGHTS, "video")
         assert config["blend_gain"] == pytest.approx(shipped.get("blend_gain", 1.0) * gain)
         assert torch.allclose(tensors["log_conf"], base.log_conf.detach() + shift)
         out[name] = load_video_model(path, "cpu", backend="torch")
