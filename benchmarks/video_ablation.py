@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.filter import VideoFilter  # noqa: E402
-from video_quality import cases  # noqa: E402
+from video_quality import real_flicker_cases  # noqa: E402
 
 DEFAULT_VARIANTS = ["shipped|||", "shipped, strength 1.3||1.3|", "shipped, guided correction on|||on"]
 
@@ -50,12 +50,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
     t0 = time.time()
-    data = []
-    for name, (P, I, T) in cases(args).items():
-        flows = metrics.compute_flows(I, "farneback")
-        eP, eI = metrics.warp_error(P, flows=flows), metrics.warp_error(I, flows=flows)
-        if eP >= 2 * eI:
-            data.append((name, P, I, T, flows, eP))
+    data = real_flicker_cases(args)
     rows = []
     for label, weights, strength, gc in variants:
         per = []

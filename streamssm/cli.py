@@ -52,6 +52,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from streamssm.train.video import VideoTrainConfig, train_video
 
     cfg = VideoTrainConfig(steps=args.steps or 4000, minutes=args.minutes, seed=args.seed, workers=args.workers)
+    if args.tiny:  # a few small steps; the options below still apply
+        cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
+                               short_side=128, seed=args.seed, minutes=args.minutes)
     if args.batch:
         cfg.batch = args.batch
     if args.w_temporal is not None:
@@ -60,9 +63,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.p_no_blend = args.p_no_blend
     if args.real_flow:
         cfg.real_flow = True
-    if args.tiny:
-        cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
-                               short_side=128, seed=args.seed)
     videos = args.data or str(_default_videos())
     train_video(args.output, videos, cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
     return 0

@@ -16,9 +16,11 @@ mask of Ruder et al. (GCPR 2016) forward-backward check used by the paper::
     |F_fw + F~_bw|^2 < 0.01 (|F_fw|^2 + |F~_bw|^2) + 0.5,   F~_bw(x) = F_bw(x + F_fw(x))
 
 Deliberate differences from the paper: the flow is DIS (``flow="dis"``, OpenCV's
-``DISOpticalFlow``, MEDIUM preset) or Farneback (``flow="farneback"``) instead of FlowNet2; TV-L1 is
-not offered because it lives in opencv-contrib (``cv2.optflow``), which is not installed alongside
-opencv-python-headless. Ruder's motion-boundary term is not used (the paper's text gives only the
+``DISOpticalFlow``, MEDIUM preset) or Farneback (``flow="farneback"``) instead of FlowNet2; DeepFlow
+(``flow="deepflow"``, Weinzaepfel et al. 2013) and TV-L1 (``flow="tvl1"``) need opencv-contrib's
+``cv2.optflow`` (``pip install opencv-contrib-python-headless`` in place of opencv-python-headless; the two
+packages share the ``cv2`` module) and are slow (DeepFlow ~0.3 s a 640 x 360 flow on one core, TV-L1
+slower). Ruder's motion-boundary term is not used (the paper's text gives only the
 consistency check), and pixels whose flow leaves the image are masked out too. A pair whose mask is
 empty is skipped.
 """
@@ -45,7 +47,7 @@ __all__ = [
     "mean_luminance",
 ]
 
-FLOW_METHODS = ("dis", "farneback")
+FLOW_METHODS = ("dis", "farneback", "deepflow", "tvl1")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601
 
 
@@ -69,6 +71,14 @@ def _flow_fn(method: str):
         return lambda a, b: dis.calc(a, b, None)
     if method == "farneback":
         return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 5, 15, 3, 5, 1.2, 0)
+    if method in ("deepflow", "tvl1"):
+        if not hasattr(cv2, "optflow"):
+            raise ValueError(f"flow method {method!r} needs opencv-contrib (cv2.optflow), which this OpenCV "
+                             f"{cv2.__version__} lacks: pip install opencv-contrib-python-headless in place of "
+                             "opencv-python-headless, or use 'dis' or 'farneback'")
+        calc = (cv2.optflow.createOptFlow_DeepFlow() if method == "deepflow"
+                else cv2.optflow.DualTVL1OpticalFlow_create())
+        return lambda a, b: calc.calc(a, b, None)
     raise ValueError(f"unknown flow method {method!r}; choose from {FLOW_METHODS}")
 
 

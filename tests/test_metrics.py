@@ -27,6 +27,21 @@ def test_translation_is_consistent(method):
     assert e < 0.02 * static_err and e < 2e-3
 
 
+@pytest.mark.parametrize("method", ["deepflow", "tvl1"])
+def test_contrib_flows_score_a_translation_or_say_what_is_missing(method):
+    """DeepFlow and TV-L1 (opencv-contrib): consistent on a pure shift where cv2.optflow exists; otherwise a
+    ValueError that names the method and the package to install."""
+    import cv2
+
+    v = _translating(T=3)
+    if not hasattr(cv2, "optflow"):
+        with pytest.raises(ValueError, match=f"{method}.*opencv-contrib-python-headless"):
+            warp_error(v, flow=method)
+        return
+    static_err = float(np.mean([((v[t].astype(float) - v[t + 1]) / 255) ** 2 for t in range(2)]) * 3)
+    assert warp_error(v, flow=method) < 0.02 * static_err
+
+
 def test_exact_flow_gives_zero_and_masks_border():
     v = _translating(T=3, dx=2, dy=1)
     fwd = np.zeros((2, 96, 128, 2), np.float32)

@@ -170,6 +170,21 @@ def _dist():
     return dist.get_rank(), world, local
 
 
+def _check_resumable(path: Path, conf: dict, extra: dict, model_cfg: VideoSSMConfig) -> None:
+    """ValueError unless the weights at ``path`` are a training checkpoint of this run's model: a finished file
+    (after :func:`without_guided_correction` or :func:`calibrate_blend`, whose changes live partly in the config
+    and would be trained over or dropped on resume) or one saved with another model config is refused."""
+    if "calibration" in extra:
+        raise ValueError(f"{path}: cannot resume training from blend-calibrated weights (calibrate_blend: "
+                         f"{extra['calibration']}); resume the checkpoint they were made from, or train to a new --output")
+    want = model_cfg.to_dict()
+    diff = [f"{k}: file {conf[k]!r}, this run {want[k]!r}" for k in sorted(want)
+            if k != "backend" and k in conf and conf[k] != want[k]]
+    if diff:
+        raise ValueError(f"{path}: cannot resume: its model config differs from this run's ({'; '.join(diff)}); "
+                         "train to a new --output, or resume with the config it was saved with")
+
+
 def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, model_cfg: VideoSSMConfig | None = None,
                 resume: bool = True, device: str = "auto", progress: bool = True, log=print) -> Path:
     cfg = cfg or VideoTrainConfig()
@@ -190,6 +205,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume and out.exists():
         conf, tensors, extra = read_weights(out, "video")
+        _check_resumable(out, conf, extra, model_cfg)
         load_into(model, tensors, out)
         start = int(extra.get("step", 0))
         if ckpt_opt.exists():

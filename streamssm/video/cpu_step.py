@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamssm.video.model import (FLOW_SHARP, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
-                                   flow_shape, grid_shape, lk_solve)
+                                   flow_shape, grid_shape, lk_solve, match_brightness)
 
 log = logging.getLogger("streamssm")
 
@@ -412,12 +412,15 @@ class CPUVideoStep:
         return pool_exact(_luma(P if I is None else I), div)
 
     @torch.no_grad()
-    def flow_full(self, g: Tensor, g_prev: Tensor, h: int, w: int) -> Tensor:
+    def flow_full(self, g: Tensor, g_prev: Tensor, h: int, w: int, guided: bool = True) -> Tensor:
         """Backward flow from the luminance ``g`` to ``g_prev`` and its confidence, upsampled to the full h x w:
         (b, 3, h, w) = flow x, flow y (full-resolution pixels), confidence. Reads no state but the previous
-        frame's luminance, so :class:`CPUVideoPipeline` runs it on a thread of its own."""
+        frame's luminance, so :class:`CPUVideoPipeline` runs it on a thread of its own. Processed-only
+        (``guided=False``) ``g_prev`` is brightness-matched to ``g`` first, as the reference does."""
         m, cfg = self.model, self.model.config
         div, _, _ = flow_shape(h, w, cfg)
+        if not guided:
+            g_prev = match_brightness(g_prev, g)
         flow, res = estimate_flow_fast(g, g_prev, cfg.flow_levels, window=cfg.flow_window, smooth=cfg.flow_smooth,
                                        cv=self.cv)
         flow = flow * div  # full-resolution pixels
@@ -459,7 +462,7 @@ class CPUVideoStep:
         sigma = None
         if blend:
             if fu is None:
-                fu = self.flow_full(g, state[4], h, w)  # flow (full-res pixels), confidence
+                fu = self.flow_full(g, state[4], h, w, I is not None)  # flow (full-res pixels), confidence
             sigma = torch.exp(m.log_gate[0 if I is not None else 1])
         else:
             fu = None
@@ -590,7 +593,7 @@ class CPUVideoPipeline:
         st = self._front_state
         fu = None
         if st is not None and st[4].shape == g.shape:
-            fu = self._flow_pool.submit(self.step.flow_full, g, st[4], P.shape[-2], P.shape[-1])
+            fu = self._flow_pool.submit(self.step.flow_full, g, st[4], P.shape[-2], P.shape[-1], I is not None)
         with torch.no_grad():
             front = self.step._front(P, I, st, self.strength, g=g, fu=fu)  # overlaps the previous tail
         fresh = self._front_state is None

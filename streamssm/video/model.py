@@ -16,7 +16,9 @@ Why this design (and where it departs from Lai et al. 2018, who run a ConvLSTM o
   long to integrate: long where the scene is stable, short where content changes (motion, occlusion).
 * **Processed-only mode.** Without I_t the guide is P_t itself (A is then ~identity and b ~0): the
   SSM reads the flicker from the cells' colour statistics and corrects with a per-cell colour gain/
-  offset ``O = P + dA P + db``.
+  offset ``O = P + dA P + db``. The blend's flow then runs on P's luminance, the previous frame's matched
+  to the current one's mean and spread first (:func:`match_brightness`), so a global brightness flicker is
+  not taken for motion.
 * **Scene cuts** are detected from the guide's coarse thumbnail (correlation between consecutive
   frames) and reset the stream's state exactly, in the step and in the parallel scan alike.
 * **Motion.** The state is per cell and holds operator parameters, which are spatially smooth, so
@@ -153,6 +155,18 @@ def estimate_flow(cur: Tensor, prev: Tensor, levels: int = 5, iters: int = 1, wi
         flow = smooth_flow(flow, c, p, smooth)
     res = _box((cur - warp_backward(prev, flow)).abs(), 3)
     return flow, res
+
+
+def match_brightness(prev: Tensor, cur: Tensor) -> Tensor:
+    """``prev`` luminance (n, 1, h, w) with its mean and standard deviation over the frame set to ``cur``'s. The
+    processed-only flow guide: there the flow runs on the processed frames themselves, and their global
+    exposure/contrast flicker would read as motion and as a flow residual (a low blend confidence exactly where
+    the flicker is). Guided, the original does not flicker and is used as it is."""
+    dims = (-2, -1)
+    mc, mp = cur.mean(dims, keepdim=True), prev.mean(dims, keepdim=True)
+    sc = (cur - mc).square().mean(dims, keepdim=True).sqrt()
+    sp = (prev - mp).square().mean(dims, keepdim=True).sqrt()
+    return (prev - mp) * (sc / (sp + 1e-4)) + mc
 
 
 def blend_confidence(res: Tensor, flow: Tensor, log_conf: Tensor, cfg: VideoSSMConfig) -> Tensor:
@@ -418,7 +432,8 @@ class VideoSSM(nn.Module):
             g = (F.avg_pool2d(g, div) if div > 1 else g).reshape(b, t, 1, hf, wf)
             gprev = torch.cat([state[4][:, None], g[:, :-1]], 1)
             cfg = self.config
-            flow, res = estimate_flow(g.flatten(0, 1), gprev.flatten(0, 1), cfg.flow_levels, window=cfg.flow_window,
+            gprev = gprev.flatten(0, 1) if I is not None else match_brightness(gprev.flatten(0, 1), g.flatten(0, 1))
+            flow, res = estimate_flow(g.flatten(0, 1), gprev, cfg.flow_levels, window=cfg.flow_window,
                                       smooth=cfg.flow_smooth)
             flow = flow * div  # full-resolution pixels
             conf = blend_confidence(res, flow, self.log_conf, cfg)

@@ -212,3 +212,60 @@ def test_still_guide_keeps_the_full_blend(fast):
     assert float((run(still_P, still_I, 0.5, 0.0) - full).abs().max()) > 1e-2  # the gain alone: less blend
     moving = run(P, I, 0.5, 0.5)
     assert float((moving - run(P, I, 0.5, 0.0)).abs().mean()) < 0.1 * float((moving - run(P, I, 1.0, 0.0)).abs().mean())
+
+
+def test_training_refuses_to_resume_finished_or_mismatched_weights(tmp_path):
+    """``train_video(resume=True)`` on the shipped (blend-calibrated) file, or on a checkpoint saved with another
+    model config, stops with a ValueError naming the file, before it loads data or writes anything."""
+    import shutil
+
+    from streamssm.train.video import VideoTrainConfig, train_video
+    from streamssm.video.model import VideoSSM, VideoSSMConfig
+    from streamssm.weights import read_weights, save_weights
+
+    shipped = tmp_path / "shipped.safetensors"
+    shutil.copy(DEFAULT_WEIGHTS, shipped)
+    before = shipped.read_bytes()
+    config, _, _ = read_weights(shipped, "video")
+    with pytest.raises(ValueError, match=r"shipped\.safetensors.*calibrat"):
+        train_video(shipped, {}, VideoTrainConfig(steps=1, workers=0), VideoSSMConfig(**config), device="cpu")
+    assert shipped.read_bytes() == before
+
+    small = tmp_path / "small.safetensors"
+    save_weights(small, VideoSSM(VideoSSMConfig(d_model=16, n_layers=1)), "video",
+                 VideoSSMConfig(d_model=16, n_layers=1).to_dict(), {"step": 3})
+    with pytest.raises(ValueError, match=r"small\.safetensors.*d_model: file 16, this run 32"):
+        train_video(small, {}, VideoTrainConfig(steps=1, workers=0), VideoSSMConfig(), device="cpu")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_processed_only_flow_ignores_a_global_brightness_flicker(fast):
+    """Processed-only the flow runs on P itself; its previous luminance is matched to the current one's mean and
+    spread first (``match_brightness``), so a global gain flicker over a still shot reads as no motion and a small
+    residual: the still rule then keeps the full blend there, as it does guided. Reference scan and fast step."""
+    from streamssm.video.model import match_brightness
+
+    _, I = _clip(steps=8, seed=5)
+    g = 0.299 * I[0, 0, 0:1] + 0.587 * I[0, 0, 1:2] + 0.114 * I[0, 0, 2:3]
+    cur = (g * 1.25 + 0.03)[None]
+    flow, res = estimate_flow(cur, match_brightness(g[None], cur))
+    _, res_raw = estimate_flow(cur, g[None])
+    assert float(flow.abs().max()) < 0.05 and float(res.mean()) < 0.05 * float(res_raw.mean())
+
+    model = load_video_model(None, "cpu", backend="torch")
+    still = I[:, :1].expand_as(I).contiguous()
+    P = (still * torch.linspace(0.7, 1.2, 8)[None, :, None, None, None]).clamp(0, 1)
+
+    def run(gain, still_px):
+        model.config.blend_gain, model.config.still_px = gain, still_px
+        with torch.no_grad():
+            if not fast:
+                return model(P)[0]
+            step, state, outs = CPUVideoStep(model), None, []
+            for t in range(P.shape[1]):
+                o, state = step.step(P[:, t], None, state, 1.0)
+                outs.append(o)
+            return torch.stack(outs, 1)
+
+    full = run(1.0, 0.0)
+    assert float((run(0.5, 0.5) - full).abs().mean()) < 0.05 * float((run(0.5, 0.0) - full).abs().mean())
