@@ -39,7 +39,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         cfg = PoseTrainConfig(minutes=args.minutes, seed=args.seed)
         if args.tiny:
-            cfg = PoseTrainConfig(steps=args.steps or 20, batch=4, length=32, val_every=10, seed=args.seed)
+            cfg = PoseTrainConfig(steps=args.steps or 20, batch=4, length=32, val_every=10, seed=args.seed,
+                                  minutes=args.minutes)
         for name in ("steps", "batch", "w_pos", "w_vel", "w_acc", "lr"):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))

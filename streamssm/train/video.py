@@ -171,9 +171,10 @@ def _dist():
 
 
 def _check_resumable(path: Path, conf: dict, extra: dict, model_cfg: VideoSSMConfig) -> None:
-    """ValueError unless the weights at ``path`` are a training checkpoint of this run's model: a finished file
-    (after :func:`without_guided_correction` or :func:`calibrate_blend`, whose changes live partly in the config
-    and would be trained over or dropped on resume) or one saved with another model config is refused."""
+    """ValueError unless the weights at ``path`` can be resumed with this run's model config: a blend-calibrated
+    file (:func:`calibrate_blend`, recorded in its ``extra``; its shifted ``log_conf`` would be trained over) and a
+    file saved with another model config are refused. So a :func:`without_guided_correction` file is refused
+    unless the run's config has ``guided_correction`` off too (then training goes on consistently)."""
     if "calibration" in extra:
         raise ValueError(f"{path}: cannot resume training from blend-calibrated weights (calibrate_blend: "
                          f"{extra['calibration']}); resume the checkpoint they were made from, or train to a new --output")
