@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +32,8 @@ from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import baselines_video as bv  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.operators import make_demo_operator  # noqa: E402
-from video_quality import DATA, read_folder, uncalibrated  # noqa: E402
+from streamssm.train.video import recalibrate_blend  # noqa: E402
+from video_quality import DATA, floats, read_folder, uncalibrated  # noqa: E402
 
 
 def main(argv=None):
@@ -46,11 +46,7 @@ def main(argv=None):
                     help="flow (full-res px) under which the guide counts as still and keeps the full blend; 0: off")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        shifts = [float(v) for v in args.shifts.split(",")]
-        gains = [float(v) for v in args.gains.split(",")]
-    except ValueError:
-        raise SystemExit(f"--shifts {args.shifts!r} / --gains {args.gains!r}: expected comma-separated numbers")
+    shifts, gains = floats(args.shifts, "--shifts"), floats(args.gains, "--gains")
     t0 = time.time()
     pairs = DATA / "pairs"
     data = {
@@ -86,10 +82,7 @@ def main(argv=None):
         outs = {}
         for k, (P, I) in data.items():
             f = uncalibrated(args.weights)
-            with torch.no_grad():
-                f.model.log_conf += shift
-            f.model.config.blend_gain *= gain
-            f.model.config.still_px = args.still_px
+            recalibrate_blend(f.model, shift, gain, args.still_px)
             outs[k] = f.filter(P, I if guided else None)
         f.reset()
         return (*score(outs), still_left(f.filter(still_P, [still] * len(still_P) if guided else None)))

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +27,7 @@ import streamssm.video.model as vm  # noqa: E402
 from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.filter import load_video_model  # noqa: E402
-from video_quality import DATA, read_folder, read_video  # noqa: E402
+from video_quality import DATA, read_folder, read_video, scan_uint8  # noqa: E402
 
 
 def fade(frames: list[np.ndarray], n: int) -> list[np.ndarray]:
@@ -51,7 +50,6 @@ def main(argv=None):
              "moving camera (driving)": fade(read_video(DATA / "videos" / "edgetam_08_driving.mp4", args.frames, 640),
                                              args.fade)}
     model = load_video_model(None, "cpu", backend="torch").eval()
-    tens = lambda fr: torch.from_numpy(np.stack(fr)).permute(0, 3, 1, 2)[None].float() / 255  # noqa: E731
     shipped = vm.match_brightness
     rows = []
     try:
@@ -60,9 +58,7 @@ def main(argv=None):
                                         ("processed-only", False, True),
                                         ("processed-only, brightness match off (before session 8)", False, False)]:
                 vm.match_brightness = shipped if match else (lambda prev, cur: prev)
-                with torch.no_grad():
-                    O, _ = model(tens(P), tens(P) if guided else None)
-                O = list((O[0].permute(0, 2, 3, 1) * 255 + 0.5).to(torch.uint8).numpy())
+                O = scan_uint8(model, P, P if guided else None)
                 r = metrics.mean_luminance(O) / metrics.mean_luminance(P)
                 rows.append([name, mode, f"{r.min():.3f}", f"{r[-1]:.3f}"])
                 print(" | ".join(rows[-1]), flush=True)

@@ -30,8 +30,7 @@ import streamssm.video.model as vm  # noqa: E402
 from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.filter import load_video_model  # noqa: E402
-from video_quality import real_flicker_cases  # noqa: E402
-from video_tradeoff import floats  # noqa: E402
+from video_quality import floats, real_flicker_cases, scan_uint8  # noqa: E402
 
 LABELS = {"lk": "Lucas-Kanade, 1 step a level (shipped)", "lk2": "Lucas-Kanade, 2 steps a level",
           "dis": "DIS medium (OpenCV)"}
@@ -63,7 +62,6 @@ def main(argv=None):
     t0 = time.time()
     data = real_flicker_cases(args)
     model = load_video_model(None, "cpu", backend="torch").eval()
-    tens = lambda fr: torch.from_numpy(np.stack(fr)).permute(0, 3, 1, 2)[None].float() / 255  # noqa: E731
     shipped = vm.estimate_flow
     swaps = {"lk": shipped, "lk2": functools.partial(shipped, iters=2), "dis": dis_flow}
     rows = []
@@ -73,9 +71,7 @@ def main(argv=None):
             for s in strengths:
                 per = []
                 for _, P, I, _, fl, eP in data:
-                    with torch.no_grad():
-                        O, _ = model(tens(P), tens(I), strength=s)
-                    O = list((O[0].permute(0, 2, 3, 1) * 255 + 0.5).to(torch.uint8).numpy())
+                    O = scan_uint8(model, P, I, s)
                     per.append((metrics.warp_error(O, flows=fl) / eP, metrics.psnr(O, P)))
                 rows.append([LABELS[f], f"{s:g}", f"{np.mean([r for r, _ in per]):.3f}",
                              f"{np.mean([p for _, p in per]):.1f}", " ".join(f"{r:.3f}/{p:.1f}" for r, p in per)])

@@ -37,6 +37,7 @@ from streamssm import baselines_video as bv  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter  # noqa: E402
 from streamssm.video.operators import HELDOUT_OPERATORS, make_operator  # noqa: E402
+from streamssm.train.video import recalibrate_blend  # noqa: E402
 from streamssm.weights import read_weights  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -112,6 +113,17 @@ def cases(args) -> dict[str, tuple[list, list, list | None]]:
     return out
 
 
+def floats(text: str, name: str) -> list[float]:
+    """A comma-separated list of numbers from the command line; SystemExit naming the option otherwise."""
+    try:
+        out = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{name}: expected comma-separated numbers, got {text!r}") from None
+    if not out:
+        raise SystemExit(f"{name}: expected at least one number")
+    return out
+
+
 def real_flicker_cases(args) -> list[tuple]:
     """The cases with real flicker (E_warp(P) >= 2 E_warp(I): the issue's definition), as the averages here take
     them: (name, P, I, T, flows between the originals (Farneback, or ``args.score_flow``), E_warp(P)). For the
@@ -166,11 +178,18 @@ def uncalibrated(weights=None) -> VideoFilter:
     _, _, extra = read_weights(weights or DEFAULT_WEIGHTS, "video")
     cal = extra.get("calibration")
     if cal:
-        with torch.no_grad():
-            f.model.log_conf -= cal["conf_shift"]
-        f.model.config.blend_gain /= cal["gain"]
-        f.model.config.still_px = 0.0
+        recalibrate_blend(f.model, -cal["conf_shift"], 1.0 / cal["gain"], 0.0)
     return f
+
+
+def scan_uint8(model, P: list, I: list | None = None, strength: float = 1.0) -> list[np.ndarray]:
+    """A clip through ``model``'s reference scan (``VideoSSM.forward``, fp32, CPU): uint8 frames in and out. For
+    the diagnostics that patch the model's module (``video_flow_swap.py``, ``video_fade.py``), which the CPU fast
+    step would not see."""
+    tens = lambda fr: torch.from_numpy(np.stack(fr)).permute(0, 3, 1, 2)[None].float() / 255  # noqa: E731
+    with torch.no_grad():
+        O, _ = model(tens(P), None if I is None else tens(I), strength=strength)
+    return list((O[0].permute(0, 2, 3, 1) * 255 + 0.5).to(torch.uint8).numpy())
 
 
 def main(argv=None):

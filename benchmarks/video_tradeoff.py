@@ -28,19 +28,9 @@ from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import baselines_video as bv  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.filter import VideoFilter  # noqa: E402
-from video_quality import real_flicker_cases  # noqa: E402
+from video_quality import floats, real_flicker_cases  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-
-
-def floats(text: str, name: str) -> list[float]:
-    try:
-        out = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"{name}: expected comma-separated numbers, got {text!r}") from None
-    if not out:
-        raise SystemExit(f"{name}: expected at least one number")
-    return out
 
 
 def at_psnr(curve: list[tuple[float, float]], psnr: float) -> float | None:

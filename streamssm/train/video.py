@@ -115,6 +115,17 @@ def without_guided_correction(src: str | Path, out: str | Path) -> Path:
     return save_weights(out, model, "video", config, extra)
 
 
+def recalibrate_blend(model: VideoSSM, conf_shift: float, gain: float, still_px: float) -> VideoSSM:
+    """In place: ``log_conf`` plus ``conf_shift``, ``config.blend_gain`` times ``gain``, ``config.still_px`` set.
+    The one definition of the blend calibration (:func:`calibrate_blend` writes it to a file; the benchmarks undo
+    it with ``-conf_shift``, ``1 / gain``, ``still_px=0`` and try grid points on top)."""
+    with torch.no_grad():
+        model.log_conf += conf_shift
+    model.config.blend_gain *= gain
+    model.config.still_px = float(still_px)
+    return model
+
+
 def calibrate_blend(src: str | Path, out: str | Path, conf_shift: float = 2.0, gain: float = 0.6,
                     still_px: float = 0.25) -> Path:
     """Copy video weights with the temporal blend recalibrated: the flow-confidence scale ``exp(log_conf)`` times
@@ -136,9 +147,8 @@ def calibrate_blend(src: str | Path, out: str | Path, conf_shift: float = 2.0, g
     config, tensors, extra = read_weights(src, "video")
     model = VideoSSM(VideoSSMConfig(**config))
     load_into(model, tensors, src)
-    with torch.no_grad():
-        model.log_conf += conf_shift
-    config = {**config, "blend_gain": float(config.get("blend_gain", 1.0)) * gain, "still_px": float(still_px)}
+    recalibrate_blend(model, conf_shift, gain, still_px)
+    config = {**config, "blend_gain": float(model.config.blend_gain), "still_px": model.config.still_px}
     extra = {**extra, "calibration": {"conf_shift": conf_shift, "gain": gain, "still_px": still_px}}
     return save_weights(out, model, "video", config, extra)
 
