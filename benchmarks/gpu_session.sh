@@ -20,6 +20,8 @@
 #   bash benchmarks/gpu_session.sh realtime3        # pose speed + e2e file->file (RESULTS sections), compiled 1080p row
 #   bash benchmarks/gpu_session.sh realtime2        # e2e, the compiled 2160p row alone, the pose step's kernel profile
 #   bash benchmarks/gpu_session.sh gputests         # every gpu-marked test (~260 s)
+#   bash benchmarks/gpu_session.sh latency9         # the 1080p video latency rows, compiled included (~6 min)
+#   bash benchmarks/gpu_session.sh thr9             # GPU file-to-file throughput (RESULTS section), compiled 1080p row
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -70,6 +72,18 @@ case "${1:-bench}" in
     timeout 200 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
       --frames 600 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
     timeout 170 python3 benchmarks/latency.py --time-budget 150 --video-weights streamssm/weights/video.safetensors \
+      --sizes 1080p --batches 1 --compiled-only --verbose --no-write --out "$OUT/latency_compiled.md" > "$OUT/latency.log" 2>&1
+    grep "s\] " "$OUT/latency.log" | tail -3
+    ;;
+  latency9)  # session 9, after the guide gain: the 1080p video latency rows, compiled included (RESULTS section)
+    timeout 420 python3 benchmarks/latency.py --time-budget 360 --video-weights streamssm/weights/video.safetensors \
+      --sizes 1080p --batches 1 --pose-batches 1000 --no-write --out "$OUT/lat.md" > "$OUT/latency.log" 2>&1
+    grep -A14 "Video step, ms" "$OUT/latency.log"; grep -m3 "Error" "$OUT/latency.log"
+    ;;
+  thr9)  # session 9: the GPU file-to-file throughput (RESULTS section to merge), then the compiled 1080p row again
+    timeout 250 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
+      --frames 600 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
+    timeout 200 python3 benchmarks/latency.py --time-budget 150 --video-weights streamssm/weights/video.safetensors \
       --sizes 1080p --batches 1 --compiled-only --verbose --no-write --out "$OUT/latency_compiled.md" > "$OUT/latency.log" 2>&1
     grep "s\] " "$OUT/latency.log" | tail -3
     ;;

@@ -5,10 +5,13 @@
 A filter that cannot see the original cannot tell a global fade from flicker, so processed-only it holds some of
 the old brightness back. Inputs: one real frame held still (bike-packing's first original, quarter size) and a real
 moving clip (``edgetam_08_driving.mp4`` at 640 px), each faded in from 30% to full brightness over ``--fade`` frames,
-then held. Per mode the table gives mean luminance of O over that of P: the lowest over the clip and the last
-frame's (1 = follows the fade exactly). Processed-only runs twice: as shipped, and with its flow guide's brightness
-match (``streamssm.video.model.match_brightness``) switched off, which is what it was before session 8. CPU, shipped
-weights, the reference scan. Writes the section "video_fade" of benchmarks/RESULTS.md.
+then held; and the still frame with only its left half faded in (a light switched on over part of the scene),
+its halves scored apart. Per mode the table gives mean luminance of O over that of P: the lowest and highest over
+the clip and the last frame's (1 = follows the fade exactly). Each mode runs as shipped and with what last changed how it follows
+brightness switched off -- guided, the guide's local brightness gain on the warped previous output
+(``streamssm.video.model.guide_gain``, session 9; also with one global gain for the frame instead, the first
+version tried); processed-only, its flow guide's brightness match (``streamssm.video.model.match_brightness``,
+session 8). CPU, shipped weights, the reference scan. Writes the section "video_fade" of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,9 +33,35 @@ from streamssm.video.filter import load_video_model  # noqa: E402
 from video_quality import DATA, read_folder, read_video, scan_uint8  # noqa: E402
 
 
-def fade(frames: list[np.ndarray], n: int) -> list[np.ndarray]:
+def fade(frames: list[np.ndarray], n: int, left_half: bool = False) -> list[np.ndarray]:
+    """Frames faded in from 30% to full brightness over ``n`` frames, then held; ``left_half``: only the frames'
+    left half (a light switched on over part of the scene), the right half as it is."""
     gain = np.concatenate([np.linspace(0.3, 1.0, n), np.ones(max(0, len(frames) - n))])[: len(frames)]
-    return [np.clip(f.astype(np.float32) * g + 0.5, 0, 255).astype(np.uint8) for f, g in zip(frames, gain)]
+    out = []
+    for f, g in zip(frames, gain):
+        f = f.astype(np.float32)
+        if left_half:
+            f[:, : f.shape[1] // 2] *= g
+        else:
+            f = f * g
+        out.append(np.clip(f + 0.5, 0, 255).astype(np.uint8))
+    return out
+
+
+def ratios(O: list[np.ndarray], P: list[np.ndarray], cols: slice = slice(None)) -> np.ndarray:
+    """Per frame: mean luminance of O over that of P, over the columns ``cols``."""
+    return metrics.mean_luminance([o[:, cols] for o in O]) / metrics.mean_luminance([p[:, cols] for p in P])
+
+
+def no_gain(cur, prev, flow, **_):
+    return cur.new_ones(cur.shape[0], 1, 1, 1)
+
+
+def global_gain(cur, prev, flow, **_):
+    """``guide_gain`` with one ratio for the whole frame, mean(cur) / mean(warp(prev)): what session 9 tried first."""
+    wp = vm.warp_backward(prev, flow)
+    dims = (-2, -1)
+    return ((cur.mean(dims, keepdim=True) + vm.GAIN_EPS) / (wp.mean(dims, keepdim=True) + vm.GAIN_EPS)).clamp(*vm.GAIN_RANGE)
 
 
 def main(argv=None):
@@ -46,30 +75,41 @@ def main(argv=None):
     t0 = time.time()
     still = read_folder(DATA / "pairs" / "enhancement" / "bike-packing-input", 1)[0]
     still = cv2.resize(still, (still.shape[1] // 4 // 2 * 2, still.shape[0] // 4 // 2 * 2), interpolation=cv2.INTER_AREA)
+    half = still.shape[1] // 2
     clips = {"still shot": fade([still] * args.frames, args.fade),
              "moving camera (driving)": fade(read_video(DATA / "videos" / "edgetam_08_driving.mp4", args.frames, 640),
-                                             args.fade)}
+                                             args.fade),
+             "still shot, a light on its left half": fade([still] * args.frames, args.fade, left_half=True)}
+    regions = {"still shot, a light on its left half": [(": the lit half", slice(0, half)),
+                                                         (": the unlit half", slice(half, None))]}
     model = load_video_model(None, "cpu", backend="torch").eval()
-    shipped = vm.match_brightness
+    shipped, shipped_gain = vm.match_brightness, vm.guide_gain
     rows = []
     try:
         for name, P in clips.items():
-            for mode, guided, match in [("guided (original = P: the fade is in the original too)", True, True),
-                                        ("processed-only", False, True),
-                                        ("processed-only, brightness match off (before session 8)", False, False)]:
+            for mode, guided, gain, match in [
+                    ("guided (original = P: the fade is in the original too)", True, shipped_gain, True),
+                    ("guided, guide gain off (before session 9)", True, no_gain, True),
+                    ("guided, one global gain for the frame (tried in session 9)", True, global_gain, True),
+                    ("processed-only", False, shipped_gain, True),
+                    ("processed-only, brightness match off (before session 8)", False, shipped_gain, False)]:
                 vm.match_brightness = shipped if match else (lambda prev, cur: prev)
+                vm.guide_gain = gain
                 O = scan_uint8(model, P, P if guided else None)
-                r = metrics.mean_luminance(O) / metrics.mean_luminance(P)
-                rows.append([name, mode, f"{r.min():.3f}", f"{r[-1]:.3f}"])
-                print(" | ".join(rows[-1]), flush=True)
+                for part, cols in regions.get(name, [("", slice(None))]):
+                    r = ratios(O, P, cols)
+                    rows.append([name + part, mode, f"{r.min():.3f}", f"{r.max():.3f}", f"{r[-1]:.3f}"])
+                    print(" | ".join(rows[-1]), flush=True)
     finally:
-        vm.match_brightness = shipped
+        vm.match_brightness, vm.guide_gain = shipped, shipped_gain
     body = (
         "## Video filter against a real global fade (no flicker)\n\n"
         f"`python benchmarks/video_fade.py --frames {args.frames} --fade {args.fade}` on {machine('cpu')}. Shipped weights, "
         f"reference scan; {args.frames} frames faded in from 30% to full brightness over {args.fade} frames, then held; "
-        "mean luminance of O over that of P (1 = O follows the fade exactly).\n\n"
-        + md_table(["input", "mode", "lowest O/P luminance", "last frame O/P luminance"], rows)
+        "mean luminance of O over that of P (1 = O follows the fade exactly). The last input fades in only the left "
+        "half of the frame (a light switched on over part of a still scene); its two halves are scored apart: the lit "
+        "half should follow the fade and the unlit half stay as it is (O/P = 1 on every frame).\n\n"
+        + md_table(["input", "mode", "lowest O/P luminance", "highest O/P luminance", "last frame O/P luminance"], rows)
         + f"\n\nRun took {time.time() - t0:.0f} s."
     )
     print(body)

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamssm.video.model import (FLOW_SHARP, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
-                                   flow_shape, grid_shape, lk_solve, match_brightness)
+                                   flow_shape, grid_shape, guide_gain, lk_solve, match_brightness)
 
 log = logging.getLogger("streamssm")
 
@@ -414,18 +414,21 @@ class CPUVideoStep:
     @torch.no_grad()
     def flow_full(self, g: Tensor, g_prev: Tensor, h: int, w: int, guided: bool = True) -> Tensor:
         """Backward flow from the luminance ``g`` to ``g_prev`` and its confidence, upsampled to the full h x w:
-        (b, 3, h, w) = flow x, flow y (full-resolution pixels), confidence. Reads no state but the previous
-        frame's luminance, so :class:`CPUVideoPipeline` runs it on a thread of its own. Processed-only
-        (``guided=False``) ``g_prev`` is brightness-matched to ``g`` first, as the reference does."""
-        m, cfg = self.model, self.model.config
+        (b, 3, h, w) = flow x, flow y (full-resolution pixels), confidence; guided (b, 4, h, w), the 4th plane the
+        guide's brightness gain (:func:`~streamssm.video.model.guide_gain`). Reads no state but the previous frame's
+        luminance, so :class:`CPUVideoPipeline` runs it on a thread of its own. Processed-only (``guided=False``)
+        ``g_prev`` is brightness-matched to ``g`` first, as the reference does."""
+        m, cfg, cv = self.model, self.model.config, self.cv
         div, _, _ = flow_shape(h, w, cfg)
         if not guided:
             g_prev = match_brightness(g_prev, g)
         flow, res = estimate_flow_fast(g, g_prev, cfg.flow_levels, window=cfg.flow_window, smooth=cfg.flow_smooth,
-                                       cv=self.cv)
+                                       cv=cv)
+        gain = [guide_gain(g, g_prev, flow, box=lambda x, k: box_mean(x, k, cv), warp=lambda x, f: _warp(x, f, cv))
+                ] if guided else []
         flow = flow * div  # full-resolution pixels
         conf = blend_confidence(res, flow, m.log_conf, cfg)
-        return _upsample(torch.cat([flow, conf], 1), h, w, self.cv)
+        return _upsample(torch.cat([flow, conf, *gain], 1), h, w, cv)
 
     @torch.no_grad()
     def _front(self, P: Tensor, I: Tensor | None, state, strength: float, g: Tensor | None = None,
@@ -506,6 +509,8 @@ class CPUVideoStep:
             else:
                 fs = fu[:, :, sl]
                 wp = _sample(prev, *_grid(xs, ys, fs[:, 0], fs[:, 1], h, w), cv)
+                if fs.shape[1] > 3:  # guided: follow the original's brightness change (guide_gain)
+                    wp.mul_(fs[:, 3:4]).clamp_(0.0, 1.0)
                 d = wp.sub_(Oc)  # warped previous output - corrected frame
                 gate = d.abs().mean(1, keepdim=True).neg_().div_(f.sigma).exp_()
                 beta = torch.mul(cx[:, 12:13, a : a + 1], wa).addcmul_(cx[:, 12:13, c : c + 1], wc).sigmoid_()
@@ -530,7 +535,7 @@ class _Front(NamedTuple):
     cx: Tensor  # (b, 13, gh, w) coefficients upsampled along x, strength folded in
     gh: int
     blend: bool
-    fu: Any  # (b, 3, h, w): flow x, flow y (full-resolution pixels), confidence; or a future of it; None: no blend
+    fu: Any  # flow_full's (b, 3 | 4, h, w): flow x, flow y, confidence[, guide gain]; or a future of it; None: no blend
     sigma: Tensor | None
     keep4: Tensor  # (b, 1, 1, 1)
     fixed: tuple

@@ -275,6 +275,27 @@ def test_push_pipeline_equals_step_bit_for_bit():
     assert pipe.step(*pairs[-1]).shape == pairs[-1][0].shape  # after flush, step works again
 
 
+def test_push_pipeline_on_one_thread_equals_step_on_two_at_720p():
+    """The pipeline runs torch on one thread, ``streamssm video`` frame by frame on two; on frames large enough for
+    torch to split its work, every reduction must still give the same bits, so the frames are identical. (A
+    frame mean in the guided blend, tried in session 9, broke this at 720p and not on small frames.)"""
+    frames = scene_clip(1, 720, 1280, steps=6, seed=2)
+    to_u8 = lambda x: (x[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    pairs = [(to_u8(P), to_u8(I)) for P, I in frames]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seq = VideoFilter(device="cpu")
+        want = [seq.step(p, i) for p, i in pairs]
+        torch.set_num_threads(1)
+        pipe = VideoFilter(device="cpu")
+        got = [o for o in (pipe.push(p, i) for p, i in pairs) if o is not None] + [pipe.flush()]
+    finally:
+        torch.set_num_threads(threads)
+    for t, (a, b) in enumerate(zip(got, want)):
+        assert np.array_equal(a, b), f"frame {t}: pipelined differs from step by {np.abs(a.astype(int) - b).max()}"
+
+
 def test_push_elsewhere_holds_back_one_step():
     """Off the CPU fast path (float frames here), push is step with the output held back one call."""
     f, ref = VideoFilter(device="cpu"), VideoFilter(device="cpu")
