@@ -13,8 +13,9 @@ of ``video_quality.py`` are not used. Also reported, not part of the rule: the s
 webcam tab (one real frame under the ``gamma_jitter`` operator, 24 frames, guided), as the share of its
 frame-to-frame mean-luminance flicker left in the output (``metrics.luminance_flicker``) -- the blend gain caps the blend weight everywhere, so a
 lower gain would keep more of a still scene's flicker, as MC-EMA's a=0.3 does, but for ``--still-px``: where the
-guide's flow is under about that many pixels the blend keeps its full weight. Writes the section
-"video_calibration" of benchmarks/RESULTS.md.
+guide's flow is under about that many pixels the blend keeps its full weight. The weights' own calibration point
+is marked, and gets a processed-only row too (after a change to the model the rule may pick another point than
+the one the weights were calibrated at). Writes the section "video_calibration" of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from streamssm import baselines_video as bv  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.operators import make_demo_operator  # noqa: E402
 from streamssm.train.video import recalibrate_blend  # noqa: E402
+from streamssm.video.filter import DEFAULT_WEIGHTS  # noqa: E402
+from streamssm.weights import read_weights  # noqa: E402
 from video_quality import DATA, floats, read_folder, uncalibrated  # noqa: E402
 
 
@@ -94,19 +97,24 @@ def main(argv=None):
             print(f"shift {s} gain {g}: {grid[s, g][0]:.3f} / {grid[s, g][1]:.1f}, still {grid[s, g][3]:.3f}", flush=True)
     ok = [(r[0], key) for key, r in grid.items() if r[1] >= ema[1] + args.margin]
     best = min(ok)[1] if ok else None
+    cal = read_weights(args.weights or DEFAULT_WEIGHTS, "video")[2].get("calibration")
+    shipped = (float(cal["conf_shift"]), float(cal["gain"])) if cal else None
     rows = [["motion-compensated EMA a=0.3 (DIS)", "-", "-", f"{ema[0]:.3f}", f"{ema[1]:.1f}", ema[2],
              f"{ema_still:.3f}"]]
     for (s, g), r in grid.items():
         mark = "**" if (s, g) == best else ""
-        rows.append([f"{mark}shift {s:g}, gain {g:g}{mark}", f"{s:g}", f"{g:g}", f"{r[0]:.3f}", f"{r[1]:.1f}", r[2],
+        tag = " (the weights' own)" if (s, g) == shipped else ""
+        rows.append([f"{mark}shift {s:g}, gain {g:g}{mark}{tag}", f"{s:g}", f"{g:g}", f"{r[0]:.3f}", f"{r[1]:.1f}", r[2],
                      f"{r[3]:.3f}"])
     po = []
-    for s, g in [(0.0, 1.0)] + ([best] if best and best != (0.0, 1.0) else []):
+    for s, g in dict.fromkeys(k for k in [(0.0, 1.0), best, shipped] if k):
         r = run(s, g, guided=False)
         po.append([f"processed-only, shift {s:g}, gain {g:g}", f"{s:g}", f"{g:g}", f"{r[0]:.3f}", f"{r[1]:.1f}", r[2],
                    f"{r[3]:.3f}"])
     chosen = (f"chosen: shift {best[0]:g}, gain {best[1]:g} (the lowest mean ratio with PSNR(O, P) >= "
               f"{ema[1] + args.margin:.1f} dB)" if best else f"no point reaches {ema[1] + args.margin:.1f} dB")
+    chosen += (f"; the weights' own calibration: shift {shipped[0]:g}, gain {shipped[1]:g}" if shipped
+               else "; the weights record no calibration")
     print(chosen, flush=True)
     body = (
         "## Video blend calibration (validation pairs only)\n\n"

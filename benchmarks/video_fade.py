@@ -1,4 +1,4 @@
-"""How far the video filter's output lags a real global fade (no flicker at all: nothing to remove).
+"""How far the video filter's output lags a real fade (no flicker at all: nothing to remove).
 
     python benchmarks/video_fade.py [--frames 24] [--fade 12] [--no-write]
 
@@ -103,7 +103,7 @@ def main(argv=None):
     finally:
         vm.match_brightness, vm.guide_gain = shipped, shipped_gain
     body = (
-        "## Video filter against a real global fade (no flicker)\n\n"
+        "## Video filter against a real fade, whole frame or half (no flicker)\n\n"
         f"`python benchmarks/video_fade.py --frames {args.frames} --fade {args.fade}` on {machine('cpu')}. Shipped weights, "
         f"reference scan; {args.frames} frames faded in from 30% to full brightness over {args.fade} frames, then held; "
         "mean luminance of O over that of P (1 = O follows the fade exactly). The last input fades in only the left "

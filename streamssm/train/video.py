@@ -138,7 +138,8 @@ def calibrate_blend(src: str | Path, out: str | Path, conf_shift: float = 2.0, g
     the point of a grid on the validation pairs alone (../shared/data/pairs: Haze2 dehazing, bike-packing
     enhancement; guided, E_warp scored with Farneback flow) with the lowest mean E_warp ratio among those at
     least 0.5 dB above the motion-compensated EMA's mean PSNR(O, P) there (``benchmarks/video_calibration.py``:
-    E_warp ratio 0.358 at 35.3 dB, against 0.338 / 32.2 dB uncalibrated and 0.372 / 34.6 dB for the EMA).
+    E_warp ratio 0.358 at 35.3 dB, against 0.338 / 32.2 dB uncalibrated and 0.372 / 34.6 dB for the EMA; since
+    session 9's guide gain the shipped point scores 0.372 / 35.5 dB there and the rule would pick conf_shift 2.7).
     Training learned a strict confidence scale (0.078), which stops the blend on real footage wherever the flow
     is slightly off; the looser scale blends there, and the gain keeps the output closer to the processed frame
     where the content moves. ``still_px`` keeps the long memory a still shot's flicker needs (with the gain alone

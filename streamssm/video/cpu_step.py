@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamssm.video.model import (FLOW_SHARP, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
-                                   flow_shape, grid_shape, guide_gain, lk_solve, match_brightness)
+                                   flow_shape, grid_shape, guide_gain, lk_solve, match_brightness, prev_was_guided)
 
 log = logging.getLogger("streamssm")
 
@@ -412,20 +412,25 @@ class CPUVideoStep:
         return pool_exact(_luma(P if I is None else I), div)
 
     @torch.no_grad()
-    def flow_full(self, g: Tensor, g_prev: Tensor, h: int, w: int, guided: bool = True) -> Tensor:
+    def flow_full(self, g: Tensor, g_prev: Tensor, h: int, w: int, guided: bool = True,
+                  prev_guided: Tensor | None = None) -> Tensor:
         """Backward flow from the luminance ``g`` to ``g_prev`` and its confidence, upsampled to the full h x w:
         (b, 3, h, w) = flow x, flow y (full-resolution pixels), confidence; guided (b, 4, h, w), the 4th plane the
-        guide's brightness gain (:func:`~streamssm.video.model.guide_gain`). Reads no state but the previous frame's
-        luminance, so :class:`CPUVideoPipeline` runs it on a thread of its own. Processed-only (``guided=False``)
-        ``g_prev`` is brightness-matched to ``g`` first, as the reference does."""
+        guide's brightness gain (:func:`~streamssm.video.model.guide_gain`; 1 for the streams whose previous frame
+        was processed-only, ``prev_guided`` (b,) bool False, as the reference does; None: all were guided). Reads no
+        state but the previous frame's luminance, so :class:`CPUVideoPipeline` runs it on a thread of its own.
+        Processed-only (``guided=False``) ``g_prev`` is brightness-matched to ``g`` first, as the reference does."""
         m, cfg, cv = self.model, self.model.config, self.cv
         div, _, _ = flow_shape(h, w, cfg)
         if not guided:
             g_prev = match_brightness(g_prev, g)
         flow, res = estimate_flow_fast(g, g_prev, cfg.flow_levels, window=cfg.flow_window, smooth=cfg.flow_smooth,
                                        cv=cv)
-        gain = [guide_gain(g, g_prev, flow, box=lambda x, k: box_mean(x, k, cv), warp=lambda x, f: _warp(x, f, cv))
-                ] if guided else []
+        gain = []
+        if guided:
+            gain = [guide_gain(g, g_prev, flow, box=lambda x, k: box_mean(x, k, cv), warp=lambda x, f: _warp(x, f, cv))]
+            if prev_guided is not None:
+                gain[0] = torch.where(prev_guided[:, None, None, None], gain[0], torch.ones_like(gain[0]))
         flow = flow * div  # full-resolution pixels
         conf = blend_confidence(res, flow, m.log_conf, cfg)
         return _upsample(torch.cat([flow, conf, *gain], 1), h, w, cv)
@@ -465,7 +470,7 @@ class CPUVideoStep:
         sigma = None
         if blend:
             if fu is None:
-                fu = self.flow_full(g, state[4], h, w, I is not None)  # flow (full-res pixels), confidence
+                fu = self.flow_full(g, state[4], h, w, I is not None, prev_was_guided(state))
             sigma = torch.exp(m.log_gate[0 if I is not None else 1])
         else:
             fu = None
@@ -557,8 +562,8 @@ class CPUVideoPipeline:
     output`` (None if nothing is pending). ``state``: the full state after the last output returned. Run torch
     and OpenCV on one intra-op thread each for the pipeline's lifetime (``torch.set_num_threads(1)``): three
     threads of work for the OS to spread over the cores, instead of one step spreading its small ops over them.
-    Measured at 720p on 2 cores, shipped weights, guided: 15.9 fps against 13.0 frame by frame
-    (``benchmarks/video_cpu_speed.py``).
+    Measured at 720p on 2 cores, shipped weights, guided: 28.6 fps against 23.5 frame by frame (session 9's run,
+    ``benchmarks/video_cpu_speed.py``).
 
     >>> import numpy as np
     >>> from streamssm.video.model import VideoSSM, VideoSSMConfig
@@ -598,7 +603,8 @@ class CPUVideoPipeline:
         st = self._front_state
         fu = None
         if st is not None and st[4].shape == g.shape:
-            fu = self._flow_pool.submit(self.step.flow_full, g, st[4], P.shape[-2], P.shape[-1], I is not None)
+            fu = self._flow_pool.submit(self.step.flow_full, g, st[4], P.shape[-2], P.shape[-1], I is not None,
+                                        prev_was_guided(st))
         with torch.no_grad():
             front = self.step._front(P, I, st, self.strength, g=g, fu=fu)  # overlaps the previous tail
         fresh = self._front_state is None

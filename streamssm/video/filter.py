@@ -111,8 +111,9 @@ class VideoFilter:
     [0, 1], in and out, on the filter's device (B independent streams; NaN is read as 0 and values are
     clamped to [0, 1] on the device, without a host sync). With ``original`` (the frame the operator
     saw) the filter is guided; without it, it works on the processed frame alone. Guided, a change of the
-    original's own brightness (a fade, auto-exposure, a light switched on) comes through at once; processed-only
-    the filter cannot tell it from flicker and follows it late (``benchmarks/video_fade.py``).
+    original's own brightness (a fade, auto-exposure, a light switched on) comes through, within ~3% while it
+    happens; processed-only the filter cannot tell it from flicker and follows it late, about a third dark at worst
+    during a fast fade (``benchmarks/video_fade.py``).
 
     Batches: for a given B, a stream's outputs are bit-identical whatever the other streams hold;
     against the stream run alone they agree to fp32 rounding (matmul/conv kernels pick their

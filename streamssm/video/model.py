@@ -29,7 +29,9 @@ Why this design (and where it departs from Lai et al. 2018, who run a ConvLSTM o
   changes are forgotten through the selective step size. There is no explicit state warping yet.
 
 State (explicit, a flat tuple, first dim = stream b): ``prev_feat (b, 12+6, gh, gw)`` (last parameters
-and cell means), ``prev_thumb (b, 3, gh, gw)``, ``has_prev (b,)``, then one SSM state
+and cell means), ``prev_thumb (b, 3, gh, gw)``, ``has_prev (b,)`` (0: no previous frame; 1: it was processed-only;
+2: it was guided, so ``prev_luma`` is the original's), ``prev_out (b, 3, H, W)``, ``prev_luma (b, 1, hf, wf)``
+(the flow's luminance of the previous guide), then one SSM state
 ``(b, gh*gw, h, p, n)`` per layer. It depends on the grid size, so a resolution change starts over.
 """
 
@@ -188,7 +190,7 @@ def blend_confidence(res: Tensor, flow: Tensor, log_conf: Tensor, cfg: VideoSSMC
     return conf * (gain + (1.0 - gain) * still)
 
 
-GAIN_BOX = 15  # window (flow-resolution pixels, ~30 full-resolution) of the guide's local brightness ratio
+GAIN_BOX = 15  # window (flow-resolution pixels: ~30 full-resolution ones at 64 px and up) of the guide's brightness ratio
 GAIN_EPS = 0.02  # added to both box means of the ratio (dark regions change in absolute, not relative, steps)
 GAIN_RANGE = (0.5, 2.0)
 
@@ -208,7 +210,15 @@ def guide_gain(cur: Tensor, prev: Tensor, flow: Tensor, box=None, warp=None) -> 
     :func:`warp_backward` to use (the CPU step passes its own)."""
     box = _box if box is None else box
     warp = warp_backward if warp is None else warp
-    return ((box(cur, GAIN_BOX) + GAIN_EPS) / (box(warp(prev, flow), GAIN_BOX) + GAIN_EPS)).clamp(*GAIN_RANGE)
+    num = box(cur, GAIN_BOX).clamp_min(0.0) + GAIN_EPS  # clamp_min: no 0/0 from out-of-range (negative) input
+    return (num / (box(warp(prev, flow), GAIN_BOX).clamp_min(0.0) + GAIN_EPS)).clamp(*GAIN_RANGE)
+
+
+def prev_was_guided(state) -> Tensor:
+    """(b,) bool: whether each stream's previous frame was guided, i.e. its flow luminance in the state is the
+    original's, which :func:`guide_gain` compares the current original with. After a processed-only frame it is
+    the processed frame's, whose brightness is the operator's: then there is no gain for the next frame."""
+    return state[2] > 1.5
 
 
 def _luma(x: Tensor) -> Tensor:
@@ -388,7 +398,7 @@ class VideoSSM(nn.Module):
             ],
             2,
         )
-        new_fixed = (cur[:, -1], thumb[:, -1], torch.ones_like(has_prev))
+        new_fixed = (cur[:, -1], thumb[:, -1], torch.full_like(has_prev, 2.0 if guided else 1.0))
         return feats.permute(0, 1, 3, 4, 2), fresh, new_fixed
 
     # ---------------------------------------------------------------------------------- network
@@ -468,6 +478,10 @@ class VideoSSM(nn.Module):
             conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
             if gain is not None:
                 gain = F.interpolate(gain, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
+                # a stream whose previous frame was processed-only holds P's luminance as the previous guide: no gain
+                orig = torch.cat([prev_was_guided(state)[:, None], torch.ones(b, t - 1, dtype=torch.bool,
+                                                                             device=P.device)], 1)
+                gain = torch.where(orig[:, :, None, None, None], gain, torch.ones_like(gain))
         keep = (~fresh).to(P.dtype)[:, :, None, None, None] * (strength if blend else 0.0)
         sigma = torch.exp(self.log_gate[0 if I is not None else 1])
         prev = state[3].to(P.dtype)

@@ -302,3 +302,22 @@ def test_guided_output_follows_a_fade_of_the_original(fast, half):
         ratio = O[..., cols].mean((0, 2, 3, 4)) / P[..., cols].mean((0, 2, 3, 4))
         assert float((ratio - 1).abs().max()) < 0.03, (cols, ratio)
     assert 0.0 <= float(O.min()) and float(O.max()) <= 1.0  # the brightened previous output is clamped
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_switch_from_processed_only_to_guided_takes_no_brightness_gain(fast):
+    """After processed-only frames the state's previous guide luminance is the processed frame's; the first guided
+    frame must not read the change from it to the original as a brightness change (``prev_was_guided``): with no
+    flicker at all, the output stays within 2% of P's mean luminance across the switch (it was 6.9% dark with the
+    gain taken from P's luminance). Reference step and the CPU fast step."""
+    model = load_video_model(None, "cpu", backend="torch")
+    _, I = _clip(steps=6, seed=3, h=144, w=256)
+    P = I.clamp(1e-4, 1) ** 0.6  # a consistent operator that brightens: nothing to remove
+    step = CPUVideoStep(model).step if fast else model.step
+    state, ratios = None, []
+    with torch.no_grad():
+        for t in range(P.shape[1]):
+            o, state = step(P[:, t], I[:, t] if t >= 3 else None, state, 1.0)
+            ratios.append(float(o.mean() / P[:, t].mean()))
+    assert max(abs(r - 1) for r in ratios) < 0.02, ratios
+    assert float(state[2][0]) == 2.0  # the last frame was guided
