@@ -53,11 +53,11 @@ def ratios(O: list[np.ndarray], P: list[np.ndarray], cols: slice = slice(None)) 
     return metrics.mean_luminance([o[:, cols] for o in O]) / metrics.mean_luminance([p[:, cols] for p in P])
 
 
-def no_gain(cur, prev, flow, **_):
+def no_gain(cur, prev, flow, prev_guided=None, **_):
     return cur.new_ones(cur.shape[0], 1, 1, 1)
 
 
-def global_gain(cur, prev, flow, **_):
+def global_gain(cur, prev, flow, prev_guided=None, **_):
     """``guide_gain`` with one ratio for the whole frame, mean(cur) / mean(warp(prev)): what session 9 tried first."""
     wp = vm.warp_backward(prev, flow)
     dims = (-2, -1)

@@ -124,6 +124,11 @@ def floats(text: str, name: str) -> list[float]:
     return out
 
 
+def has_real_flicker(eP: float, eI: float) -> bool:
+    """The issue's definition of a case with real flicker: E_warp(P) at least twice E_warp(I)."""
+    return eP >= 2 * eI
+
+
 def real_flicker_cases(args) -> list[tuple]:
     """The cases with real flicker (E_warp(P) >= 2 E_warp(I): the issue's definition), as the averages here take
     them: (name, P, I, T, flows between the originals (Farneback, or ``args.score_flow``), E_warp(P)). For the
@@ -132,7 +137,7 @@ def real_flicker_cases(args) -> list[tuple]:
     for name, (P, I, T) in cases(args).items():
         flows = metrics.compute_flows(I, getattr(args, "score_flow", "farneback"))
         eP, eI = metrics.warp_error(P, flows=flows), metrics.warp_error(I, flows=flows)
-        if eP >= 2 * eI:
+        if has_real_flicker(eP, eI):
             out.append((name, P, I, T, flows, eP))
     return out
 
@@ -230,7 +235,7 @@ def main(argv=None):
         if args.uncalibrated:
             f = uncalibrated(args.weights)
             res["streamssm guided, blend calibration undone"] = timed(lambda: f.filter(P, I), n)
-        real = eP >= 2 * eI
+        real = has_real_flicker(eP, eI)
         if T is not None:
             res["(consistent target T: the operator with its parameters held)"] = (T, 0.0)
         fmt = lambda v: "inf" if not np.isfinite(v) else f"{v:.1f}"  # noqa: E731

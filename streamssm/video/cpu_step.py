@@ -426,11 +426,8 @@ class CPUVideoStep:
             g_prev = match_brightness(g_prev, g)
         flow, res = estimate_flow_fast(g, g_prev, cfg.flow_levels, window=cfg.flow_window, smooth=cfg.flow_smooth,
                                        cv=cv)
-        gain = []
-        if guided:
-            gain = [guide_gain(g, g_prev, flow, box=lambda x, k: box_mean(x, k, cv), warp=lambda x, f: _warp(x, f, cv))]
-            if prev_guided is not None:
-                gain[0] = torch.where(prev_guided[:, None, None, None], gain[0], torch.ones_like(gain[0]))
+        gain = [guide_gain(g, g_prev, flow, prev_guided, box=lambda x, k: box_mean(x, k, cv),
+                           warp=lambda x, f: _warp(x, f, cv))] if guided else []
         flow = flow * div  # full-resolution pixels
         conf = blend_confidence(res, flow, m.log_conf, cfg)
         return _upsample(torch.cat([flow, conf, *gain], 1), h, w, cv)

@@ -195,7 +195,8 @@ GAIN_EPS = 0.02  # added to both box means of the ratio (dark regions change in 
 GAIN_RANGE = (0.5, 2.0)
 
 
-def guide_gain(cur: Tensor, prev: Tensor, flow: Tensor, box=None, warp=None) -> Tensor:
+def guide_gain(cur: Tensor, prev: Tensor, flow: Tensor, prev_guided: Tensor | None = None, box=None, warp=None
+               ) -> Tensor:
     """Guided: the local brightness change of the guide along the flow, ``box(cur) / box(warp(prev, flow))`` over
     ``GAIN_BOX`` windows (``GAIN_EPS`` added to both, clamped to ``GAIN_RANGE``), (n, 1, hf, wf). ``cur``, ``prev``:
     the guide's flow luminance (n, 1, hf, wf); ``flow``: the backward flow in those pixels.
@@ -206,12 +207,16 @@ def guide_gain(cur: Tensor, prev: Tensor, flow: Tensor, box=None, warp=None) -> 
     weight). The original does not flicker, so this carries none of the operator's flicker; processed-only there
     is no such guide and no gain. Local, not one ratio for the frame: a global ratio brightens the unlit part of a
     scene along with a lit part (measured: +21% on the unlit half of a still shot, against +1.6% with this window;
-    ``benchmarks/video_fade.py``). ``box``/``warp``: the implementations of :func:`_box` and
-    :func:`warp_backward` to use (the CPU step passes its own)."""
+    ``benchmarks/video_fade.py``). ``prev_guided`` (n,) bool: False where ``prev`` is not the original's luminance
+    (:func:`prev_was_guided`): the gain is 1 there; None: all are. ``box``/``warp``: the implementations of
+    :func:`_box` and :func:`warp_backward` to use (the CPU step passes its own)."""
     box = _box if box is None else box
     warp = warp_backward if warp is None else warp
     num = box(cur, GAIN_BOX).clamp_min(0.0) + GAIN_EPS  # clamp_min: no 0/0 from out-of-range (negative) input
-    return (num / (box(warp(prev, flow), GAIN_BOX).clamp_min(0.0) + GAIN_EPS)).clamp(*GAIN_RANGE)
+    gain = (num / (box(warp(prev, flow), GAIN_BOX).clamp_min(0.0) + GAIN_EPS)).clamp(*GAIN_RANGE)
+    if prev_guided is not None:
+        gain = torch.where(prev_guided[:, None, None, None], gain, torch.ones_like(gain))
+    return gain
 
 
 def prev_was_guided(state) -> Tensor:
@@ -471,17 +476,17 @@ class VideoSSM(nn.Module):
             gprev = gprev.flatten(0, 1) if I is not None else match_brightness(gprev.flatten(0, 1), g.flatten(0, 1))
             flow, res = estimate_flow(g.flatten(0, 1), gprev, cfg.flow_levels, window=cfg.flow_window,
                                       smooth=cfg.flow_smooth)
-            gain = guide_gain(g.flatten(0, 1), gprev, flow) if I is not None else None
+            gain = None
+            if I is not None:  # a stream whose previous frame was processed-only: no gain on this clip's first frame
+                orig = torch.cat([prev_was_guided(state)[:, None], torch.ones(b, t - 1, dtype=torch.bool,
+                                                                             device=P.device)], 1)
+                gain = guide_gain(g.flatten(0, 1), gprev, flow, orig.flatten())
             flow = flow * div  # full-resolution pixels
             conf = blend_confidence(res, flow, self.log_conf, cfg)
             flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
             conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
             if gain is not None:
                 gain = F.interpolate(gain, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
-                # a stream whose previous frame was processed-only holds P's luminance as the previous guide: no gain
-                orig = torch.cat([prev_was_guided(state)[:, None], torch.ones(b, t - 1, dtype=torch.bool,
-                                                                             device=P.device)], 1)
-                gain = torch.where(orig[:, :, None, None, None], gain, torch.ones_like(gain))
         keep = (~fresh).to(P.dtype)[:, :, None, None, None] * (strength if blend else 0.0)
         sigma = torch.exp(self.log_gate[0 if I is not None else 1])
         prev = state[3].to(P.dtype)

@@ -25,6 +25,18 @@ def _clip(steps: int = 8, cut: int | None = None, h: int = 72, w: int = 128, see
     return P, I
 
 
+def _scan(model, P: torch.Tensor, I: torch.Tensor | None = None, fast: bool = False) -> torch.Tensor:
+    """A clip (1, T, 3, H, W) through the reference scan, or frame by frame through the CPU fast step."""
+    with torch.no_grad():
+        if not fast:
+            return model(P, I)[0]
+        step, state, outs = CPUVideoStep(model), None, []
+        for t in range(P.shape[1]):
+            o, state = step.step(P[:, t], None if I is None else I[:, t], state, 1.0)
+            outs.append(o)
+        return torch.stack(outs, 1)
+
+
 def _u8(x: torch.Tensor) -> np.ndarray:
     return (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
@@ -198,14 +210,7 @@ def test_still_guide_keeps_the_full_blend(fast):
 
     def run(P, I, gain, still_px):
         model.config.blend_gain, model.config.still_px = gain, still_px
-        with torch.no_grad():
-            if not fast:
-                return model(P, I)[0]
-            step, state, outs = CPUVideoStep(model), None, []
-            for t in range(P.shape[1]):
-                o, state = step.step(P[:, t], I[:, t], state, 1.0)
-                outs.append(o)
-            return torch.stack(outs, 1)
+        return _scan(model, P, I, fast)
 
     full = run(still_P, still_I, 1.0, 0.0)
     assert float((run(still_P, still_I, 0.5, 0.5) - full).abs().max()) <= 1e-5
@@ -258,14 +263,7 @@ def test_processed_only_flow_ignores_a_global_brightness_flicker(fast):
 
     def run(gain, still_px):
         model.config.blend_gain, model.config.still_px = gain, still_px
-        with torch.no_grad():
-            if not fast:
-                return model(P)[0]
-            step, state, outs = CPUVideoStep(model), None, []
-            for t in range(P.shape[1]):
-                o, state = step.step(P[:, t], None, state, 1.0)
-                outs.append(o)
-            return torch.stack(outs, 1)
+        return _scan(model, P, None, fast)
 
     full = run(1.0, 0.0)
     assert float((run(0.5, 0.5) - full).abs().mean()) < 0.05 * float((run(0.5, 0.0) - full).abs().mean())
@@ -289,15 +287,7 @@ def test_guided_output_follows_a_fade_of_the_original(fast, half):
     else:
         I *= fade
     P = I.clamp(1e-4, 1) ** 0.8  # a consistent operator: nothing to remove
-    with torch.no_grad():
-        if fast:
-            step, state, outs = CPUVideoStep(model), None, []
-            for t in range(P.shape[1]):
-                o, state = step.step(P[:, t], I[:, t], state, 1.0)
-                outs.append(o)
-            O = torch.stack(outs, 1)
-        else:
-            O = model(P, I)[0]
+    O = _scan(model, P, I, fast)
     for cols in ([slice(0, w // 2), slice(w // 2, w)] if half else [slice(0, w)]):
         ratio = O[..., cols].mean((0, 2, 3, 4)) / P[..., cols].mean((0, 2, 3, 4))
         assert float((ratio - 1).abs().max()) < 0.03, (cols, ratio)
