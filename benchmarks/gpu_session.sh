@@ -22,8 +22,18 @@
 #   bash benchmarks/gpu_session.sh gputests         # every gpu-marked test (~260 s)
 #   bash benchmarks/gpu_session.sh latency9         # the 1080p video latency rows, compiled included (~6 min)
 #   bash benchmarks/gpu_session.sh thr9             # GPU file-to-file throughput (RESULTS section), compiled 1080p row
+#   bash benchmarks/gpu_session.sh bound10          # video_bound.py's optimum on the GPU (~7 min; RESULTS section)
+#     (carry .data/bound alone: ../shared/data/pairs, the 4 held-out clips of video_quality.py under videos/, and
+#      the safetensors wheel under whl/ -- with .whl it would pass the 64 MiB carry limit)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+if [ "${1:-}" = bound10 ]; then
+  python3 -c "import safetensors" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site .data/bound/whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD STREAMSSM_RESULTS=$OUT/results_gpu.md STREAMSSM_DATA=$PWD/.data/bound
+  timeout 585 python3 benchmarks/video_bound.py --device cuda --lams 0.02,0.1,0.4,1.5,6 > "$OUT/bound.log" 2>&1
+  echo "rc $?"; grep -v "lam " "$OUT/bound.log" | tail -45
+  exit 0
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 export STREAMSSM_RESULTS=$OUT/results_gpu.md   # merge back with: python benchmarks/_results.py merge FILE

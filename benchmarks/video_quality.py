@@ -23,6 +23,7 @@ per case (x-t slice through P and streamssm's output, and per-frame mean luminan
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from streamssm.train.video import recalibrate_blend  # noqa: E402
 from streamssm.weights import read_weights  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-DATA = (HERE.parent / ".." / "shared" / "data").resolve()
+DATA = Path(os.environ.get("STREAMSSM_DATA") or HERE.parent / ".." / "shared" / "data").resolve()  # env: a copy elsewhere
 HELDOUT_CLIPS = ["edgetam_03_skateboarder.mp4", "edgetam_08_driving.mp4", "edgetam_11_polevault.mp4", "edgetam_21_biker.mp4"]
 
 

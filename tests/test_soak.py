@@ -8,22 +8,16 @@ its end. Thresholds are properties, not the shipped weights' numbers: finite, bo
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests._bench import load_benchmark
 
-_SOAK = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def soak():
-    spec = importlib.util.spec_from_file_location("streamssm_soak", _SOAK)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("soak")
 
 
 MiB = 2**20
