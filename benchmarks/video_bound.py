@@ -119,12 +119,13 @@ def optimum(P: torch.Tensor, grid, wgt, lam: float, iters: int, x0: torch.Tensor
     return x, float(gradient(x, P, grid, wgt, lam).norm() / c.norm())
 
 
-def optimum_uint8(P: list[np.ndarray], flows: metrics.Flows, lam: float, iters: int, device: str = "cpu",
+def optimum_uint8(P: list[np.ndarray], sampled: tuple[torch.Tensor, torch.Tensor], lam: float, iters: int,
                   x0: list[torch.Tensor] | None = None) -> tuple[list[np.ndarray], list[torch.Tensor], float]:
-    """:func:`optimum` for each colour channel of ``P``: the output rounded to uint8, the float solution per channel
+    """:func:`optimum` for each colour channel of ``P``, along ``sampled`` (:func:`sampling` of the flows, on the
+    device to solve on: built once for a sweep of lams): the output rounded to uint8, the float solution per channel
     (to warm-start another ``lam``) and the largest relative residual."""
-    grid, wgt = (x.to(device) for x in sampling(flows))
-    Pt = torch.from_numpy(np.stack(P)).to(device).double().div_(255.0)  # (t, h, w, 3)
+    grid, wgt = sampled
+    Pt = torch.from_numpy(np.stack(P)).to(grid.device).double().div_(255.0)  # (t, h, w, 3)
     out = np.empty((len(P), *P[0].shape), np.uint8)
     sol, res = [], 0.0
     for ch in range(3):
@@ -165,9 +166,10 @@ def main(argv=None):
                                   ("optimum along DIS flow", metrics.compute_flows(I, "dis"), True),
                                   ("optimum along streamssm's flow", filter_flows(I), True)]:
             curve, x0 = [], None
+            sampled = tuple(x.to(args.device) for x in sampling(along))
             for lam in lams:
                 t0 = time.time()
-                O, x0, res = optimum_uint8(P, along, lam, args.iters, args.device, x0)
+                O, x0, res = optimum_uint8(P, sampled, lam, args.iters, x0)
                 curve.append(score(O))
                 rows.append([name, f"{label}, lam {lam:g}", f"{curve[-1][0]:.3f}", f"{curve[-1][1]:.1f}", "", "", "",
                              f"{res:.0e}"])

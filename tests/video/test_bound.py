@@ -76,8 +76,8 @@ def test_optimum_trades_fidelity_for_consistency(bound):
     I, P = _clip()
     flows = metrics.compute_flows(I, "farneback")
     eP = metrics.warp_error(P, flows=flows)
-    close, _, _ = bound.optimum_uint8(P, flows, lam=50.0, iters=30)
-    smooth, _, _ = bound.optimum_uint8(P, flows, lam=0.05, iters=30)
+    close, _, _ = bound.optimum_uint8(P, bound.sampling(flows), lam=50.0, iters=30)
+    smooth, _, _ = bound.optimum_uint8(P, bound.sampling(flows), lam=0.05, iters=30)
     r_close, r_smooth = metrics.warp_error(close, flows=flows) / eP, metrics.warp_error(smooth, flows=flows) / eP
     assert r_smooth < r_close < 1.0
     assert metrics.psnr(close, P) > metrics.psnr(smooth, P)
