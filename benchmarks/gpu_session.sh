@@ -22,6 +22,7 @@
 #   bash benchmarks/gpu_session.sh gputests         # every gpu-marked test (~260 s)
 #   bash benchmarks/gpu_session.sh latency9         # the 1080p video latency rows, compiled included (~6 min)
 #   bash benchmarks/gpu_session.sh thr9             # GPU file-to-file throughput (RESULTS section), compiled 1080p row
+#   bash benchmarks/gpu_session.sh s11              # every gpu test, then the file-to-file throughput (~8 min)
 #   bash benchmarks/gpu_session.sh bound10          # video_bound.py's optimum on the GPU (~7 min; RESULTS section)
 #     (carry .data/bound alone: ../shared/data/pairs, the 4 held-out clips of video_quality.py under videos/, and
 #      the safetensors wheel under whl/ -- with .whl it would pass the 64 MiB carry limit)
@@ -96,6 +97,13 @@ case "${1:-bench}" in
     timeout 200 python3 benchmarks/latency.py --time-budget 150 --video-weights streamssm/weights/video.safetensors \
       --sizes 1080p --batches 1 --compiled-only --verbose --no-write --out "$OUT/latency_compiled.md" > "$OUT/latency.log" 2>&1
     grep "s\] " "$OUT/latency.log" | tail -3
+    ;;
+  s11)  # session 11, after the processed-only fade gain: every gpu-marked test, then the (processed-only) GPU
+        # file-to-file throughput (RESULTS section to merge)
+    timeout 330 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1
+    tail -8 "$OUT/gpu_tests.log"
+    timeout 230 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
+      --frames 600 > "$OUT/thr.log" 2>&1; tail -8 "$OUT/thr.log"
     ;;
   gputests)
     timeout 580 python3 -m pytest -m gpu tests -q -p no:cacheprovider --tb=short > "$OUT/gpu_tests.log" 2>&1

@@ -64,6 +64,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.p_no_blend = args.p_no_blend
     if args.real_flow:
         cfg.real_flow = True
+    if args.p_fade is not None:
+        cfg.p_fade = args.p_fade
     videos = args.data or str(_default_videos())
     train_video(args.output, videos, cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
     return 0
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--w-temporal", type=float, default=None, help="video: loss weight of the temporal term (default 4)")
     s.add_argument("--p-no-blend", type=float, default=None,
                    help="video: share of batches trained with the temporal blend off (default 0)")
+    s.add_argument("--p-fade", type=float, default=None,
+                   help="video: share of clips that fade or get a light switched on/off, the target too (default 0)")
     s.add_argument("--real-flow", action="store_true",
                    help="video: temporal loss also on clips in the footage's own motion (DIS flow between originals)")
     s.add_argument("--no-progress", action="store_true")

@@ -11,7 +11,10 @@ Pipeline for one clip (:meth:`VideoClipSampler.sample_clip`):
    inside the source frame; ``original_t = warpPerspective(src_t, H_t)``;
 3. optionally a scene cut: from a random frame on, the clip continues with a second, independent
    segment (``cut_mask[t]`` is True on the first frame of the new shot);
-4. one operator from :mod:`streamssm.video.operators`: ``processed_t = op.apply(original_t, t)`` and
+4. optionally (``p_fade``) a brightness change of the originals: a fade in or out, of the whole frame or of
+   one half (a light switched on or off), log-linear over a few frames (:func:`fade_envelope`), so the
+   target changes brightness with them and a filter learns to let a lasting change through;
+5. one operator from :mod:`streamssm.video.operators`: ``processed_t = op.apply(original_t, t)`` and
    ``target_t = op.apply_consistent(original_t, t)``, with ``op.fit`` on the first frame of each shot.
 
 Flow convention (same as :mod:`streamssm.metrics`): ``flow[t]`` is the forward flow from frame ``t``
@@ -31,7 +34,7 @@ import cv2
 import numpy as np
 
 from streamssm.metrics import compute_flows
-from streamssm.video.operators import TRAIN_OPERATORS, make_operator
+from streamssm.video.operators import OPERATORS, TRAIN_OPERATORS, make_operator
 
 __all__ = ["load_videos", "build_cache", "load_cache", "VideoClipSampler", "ClipBatchSampler",
            "camera_path", "homography_flow"]
@@ -155,6 +158,25 @@ def homography_flow(Hs: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray
 # --------------------------------------------------------------------------------------------------
 # clip sampler
 # --------------------------------------------------------------------------------------------------
+def fade_envelope(rng: np.random.Generator, T: int, hw: tuple[int, int]) -> np.ndarray:
+    """(T, h, w, 1) float32 brightness factors of a random fade: from a level in [0.05, 0.9] (log-uniform) to 1
+    (a fade in) or from 1 to it (a fade out), log-linear over 2..T-1 frames starting at a random frame, of the
+    whole frame or (30%) of one half of it (left, right, top or bottom: a light switched on or off)."""
+    lo = float(np.exp(rng.uniform(np.log(0.05), np.log(0.9))))
+    k = int(rng.integers(2, max(3, T)))
+    s = int(rng.integers(0, max(1, T - k)))
+    x = np.clip((np.arange(T) - s) / k, 0.0, 1.0)
+    level = np.exp(np.log(lo) * (1.0 - x if rng.random() < 0.5 else x)).astype(np.float32)
+    env = np.ones((T, *hw, 1), np.float32)
+    if rng.random() < 0.3:
+        h, w = hw
+        region = [np.s_[:, :, : w // 2], np.s_[:, :, w // 2 :], np.s_[:, : h // 2], np.s_[:, h // 2 :]][rng.integers(4)]
+        env[region] = level[:, None, None, None]
+    else:
+        env *= level[:, None, None, None]
+    return env
+
+
 def _chw(frames: list[np.ndarray]) -> np.ndarray:
     # transpose while still uint8 (a strided float copy is ~10x slower), then scale in place
     x = np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2)).astype(np.float32)
@@ -167,7 +189,9 @@ class VideoClipSampler:
 
     ``videos``: ``{name: (t, h, w, 3) uint8 RGB}`` (from :func:`load_videos` / :func:`load_cache`) or
     a path to a cache ``.npz``. ``p_real``: probability of real temporal order (flow then None);
-    ``p_cut``: probability of one scene cut; ``p_static``: probability of no camera motion.
+    ``p_cut``: probability of one scene cut; ``p_static``: probability of no camera motion; ``p_fade``:
+    probability of a fade or a light switched on or off (:func:`fade_envelope`; such a clip gets an operator
+    without a content statistic).
 
     >>> import numpy as np
     >>> vids = {"v": np.random.default_rng(0).integers(0, 255, (4, 64, 96, 3), dtype=np.uint8)}
@@ -178,7 +202,7 @@ class VideoClipSampler:
 
     def __init__(self, videos: dict[str, np.ndarray] | str | Path, operators: Sequence[str] = TRAIN_OPERATORS,
                  p_real: float = 0.5, p_cut: float = 0.15, p_static: float = 0.1, max_real_stride: int = 2,
-                 real_flow: bool = False):
+                 real_flow: bool = False, p_fade: float = 0.0):
         self.videos = load_cache(videos) if isinstance(videos, (str, Path)) else dict(videos)
         if not self.videos:
             raise ValueError("no videos")
@@ -187,6 +211,7 @@ class VideoClipSampler:
         self.p_real, self.p_cut, self.p_static = p_real, p_cut, p_static
         self.max_real_stride = max_real_stride
         self.real_flow = real_flow
+        self.p_fade = p_fade
 
     def _segment(self, rng: np.random.Generator, n: int, hw: tuple[int, int], real: bool):
         """``n`` original frames of one shot, and the camera homographies."""
@@ -235,7 +260,14 @@ class VideoClipSampler:
                 valids.append(v)
         cut_mask = np.zeros(T, bool)
         cut_mask[cut:cut + 1] = cut < T
-        name = self.operators[rng.integers(len(self.operators))]
+        names = self.operators
+        if self.p_fade > 0 and rng.random() < self.p_fade:  # a fade or a light: the target changes brightness too
+            env = fade_envelope(rng, T, hw)
+            originals = [np.clip(f * e + 0.5, 0, 255).astype(np.uint8) for f, e in zip(originals, env)]
+            # not a content-adaptive operator: it renormalises each processed frame's brightness while its target
+            # keeps the shot start's statistic, so P would hide a fade its target shows
+            names = [n for n in self.operators if OPERATORS[n].stats is None] or self.operators
+        name = names[rng.integers(len(names))]
         op = make_operator(name, rng)
         processed, target = [], []
         for t, frame in enumerate(originals):

@@ -10,7 +10,9 @@ fixed ones (the target). Losses: L1 to the target, and a temporal loss on known-
 ``|(O_t - warp(O_{t+1})) - (T_t - warp(T_{t+1}))|`` on valid pixels. Half of the clips are shown
 without the original (processed-only mode); with ``p_no_blend`` (``--p-no-blend``) that share of the batches
 runs with the motion-compensated blend off, so the per-cell colour correction has to remove the flicker on its
-own (on real footage the blend gives way wherever the flow is unsure, and the correction is what is left).
+own (on real footage the blend gives way wherever the flow is unsure, and the correction is what is left); with
+``p_fade`` (``--p-fade``) that share of the clips fades in or out, or gets a light switched on or off, and the
+target with it, so the filter learns to let a lasting brightness change through.
 Checkpoints (weights + optimiser) let a run resume, so it can go in pieces of a few minutes.
 """
 
@@ -43,6 +45,7 @@ class VideoTrainConfig:
     p_unguided: float = 0.5
     p_no_blend: float = 0.0  # share of batches trained with the temporal blend off (the colour correction alone)
     real_flow: bool = False  # temporal loss on real-motion clips too, with DIS flow between the originals
+    p_fade: float = 0.0  # share of clips whose originals fade or get a light switched on/off (the target follows)
     workers: int = 8
     seed: int = 0
     save_every: int = 250
@@ -86,7 +89,8 @@ class _ClipStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
         rng = np.random.default_rng([self.cfg.seed, self.rank, wid])
-        sampler = VideoClipSampler(self.videos, operators=self.operators or TRAIN_OPERATORS, real_flow=self.cfg.real_flow)
+        sampler = VideoClipSampler(self.videos, operators=self.operators or TRAIN_OPERATORS,
+                                   real_flow=self.cfg.real_flow, p_fade=self.cfg.p_fade)
         while True:
             size = int(rng.choice(self.cfg.sizes))
             batch = [sampler.sample_clip(rng, self.cfg.length, size) for _ in range(self.cfg.batch)]

@@ -65,8 +65,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamssm.video.model import (FLOW_SHARP, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
-                                   flow_shape, grid_shape, guide_gain, lk_solve, match_brightness, prev_was_guided)
+from streamssm.video.model import (FLOW_SHARP, N_PARAMS, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
+                                   fade_gain, flow_shape, grid_shape, guide_gain, lk_solve, match_brightness,
+                                   prev_was_guided)
 
 log = logging.getLogger("streamssm")
 
@@ -474,8 +475,11 @@ class CPUVideoStep:
         # coefficients upsampled along x on the grid rows (a small matmul with the interpolation matrix), strength
         # folded in there
         cx = torch.cat([coef[:, :12] * strength, coef[:, 12:]], 1) @ _lerp_matrix(gw, w)  # (b, 13, gh, w)
+        # processed-only: the cell means the tail's fade gain needs (this frame's and the previous one's)
+        fading = blend and I is None and cfg.fade_follow > 0
+        fade = (means[:, 3:6], state[0][:, N_PARAMS + 3 : N_PARAMS + 6]) if fading else None
         return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, ssm_states,
-                      m.corrects(I is not None))
+                      m.corrects(I is not None), fade)
 
     def _tail(self, f: "_Front", prev: Tensor | None, out_u8: np.ndarray | None) -> Tensor:
         """The full-resolution rest of a step: correction, warp of the previous output ``prev``, gate, blend.
@@ -490,9 +494,14 @@ class CPUVideoStep:
         gh = f.gh
         dA = cx[:, :9].reshape(b, 3, 3, gh, 1, w)  # [i][j]: output channel i, guide channel j
         db = cx[:, 9:12, :, None]
+        fx = None
         if blend:
             prev = prev.contiguous()
             xs, _ = _coords(h, w)
+            if f.fade is not None:  # processed-only: the fade gain per cell, upsampled along x like the coefficients
+                cfg = self.model.config
+                fg = fade_gain(*f.fade, self.model.cell_means(prev), cfg.fade_follow, cfg.fade_shrink)
+                fx = fg @ _lerp_matrix(fg.shape[-1], w)  # (b, 1, gh, w)
 
         O = torch.empty(b, 3, h, w)
         for sl, a, c, wa, wc, ys in _strips(gh, h, max(1, self.strip_px // w)):
@@ -513,6 +522,8 @@ class CPUVideoStep:
                 wp = _sample(prev, *_grid(xs, ys, fs[:, 0], fs[:, 1], h, w), cv)
                 if fs.shape[1] > 3:  # guided: follow the original's brightness change (guide_gain)
                     wp.mul_(fs[:, 3:4]).clamp_(0.0, 1.0)
+                elif fx is not None:  # processed-only: make up a persistent brightness lag (fade_gain)
+                    wp.mul_(torch.mul(fx[:, :, a : a + 1], wa).addcmul_(fx[:, :, c : c + 1], wc)).clamp_(0.0, 1.0)
                 d = wp.sub_(Oc)  # warped previous output - corrected frame
                 gate = d.abs().mean(1, keepdim=True).neg_().div_(f.sigma).exp_()
                 beta = torch.mul(cx[:, 12:13, a : a + 1], wa).addcmul_(cx[:, 12:13, c : c + 1], wc).sigmoid_()
@@ -544,6 +555,7 @@ class _Front(NamedTuple):
     g: Tensor
     ssm_states: tuple
     correct: bool  # False: dA = db = 0 exactly (``VideoSSM.corrects``), so the tail skips the correction
+    fade: tuple | None  # processed-only: cell means (b, 3, gh, gw) of P_t and P_{t-1} for the fade gain; None: no gain
 
     def state_with(self, O: Tensor) -> tuple[Tensor, ...]:
         """The full new state once the output ``O`` is known (the layout of ``VideoSSM.init_state``)."""

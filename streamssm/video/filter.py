@@ -112,8 +112,9 @@ class VideoFilter:
     clamped to [0, 1] on the device, without a host sync). With ``original`` (the frame the operator
     saw) the filter is guided; without it, it works on the processed frame alone. Guided, a change of the
     original's own brightness (a fade, auto-exposure, a light switched on) comes through, within ~3% while it
-    happens; processed-only the filter cannot tell it from flicker and follows it late, about a third dark at worst
-    during a fast fade (``benchmarks/video_fade.py``).
+    happens; processed-only one frame cannot tell it from flicker: the output follows it late, about a fifth dark
+    at worst during a fast fade from 30% and half dark in one from near black, and ends within ~5% of it a few
+    frames after the fade (``benchmarks/video_fade.py``).
 
     Batches: for a given B, a stream's outputs are bit-identical whatever the other streams hold;
     against the stream run alone they agree to fp32 rounding (matmul/conv kernels pick their

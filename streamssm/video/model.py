@@ -21,7 +21,9 @@ Why this design (and where it departs from Lai et al. 2018, who run a ConvLSTM o
   not taken for motion.
 * **Brightness of the original.** Guided, the warped previous output is scaled by the original's local
   brightness change along the flow (:func:`guide_gain`), so a fade, a camera's auto-exposure or a light switched
-  on comes through instead of being held back like flicker; processed-only nothing tells the two apart.
+  on comes through instead of being held back like flicker. Processed-only one frame does not tell the two apart;
+  two mostly do: where the output's lag behind P keeps its sign over two frames (a fade, not flicker) the warped
+  previous output is brightened (or darkened) to make most of it up (:func:`fade_gain`), per cell.
 * **Scene cuts** are detected from the guide's coarse thumbnail (correlation between consecutive
   frames) and reset the stream's state exactly, in the step and in the parallel scan alike.
 * **Motion.** The state is per cell and holds operator parameters, which are spatially smooth, so
@@ -67,6 +69,8 @@ class VideoSSMConfig:
     guided_correction: bool = True  # apply the per-cell colour correction (dA, db) in guided mode too
     blend_gain: float = 1.0  # scale of the temporal blend weight where the content moves (set by calibrate_blend)
     still_px: float = 0.0  # flow (full-res px) under which the guide counts as still: gain -> 1 there; 0: off
+    fade_follow: float = 1.0  # processed-only: share of a lasting brightness lag made up a frame (fade_gain); 0: off
+    fade_shrink: float = 0.15  # ... a lag (log brightness) well under this is taken for flicker and mostly left
     eps: float = 1e-3  # ridge of the local affine fit (variance units, [0, 1] colour)
     cut_corr: float = 0.3  # consecutive-thumbnail correlation under which a frame is a scene cut
     backend: str = "auto"
@@ -205,11 +209,12 @@ def guide_gain(cur: Tensor, prev: Tensor, flow: Tensor, prev_guided: Tensor | No
     original does -- a fade, a camera's auto-exposure, a light switched on over part of the scene -- instead of
     holding the old brightness where the scene is still (where the still-guide rule keeps the blend's full
     weight). The original does not flicker, so this carries none of the operator's flicker; processed-only there
-    is no such guide and no gain. Local, not one ratio for the frame: a global ratio brightens the unlit part of a
-    scene along with a lit part (measured: +21% on the unlit half of a still shot, against +1.6% with this window;
-    ``benchmarks/video_fade.py``). ``prev_guided`` (n,) bool: False where ``prev`` is not the original's luminance
-    (:func:`prev_was_guided`): the gain is 1 there; None: all are. ``box``/``warp``: the implementations of
-    :func:`_box` and :func:`warp_backward` to use (the CPU step passes its own)."""
+    is no such guide (:func:`fade_gain` does what P alone allows). Local, not one ratio for the frame: a global
+    ratio brightens the unlit part of a scene along with a lit part (measured: +21% on the unlit half of a still
+    shot, against +1.6% with this window; ``benchmarks/video_fade.py``). ``prev_guided`` (n,) bool: False where
+    ``prev`` is not the original's luminance (:func:`prev_was_guided`): the gain is 1 there; None: all are.
+    ``box``/``warp``: the implementations of :func:`_box` and :func:`warp_backward` to use (the CPU step passes its
+    own)."""
     box = _box if box is None else box
     warp = warp_backward if warp is None else warp
     num = box(cur, GAIN_BOX).clamp_min(0.0) + GAIN_EPS  # clamp_min: no 0/0 from out-of-range (negative) input
@@ -217,6 +222,32 @@ def guide_gain(cur: Tensor, prev: Tensor, flow: Tensor, prev_guided: Tensor | No
     if prev_guided is not None:
         gain = torch.where(prev_guided[:, None, None, None], gain, torch.ones_like(gain))
     return gain
+
+
+def minmod(a: Tensor, b: Tensor) -> Tensor:
+    """The smaller in magnitude of ``a`` and ``b`` where they agree in sign, else 0 (elementwise)."""
+    return torch.where(a * b > 0, torch.sign(a) * torch.minimum(a.abs(), b.abs()), torch.zeros_like(a))
+
+
+def fade_gain(mp: Tensor, mp_prev: Tensor, mo_prev: Tensor, follow: float, shrink: float) -> Tensor:
+    """Processed-only: the per-cell brightness gain (n, 1, gh, gw) on the warped previous output, from the cell
+    means (n, 3, gh, gw) of the processed frame ``mp``, of the previous processed frame ``mp_prev`` and of the
+    previous output ``mo_prev``.
+
+    Without the original, one frame does not tell a fade from the operator's brightness flicker; two do, mostly:
+    the output's lag behind the processed frame, ``b = log P_{t-1} - log O_{t-1}`` a frame ago and
+    ``a = log P_t - log O_{t-1}`` now, keeps its sign through a fade (and after it, until the output has caught up)
+    but flips at random through flicker around a steady level. The gain makes up ``follow`` of the smaller of the
+    two lags where they agree (:func:`minmod`; nothing where they do not), shrunk by ``|m| / (|m| + shrink)`` so that
+    a lag of the flicker's size (a few % of log brightness) is mostly left to the blend: ``exp(follow m |m| /
+    (|m| + shrink))``, clamped to ``GAIN_RANGE``. Cell means of luminance, ``GAIN_EPS`` added (as
+    :func:`guide_gain`). Measured on fades and on exposure jitter: ``benchmarks/video_fade.py``."""
+    lg = lambda m: torch.log(_luma(m).clamp_min(0.0) + GAIN_EPS)  # noqa: E731
+    lo = lg(mo_prev)
+    m = minmod(lg(mp) - lo, lg(mp_prev) - lo)
+    if shrink > 0:
+        m = m * m.abs() / (m.abs() + shrink)
+    return torch.exp(follow * m).clamp(*GAIN_RANGE)
 
 
 def prev_was_guided(state) -> Tensor:
@@ -339,6 +370,13 @@ class VideoSSM(nn.Module):
             G = F.avg_pool2d(G, pre)
         return self.fit_cells(P, G, cell, gh, gw)
 
+    def cell_means(self, x: Tensor) -> Tensor:
+        """Per-cell means (n, c, gh, gw) of full-resolution frames (n, c, H, W), over :meth:`cell_stats`'s cells."""
+        pre, cell, gh, gw = grid_shape(x.shape[-2], x.shape[-1], self.config)
+        if pre > 1:
+            x = F.avg_pool2d(x, pre)
+        return F.avg_pool2d(x[..., : gh * cell, : gw * cell], cell)
+
     def fit_cells(self, P: Tensor, G: Tensor, cell: int, gh: int, gw: int) -> tuple[Tensor, Tensor]:
         """The per-cell fit of :meth:`cell_stats` on frames already downsampled ``pre`` x (fp32): cells of
         ``cell`` x ``cell`` pixels, the first ``gh`` x ``gw`` of them. (The CPU step pools its own way.)"""
@@ -369,12 +407,12 @@ class VideoSSM(nn.Module):
 
     def _features(self, P: Tensor, G: Tensor, guided: bool, state, reset: Tensor | None):
         """Everything before the SSM for a clip (b, t, 3, H, W). Returns features (b, t, gh, gw, F),
-        the reset mask actually applied (b, t), and the new fixed state."""
+        the reset mask actually applied (b, t), the new fixed state and the cell means (b, t, 6, gh, gw)."""
         b, t = P.shape[:2]
         params, means = self.cell_stats(P.flatten(0, 1), G.flatten(0, 1))
         gh, gw = params.shape[-2:]
-        return self._stat_features(params.reshape(b, t, N_PARAMS, gh, gw), means.reshape(b, t, 6, gh, gw), guided,
-                                   state, reset)
+        means = means.reshape(b, t, 6, gh, gw)
+        return self._stat_features(params.reshape(b, t, N_PARAMS, gh, gw), means, guided, state, reset) + (means,)
 
     def _stat_features(self, params: Tensor, means: Tensor, guided: bool, state, reset: Tensor | None):
         """:meth:`_features` from the cell statistics params (b, t, 12, gh, gw) and means (b, t, 6, gh, gw)."""
@@ -459,7 +497,7 @@ class VideoSSM(nn.Module):
                 f"{b} x {(h, w)}: reset the stream when the resolution changes"
             )
         G = P if I is None else I
-        feats, fresh, fixed = self._features(P, G, I is not None, state, reset)
+        feats, fresh, fixed, means = self._features(P, G, I is not None, state, reset)
         coef, ssm_states = self._network(feats, state[self.N_FIXED:], fresh, stepping, I is not None)
         coef = coef.permute(0, 1, 4, 2, 3).flatten(0, 1).to(P.dtype)
         Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
@@ -490,11 +528,21 @@ class VideoSSM(nn.Module):
         keep = (~fresh).to(P.dtype)[:, :, None, None, None] * (strength if blend else 0.0)
         sigma = torch.exp(self.log_gate[0 if I is not None else 1])
         prev = state[3].to(P.dtype)
+        fading = I is None and cfg.fade_follow > 0
+        if fading:  # processed-only: the processed frames' cell means, this clip's and each previous frame's
+            mp = means[:, :, 3:6]
+            mp_prev = torch.cat([state[0][:, None, N_PARAMS + 3 : N_PARAMS + 6], mp[:, :-1]], 1)
         outs = []
         for i in range(t):
             wp = warp_backward(prev, flow[:, i].to(P.dtype))
             if gain is not None:  # guided: follow the original's brightness change
                 wp = (wp * gain[:, i].to(P.dtype)).clamp(0.0, 1.0)  # the blend stays a convex combination
+            elif fading:  # processed-only: make up a brightness lag that persists (a fade), not flicker
+                with torch.autocast(P.device.type, enabled=False):
+                    fg = fade_gain(mp[:, i], mp_prev[:, i], self.cell_means(prev.float()), cfg.fade_follow,
+                                   cfg.fade_shrink)
+                    fg = F.interpolate(fg, size=(h, w), mode="bilinear", align_corners=False)
+                wp = (wp * fg.to(P.dtype)).clamp(0.0, 1.0)
             gate = torch.exp(-(Oc[:, i] - wp).abs().mean(1, keepdim=True) / sigma)
             wgt = (beta[:, i] * conf[:, i].to(P.dtype) * gate * keep[:, i]).clamp(0.0, 1.0)
             prev = Oc[:, i] + wgt * (wp - Oc[:, i])

@@ -97,3 +97,44 @@ def test_batch_sampler_deterministic_across_threads(videos):
     assert tuple(b0["flow"].shape) == (3, 4, 2, 32, 32) and tuple(b0["cut_mask"].shape) == (3, 5)
     for k in ("processed", "original", "target", "flow", "flow_valid", "cut_mask"):
         assert (b0[k] == b2[k]).all(), k
+
+
+def test_fade_envelope_fades_the_frame_or_one_half():
+    """``fade_envelope``: factors in [0.05, 1], reaching 1 at one end of the clip, monotone in time, and either the
+    whole frame or one half of it (the other half stays at 1); both kinds and both directions turn up."""
+    from streamssm.data.video_clips import fade_envelope
+
+    rng = np.random.default_rng(0)
+    kinds, dirs = set(), set()
+    for _ in range(60):
+        env = fade_envelope(rng, 10, (8, 12))
+        assert env.shape == (10, 8, 12, 1) and env.dtype == np.float32
+        assert 0.05 - 1e-6 <= env.min() and env.max() <= 1.0 + 1e-6 and env.min() < 0.9 + 1e-6
+        assert np.allclose(env[0], 1.0) or np.allclose(env[-1], 1.0)  # full brightness at one end
+        mean = env.mean((1, 2, 3))
+        assert np.all(np.diff(mean) >= -1e-6) or np.all(np.diff(mean) <= 1e-6)
+        dirs.add("in" if mean[-1] > mean[0] else "out")
+        ones = np.isclose(env, 1.0).all(0)[..., 0]  # pixels never faded
+        assert ones.sum() in (0, 48), ones.sum()  # all faded, or exactly one half (48 of 96 pixels) untouched
+        kinds.add(int(ones.sum()))
+    assert kinds == {0, 48} and dirs == {"in", "out"}
+
+
+def test_fade_clips_change_the_target_brightness_with_the_original(videos):
+    """With ``p_fade=1`` every clip's original changes brightness over time, and the consistent target follows it
+    (its mean-brightness ratio between first and last frame is on the same side of 1), where without fades the
+    target of a still, static shot keeps its brightness. Faded clips never get a content-adaptive operator (its P
+    would renormalise the fade away while its target kept it)."""
+    from streamssm.video.operators import OPERATORS
+
+    rng = np.random.default_rng(1)
+    faded = VideoClipSampler(videos, p_real=0.0, p_cut=0.0, p_static=1.0, p_fade=1.0)
+    plain = VideoClipSampler(videos, p_real=0.0, p_cut=0.0, p_static=1.0)
+    for _ in range(6):
+        c = faded.sample_clip(rng, 8, 48)
+        ro = c["original"][-1].mean() / c["original"][0].mean()
+        rt = c["target"][-1].mean() / c["target"][0].mean()
+        assert abs(np.log(ro)) > 0.02 and np.sign(np.log(ro)) == np.sign(np.log(rt)), (ro, rt)
+        assert OPERATORS[c["operator"]].stats is None, c["operator"]
+        p = plain.sample_clip(rng, 8, 48)
+        assert abs(np.log(p["original"][-1].mean() / p["original"][0].mean())) < 1e-6
