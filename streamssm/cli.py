@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--p-no-blend", type=float, default=None,
                    help="video: share of batches trained with the temporal blend off (default 0)")
     s.add_argument("--p-fade", type=float, default=None,
-                   help="video: share of clips that fade or get a light switched on/off, the target too (default 0)")
+                   help="video: share of clips that fade or get a light switched on/off, the target too; "
+                        "taught processed-only (default 0)")
     s.add_argument("--real-flow", action="store_true",
                    help="video: temporal loss also on clips in the footage's own motion (DIS flow between originals)")
     s.add_argument("--no-progress", action="store_true")

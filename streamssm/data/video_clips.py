@@ -235,7 +235,7 @@ class VideoClipSampler:
     def sample_clip(self, rng: np.random.Generator, T: int, size: int | tuple[int, int]) -> dict:
         """One clip: ``processed``/``original``/``target`` ``(T, 3, h, w)`` float32 in [0, 1],
         ``flow`` ``(T-1, 2, h, w)`` and ``flow_valid`` ``(T-1, h, w)`` (None in real mode without ``real_flow``),
-        ``cut_mask`` ``(T,)`` bool, ``operator`` name."""
+        ``cut_mask`` ``(T,)`` bool, ``operator`` name, ``faded``: whether the originals fade (``p_fade``)."""
         hw = (size, size) if isinstance(size, int) else tuple(size)
         real = rng.random() < self.p_real
         with_flow = not real or self.real_flow
@@ -261,7 +261,8 @@ class VideoClipSampler:
         cut_mask = np.zeros(T, bool)
         cut_mask[cut:cut + 1] = cut < T
         names = self.operators
-        if self.p_fade > 0 and rng.random() < self.p_fade:  # a fade or a light: the target changes brightness too
+        faded = self.p_fade > 0 and rng.random() < self.p_fade
+        if faded:  # a fade or a light: the target changes brightness too
             env = fade_envelope(rng, T, hw)
             originals = [np.clip(f * e + 0.5, 0, 255).astype(np.uint8) for f, e in zip(originals, env)]
             # not a content-adaptive operator: it renormalises each processed frame's brightness while its target
@@ -283,6 +284,7 @@ class VideoClipSampler:
             "flow_valid": np.concatenate(valids) if with_flow else None,
             "cut_mask": cut_mask,
             "operator": name,
+            "faded": faded,
         }
 
 

@@ -138,3 +138,29 @@ def test_fade_clips_change_the_target_brightness_with_the_original(videos):
         assert OPERATORS[c["operator"]].stats is None, c["operator"]
         p = plain.sample_clip(rng, 8, 48)
         assert abs(np.log(p["original"][-1].mean() / p["original"][0].mean())) < 1e-6
+
+
+def test_fade_clips_are_flagged_and_left_out_of_guided_batches(videos):
+    """Each clip says whether its originals fade (``faded``), and the training stream passes the flag on, so
+    ``without_faded`` can drop faded clips from a guided batch (fades are taught processed-only); a batch with
+    no faded clip, or only faded ones, is kept whole."""
+    import torch
+
+    from streamssm.train.video import VideoTrainConfig, _ClipStream, without_faded
+
+    rng = np.random.default_rng(2)
+    s = VideoClipSampler(videos, p_fade=0.5)
+    flags = {s.sample_clip(rng, 4, 32)["faded"] for _ in range(12)}
+    assert flags == {True, False}
+    assert VideoClipSampler(videos).sample_clip(rng, 4, 32)["faded"] is False
+
+    cfg = VideoTrainConfig(batch=6, length=4, sizes=(32,), p_fade=0.5, workers=0)
+    batch = next(iter(_ClipStream(videos, cfg, rank=0)))
+    assert batch["faded"].dtype == torch.bool and batch["faded"].shape == (6,)
+
+    faded = torch.tensor([True, False, True, False])
+    b = {"processed": torch.arange(4.0)[:, None], "faded": faded}
+    kept = without_faded(b)
+    assert kept["processed"].flatten().tolist() == [1.0, 3.0] and not bool(kept["faded"].any())
+    for same in (torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)):
+        assert without_faded({"processed": b["processed"], "faded": same})["processed"].shape[0] == 4
