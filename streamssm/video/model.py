@@ -528,7 +528,7 @@ class VideoSSM(nn.Module):
         keep = (~fresh).to(P.dtype)[:, :, None, None, None] * (strength if blend else 0.0)
         sigma = torch.exp(self.log_gate[0 if I is not None else 1])
         prev = state[3].to(P.dtype)
-        fading = I is None and cfg.fade_follow > 0
+        fading = blend and I is None and cfg.fade_follow > 0  # blend off: the blend weight is 0, no gain to compute
         if fading:  # processed-only: the processed frames' cell means, this clip's and each previous frame's
             mp = means[:, :, 3:6]
             mp_prev = torch.cat([state[0][:, None, N_PARAMS + 3 : N_PARAMS + 6], mp[:, :-1]], 1)
