@@ -1,6 +1,6 @@
 """How far the video filter's output lags a real fade (no flicker at all: nothing to remove).
 
-    python benchmarks/video_fade.py [--frames 24] [--fade 12] [--no-write]
+    python benchmarks/video_fade.py [--frames 24] [--fade 12] [--weights W] [--no-write]  (--weights needs --no-write)
 
 A filter that cannot see the original cannot tell a fade from flicker in one frame, so processed-only it holds
 some of the old brightness back; over two frames a lag that keeps its sign is made up
@@ -83,8 +83,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--fade", type=int, default=12, help="frames the fade takes")
+    ap.add_argument("--weights", default=None,
+                    help="video weights to score (default: the shipped ones; others need --no-write)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.weights and not args.no_write:
+        raise SystemExit("--weights: the RESULTS section and pictures are the shipped weights'; "
+                         "add --no-write to score other weights")
     if not 2 <= args.fade <= args.frames:
         raise SystemExit(f"--fade {args.fade}: expected 2 <= fade <= --frames ({args.frames})")
     t0 = time.time()
@@ -98,7 +103,7 @@ def main(argv=None):
              "still shot, from near black (10%)": fade([still] * args.frames, args.fade, start=0.1)}
     regions = {"still shot, a light on its left half": [(": the lit half", slice(0, half)),
                                                          (": the unlit half", slice(half, None))]}
-    model = load_video_model(None, "cpu", backend="torch").eval()
+    model = load_video_model(args.weights, "cpu", backend="torch").eval()
     shipped, shipped_gain, follow = vm.match_brightness, vm.guide_gain, model.config.fade_follow
     po = [("processed-only", False, shipped_gain, True, follow),
           ("processed-only, fade gain off (before session 11)", False, shipped_gain, True, 0.0)]

@@ -200,7 +200,8 @@ def scan_uint8(model, P: list, I: list | None = None, strength: float = 1.0) -> 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default=None)
+    ap.add_argument("--weights", default=None,
+                    help="video weights to score (default: the shipped ones; others need --no-write)")
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--strength", type=float, default=1.3,
@@ -211,6 +212,9 @@ def main(argv=None):
                     help="the flow E_warp is scored with (deepflow, tvl1: opencv-contrib; written to a section of its own)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.weights and not args.no_write:
+        raise SystemExit("--weights: the RESULTS section and pictures are the shipped weights'; "
+                         "add --no-write to score other weights")
     rows, real_rows = [], []
     pics = []
     for name, (P, I, T) in cases(args).items():
@@ -252,7 +256,8 @@ def main(argv=None):
         rows.append([name, "(E_warp(I)/E_warp(P))", f"{eI / eP:.3f}", "", "", "", ""])
         slug = "".join(c if c.isalnum() else "_" for c in name.split(":")[-1].strip())[:40]
         png = HERE / f"video_{slug}.png"
-        picture(name, P, res["**streamssm guided**"][0], png)
+        if not args.no_write:  # the tracked pictures are the shipped weights' too
+            picture(name, P, res["**streamssm guided**"][0], png)
         pics.append(png.name)
         print("\n".join(" | ".join(r) for r in rows[-len(res) - 1 :]), flush=True)
     # averages over cases with real flicker (E_warp(P) >= 2 E_warp(I))

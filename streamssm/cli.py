@@ -52,10 +52,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from streamssm.train.video import VideoTrainConfig, train_video
 
-    cfg = VideoTrainConfig(steps=args.steps or 4000, minutes=args.minutes, seed=args.seed, workers=args.workers)
+    cfg = VideoTrainConfig(steps=args.steps or 4000, minutes=args.minutes, seed=args.seed)
     if args.tiny:  # a few small steps; the options below still apply
         cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
                                short_side=128, seed=args.seed, minutes=args.minutes)
+    if args.workers is not None:
+        cfg.workers = args.workers
     if args.batch:
         cfg.batch = args.batch
     if args.w_temporal is not None:
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--minutes", type=float, default=None, help="wall-clock budget; a checkpoint is saved when it runs out")
     s.add_argument("--batch", type=int, default=None)
-    s.add_argument("--workers", type=int, default=8, help="video: data-loader processes")
+    s.add_argument("--workers", type=int, default=None, help="video: data-loader processes (default 8; 0 with --tiny)")
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue from --output if it exists")
