@@ -88,7 +88,7 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     if args.weights and not args.no_write:
-        raise SystemExit("--weights: the RESULTS section and pictures are the shipped weights'; "
+        raise SystemExit("--weights: the RESULTS section is the shipped weights'; "
                          "add --no-write to score other weights")
     if not 2 <= args.fade <= args.frames:
         raise SystemExit(f"--fade {args.fade}: expected 2 <= fade <= --frames ({args.frames})")
@@ -139,8 +139,10 @@ def main(argv=None):
         vm.match_brightness, vm.guide_gain, model.config.fade_follow = shipped, shipped_gain, follow
     body = (
         "## Video filter against a real fade, whole frame or half (no flicker)\n\n"
-        f"`python benchmarks/video_fade.py --frames {args.frames} --fade {args.fade}` on {machine('cpu')}. Shipped weights, "
-        f"reference scan; {args.frames} frames faded in from 30% to full brightness over {args.fade} frames, then held; "
+        f"`python benchmarks/video_fade.py --frames {args.frames} --fade {args.fade}` on {machine('cpu')}. "
+        + (f"Weights {args.weights}, " if args.weights else "Shipped weights, ")
+        + f"reference scan; {args.frames} frames faded in from 30% to full brightness over {args.fade} frames, "
+        "then held; "
         "mean luminance of O over that of P (1 = O follows the fade exactly). The third input fades in only the left "
         "half of the frame (a light switched on over part of a still scene); its two halves are scored apart: the lit "
         "half should follow the fade and the unlit half stay as it is (O/P = 1 on every frame). The last fades the "

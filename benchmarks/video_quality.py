@@ -1,7 +1,7 @@
 """Video deflicker quality against baselines, on real processed videos and held-out operators.
 
     python benchmarks/video_quality.py [--weights W] [--frames 48] [--width 640] [--strength 1.3] [--no-uncalibrated]
-        [--score-flow farneback|deepflow|tvl1] [--no-write]
+        [--score-flow farneback|deepflow|tvl1] [--no-write]  (--weights needs --no-write)
 
 Cases:
 * real per-frame processed videos with their originals (../shared/data/pairs: dehazing, enhancement);
@@ -289,7 +289,7 @@ def main(argv=None):
         "near 1, the operator's frames differ along the motion mostly in texture the operator makes anew each frame "
         "(edge-aware filters on moving content), not in parameter flicker, and a lower ratio there is reached only "
         "by smoothing that texture in time (it shows as a lower PSNR(O, T))."
-        + "\n\nPictures: " + ", ".join(f"`benchmarks/{p}`" for p in pics)
+        + ("" if args.no_write else "\n\nPictures: " + ", ".join(f"`benchmarks/{p}`" for p in pics))
     )
     print(body)
     if not args.no_write:
