@@ -82,8 +82,8 @@ def without_faded(batch: dict) -> dict:
     processed-only. Guided, the guide gain already follows the original's brightness, and fade clips in guided
     batches cost guided quality (session 11's fine-tunes of the shipped weights: E_warp ratio 0.463 against 0.410
     without fades, 0.413 with them in processed-only batches alone)."""
-    faded = batch.get("faded")
-    if faded is None or not bool(faded.any()) or bool(faded.all()):
+    faded = batch["faded"]
+    if not bool(faded.any()) or bool(faded.all()):
         return batch
     return {k: v[~faded] for k, v in batch.items()}
 
@@ -114,7 +114,7 @@ class _ClipStream(torch.utils.data.IterableDataset):
                     flow[j], valid[j] = c["flow"], c["flow_valid"]
             out = {k: torch.from_numpy(np.stack([c[k] for c in batch])) for k in ("processed", "original", "target", "cut_mask")}
             out["flow"], out["flow_valid"] = torch.from_numpy(flow), torch.from_numpy(valid)
-            out["faded"] = torch.tensor([bool(c.get("faded", False)) for c in batch])
+            out["faded"] = torch.tensor([c["faded"] for c in batch])
             yield out
 
 
