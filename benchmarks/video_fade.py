@@ -5,8 +5,10 @@
 A filter that cannot see the original cannot tell a fade from flicker in one frame, so processed-only it holds
 some of the old brightness back; over two frames a lag that keeps its sign is made up
 (``streamssm.video.model.fade_gain``, session 11), at the price of some exposure flicker, which the second table
-measures (the share of a white exposure jitter's frame-to-frame luminance flicker left in the output, 8% a frame
-over 48 frames, still shot and moving clip, no fade).
+measures (the share of a white exposure jitter's frame-to-frame luminance flicker left in the output, 2% and 8% a
+frame over 48 frames, still shot and moving clip, no fade; and the same with every frame shown twice, as after a
+frame-rate conversion by repetition or a 3:2 pulldown: a repeated frame reads to the fade gain as a lag that kept
+its sign, session 13).
 
 Inputs: one real frame held still (bike-packing's first original, quarter size) and a real moving clip
 (``edgetam_08_driving.mp4`` at 640 px), each faded in from 30% to full brightness over ``--fade`` frames, then
@@ -59,13 +61,19 @@ def ratios(O: list[np.ndarray], P: list[np.ndarray], cols: slice = slice(None)) 
     return metrics.mean_luminance([o[:, cols] for o in O]) / metrics.mean_luminance([p[:, cols] for p in P])
 
 
-JITTER, JITTER_FRAMES = 0.08, 48  # exposure jitter: log-normal sigma per frame, clip length
+JITTERS, JITTER_FRAMES = (0.02, 0.08), 48  # exposure jitter: log-normal sigmas per frame, clip length
 
 
-def jitter(frames: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
-    """Frames under a white exposure jitter: each scaled by exp(N(0, ``JITTER``)), seeded."""
-    g = np.exp(np.random.default_rng(seed).normal(0.0, JITTER, len(frames)))
+def jitter(frames: list[np.ndarray], sigma: float, seed: int = 0) -> list[np.ndarray]:
+    """Frames under a white exposure jitter: each scaled by exp(N(0, ``sigma``)), seeded."""
+    g = np.exp(np.random.default_rng(seed).normal(0.0, sigma, len(frames)))
     return [np.clip(f.astype(np.float32) * x + 0.5, 0, 255).astype(np.uint8) for f, x in zip(frames, g)]
+
+
+def shown_twice(frames: list) -> list:
+    """Every frame repeated once: ``[a, a, b, b, ...]``."""
+    return [f for f in frames for _ in (0, 1)]
+
 
 
 def no_gain(cur, prev, flow, prev_guided=None, **_):
@@ -104,7 +112,8 @@ def main(argv=None):
     regions = {"still shot, a light on its left half": [(": the lit half", slice(0, half)),
                                                          (": the unlit half", slice(half, None))]}
     model = load_video_model(args.weights, "cpu", backend="torch").eval()
-    shipped, shipped_gain, follow = vm.match_brightness, vm.guide_gain, model.config.fade_follow
+    cfg = model.config
+    shipped, shipped_gain, follow = vm.match_brightness, vm.guide_gain, cfg.fade_follow
     po = [("processed-only", False, shipped_gain, True, follow),
           ("processed-only, fade gain off (before session 11)", False, shipped_gain, True, 0.0)]
     rows, flick = [], []
@@ -118,25 +127,28 @@ def main(argv=None):
                     ("processed-only, fade gain and brightness match off (before session 8)", False, shipped_gain,
                      False, 0.0)]:
                 vm.match_brightness = shipped if match else (lambda prev, cur: prev)
-                vm.guide_gain, model.config.fade_follow = gain, fo
+                vm.guide_gain, cfg.fade_follow = gain, fo
                 O = scan_uint8(model, P, P if guided else None)
                 for part, cols in regions.get(name, [("", slice(None))]):
                     r = ratios(O, P, cols)
                     rows.append([name + part, mode, f"{r.min():.3f}", f"{r.max():.3f}", f"{r[-1]:.3f}"])
                     print(" | ".join(rows[-1]), flush=True)
         vm.match_brightness, vm.guide_gain = shipped, shipped_gain
-        for name, T in {"still shot": [still] * JITTER_FRAMES,
-                        "moving camera (driving)": read_video(DATA / "videos" / "edgetam_08_driving.mp4",
-                                                              JITTER_FRAMES, 640)}.items():
-            P = jitter(T)
+        moving = read_video(DATA / "videos" / "edgetam_08_driving.mp4", JITTER_FRAMES, 640)
+        for name, T, twice in [("still shot", [still] * JITTER_FRAMES, False),
+                               ("moving camera (driving)", moving, False),
+                               ("still shot, every frame shown twice", [still] * JITTER_FRAMES, True),
+                               ("moving camera (driving), every frame shown twice", shown_twice(moving[: JITTER_FRAMES // 2]),
+                                True)]:
+            Ps = [shown_twice(jitter(T, sigma)[::2]) if twice else jitter(T, sigma) for sigma in JITTERS]
             for mode, guided, _, _, fo in [("guided (original: the frames before the jitter)", True, None, True,
                                             follow), *po]:
-                model.config.fade_follow = fo
-                O = scan_uint8(model, P, T if guided else None)
-                flick.append([name, mode, f"{metrics.luminance_flicker(O, T, P):.3f}"])
+                cfg.fade_follow = fo
+                left = [metrics.luminance_flicker(scan_uint8(model, P, T if guided else None), T, P) for P in Ps]
+                flick.append([name, mode, *(f"{x:.3f}" for x in left)])
                 print(" | ".join(flick[-1]), flush=True)
     finally:
-        vm.match_brightness, vm.guide_gain, model.config.fade_follow = shipped, shipped_gain, follow
+        vm.match_brightness, vm.guide_gain, cfg.fade_follow = shipped, shipped_gain, follow
     body = (
         "## Video filter against a real fade, whole frame or half (no flicker)\n\n"
         f"`python benchmarks/video_fade.py --frames {args.frames} --fade {args.fade}` on {machine('cpu')}. "
@@ -148,10 +160,12 @@ def main(argv=None):
         "half should follow the fade and the unlit half stay as it is (O/P = 1 on every frame). The last fades the "
         "still shot in from 10% (near black) instead.\n\n"
         + md_table(["input", "mode", "lowest O/P luminance", "highest O/P luminance", "last frame O/P luminance"], rows)
-        + f"\n\nThe price, under a white exposure jitter ({JITTER:g} log-brightness a frame, {JITTER_FRAMES} frames, "
-        "no fade): the share of the processed clip's frame-to-frame mean-luminance flicker left in the output "
-        "(`metrics.luminance_flicker` against the frames before the jitter; 0: none, 1: all of it).\n\n"
-        + md_table(["input", "mode", "flicker left"], flick)
+        + f"\n\nThe price, under a white exposure jitter ({' and '.join(f'{j:g}' for j in JITTERS)} log-brightness a "
+        f"frame, {JITTER_FRAMES} frames, no fade): the share of the processed clip's frame-to-frame mean-luminance "
+        "flicker left in the output (`metrics.luminance_flicker` against the frames before the jitter; 0: none, 1: "
+        "all of it). 'Every frame shown twice': the jittered clip's even frames, each repeated (its jitter too, as "
+        "when a processed clip is converted to a higher frame rate by repetition).\n\n"
+        + md_table(["input", "mode", *(f"flicker left, jitter {j:g}" for j in JITTERS)], flick)
         + f"\n\nRun took {time.time() - t0:.0f} s."
     )
     print(body)
