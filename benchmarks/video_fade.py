@@ -6,9 +6,9 @@ A filter that cannot see the original cannot tell a fade from flicker in one fra
 some of the old brightness back; over two frames a lag that keeps its sign is made up
 (``streamssm.video.model.fade_gain``, session 11), at the price of some exposure flicker, which the second table
 measures (the share of a white exposure jitter's frame-to-frame luminance flicker left in the output, 2% and 8% a
-frame over 48 frames, still shot and moving clip, no fade; and the same with every frame shown twice, as after a
-frame-rate conversion by repetition or a 3:2 pulldown: a repeated frame reads to the fade gain as a lag that kept
-its sign, session 13).
+frame over 48 frames, still shot and moving clip, no fade; and the same with every frame shown twice, or twice and
+three times in turn, as after a frame-rate conversion by repetition (24 to 60 fps): compared with its own copy, a
+repeated frame read to the fade gain as a lag that kept its sign until session 13's ``fade_reference``).
 
 Inputs: one real frame held still (bike-packing's first original, quarter size) and a real moving clip
 (``edgetam_08_driving.mp4`` at 640 px), each faded in from 30% to full brightness over ``--fade`` frames, then
@@ -17,8 +17,9 @@ scored apart; and the still frame faded in from 10% (near black) instead of 30%.
 luminance of O over that of P: the lowest and highest over the clip and the last frame's (1 = follows the fade
 exactly). Each mode runs as shipped and with what changed how it follows brightness switched off -- guided, the
 guide's local brightness gain on the warped previous output (``streamssm.video.model.guide_gain``, session 9; also
-with one global gain for the frame instead, the first version tried); processed-only, the fade gain (session 11)
-and its flow guide's brightness match (``streamssm.video.model.match_brightness``, session 8). CPU, shipped
+with one global gain for the frame instead, the first version tried); processed-only, the fade gain's reference
+that skips repeated frames (``streamssm.video.model.fade_reference``, session 13), the fade gain (session 11) and its
+flow guide's brightness match (``streamssm.video.model.match_brightness``, session 8). CPU, shipped
 weights, the reference scan. Writes the section "video_fade" of benchmarks/RESULTS.md.
 """
 
@@ -70,9 +71,13 @@ def jitter(frames: list[np.ndarray], sigma: float, seed: int = 0) -> list[np.nda
     return [np.clip(f.astype(np.float32) * x + 0.5, 0, 255).astype(np.uint8) for f, x in zip(frames, g)]
 
 
-def shown_twice(frames: list) -> list:
-    """Every frame repeated once: ``[a, a, b, b, ...]``."""
-    return [f for f in frames for _ in (0, 1)]
+def shown(frames: list, times: tuple[int, ...], n: int) -> list:
+    """The first ``n`` frames of ``frames`` each shown ``times[i % len(times)]`` times: (2,) ``[a, a, b, b, ...]``,
+    (2, 3) ``[a, a, b, b, b, c, c, ...]`` (24 to 60 fps by repetition)."""
+    out = [f for i, f in enumerate(frames) for _ in range(times[i % len(times)])]
+    if len(out) < n:
+        raise ValueError(f"{len(frames)} frames shown {times} times make {len(out)}, fewer than {n}")
+    return out[:n]
 
 
 
@@ -114,20 +119,24 @@ def main(argv=None):
     model = load_video_model(args.weights, "cpu", backend="torch").eval()
     cfg = model.config
     shipped, shipped_gain, follow = vm.match_brightness, vm.guide_gain, cfg.fade_follow
-    po = [("processed-only", False, shipped_gain, True, follow),
-          ("processed-only, fade gain off (before session 11)", False, shipped_gain, True, 0.0)]
+    tol = vm.REPEAT_TOL
+    po = [("processed-only", False, shipped_gain, True, follow, tol),
+          ("processed-only, a repeated frame compared with its copy (before session 13)", False, shipped_gain, True,
+           follow, 0.0),
+          ("processed-only, fade gain off (before session 11)", False, shipped_gain, True, 0.0, tol)]
     rows, flick = [], []
     try:
         for name, P in clips.items():
-            for mode, guided, gain, match, fo in [
-                    ("guided (original = P: the fade is in the original too)", True, shipped_gain, True, follow),
-                    ("guided, guide gain off (before session 9)", True, no_gain, True, follow),
-                    ("guided, one global gain for the frame (tried in session 9)", True, global_gain, True, follow),
+            for mode, guided, gain, match, fo, rt in [
+                    ("guided (original = P: the fade is in the original too)", True, shipped_gain, True, follow, tol),
+                    ("guided, guide gain off (before session 9)", True, no_gain, True, follow, tol),
+                    ("guided, one global gain for the frame (tried in session 9)", True, global_gain, True, follow,
+                     tol),
                     *po,
                     ("processed-only, fade gain and brightness match off (before session 8)", False, shipped_gain,
-                     False, 0.0)]:
+                     False, 0.0, tol)]:
                 vm.match_brightness = shipped if match else (lambda prev, cur: prev)
-                vm.guide_gain, cfg.fade_follow = gain, fo
+                vm.guide_gain, cfg.fade_follow, vm.REPEAT_TOL = gain, fo, rt
                 O = scan_uint8(model, P, P if guided else None)
                 for part, cols in regions.get(name, [("", slice(None))]):
                     r = ratios(O, P, cols)
@@ -135,20 +144,20 @@ def main(argv=None):
                     print(" | ".join(rows[-1]), flush=True)
         vm.match_brightness, vm.guide_gain = shipped, shipped_gain
         moving = read_video(DATA / "videos" / "edgetam_08_driving.mp4", JITTER_FRAMES, 640)
-        for name, T, twice in [("still shot", [still] * JITTER_FRAMES, False),
-                               ("moving camera (driving)", moving, False),
-                               ("still shot, every frame shown twice", [still] * JITTER_FRAMES, True),
-                               ("moving camera (driving), every frame shown twice", shown_twice(moving[: JITTER_FRAMES // 2]),
-                                True)]:
-            Ps = [shown_twice(jitter(T, sigma)[::2]) if twice else jitter(T, sigma) for sigma in JITTERS]
-            for mode, guided, _, _, fo in [("guided (original: the frames before the jitter)", True, None, True,
-                                            follow), *po]:
-                cfg.fade_follow = fo
-                left = [metrics.luminance_flicker(scan_uint8(model, P, T if guided else None), T, P) for P in Ps]
-                flick.append([name, mode, *(f"{x:.3f}" for x in left)])
-                print(" | ".join(flick[-1]), flush=True)
+        n = JITTER_FRAMES
+        for shown_as, times in [("", (1,)), (", every frame shown twice", (2,)),
+                                (", every frame shown twice and three times in turn", (2, 3))]:
+            for clip, frames in [("still shot", [still] * n), ("moving camera (driving)", moving)]:
+                T = shown(frames, times, n)  # the frames before the jitter, repeated as the jittered ones are
+                Ps = [shown(jitter(frames, sigma), times, n) for sigma in JITTERS]  # the jitter repeats with its frame
+                for mode, guided, _, _, fo, rt in [("guided (original: the frames before the jitter)", True, None, True,
+                                                    follow, tol), *po]:
+                    cfg.fade_follow, vm.REPEAT_TOL = fo, rt
+                    left = [metrics.luminance_flicker(scan_uint8(model, P, T if guided else None), T, P) for P in Ps]
+                    flick.append([clip + shown_as, mode, *(f"{x:.3f}" for x in left)])
+                    print(" | ".join(flick[-1]), flush=True)
     finally:
-        vm.match_brightness, vm.guide_gain, cfg.fade_follow = shipped, shipped_gain, follow
+        vm.match_brightness, vm.guide_gain, cfg.fade_follow, vm.REPEAT_TOL = shipped, shipped_gain, follow, tol
     body = (
         "## Video filter against a real fade, whole frame or half (no flicker)\n\n"
         f"`python benchmarks/video_fade.py --frames {args.frames} --fade {args.fade}` on {machine('cpu')}. "
@@ -163,8 +172,9 @@ def main(argv=None):
         + f"\n\nThe price, under a white exposure jitter ({' and '.join(f'{j:g}' for j in JITTERS)} log-brightness a "
         f"frame, {JITTER_FRAMES} frames, no fade): the share of the processed clip's frame-to-frame mean-luminance "
         "flicker left in the output (`metrics.luminance_flicker` against the frames before the jitter; 0: none, 1: "
-        "all of it). 'Every frame shown twice': the jittered clip's even frames, each repeated (its jitter too, as "
-        "when a processed clip is converted to a higher frame rate by repetition).\n\n"
+        "all of it). 'Shown twice' (or 'twice and three times in turn', as 24 to 60 fps by repetition): the clip's "
+        "first frames, each with its jitter, repeated so, to the same length (as when a processed clip is converted to "
+        "a higher frame rate by repetition).\n\n"
         + md_table(["input", "mode", *(f"flicker left, jitter {j:g}" for j in JITTERS)], flick)
         + f"\n\nRun took {time.time() - t0:.0f} s."
     )

@@ -66,8 +66,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamssm.video.model import (FLOW_SHARP, N_PARAMS, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
-                                   fade_gain, flow_shape, grid_shape, guide_gain, lk_solve, match_brightness,
-                                   prev_was_guided)
+                                   fade_gain, fade_reference, flow_shape, grid_shape, guide_gain, lk_solve,
+                                   match_brightness, prev_was_guided)
 
 log = logging.getLogger("streamssm")
 
@@ -475,11 +475,13 @@ class CPUVideoStep:
         # coefficients upsampled along x on the grid rows (a small matmul with the interpolation matrix), strength
         # folded in there
         cx = torch.cat([coef[:, :12] * strength, coef[:, 12:]], 1) @ _lerp_matrix(gw, w)  # (b, 13, gh, w)
-        # processed-only: the cell means the tail's fade gain needs (this frame's and the previous one's)
+        # the fade gain's reference (kept in every mode) and, processed-only, the cell means the tail's gain needs
+        ref, repeats = fade_reference(means[:, 3:6], state[0][:, N_PARAMS + 3 : N_PARAMS + 6], state[5], state[6],
+                                      fresh[:, 0])
         fading = blend and I is None and cfg.fade_follow > 0
-        fade = (means[:, 3:6], state[0][:, N_PARAMS + 3 : N_PARAMS + 6]) if fading else None
-        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, ssm_states,
-                      m.corrects(I is not None), fade)
+        fade = (means[:, 3:6], ref) if fading else None
+        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, (ref, repeats),
+                      ssm_states, m.corrects(I is not None), fade)
 
     def _tail(self, f: "_Front", prev: Tensor | None, out_u8: np.ndarray | None) -> Tensor:
         """The full-resolution rest of a step: correction, warp of the previous output ``prev``, gate, blend.
@@ -553,13 +555,14 @@ class _Front(NamedTuple):
     keep4: Tensor  # (b, 1, 1, 1)
     fixed: tuple
     g: Tensor
+    ref: tuple  # the fade gain's reference (b, 3, gh, gw) and repeat count (b, 1, gh, gw) (``fade_reference``)
     ssm_states: tuple
     correct: bool  # False: dA = db = 0 exactly (``VideoSSM.corrects``), so the tail skips the correction
-    fade: tuple | None  # processed-only: cell means (b, 3, gh, gw) of P_t and P_{t-1} for the fade gain; None: no gain
+    fade: tuple | None  # processed-only: cell means (b, 3, gh, gw) of P_t and the fade gain's reference; None: none
 
     def state_with(self, O: Tensor) -> tuple[Tensor, ...]:
         """The full new state once the output ``O`` is known (the layout of ``VideoSSM.init_state``)."""
-        return self.fixed + (O, self.g) + self.ssm_states
+        return self.fixed + (O, self.g, *self.ref) + self.ssm_states
 
 
 class CPUVideoPipeline:

@@ -114,8 +114,9 @@ class VideoFilter:
     original's own brightness (a fade, auto-exposure, a light switched on) comes through, within ~3% while it
     happens; processed-only one frame cannot tell it from flicker: the output follows it late, about a fifth dark
     at worst during a fast fade from 30% and half dark in one from near black, and ends within ~5% of it a few
-    frames after the fade; the same rule lets more exposure flicker through where frames repeat (a frame-rate
-    conversion by repetition: 1.4-2.6x what it leaves on distinct frames; ``benchmarks/video_fade.py``).
+    frames after the fade; a repeated frame (a frame-rate conversion by repetition) is compared with the last
+    frame that differed, not with its copy, though such clips still keep more exposure flicker than clips of
+    distinct frames (``benchmarks/video_fade.py``).
 
     Batches: for a given B, a stream's outputs are bit-identical whatever the other streams hold;
     against the stream run alone they agree to fp32 rounding (matmul/conv kernels pick their

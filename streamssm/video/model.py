@@ -23,7 +23,9 @@ Why this design (and where it departs from Lai et al. 2018, who run a ConvLSTM o
   brightness change along the flow (:func:`guide_gain`), so a fade, a camera's auto-exposure or a light switched
   on comes through instead of being held back like flicker. Processed-only one frame does not tell the two apart;
   two mostly do: where the output's lag behind P keeps its sign over two frames (a fade, not flicker) the warped
-  previous output is brightened (or darkened) to make most of it up (:func:`fade_gain`), per cell.
+  previous output is brightened (or darkened) to make most of it up (:func:`fade_gain`), per cell. "A frame ago"
+  is the last frame that differed from this one (:func:`fade_reference`): a repeated frame is no second look.
+  A picture held for several frames is compared with its copy again.
 * **Scene cuts** are detected from the guide's coarse thumbnail (correlation between consecutive
   frames) and reset the stream's state exactly, in the step and in the parallel scan alike.
 * **Motion.** The state is per cell and holds operator parameters, which are spatially smooth, so
@@ -33,8 +35,10 @@ Why this design (and where it departs from Lai et al. 2018, who run a ConvLSTM o
 State (explicit, a flat tuple, first dim = stream b): ``prev_feat (b, 12+6, gh, gw)`` (last parameters
 and cell means), ``prev_thumb (b, 3, gh, gw)``, ``has_prev (b,)`` (0: no previous frame; 1: it was processed-only;
 2: it was guided, so ``prev_luma`` is the original's), ``prev_out (b, 3, H, W)``, ``prev_luma (b, 1, hf, wf)``
-(the flow's luminance of the previous guide), then one SSM state
-``(b, gh*gw, h, p, n)`` per layer. It depends on the grid size, so a resolution change starts over.
+(the flow's luminance of the previous guide), ``prev_ref (b, 3, gh, gw)`` and ``prev_repeats (b, 1, gh, gw)`` (the
+processed cell means the fade gain compares with and how many times in a row the picture was repeated,
+:func:`fade_reference`), then one SSM state ``(b, gh*gw, h, p, n)`` per layer. It depends on the grid size, so a
+resolution change starts over.
 """
 
 from __future__ import annotations
@@ -231,8 +235,8 @@ def minmod(a: Tensor, b: Tensor) -> Tensor:
 
 def fade_gain(mp: Tensor, mp_prev: Tensor, mo_prev: Tensor, follow: float, shrink: float) -> Tensor:
     """Processed-only: the per-cell brightness gain (n, 1, gh, gw) on the warped previous output, from the cell
-    means (n, 3, gh, gw) of the processed frame ``mp``, of the previous processed frame ``mp_prev`` and of the
-    previous output ``mo_prev``.
+    means (n, 3, gh, gw) of the processed frame ``mp``, of the previous processed frame ``mp_prev`` (in practice
+    :func:`fade_reference`'s: the last one that differed from ``mp``) and of the previous output ``mo_prev``.
 
     Without the original, one frame does not tell a fade from the operator's brightness flicker; two do, mostly:
     the output's lag behind the processed frame, ``b = log P_{t-1} - log O_{t-1}`` a frame ago and
@@ -248,6 +252,33 @@ def fade_gain(mp: Tensor, mp_prev: Tensor, mo_prev: Tensor, follow: float, shrin
     if shrink > 0:
         m = m * m.abs() / (m.abs() + shrink)
     return torch.exp(follow * m).clamp(*GAIN_RANGE)
+
+
+REPEAT_TOL = 1e-3  # log cell luminance: a cell of P this close to the previous frame's shows that frame again
+HOLD_REPEATS = 4  # ... and one shown again this many times in a row is a held picture, not a repeated frame
+
+
+def fade_reference(mp: Tensor, mp_prev: Tensor, ref_prev: Tensor, repeats_prev: Tensor, fresh: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+    """The processed cell means (n, 3, gh, gw) :func:`fade_gain` takes the lag "a frame ago" from, and the count of
+    repeats (n, 1, gh, gw), both kept in the state for the next frame. The reference is the previous frame's means
+    ``mp_prev``, except in cells where the frame ``mp`` repeats it (log luminance within ``REPEAT_TOL``), which keep
+    the reference they had, ``ref_prev`` -- until the picture has been repeated ``HOLD_REPEATS`` times in a row
+    (``repeats_prev`` counts them): a picture held that long is compared with its own copy again. ``fresh`` (n,)
+    bool (a stream's first frame, a cut): ``mp`` itself, no repeats.
+
+    A repeated frame (a frame-rate conversion by repetition, animation on twos, a camera repeating a frame) is no
+    second look at the lag: compared with its own copy, any flicker level reads as a lag that kept its sign, and with
+    every frame shown twice the gain let through 1.4-2.6x the exposure flicker it leaves on distinct frames, more
+    than with the gain off (``benchmarks/video_fade.py``, session 13). A fade that ends on a still, noiseless picture
+    is followed again once the picture is held. Computed in every mode, so a stream that turns processed-only has it
+    ready."""
+    lg = lambda m: torch.log(_luma(m).clamp_min(0.0) + GAIN_EPS)  # noqa: E731
+    repeat = (lg(mp) - lg(mp_prev)).abs() < REPEAT_TOL
+    repeats = torch.where(repeat, repeats_prev + 1.0, torch.zeros_like(repeats_prev))
+    ref = torch.where(repeat & (repeats < HOLD_REPEATS), ref_prev, mp_prev)
+    f = fresh[:, None, None, None]
+    return torch.where(f, mp, ref), torch.where(f, torch.zeros_like(repeats), repeats)
 
 
 def prev_was_guided(state) -> Tensor:
@@ -341,14 +372,15 @@ class VideoSSM(nn.Module):
         self.log_conf = nn.Parameter(torch.tensor(-2.3))  # exp(-2.3) ~ 0.1
 
     # ----------------------------------------------------------------------------------- state
-    N_FIXED = 5
+    N_FIXED = 7
 
     def init_state(self, batch: int, h: int, w: int, device=None) -> tuple[Tensor, ...]:
         """A fresh state for ``batch`` streams of h x w frames (all zeros, float32)."""
         _, _, gh, gw = grid_shape(h, w, self.config)
         _, hf, wf = flow_shape(h, w, self.config)
         z = lambda *s: torch.zeros(*s, device=device, dtype=torch.float32)  # noqa: E731
-        fixed = (z(batch, N_PARAMS + 6, gh, gw), z(batch, 3, gh, gw), z(batch), z(batch, 3, h, w), z(batch, 1, hf, wf))
+        fixed = (z(batch, N_PARAMS + 6, gh, gw), z(batch, 3, gh, gw), z(batch), z(batch, 3, h, w), z(batch, 1, hf, wf),
+                 z(batch, 3, gh, gw), z(batch, 1, gh, gw))
         return fixed + tuple(z(batch, gh * gw, blk.ssm.nheads, blk.ssm.headdim, blk.ssm.d_state) for blk in self.blocks)
 
     def state_frame(self, state) -> tuple[int, int, int]:
@@ -529,18 +561,19 @@ class VideoSSM(nn.Module):
         sigma = torch.exp(self.log_gate[0 if I is not None else 1])
         prev = state[3].to(P.dtype)
         fading = blend and I is None and cfg.fade_follow > 0  # blend off: the blend weight is 0, no gain to compute
-        if fading:  # processed-only: the processed frames' cell means, this clip's and each previous frame's
-            mp = means[:, :, 3:6]
-            mp_prev = torch.cat([state[0][:, None, N_PARAMS + 3 : N_PARAMS + 6], mp[:, :-1]], 1)
+        # the processed frames' cell means, this clip's and each previous frame's, and the fade gain's reference
+        mp = means[:, :, 3:6]
+        mp_prev = torch.cat([state[0][:, None, N_PARAMS + 3 : N_PARAMS + 6], mp[:, :-1]], 1)
+        ref, repeats = state[5], state[6]
         outs = []
         for i in range(t):
+            ref, repeats = fade_reference(mp[:, i], mp_prev[:, i], ref, repeats, fresh[:, i])
             wp = warp_backward(prev, flow[:, i].to(P.dtype))
             if gain is not None:  # guided: follow the original's brightness change
                 wp = (wp * gain[:, i].to(P.dtype)).clamp(0.0, 1.0)  # the blend stays a convex combination
             elif fading:  # processed-only: make up a brightness lag that persists (a fade), not flicker
                 with torch.autocast(P.device.type, enabled=False):
-                    fg = fade_gain(mp[:, i], mp_prev[:, i], self.cell_means(prev.float()), cfg.fade_follow,
-                                   cfg.fade_shrink)
+                    fg = fade_gain(mp[:, i], ref, self.cell_means(prev.float()), cfg.fade_follow, cfg.fade_shrink)
                     fg = F.interpolate(fg, size=(h, w), mode="bilinear", align_corners=False)
                 wp = (wp * fg.to(P.dtype)).clamp(0.0, 1.0)
             gate = torch.exp(-(Oc[:, i] - wp).abs().mean(1, keepdim=True) / sigma)
@@ -548,7 +581,7 @@ class VideoSSM(nn.Module):
             prev = Oc[:, i] + wgt * (wp - Oc[:, i])
             outs.append(prev)
         O = torch.stack(outs, 1)
-        fixed = fixed + (prev.float(), g[:, -1].float())
+        fixed = fixed + (prev.float(), g[:, -1].float(), ref, repeats)
         return O, fixed + ssm_states
 
     def forward(self, P: Tensor, I: Tensor | None = None, state=None, reset: Tensor | None = None, strength: float = 1.0,

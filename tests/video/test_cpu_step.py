@@ -119,6 +119,25 @@ def test_fast_step_processed_only_fade_batch(shipped, opencv):
     assert float((off[3] - sr[3]).abs().max()) > 0.005  # measured 0.012, against FAST_TOL 1e-4
 
 
+@pytest.mark.parametrize("opencv", CV_MODES)
+def test_fast_step_processed_only_repeated_and_held_frames(shipped, opencv):
+    """Processed-only, two streams: frames shown twice (stream 0) and thrice (stream 1), then one picture held for
+    longer than ``HOLD_REPEATS``: the fade gain's reference and repeat count (``fade_reference``, the state's
+    ``prev_ref`` and ``prev_repeats``) go through repeats and a hold, and the fast step still matches bit for bit in
+    the state (the output to ``FAST_TOL``)."""
+    from streamssm.video.model import HOLD_REPEATS
+
+    frames = scene_clip(2, 77, 131, steps=6, seed=4)
+    order = [[0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 0, 1, 1, 1, 2, 2]]
+    seq = [(torch.cat([frames[order[0][t]][0][:1], frames[order[1][t]][0][1:]]),
+            torch.cat([frames[order[0][t]][1][:1], frames[order[1][t]][1][1:]])) for t in range(8)]
+    seq += [frames[4]] * (HOLD_REPEATS + 3)
+    worst, sr, sf = run_both(shipped, seq, False, opencv=opencv)
+    assert worst <= FAST_TOL, f"max abs diff {worst:.2e}"
+    assert_states(sf, sr)
+    assert float(sr[6].min()) == HOLD_REPEATS + 2  # the held picture's repeats were counted in every cell
+
+
 @pytest.mark.parametrize("hw", [(40, 56), (64, 64), (36, 300)])
 def test_fast_step_small_frames(hw):
     """Frames under 64 px (flow at full resolution, smaller pooling) and a thin strip."""

@@ -323,9 +323,10 @@ def test_processed_only_output_catches_up_with_a_fade(fast, half):
     """Processed-only nothing but P tells a fade from flicker: the fade gain (``fade_gain``) brightens the held
     output where its lag behind P keeps its sign over two frames. On a still shot faded in from 35% over 7
     frames and then held, the output's mean luminance ends within 10% of P's (measured 0.92; 0.77 with the gain
-    off, which the test also checks, so the gain is what does it); ``half``: a light switched on over the left
-    half only -- the unlit half stays within 4% of P's (0.97; 0.94 with the gain off). Reference scan and the CPU
-    fast step."""
+    off, which the test also checks, so the gain is what does it). The held frames are one picture shown again:
+    the gain takes it up again once the picture is held (``fade_reference``; 0.88 on the last frame if repeats were
+    never taken for a held picture). ``half``: a light switched on over the left half only -- the unlit half
+    stays within 4% of P's (0.97; 0.94 with the gain off). Reference scan and the CPU fast step."""
     model = load_video_model(None, "cpu", backend="torch")
     _, I = _clip(steps=12, seed=5)
     fade = torch.cat([torch.linspace(0.35, 1.0, 7), torch.ones(5)])[None, :, None, None, None]
@@ -345,6 +346,54 @@ def test_processed_only_output_catches_up_with_a_fade(fast, half):
     if half:
         assert abs(last(O, slice(w // 2, w)) - 1) < 0.04, last(O, slice(w // 2, w))
     assert 0.0 <= float(O.min()) and float(O.max()) <= 1.0  # the brightened previous output is clamped
+
+
+def test_fade_reference_skips_repeated_frames():
+    """``fade_reference`` per cell: the previous frame's means where the frame differs from it, the reference it had
+    where the frame repeats it (counting the repeats), the frame's own on a fresh frame; a picture repeated
+    ``HOLD_REPEATS`` times in a row is held, and compared with its copy again. So on a repeated frame after a flicker
+    step the fade gain compares with the frame before the step: the lags disagree and there is no gain, where
+    comparing with the copy would read the step as a lag that kept its sign and brighten."""
+    from streamssm.video.model import HOLD_REPEATS, fade_gain, fade_reference
+
+    lum = lambda *v: torch.tensor(v, dtype=torch.float32).reshape(1, 1, 1, len(v)).expand(1, 3, 1, len(v))  # noqa: E731
+    before, step = lum(0.38, 0.38), lum(0.46, 0.46)
+    no, zero = torch.tensor([False]), torch.zeros(1, 1, 1, 2)
+    ref, n = fade_reference(step, step, before, zero, no)  # the step's frame shown again
+    assert torch.equal(ref, before) and torch.equal(n, zero + 1)
+    ref, n = fade_reference(lum(0.46, 0.5), step, before, zero + 2, no)  # one cell repeats, one moves on
+    assert torch.equal(ref[..., 0], before[..., 0]) and torch.equal(ref[..., 1], step[..., 1])
+    assert n.flatten().tolist() == [3.0, 0.0]
+    ref, n = fade_reference(step, step, before, zero + HOLD_REPEATS - 1, no)  # repeated HOLD_REPEATS times: held
+    assert torch.equal(ref, step) and torch.equal(n, zero + HOLD_REPEATS)
+    ref, n = fade_reference(step, before, before, zero + 2, torch.tensor([True]))  # a cut: its own means
+    assert torch.equal(ref, step) and torch.equal(n, zero)
+    mo = lum(0.4, 0.4)  # the output, held at the level before the step
+    assert torch.all(fade_gain(step, before, mo, 1.0, 0.15) == 1.0)  # against the frame before the step: no gain
+    assert torch.all(fade_gain(step, step, mo, 1.0, 0.15) > 1.0)  # against the copy: a brightening
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_processed_only_repeated_frames_are_not_read_as_a_fade(fast, monkeypatch):
+    """Every frame shown twice (a frame-rate conversion by repetition), under a white 8% exposure jitter on a still
+    shot: the output keeps less of the jitter's frame-to-frame luminance flicker than when a repeated frame counts
+    as a second look at the lag (``REPEAT_TOL`` 0; measured 0.573 against 0.644). Reference scan and the CPU fast
+    step."""
+    import streamssm.video.model as vm
+
+    model = load_video_model(None, "cpu", backend="torch")
+    _, I = _clip(steps=1, seed=5)
+    T = I[:, :1].expand(1, 16, *I.shape[2:])
+    g = torch.exp(torch.randn(8, generator=torch.Generator().manual_seed(0)) * 0.08).repeat_interleave(2)
+    P = (T * g[None, :, None, None, None]).clamp(0, 1)
+    frames = lambda x: [_u8(f) for f in x[0]]  # noqa: E731
+
+    def left():
+        return metrics.luminance_flicker(frames(_scan(model, P, None, fast)), frames(T), frames(P))
+
+    shipped = left()
+    monkeypatch.setattr(vm, "REPEAT_TOL", 0.0)
+    assert shipped < left() - 0.03, shipped
 
 
 def test_processed_only_fade_gain_price_under_exposure_jitter():
