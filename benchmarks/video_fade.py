@@ -80,7 +80,6 @@ def shown(frames: list, times: tuple[int, ...], n: int) -> list:
     return out[:n]
 
 
-
 def no_gain(cur, prev, flow, prev_guided=None, **_):
     return cur.new_ones(cur.shape[0], 1, 1, 1)
 

@@ -206,8 +206,8 @@ def _video_set_state_nan():
     f = VideoFilter(device="cpu")
     f.step(np.zeros((48, 64, 3), np.uint8))
     st = list(f.get_state())
-    st[5] = st[5].clone()
-    st[5].view(-1)[0] = float("nan")
+    st[7] = st[7].clone()  # the first SSM state
+    st[7].view(-1)[0] = float("nan")
     f.set_state(tuple(st))
 
 
@@ -281,7 +281,7 @@ CASES = [
          lambda d: lambda: VideoFilter(device="cpu").filter([np.zeros((48, 64, 3), np.uint8)] * 3,
                                                              [np.zeros((48, 64, 3), np.uint8)] * 2),
          ValueError, ("3 processed frames but 2 originals", "pair up")),
-    Case("api-video-set-state-nan", lambda d: _video_set_state_nan, ValueError, ("video state[5] contains NaN",)),
+    Case("api-video-set-state-nan", lambda d: _video_set_state_nan, ValueError, ("video state[7] contains NaN",)),
     Case("api-video-timestamp-not-a-number",
          lambda d: lambda: VideoFilter(device="cpu").step(np.zeros((48, 64, 3), np.uint8), timestamp="noon"),
          ValueError, ("timestamp must be a number of seconds", "'noon'")),

@@ -4,7 +4,8 @@ Same math, same state, same weights. The reference is ``VideoSSM.step`` itself (
 parallel scan and the ONNX export use it), and ``tests/video/test_cpu_step.py`` checks that the two agree:
 output and previous-output state within fp32 max abs diff 1e-4 over whole clips (measured 1e-5 to 3e-5 on real
 clips at 360p-480p), guided and processed-only, with and without OpenCV; everything the network sees (cell
-statistics, features, SSM states, flow luminance) bit-identical, so the two cannot drift apart. Only the order
+statistics, features, SSM states, flow luminance) and the fade gain's reference bit-identical, so the two cannot
+drift apart. Only the order
 of fp32 roundings in the flow and the full-resolution tail differs.
 
 Where the eager step spends its time on a CPU (2-core EPYC, 1280x720, one thread: ~540 ms; profiled with

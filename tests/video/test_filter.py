@@ -350,10 +350,10 @@ def test_processed_only_output_catches_up_with_a_fade(fast, half):
 
 def test_fade_reference_skips_repeated_frames():
     """``fade_reference`` per cell: the previous frame's means where the frame differs from it, the reference it had
-    where the frame repeats it (counting the repeats), the frame's own on a fresh frame; a picture repeated
-    ``HOLD_REPEATS`` times in a row is held, and compared with its copy again. So on a repeated frame after a flicker
-    step the fade gain compares with the frame before the step: the lags disagree and there is no gain, where
-    comparing with the copy would read the step as a lag that kept its sign and brighten."""
+    where the frame repeats it (counting the repeats, up to ``HOLD_REPEATS``), the frame's own on a fresh frame; a
+    picture repeated ``HOLD_REPEATS`` times in a row is held, and compared with its copy again. So on a repeated
+    frame after a flicker step the fade gain compares with the frame before the step: the lags disagree and there is
+    no gain, where comparing with the copy would read the step as a lag that kept its sign and brighten."""
     from streamssm.video.model import HOLD_REPEATS, fade_gain, fade_reference
 
     lum = lambda *v: torch.tensor(v, dtype=torch.float32).reshape(1, 1, 1, len(v)).expand(1, 3, 1, len(v))  # noqa: E731
@@ -365,6 +365,8 @@ def test_fade_reference_skips_repeated_frames():
     assert torch.equal(ref[..., 0], before[..., 0]) and torch.equal(ref[..., 1], step[..., 1])
     assert n.flatten().tolist() == [3.0, 0.0]
     ref, n = fade_reference(step, step, before, zero + HOLD_REPEATS - 1, no)  # repeated HOLD_REPEATS times: held
+    assert torch.equal(ref, step) and torch.equal(n, zero + HOLD_REPEATS)
+    ref, n = fade_reference(step, step, step, n, no)  # and held on: the count stops there (a bounded state)
     assert torch.equal(ref, step) and torch.equal(n, zero + HOLD_REPEATS)
     ref, n = fade_reference(step, before, before, zero + 2, torch.tensor([True]))  # a cut: its own means
     assert torch.equal(ref, step) and torch.equal(n, zero)
