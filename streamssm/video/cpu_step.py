@@ -5,8 +5,7 @@ parallel scan and the ONNX export use it), and ``tests/video/test_cpu_step.py`` 
 output and previous-output state within fp32 max abs diff 1e-4 over whole clips (measured 1e-5 to 3e-5 on real
 clips at 360p-480p), guided and processed-only, with and without OpenCV; everything the network sees (cell
 statistics, features, SSM states, flow luminance) and the fade gain's reference bit-identical, so the two cannot
-drift apart. Only the order
-of fp32 roundings in the flow and the full-resolution tail differs.
+drift apart. Only the order of fp32 roundings in the flow and the full-resolution tail differs.
 
 Where the eager step spends its time on a CPU (2-core EPYC, 1280x720, one thread: ~540 ms; profiled with
 torch.profiler and cProfile), and what is done here instead (~100 ms; ``benchmarks/video_cpu_speed.py``):

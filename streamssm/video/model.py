@@ -262,12 +262,12 @@ def fade_reference(mp: Tensor, mp_prev: Tensor, ref_prev: Tensor, repeats_prev: 
                    ) -> tuple[Tensor, Tensor]:
     """The processed cell means (n, 3, gh, gw) :func:`fade_gain` takes the lag "a frame ago" from, and the count of
     repeats (n, 1, gh, gw; it stops at ``HOLD_REPEATS``, so the state stays bounded), both kept in the state for the
-    next frame. The reference is the previous frame's means
-    ``mp_prev``, except in cells where the frame ``mp`` repeats it (log luminance within ``REPEAT_TOL``), which keep
-    the reference they had, ``ref_prev`` -- until the picture has been repeated ``HOLD_REPEATS`` times in a row
-    (``repeats_prev`` counts them): a picture held that long is compared with its own copy again. ``fresh`` (n,)
-    bool (a stream's first frame, a cut): ``mp`` itself, no repeats (so a copy of the frame right after a cut is
-    still compared with it: there is no earlier frame to take).
+    next frame. The reference is the previous frame's means ``mp_prev``, except in cells where the frame ``mp``
+    repeats it (log luminance within ``REPEAT_TOL``), which keep the reference they had, ``ref_prev`` -- until the
+    picture has been repeated ``HOLD_REPEATS`` times in a row (``repeats_prev`` counts them): a picture held that
+    long is compared with its own copy again. ``fresh`` (n,) bool (a stream's first frame, a cut): ``mp`` itself, no
+    repeats (so a copy of the frame right after a cut is still compared with it: there is no earlier frame to
+    take).
 
     A repeated frame (a frame-rate conversion by repetition, animation on twos, a camera repeating a frame) is no
     second look at the lag: compared with its own copy, any flicker level reads as a lag that kept its sign (with
