@@ -228,6 +228,12 @@ def guide_gain(cur: Tensor, prev: Tensor, flow: Tensor, prev_guided: Tensor | No
     return gain
 
 
+def _log_luma(m: Tensor) -> Tensor:
+    """log(luminance + ``GAIN_EPS``) of cell means (n, 3, gh, gw) -> (n, 1, gh, gw): the brightness scale of
+    :func:`fade_gain` and :func:`fade_reference` (out-of-range negative input clamped to 0 first)."""
+    return torch.log(_luma(m).clamp_min(0.0) + GAIN_EPS)
+
+
 def minmod(a: Tensor, b: Tensor) -> Tensor:
     """The smaller in magnitude of ``a`` and ``b`` where they agree in sign, else 0 (elementwise)."""
     return torch.where(a * b > 0, torch.sign(a) * torch.minimum(a.abs(), b.abs()), torch.zeros_like(a))
@@ -246,9 +252,8 @@ def fade_gain(mp: Tensor, mp_prev: Tensor, mo_prev: Tensor, follow: float, shrin
     a lag of the flicker's size (a few % of log brightness) is mostly left to the blend: ``exp(follow m |m| /
     (|m| + shrink))``, clamped to ``GAIN_RANGE``. Cell means of luminance, ``GAIN_EPS`` added (as
     :func:`guide_gain`). Measured on fades and on exposure jitter: ``benchmarks/video_fade.py``."""
-    lg = lambda m: torch.log(_luma(m).clamp_min(0.0) + GAIN_EPS)  # noqa: E731
-    lo = lg(mo_prev)
-    m = minmod(lg(mp) - lo, lg(mp_prev) - lo)
+    lo = _log_luma(mo_prev)
+    m = minmod(_log_luma(mp) - lo, _log_luma(mp_prev) - lo)
     if shrink > 0:
         m = m * m.abs() / (m.abs() + shrink)
     return torch.exp(follow * m).clamp(*GAIN_RANGE)
@@ -275,8 +280,7 @@ def fade_reference(mp: Tensor, mp_prev: Tensor, ref_prev: Tensor, repeats_prev: 
     0.119 on distinct frames and 0.154 with this reference; ``benchmarks/video_fade.py``, session 13). A fade that
     ends on a still, noiseless picture is followed again once the picture is held. Computed in every mode, so a
     stream that turns processed-only has it ready."""
-    lg = lambda m: torch.log(_luma(m).clamp_min(0.0) + GAIN_EPS)  # noqa: E731
-    repeat = (lg(mp) - lg(mp_prev)).abs() < REPEAT_TOL
+    repeat = (_log_luma(mp) - _log_luma(mp_prev)).abs() < REPEAT_TOL
     repeats = torch.where(repeat, (repeats_prev + 1.0).clamp(max=float(HOLD_REPEATS)), torch.zeros_like(repeats_prev))
     ref = torch.where(repeat & (repeats < HOLD_REPEATS), ref_prev, mp_prev)
     f = fresh[:, None, None, None]
