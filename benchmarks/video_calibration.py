@@ -25,18 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import baselines_video as bv  # noqa: E402
-from streamssm import metrics  # noqa: E402
-from streamssm.video.operators import make_demo_operator  # noqa: E402
 from streamssm.train.video import recalibrate_blend  # noqa: E402
 from streamssm.video.filter import DEFAULT_WEIGHTS  # noqa: E402
 from streamssm.weights import read_weights  # noqa: E402
-from video_quality import DATA, floats, read_folder, uncalibrated  # noqa: E402
+from video_quality import (floats, pair_scorer, still_camera_case, still_flicker_left, uncalibrated,  # noqa: E402
+                           validation_pairs)
 
 
 def main(argv=None):
@@ -51,31 +49,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     shifts, gains = floats(args.shifts, "--shifts"), floats(args.gains, "--gains")
     t0 = time.time()
-    pairs = DATA / "pairs"
-    data = {
-        "Haze2": (read_folder(pairs / "dehazing" / "Haze2_processed", 122),
-                  read_folder(pairs / "dehazing" / "Haze2_input", 122)),
-        "bike-packing": (read_folder(pairs / "enhancement" / "bike-packing-processed", 69),
-                         read_folder(pairs / "enhancement" / "bike-packing-input", 69)),
-    }
-    scored = {}
-    for k, (P, I) in data.items():
-        flows = metrics.compute_flows(I, "farneback")
-        scored[k] = (flows, metrics.warp_error(P, flows=flows))
-
-    def score(outs) -> tuple[float, float, str]:
-        per = [(metrics.warp_error(outs[k], flows=scored[k][0]) / scored[k][1], metrics.psnr(outs[k], data[k][0]))
-               for k in data]
-        return float(np.mean([a for a, _ in per])), float(np.mean([b for _, b in per])), \
-            " ".join(f"{a:.3f}/{b:.1f}" for a, b in per)
+    data = validation_pairs()
+    score = pair_scorer(data)
 
     # the still-camera case (the demo's webcam): one real frame, a per-frame gamma flicker; guided
-    still = data["bike-packing"][1][0][::4, ::4].copy()
-    op = make_demo_operator("gamma_jitter", seed=0)
-    still_P = [op.apply(still, t) for t in range(24)]
+    still, still_P = still_camera_case(data)
 
-    def still_left(O) -> float:  # metrics.luminance_flicker against the still frame, after 4 frames
-        return metrics.luminance_flicker(O[4:], [still] * (len(still_P) - 4), still_P[4:])
+    def still_left(O) -> float:
+        return still_flicker_left(O, still, still_P)
 
     ema = score({k: bv.mc_ema(P, I, alpha=0.3) for k, (P, I) in data.items()})
     ema_still = still_left(bv.mc_ema(still_P, [still] * len(still_P), alpha=0.3))

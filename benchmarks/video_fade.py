@@ -19,8 +19,10 @@ exactly). Each mode runs as shipped and with what changed how it follows brightn
 guide's local brightness gain on the warped previous output (``streamssm.video.model.guide_gain``, session 9; also
 with one global gain for the frame instead, the first version tried); processed-only, the fade gain's reference
 that skips repeated frames (``streamssm.video.model.fade_reference``, session 13), the fade gain (session 11) and its
-flow guide's brightness match (``streamssm.video.model.match_brightness``, session 8). CPU, shipped
-weights, the reference scan. Writes the section "video_fade" of benchmarks/RESULTS.md.
+flow guide's brightness match (``streamssm.video.model.match_brightness``, session 8); and processed-only as
+trained, with the weights' processed-only finishing (``streamssm.train.video.finish_processed_only``, session 14:
+the colour correction off, a wider blend gate) undone. CPU, shipped weights, the reference scan. Writes the
+section "video_fade" of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import streamssm.video.model as vm  # noqa: E402
 from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import metrics  # noqa: E402
-from streamssm.video.filter import load_video_model  # noqa: E402
+from streamssm.train.video import set_processed_only  # noqa: E402
+from streamssm.video.filter import DEFAULT_WEIGHTS, load_video_model  # noqa: E402
+from streamssm.weights import read_weights  # noqa: E402
 from video_quality import DATA, read_folder, read_video, scan_uint8  # noqa: E402
 
 
@@ -119,10 +123,19 @@ def main(argv=None):
     cfg = model.config
     shipped, shipped_gain, follow = vm.match_brightness, vm.guide_gain, cfg.fade_follow
     tol = vm.REPEAT_TOL
+    finished = (cfg.processed_correction, float(model.log_gate[1].detach().exp()))
+    rec = read_weights(args.weights or DEFAULT_WEIGHTS, "video")[2].get("processed_only")
+    trained = (rec["before"]["correction"], rec["before"]["gate_width"]) if rec else None
     po = [("processed-only", False, shipped_gain, True, follow, tol),
+          *([("processed-only, as trained (before session 14's finish_processed_only)", False, shipped_gain, True,
+              follow, tol)] if trained else []),
           ("processed-only, a repeated frame compared with its copy (before session 13)", False, shipped_gain, True,
            follow, 0.0),
           ("processed-only, fade gain off (before session 11)", False, shipped_gain, True, 0.0, tol)]
+
+    def finish(mode: str):  # the weights' processed-only finishing, or (the "as trained" rows) the one before it
+        set_processed_only(model, *(trained if mode.startswith("processed-only, as trained") else finished))
+
     rows, flick = [], []
     try:
         for name, P in clips.items():
@@ -136,6 +149,7 @@ def main(argv=None):
                      False, 0.0, tol)]:
                 vm.match_brightness = shipped if match else (lambda prev, cur: prev)
                 vm.guide_gain, cfg.fade_follow, vm.REPEAT_TOL = gain, fo, rt
+                finish(mode)
                 O = scan_uint8(model, P, P if guided else None)
                 for part, cols in regions.get(name, [("", slice(None))]):
                     r = ratios(O, P, cols)
@@ -152,11 +166,13 @@ def main(argv=None):
                 for mode, guided, _, _, fo, rt in [("guided (original: the frames before the jitter)", True, None, True,
                                                     follow, tol), *po]:
                     cfg.fade_follow, vm.REPEAT_TOL = fo, rt
+                    finish(mode)
                     left = [metrics.luminance_flicker(scan_uint8(model, P, T if guided else None), T, P) for P in Ps]
                     flick.append([clip + shown_as, mode, *(f"{x:.3f}" for x in left)])
                     print(" | ".join(flick[-1]), flush=True)
     finally:
         vm.match_brightness, vm.guide_gain, cfg.fade_follow, vm.REPEAT_TOL = shipped, shipped_gain, follow, tol
+        set_processed_only(model, *finished)
     body = (
         "## Video filter against a real fade, whole frame or half (no flicker)\n\n"
         f"`python benchmarks/video_fade.py --frames {args.frames} --fade {args.fade}` on {machine('cpu')}. "

@@ -1,15 +1,16 @@
 """Is the video filter's flow what limits its trade-off? The shipped weights with another flow swapped in.
 
     python benchmarks/video_flow_swap.py [--flows lk,lk2,dis] [--strengths 1,1.3] [--frames 48] [--width 640]
-        [--no-write]
+        [--score-flow farneback|deepflow|tvl1] [--no-write]
 
 A diagnostic, not a setting the filter offers: the reference scan (``VideoSSM``, guided, CPU) runs with its flow
 (``streamssm.video.model.estimate_flow``: pyramidal Lucas-Kanade at half resolution, one step a level; "lk")
 replaced by two Lucas-Kanade steps a level ("lk2") or by OpenCV's DIS, medium preset ("dis": the flow MC-EMA uses,
 3x more accurate on exact-flow tests, ``benchmarks/flow_accuracy.py``; not exportable). The blend's confidence is
 computed from each flow's own residual, as always. Scored like ``video_tradeoff.py``: mean E_warp ratio and PSNR(O, P)
-over the cases of ``video_quality.py`` with real flicker (Farneback flow between the originals). Writes the section
-"video_flow_swap" of benchmarks/RESULTS.md.
+over the cases of ``video_quality.py`` with real flicker (Farneback flow between the originals, or ``--score-flow``:
+DeepFlow and TV-L1 need opencv-contrib). Writes the section "video_flow_swap" of benchmarks/RESULTS.md
+("video_flow_swap deepflow" and so on for another scorer).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--strengths", default="1,1.3")
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--score-flow", default="farneback", choices=["farneback", "deepflow", "tvl1"])
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     flows = [f.strip() for f in args.flows.split(",") if f.strip()]
@@ -78,18 +80,22 @@ def main(argv=None):
                 print(" | ".join(rows[-1]), flush=True)
     finally:
         vm.estimate_flow = shipped
+    scorer = {"farneback": "Farneback", "deepflow": "DeepFlow", "tvl1": "TV-L1"}[args.score_flow]
+    flag = "" if args.score_flow == "farneback" else f" --score-flow {args.score_flow}"
     body = (
-        "## Video filter with another flow swapped in (diagnostic)\n\n"
-        f"`python benchmarks/video_flow_swap.py --flows {args.flows} --strengths {args.strengths}` on {machine('cpu')}. "
+        "## Video filter with another flow swapped in (diagnostic)" + (f", scored with {scorer}" if flag else "")
+        + f"\n\n`python benchmarks/video_flow_swap.py --flows {args.flows} --strengths {args.strengths}{flag}` on "
+        f"{machine('cpu')}. "
         "The shipped weights, reference scan, guided, with the blend's flow replaced; mean over the cases of "
         "`video_quality.py` with real flicker: " + ", ".join(n for n, *_ in data) + f" ({args.frames} frames at "
-        f"{args.width} px for the held-out operators). Per case: E_warp ratio / PSNR(O, P) dB.\n\n"
+        f"{args.width} px for the held-out operators), E_warp scored with {scorer} flow between the originals. "
+        "Per case: E_warp ratio / PSNR(O, P) dB.\n\n"
         + md_table(["flow", "strength", "mean E_warp ratio", "mean PSNR(O,P)", "per case"], rows)
         + f"\n\nRun took {time.time() - t0:.0f} s."
     )
     print(body)
     if not args.no_write:
-        write_section("video_flow_swap", body)
+        write_section("video_flow_swap" + ("" if not flag else f" {args.score_flow}"), body)
 
 
 if __name__ == "__main__":

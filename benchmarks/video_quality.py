@@ -7,12 +7,14 @@ Cases:
 * real per-frame processed videos with their originals (../shared/data/pairs: dehazing, enhancement);
 * held-out operators (never used in training) applied to shared footage with moving cameras.
 Methods: identity (P), EMA (alpha 0.3), motion-compensated EMA (DIS flow on the originals, alpha 0.3
-where not occluded: the issue's baseline; and alpha 0.4 with no occlusion mask, which trades better here),
+where not occluded: the issue's baseline; and alpha 0.4 with no occlusion mask, which trades better here; and
+alpha 0.3 with DIS flow between the processed frames, which needs no original: processed-only's baseline),
 ffmpeg's ``deflicker`` filter (through PyAV's libavfilter; it looks 5 frames ahead, so it is *not* causal),
 streamssm guided (P and I) and processed-only (P), guided at another ``--strength`` (the user's trade of
 flicker against fidelity to P), and guided with the shipped weights' blend calibration undone
 (``streamssm.train.video.calibrate_blend``, chosen on the pairs alone by ``video_calibration.py``; this row
-shows what it does on the held-out cases).
+shows what it does on the held-out cases), and processed-only as trained (the weights' processed-only finishing,
+``streamssm.train.video.finish_processed_only``, chosen on the pairs alone by ``video_processed_only.py``, undone).
 Scores: E_warp(O)/E_warp(P) (Lai et al. 2018) with Farneback flow -- a different algorithm from the
 DIS flow MC-EMA uses and from streamssm's pyramidal Lucas-Kanade flow; ``--score-flow deepflow`` or ``tvl1``
 (opencv-contrib, slow) to check that the ranking does not hang on the scorer -- and PSNR(O, P). CPU ms/frame for each
@@ -37,8 +39,8 @@ from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import baselines_video as bv  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter  # noqa: E402
-from streamssm.video.operators import HELDOUT_OPERATORS, make_operator  # noqa: E402
-from streamssm.train.video import recalibrate_blend  # noqa: E402
+from streamssm.video.operators import HELDOUT_OPERATORS, make_demo_operator, make_operator  # noqa: E402
+from streamssm.train.video import recalibrate_blend, set_processed_only  # noqa: E402
 from streamssm.weights import read_weights  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -98,12 +100,9 @@ def ffmpeg_deflicker(frames: list[np.ndarray], size: int = 5) -> list[np.ndarray
 def cases(args) -> dict[str, tuple[list, list, list | None]]:
     """name -> (processed P, original I, consistent target T or None). T (held-out operators only) is the same
     operator with its parameters held (``Operator.apply_consistent``): what a perfect deflicker would return."""
-    out = {}
-    pairs = DATA / "pairs"
-    out["real: dehazing (Haze2)"] = (read_folder(pairs / "dehazing" / "Haze2_processed", 122),
-                                     read_folder(pairs / "dehazing" / "Haze2_input", 122), None)
-    out["real: enhancement (bike-packing)"] = (read_folder(pairs / "enhancement" / "bike-packing-processed", 69),
-                                               read_folder(pairs / "enhancement" / "bike-packing-input", 69), None)
+    pairs = validation_pairs()
+    out = {"real: dehazing (Haze2)": (*pairs["Haze2"], None),
+           "real: enhancement (bike-packing)": (*pairs["bike-packing"], None)}
     for i, (op, clip) in enumerate(zip(HELDOUT_OPERATORS, HELDOUT_CLIPS)):
         I = read_video(DATA / "videos" / clip, args.frames, args.width)
         o = make_operator(op, np.random.default_rng(100 + i))
@@ -112,6 +111,44 @@ def cases(args) -> dict[str, tuple[list, list, list | None]]:
         T = [o.apply_consistent(f, t) for t, f in enumerate(I)]
         out[f"held-out op: {op} on {clip.split('_', 2)[-1][:-4]}"] = (P, I, T)
     return out
+
+
+def validation_pairs() -> dict[str, tuple[list, list]]:
+    """The two real processed videos of ../shared/data/pairs with their originals: name -> (P, I), uint8 RGB."""
+    pairs = DATA / "pairs"
+    return {"Haze2": (read_folder(pairs / "dehazing" / "Haze2_processed", 122),
+                      read_folder(pairs / "dehazing" / "Haze2_input", 122)),
+            "bike-packing": (read_folder(pairs / "enhancement" / "bike-packing-processed", 69),
+                             read_folder(pairs / "enhancement" / "bike-packing-input", 69))}
+
+
+def pair_scorer(data: dict[str, tuple[list, list]]):
+    """For :func:`validation_pairs`' videos: a function of outputs {name: frames} -> (mean E_warp ratio, mean
+    PSNR(O, P), "ratio/PSNR" per video), E_warp scored with Farneback flow between the originals."""
+    scored = {}
+    for k, (P, I) in data.items():
+        flows = metrics.compute_flows(I, "farneback")
+        scored[k] = (flows, metrics.warp_error(P, flows=flows))
+
+    def score(outs: dict) -> tuple[float, float, str]:
+        per = [(metrics.warp_error(outs[k], flows=scored[k][0]) / scored[k][1], metrics.psnr(outs[k], data[k][0]))
+               for k in data]
+        return float(np.mean([a for a, _ in per])), float(np.mean([b for _, b in per])), \
+            " ".join(f"{a:.3f}/{b:.1f}" for a, b in per)
+    return score
+
+
+def still_camera_case(pairs: dict, frames: int = 24) -> tuple[np.ndarray, list]:
+    """The demo webcam's case: one real frame (bike-packing's first original, a quarter size) under the
+    ``gamma_jitter`` operator -> (the still frame, its processed frames)."""
+    still = pairs["bike-packing"][1][0][::4, ::4].copy()
+    op = make_demo_operator("gamma_jitter", seed=0)
+    return still, [op.apply(still, t) for t in range(frames)]
+
+
+def still_flicker_left(O: list, still: np.ndarray, still_P: list) -> float:
+    """``metrics.luminance_flicker`` of a still-camera output against its still frame, after 4 frames."""
+    return metrics.luminance_flicker(O[4:], [still] * (len(still_P) - 4), still_P[4:])
 
 
 def floats(text: str, name: str) -> list[float]:
@@ -188,6 +225,17 @@ def uncalibrated(weights=None) -> VideoFilter:
     return f
 
 
+def unfinished_processed_only(weights=None) -> VideoFilter | None:
+    """A CPU VideoFilter of ``weights`` with the processed-only finishing its file records
+    (``streamssm.train.video.finish_processed_only``) taken off again; None if it records none."""
+    f = VideoFilter(weights, device="cpu")
+    rec = read_weights(weights or DEFAULT_WEIGHTS, "video")[2].get("processed_only")
+    if not rec:
+        return None
+    set_processed_only(f.model, rec["before"]["correction"], rec["before"]["gate_width"])
+    return f
+
+
 def scan_uint8(model, P: list, I: list | None = None, strength: float = 1.0) -> list[np.ndarray]:
     """A clip through ``model``'s reference scan (``VideoSSM.forward``, fp32, CPU): uint8 frames in and out. For
     the diagnostics that patch the model's module (``video_flow_swap.py``, ``video_fade.py``), which the CPU fast
@@ -226,6 +274,8 @@ def main(argv=None):
         res["EMA a=0.3"] = timed(lambda: bv.ema(P, alpha=0.3), n)
         res["MC-EMA a=0.3 (DIS)"] = timed(lambda: bv.mc_ema(P, I, alpha=0.3), n)
         res["MC-EMA a=0.4, no occlusion mask (DIS)"] = timed(lambda: bv.mc_ema(P, I, alpha=0.4, occlusion=False), n)
+        res["MC-EMA a=0.3 on P alone (DIS on P; processed-only's baseline)"] = timed(
+            lambda: bv.mc_ema(P, P, alpha=0.3), n)
         try:
             res["ffmpeg deflicker (look-ahead 5)"] = timed(lambda: ffmpeg_deflicker(P), n)
         except Exception as e:  # libavfilter build without deflicker
@@ -240,6 +290,10 @@ def main(argv=None):
         if args.uncalibrated:
             f = uncalibrated(args.weights)
             res["streamssm guided, blend calibration undone"] = timed(lambda: f.filter(P, I), n)
+            f = unfinished_processed_only(args.weights)
+            if f is not None:
+                label = "streamssm processed-only, as trained (finish_processed_only undone)"
+                res[label] = timed(lambda: f.filter(P), n)
         real = has_real_flicker(eP, eI)
         if T is not None:
             res["(consistent target T: the operator with its parameters held)"] = (T, 0.0)

@@ -124,7 +124,8 @@ def without_guided_correction(src: str | Path, out: str | Path) -> Path:
     the shipped weights were finished: with session 4's flow, the guided correction changed nothing measurable
     on the real-flicker benchmark cases (E_warp ratio 0.327 vs 0.325, PSNR 28.2 vs 28.3 dB) but slowly pulled a
     clean still scene ~7/255 away from its input (``tests/test_soak.py``); without it that scene passes through
-    unchanged. Processed-only, the correction is what removes a global colour flicker, so it stays."""
+    unchanged. Processed-only the correction stays here (it removes some global colour flicker on moving content);
+    :func:`finish_processed_only` is the separate step that, for the shipped weights, switches it off there too."""
     config, tensors, extra = read_weights(src, "video")
     model = VideoSSM(VideoSSMConfig(**config))
     load_into(model, tensors, src)
@@ -171,6 +172,48 @@ def calibrate_blend(src: str | Path, out: str | Path, conf_shift: float = 2.0, g
     return save_weights(out, model, "video", config, extra)
 
 
+GATE_OFF = 1e4  # a processed-only gate this wide passes every pixel (exp(-1 / 1e4) > 0.9999)
+
+
+def set_processed_only(model: VideoSSM, correction: bool, gate_width: float) -> VideoSSM:
+    """In place: processed-only, the per-cell colour correction on or off (``config.processed_correction``) and the
+    width of the gate that refuses to blend where the warped previous output disagrees with the frame
+    (``exp(log_gate[1])``; ``math.inf``: the gate is off, stored as a width of ``GATE_OFF``). The one definition of
+    the processed-only finishing (:func:`finish_processed_only` writes it to a file; ``benchmarks/
+    video_processed_only.py`` tries grid points with it)."""
+    width = GATE_OFF if math.isinf(gate_width) else float(gate_width)
+    if not width > 0:
+        raise ValueError(f"gate_width: expected a positive width (or inf: no gate), got {gate_width!r}")
+    with torch.no_grad():
+        model.log_gate[1] = math.log(width)
+    model.config.processed_correction = bool(correction)
+    return model
+
+
+def finish_processed_only(src: str | Path, out: str | Path, correction: bool = False,
+                          gate_width: float = 2.0) -> Path:
+    """Copy video weights with the processed-only mode finished (:func:`set_processed_only`); guided is
+    unchanged. The file records the setting and, under "before", the one the weights were trained with (kept from
+    the source's record if it was finished already), so a benchmark can undo it.
+
+    The shipped weights' third finishing step (after :func:`calibrate_blend`), with these defaults: the point of a
+    grid on the validation pairs alone (``benchmarks/video_processed_only.py``: processed-only, E_warp scored with
+    Farneback flow between the originals) with the lowest mean E_warp ratio among those at least 0.5 dB above the
+    mean PSNR(O, P) of the motion-compensated EMA run on P alone (DIS flow between the processed frames, a=0.3,
+    occlusion mask): 0.381 / 35.7 dB there, against 0.383 / 34.7 for that EMA and 0.457 / 35.5 as trained. Training
+    left a narrow gate (width 0.25), which refused the blend exactly where P flickers, and a per-cell colour
+    correction that on the pairs cost 2.9 dB of PSNR(O, P) for a 0.025 lower ratio (at that gate)."""
+    config, tensors, extra = read_weights(src, "video")
+    model = VideoSSM(VideoSSMConfig(**config))
+    load_into(model, tensors, src)
+    before = {"correction": model.config.processed_correction, "gate_width": float(model.log_gate[1].detach().exp())}
+    set_processed_only(model, correction, gate_width)
+    config = {**config, "processed_correction": model.config.processed_correction}
+    extra = {**extra, "processed_only": {"correction": bool(correction), "gate_width": float(gate_width),
+                                         "before": extra.get("processed_only", {}).get("before", before)}}
+    return save_weights(out, model, "video", config, extra)
+
+
 def load_training_videos(videos: str | Path, short_side: int, max_frames: int | None = None) -> dict:
     """A folder of videos, a list of files, or a cache .npz -> {name: (t, h, w, 3) uint8}."""
     from streamssm.data.video_clips import load_cache, load_videos
@@ -200,12 +243,17 @@ def _dist():
 
 def _check_resumable(path: Path, conf: dict, extra: dict, model_cfg: VideoSSMConfig) -> None:
     """ValueError unless the weights at ``path`` can be resumed with this run's model config: a blend-calibrated
-    file (:func:`calibrate_blend`, recorded in its ``extra``; its shifted ``log_conf`` would be trained over) and a
-    file saved with another model config are refused. So a :func:`without_guided_correction` file is refused
+    file (:func:`calibrate_blend`, recorded in its ``extra``; its shifted ``log_conf`` would be trained over), a
+    file with a finished processed-only mode (:func:`finish_processed_only`; likewise its gate) and a file saved with
+    another model config are refused. So a :func:`without_guided_correction` file is refused
     unless the run's config has ``guided_correction`` off too (then training goes on consistently)."""
     if "calibration" in extra:
         raise ValueError(f"{path}: cannot resume training from blend-calibrated weights (calibrate_blend: "
                          f"{extra['calibration']}); resume the checkpoint they were made from, or train to a new --output")
+    if "processed_only" in extra:
+        raise ValueError(f"{path}: cannot resume training from weights with a finished processed-only mode "
+                         f"(finish_processed_only: {extra['processed_only']}); resume the checkpoint they were made "
+                         "from, or train to a new --output")
     want = model_cfg.to_dict()
     diff = [f"{k}: file {conf[k]!r}, this run {want[k]!r}" for k in sorted(want)
             if k != "backend" and k in conf and conf[k] != want[k]]

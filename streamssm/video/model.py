@@ -18,7 +18,9 @@ Why this design (and where it departs from Lai et al. 2018, who run a ConvLSTM o
   SSM reads the flicker from the cells' colour statistics and corrects with a per-cell colour gain/
   offset ``O = P + dA P + db``. The blend's flow then runs on P's luminance, the previous frame's matched
   to the current one's mean and spread first (:func:`match_brightness`), so a global brightness flicker is
-  not taken for motion.
+  not taken for motion. The shipped weights switch that correction off (``config.processed_correction``) and
+  widen this mode's blend gate (``streamssm.train.video.finish_processed_only``): on real footage the learned
+  correction cost PSNR to P for little less flicker, and the narrow gate refused the blend where P flickers.
 * **Brightness of the original.** Guided, the warped previous output is scaled by the original's local
   brightness change along the flow (:func:`guide_gain`), so a fade, a camera's auto-exposure or a light switched
   on comes through instead of being held back like flicker. Processed-only one frame does not tell the two apart;
@@ -71,6 +73,7 @@ class VideoSSMConfig:
     flow_smooth: int = 9  # window of the flow's confidence-weighted smoothing, likewise
     blend_init: float = 1.5  # initial logit of the temporal blend weight (sigmoid -> 0.82)
     guided_correction: bool = True  # apply the per-cell colour correction (dA, db) in guided mode too
+    processed_correction: bool = True  # ... and processed-only (off: that mode is the temporal blend alone)
     blend_gain: float = 1.0  # scale of the temporal blend weight where the content moves (set by calibrate_blend)
     still_px: float = 0.0  # flow (full-res px) under which the guide counts as still: gain -> 1 there; 0: off
     fade_follow: float = 1.0  # processed-only: share of a lasting brightness lag made up a frame (fade_gain); 0: off
@@ -484,9 +487,10 @@ class VideoSSM(nn.Module):
 
     # ---------------------------------------------------------------------------------- network
     def corrects(self, guided: bool) -> bool:
-        """Whether the per-cell colour correction (dA, db) is applied: always processed-only, and guided unless
-        ``config.guided_correction`` is off (then the head's dA, db are replaced by exact zeros)."""
-        return not guided or self.config.guided_correction
+        """Whether the per-cell colour correction (dA, db) is applied: guided unless ``config.guided_correction`` is
+        off, processed-only unless ``config.processed_correction`` is (where off, the head's dA, db are replaced by
+        exact zeros)."""
+        return self.config.guided_correction if guided else self.config.processed_correction
 
     def _network(self, feats: Tensor, ssm_states, fresh: Tensor, stepping: bool, guided: bool):
         b, t, gh, gw, _ = feats.shape

@@ -105,8 +105,8 @@ def test_fast_step_batch_strength_odd_size(opencv):
 def test_fast_step_processed_only_fade_batch(shipped, opencv):
     """Processed-only, two streams, strength 0.7, an odd frame size, and a fade in one stream (the other darkens):
     the fade gain (``fade_gain``, computed per cell in the tail) is at work, and the fast step still matches."""
-    frames = scene_clip(2, 77, 131, steps=8, seed=3)
-    ramp = torch.linspace(0.4, 1.0, 8)
+    frames = scene_clip(2, 77, 131, steps=12, seed=3)
+    ramp = torch.linspace(0.3, 1.0, 12)
     frames = [(P * torch.stack([ramp[t], 1.4 - ramp[t]]).reshape(2, 1, 1, 1), I) for t, (P, I) in enumerate(frames)]
     worst, sr, sf = run_both(shipped, frames, False, strength=0.7, opencv=opencv)
     assert worst <= FAST_TOL, f"max abs diff {worst:.2e}"
@@ -116,7 +116,7 @@ def test_fast_step_processed_only_fade_batch(shipped, opencv):
         _, off, _ = run_both(shipped, frames, False, strength=0.7, opencv=opencv)
     finally:
         shipped.config.fade_follow = 1.0
-    assert float((off[3] - sr[3]).abs().max()) > 0.005  # measured 0.012, against FAST_TOL 1e-4
+    assert float((off[3] - sr[3]).abs().max()) > 0.005  # measured 0.009, against FAST_TOL 1e-4
 
 
 @pytest.mark.parametrize("opencv", CV_MODES)

@@ -86,6 +86,29 @@ def test_scene_cut_starts_over_exactly(guided):
     assert float((O[:, 4] - O_fresh[:, 0]).abs().max()) > 1e-2  # a different scene before the cut
 
 
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("guided", [True, False])
+@pytest.mark.parametrize("lead", ["black", "dark noise"])
+def test_cut_from_and_to_black_starts_over(lead, guided, fast):
+    """Black (or dark, noisy) frames before and after a scene: its first frame is a cut, so nothing of the dark
+    frames -- their brightness, which ``match_brightness`` would otherwise scale the next frame's flow guide to --
+    reaches the scene's output, and the dark frames after it are output as in a stream of their own. Reference scan
+    and CPU fast step."""
+    model = load_video_model(None, "cpu", backend="torch")
+    P, I = _clip(steps=8)
+    k = 3
+    dark = torch.zeros(1, k, *P.shape[2:])
+    if lead == "dark noise":
+        dark = (0.03 + 0.01 * torch.randn(dark.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    PP, II = torch.cat([dark, P, dark], 1), torch.cat([dark, I, dark], 1)
+    O = _scan(model, PP, II if guided else None, fast)
+    O_scene = _scan(model, P, I if guided else None, fast)
+    O_dark = _scan(model, dark, dark if guided else None, fast)
+    assert float((O[:, k:-k] - O_scene).abs().max()) <= 1e-5
+    assert float((O[:, -k:] - O_dark).abs().max()) <= 1e-5
+    assert float((O_scene[:, 1:] - P[:, 1:]).abs().max()) > 1e-2  # the scene's output is filtered (not just P)
+
+
 def test_blend_off_leaves_the_colour_correction_alone():
     """``forward(blend=False)`` (the trainer's ``--p-no-blend`` ablation) is the corrected frame with no temporal
     blend: the same as the blended output on a stream's first frame (nothing to blend with yet), different after."""
@@ -104,7 +127,8 @@ def test_shipped_weights_remove_flicker_on_a_moving_scene(guided):
     warping error (flow from the originals) drops below the input's. Guided, the output also comes closer to
     the flicker-free scene than the input is (measured with the shipped, calibrated weights: ratio 0.135, +5.2 dB;
     0.02 and +5.6 dB before the calibration); processed-only reads the flicker from P alone and does much less on
-    a global gain (measured: ratio 0.94; 0.86 before the calibration)."""
+    a global gain (measured: ratio 0.82 with the shipped processed-only finishing, ``finish_processed_only``; 0.94
+    before it)."""
     P, I = _clip(steps=16, h=96, w=160, seed=4)
     frames = [_u8(P[0, t]) for t in range(P.shape[1])]
     originals = [_u8(I[0, t]) for t in range(I.shape[1])]
@@ -115,7 +139,7 @@ def test_shipped_weights_remove_flicker_on_a_moving_scene(guided):
         assert ratio < 0.2, ratio
         assert metrics.psnr(out, originals) > metrics.psnr(frames, originals) + 3.0
     else:
-        assert ratio < 0.95, ratio
+        assert ratio < 0.9, ratio
 
 
 def test_flow_follows_large_and_subpixel_motion():
@@ -149,16 +173,45 @@ def test_shipped_weights_load_offline(monkeypatch):
 
 
 def test_shipped_weights_guided_blend_only():
-    """The shipped weights are finished with ``without_guided_correction``: guided, with the temporal blend off, the
-    output is the processed frame itself; processed-only the colour correction still acts."""
+    """The shipped weights are finished with ``without_guided_correction`` and ``finish_processed_only``: in both
+    modes, with the temporal blend off, the output is the processed frame itself; with the processed-only colour
+    correction switched back on, it acts (so the check above can fail)."""
     model = load_video_model(None, "cpu", backend="torch")
-    assert not model.config.guided_correction
+    assert not model.config.guided_correction and not model.config.processed_correction
     P, I = _clip(steps=4)
     with torch.no_grad():
         O_guided, _ = model(P, I, blend=False)
         O_alone, _ = model(P, None, blend=False)
+        model.config.processed_correction = True
+        O_corrected, _ = model(P, None, blend=False)
     assert float((O_guided - P).abs().max()) <= 1e-6
-    assert float((O_alone - P).abs().max()) > 1e-3
+    assert float((O_alone - P).abs().max()) <= 1e-6
+    assert float((O_corrected - P).abs().max()) > 1e-3
+
+
+def test_finish_processed_only_sets_the_mode_and_records_it(tmp_path):
+    """``finish_processed_only`` sets the processed-only correction and gate width and records both; guided
+    outputs stay bit-identical, processed-only ones change; a gate of inf is stored as ``GATE_OFF`` and a width
+    that is not positive is refused, naming the argument."""
+    from streamssm.train.video import GATE_OFF, finish_processed_only
+    from streamssm.weights import read_weights
+
+    src = tmp_path / "src.safetensors"
+    finish_processed_only(DEFAULT_WEIGHTS, src, correction=True, gate_width=0.25)
+    out = finish_processed_only(src, tmp_path / "out.safetensors", correction=False, gate_width=float("inf"))
+    config, _, extra = read_weights(out, "video")
+    assert config["processed_correction"] is False
+    assert extra["processed_only"] == {"correction": False, "gate_width": float("inf"),
+                                       "before": read_weights(DEFAULT_WEIGHTS, "video")[2]["processed_only"]["before"]}
+    a, b = load_video_model(src, "cpu", backend="torch"), load_video_model(out, "cpu", backend="torch")
+    assert a.config.processed_correction and float(a.log_gate[1].detach().exp()) == pytest.approx(0.25)
+    assert float(b.log_gate[1].detach().exp()) == pytest.approx(GATE_OFF)
+    P, I = _clip(steps=5)
+    with torch.no_grad():
+        assert torch.equal(a(P, I)[0], b(P, I)[0])
+        assert float((a(P, None)[0] - b(P, None)[0]).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="gate_width"):
+        finish_processed_only(src, tmp_path / "bad.safetensors", gate_width=0.0)
 
 
 def test_calibrate_blend_scales_the_blend_and_records_it(tmp_path):
@@ -220,11 +273,12 @@ def test_still_guide_keeps_the_full_blend(fast):
 
 
 def test_training_refuses_to_resume_finished_or_mismatched_weights(tmp_path):
-    """``train_video(resume=True)`` on the shipped (blend-calibrated) file, or on a checkpoint saved with another
-    model config, stops with a ValueError naming the file, before it loads data or writes anything."""
+    """``train_video(resume=True)`` on the shipped (blend-calibrated) file, on one with a finished processed-only mode,
+    or on a checkpoint saved with another model config, stops with a ValueError naming the file, before it loads data
+    or writes anything."""
     import shutil
 
-    from streamssm.train.video import VideoTrainConfig, train_video
+    from streamssm.train.video import VideoTrainConfig, finish_processed_only, train_video
     from streamssm.video.model import VideoSSM, VideoSSMConfig
     from streamssm.weights import read_weights, save_weights
 
@@ -235,6 +289,15 @@ def test_training_refuses_to_resume_finished_or_mismatched_weights(tmp_path):
     with pytest.raises(ValueError, match=r"shipped\.safetensors.*calibrat"):
         train_video(shipped, {}, VideoTrainConfig(steps=1, workers=0), VideoSSMConfig(**config), device="cpu")
     assert shipped.read_bytes() == before
+
+    finished = finish_processed_only(DEFAULT_WEIGHTS, tmp_path / "finished.safetensors")  # processed-only alone:
+    conf, tensors, extra = read_weights(finished, "video")  # take the calibration record off
+    del extra["calibration"]
+    model = VideoSSM(VideoSSMConfig(**conf))
+    model.load_state_dict(tensors)
+    save_weights(finished, model, "video", conf, extra)
+    with pytest.raises(ValueError, match=r"finished\.safetensors.*finish_processed_only"):
+        train_video(finished, {}, VideoTrainConfig(steps=1, workers=0), VideoSSMConfig(**conf), device="cpu")
 
     small = tmp_path / "small.safetensors"
     save_weights(small, VideoSSM(VideoSSMConfig(d_model=16, n_layers=1)), "video",
@@ -322,11 +385,12 @@ def test_fade_gain_makes_up_a_lag_that_keeps_its_sign():
 def test_processed_only_output_catches_up_with_a_fade(fast, half):
     """Processed-only nothing but P tells a fade from flicker: the fade gain (``fade_gain``) brightens the held
     output where its lag behind P keeps its sign over two frames. On a still shot faded in from 35% over 7
-    frames and then held, the output's mean luminance ends within 10% of P's (measured 0.92; 0.77 with the gain
+    frames and then held, the output's mean luminance ends within 10% of P's (measured 0.955; 0.76 with the gain
     off, which the test also checks, so the gain is what does it). The held frames are one picture shown again:
-    the gain takes it up again once the picture is held (``fade_reference``; 0.88 on the last frame if repeats were
-    never taken for a held picture). ``half``: a light switched on over the left half only -- the unlit half
-    stays within 4% of P's (0.97; 0.94 with the gain off). Reference scan and the CPU fast step."""
+    the gain takes it up again once the picture is held (``fade_reference``; 0.90 on the last frame if repeats were
+    never taken for a held picture). ``half``: a light switched on over the left half only -- the lit half ends at
+    0.957 (0.89 with the gain off), the unlit half stays within 2% of P's (1.002; 0.993 with the gain off).
+    Reference scan and the CPU fast step."""
     model = load_video_model(None, "cpu", backend="torch")
     _, I = _clip(steps=12, seed=5)
     fade = torch.cat([torch.linspace(0.35, 1.0, 7), torch.ones(5)])[None, :, None, None, None]
@@ -342,9 +406,9 @@ def test_processed_only_output_catches_up_with_a_fade(fast, half):
     O = _scan(model, P, None, fast)
     model.config.fade_follow = 0.0
     off = _scan(model, P, None, fast)
-    assert last(O, lit) > 0.9 and last(O, lit) > last(off, lit) + 0.1, (last(O, lit), last(off, lit))
+    assert last(O, lit) > 0.9 and last(O, lit) > last(off, lit) + 0.04, (last(O, lit), last(off, lit))
     if half:
-        assert abs(last(O, slice(w // 2, w)) - 1) < 0.04, last(O, slice(w // 2, w))
+        assert abs(last(O, slice(w // 2, w)) - 1) < 0.02, last(O, slice(w // 2, w))
     assert 0.0 <= float(O.min()) and float(O.max()) <= 1.0  # the brightened previous output is clamped
 
 
