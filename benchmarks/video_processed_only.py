@@ -51,6 +51,8 @@ def main(argv=None):
     ap.add_argument("--margin", type=float, default=0.5, help="dB above the P-alone EMA's mean PSNR(O, P)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.weights and not args.no_write:
+        raise SystemExit("--weights: the RESULTS section is the shipped weights'; add --no-write to score other weights")
     corr, widths = corrections(args.corrections), floats(args.gate_widths, "--gate-widths")
     if any(not w > 0 for w in widths):
         raise SystemExit(f"--gate-widths: expected positive widths (or inf), got {args.gate_widths!r}")

@@ -255,7 +255,8 @@ def main(argv=None):
     ap.add_argument("--strength", type=float, default=1.3,
                     help="also run streamssm guided at this strength (the user's knob; default 1.0 is the main row)")
     ap.add_argument("--uncalibrated", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run streamssm guided with the weights' blend calibration undone (calibrate_blend)")
+                    help="also run streamssm guided with the weights' blend calibration undone (calibrate_blend), "
+                         "and processed-only with its finishing undone (finish_processed_only)")
     ap.add_argument("--score-flow", default="farneback", choices=["farneback", "deepflow", "tvl1"],
                     help="the flow E_warp is scored with (deepflow, tvl1: opencv-contrib; written to a section of its own)")
     ap.add_argument("--no-write", action="store_true")

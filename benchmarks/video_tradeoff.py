@@ -1,16 +1,18 @@
 """The flicker / fidelity trade-off: streamssm's strength knob against the motion-compensated EMA's alpha.
 
     python benchmarks/video_tradeoff.py [--strengths 0.6,0.8,1,1.15,1.3,1.5] [--alphas 0.2,0.3,0.4,0.5,0.6]
-        [--frames 48] [--width 640] [--score-flow farneback|deepflow|tvl1] [--no-write]
+        [--frames 48] [--width 640] [--score-flow farneback|deepflow|tvl1] [--processed-only] [--no-write]
 
 One setting of each method is a single point (mean E_warp ratio, mean PSNR(O, P)) over the cases of
 ``video_quality.py`` with real flicker (E_warp(P) >= 2 E_warp(I)), scored the same way (Farneback flow between the
 originals). A user picks the setting, so the question is which method's *curve* is better: for every MC-EMA
 point (DIS flow on the originals; with the occlusion mask, the issue's baseline, and without it) the table gives
 streamssm's ratio at the same mean PSNR, interpolated linearly between its two neighbouring strengths ("-" when
-that PSNR lies outside streamssm's range). streamssm runs guided, on the CPU fast step, with the shipped weights.
-Writes the section "video_tradeoff" of benchmarks/RESULTS.md and ``benchmarks/video_tradeoff.png`` (neither with
-``--no-write``).
+that PSNR lies outside streamssm's range). streamssm runs guided, on the CPU fast step, with the shipped weights;
+``--processed-only``: streamssm without the originals, against the MC-EMA run on P alone (DIS flow between the
+processed frames), processed-only's own baseline. Writes the section "video_tradeoff" of benchmarks/RESULTS.md and
+``benchmarks/video_tradeoff.png`` (neither with ``--no-write``; "video_tradeoff processed-only" and so on, and a
+picture of that name, for the other settings).
 """
 
 from __future__ import annotations
@@ -71,8 +73,12 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--score-flow", default="farneback", choices=["farneback", "deepflow", "tvl1"],
                     help="the flow E_warp is scored with (deepflow, tvl1: opencv-contrib; written to a section of its own)")
+    ap.add_argument("--processed-only", action="store_true",
+                    help="streamssm without the originals, MC-EMA with its flow on P alone")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    po = args.processed_only
+    mode = "processed-only" if po else "guided"
     strengths, alphas = floats(args.strengths, "--strengths"), floats(args.alphas, "--alphas")
     t0 = time.time()
     data = real_flicker_cases(args)
@@ -85,16 +91,17 @@ def main(argv=None):
         return float(np.mean([r for r, _ in per])), float(np.mean([p for _, p in per]))
 
     ours: list[tuple[float, float]] = []
-    curves: dict[str, list[tuple[float, float]]] = {"streamssm guided (strength)": ours}
+    curves: dict[str, list[tuple[float, float]]] = {f"streamssm {mode} (strength)": ours}
     for s in strengths:
-        ours.append(point(lambda P, I: VideoFilter(None, device="cpu", strength=s).filter(P, I)))
+        ours.append(point(lambda P, I: VideoFilter(None, device="cpu", strength=s).filter(P, None if po else I)))
         print(f"strength {s:g}: {ours[-1]}", flush=True)
-    for occ, label in [(True, "MC-EMA, occlusion mask (alpha)"), (False, "MC-EMA, no mask (alpha)")]:
+    ema = "MC-EMA on P alone" if po else "MC-EMA"
+    for occ, label in [(True, f"{ema}, occlusion mask (alpha)"), (False, f"{ema}, no mask (alpha)")]:
         curves[label] = []
         for a in alphas:
-            curves[label].append(point(lambda P, I: bv.mc_ema(P, I, alpha=a, occlusion=occ)))
+            curves[label].append(point(lambda P, I: bv.mc_ema(P, P if po else I, alpha=a, occlusion=occ)))
             print(f"{label} {a:g}: {curves[label][-1]}", flush=True)
-    rows = [["streamssm guided", f"strength {s:g}", f"{r:.3f}", f"{p:.1f}", "", ""] for s, (r, p) in zip(strengths, ours)]
+    rows = [[f"streamssm {mode}", f"strength {s:g}", f"{r:.3f}", f"{p:.1f}", "", ""] for s, (r, p) in zip(strengths, ours)]
     wins = losses = 0
     for label in list(curves)[1:]:
         for a, (r, p) in zip(alphas, curves[label]):
@@ -103,17 +110,22 @@ def main(argv=None):
                 wins, losses = wins + (o < r), losses + (o >= r)
             rows.append([label.split(" (")[0], f"alpha {a:g}", f"{r:.3f}", f"{p:.1f}", "-" if o is None else f"{o:.3f}",
                          "-" if o is None else f"{o - r:+.3f}"])
-    flag = "" if args.score_flow == "farneback" else f" --score-flow {args.score_flow}"
-    png = HERE / f"video_tradeoff{'_' + args.score_flow if flag else ''}.png"
+    flag = ("" if args.score_flow == "farneback" else f" --score-flow {args.score_flow}") + (" --processed-only" if po
+                                                                                           else "")
+    tags = [t for t in (args.score_flow if args.score_flow != "farneback" else "", "processed-only" if po else "") if t]
+    png = HERE / f"video_tradeoff{''.join('_' + t.replace('-', '_') for t in tags)}.png"
     if not args.no_write:
         plot(curves, png)
     body = (
         "## Video flicker / fidelity trade-off (strength against MC-EMA's alpha)"
-        + ("" if not flag else f", scored with {args.score_flow}") + "\n\n"
+        + (", processed-only" if po else "")
+        + ("" if args.score_flow == "farneback" else f", scored with {args.score_flow}") + "\n\n"
         f"`python benchmarks/video_tradeoff.py --strengths {args.strengths} --alphas {args.alphas}{flag}` on "
         f"{machine('cpu')}. Mean over the {len(data)} cases of `video_quality.py` with real flicker (E_warp(P) >= 2 "
         "E_warp(I)): " + ", ".join(n for n, *_ in data) + f"; {args.frames} frames at {args.width} px for the held-out "
-        f"operators; E_warp scored with {args.score_flow} flow between the originals. Last two columns: streamssm's "
+        f"operators; E_warp scored with {args.score_flow} flow between the originals"
+        + ("; streamssm without the originals, MC-EMA with DIS flow between the processed frames" if po else "")
+        + ". Last two columns: streamssm's "
         "ratio at the MC-EMA point's PSNR (linear between its neighbouring strengths; '-' outside its range) and its "
         "difference (negative: streamssm removes more flicker at the same fidelity).\n\n"
         + md_table(["method", "setting", "mean E_warp ratio", "mean PSNR(O,P)", "streamssm at that PSNR", "difference"],
@@ -123,7 +135,7 @@ def main(argv=None):
     )
     print(body)
     if not args.no_write:
-        write_section("video_tradeoff" + ("" if not flag else f" {args.score_flow}"), body)
+        write_section(" ".join(["video_tradeoff", *tags]), body)
 
 
 if __name__ == "__main__":

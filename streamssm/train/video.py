@@ -181,8 +181,8 @@ def set_processed_only(model: VideoSSM, correction: bool, gate_width: float) -> 
     (``exp(log_gate[1])``; ``math.inf``: the gate is off, stored as a width of ``GATE_OFF``). The one definition of
     the processed-only finishing (:func:`finish_processed_only` writes it to a file; ``benchmarks/
     video_processed_only.py`` tries grid points with it)."""
-    width = GATE_OFF if math.isinf(gate_width) else float(gate_width)
-    if not width > 0:
+    width = GATE_OFF if gate_width == math.inf else float(gate_width)
+    if not 0 < width < math.inf:
         raise ValueError(f"gate_width: expected a positive width (or inf: no gate), got {gate_width!r}")
     with torch.no_grad():
         model.log_gate[1] = math.log(width)
@@ -209,7 +209,8 @@ def finish_processed_only(src: str | Path, out: str | Path, correction: bool = F
     before = {"correction": model.config.processed_correction, "gate_width": float(model.log_gate[1].detach().exp())}
     set_processed_only(model, correction, gate_width)
     config = {**config, "processed_correction": model.config.processed_correction}
-    extra = {**extra, "processed_only": {"correction": bool(correction), "gate_width": float(gate_width),
+    width = GATE_OFF if gate_width == math.inf else float(gate_width)  # inf recorded as stored: plain JSON
+    extra = {**extra, "processed_only": {"correction": bool(correction), "gate_width": width,
                                          "before": extra.get("processed_only", {}).get("before", before)}}
     return save_weights(out, model, "video", config, extra)
 

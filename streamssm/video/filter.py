@@ -113,7 +113,7 @@ class VideoFilter:
     saw) the filter is guided; without it, it works on the processed frame alone. Guided, a change of the
     original's own brightness (a fade, auto-exposure, a light switched on) comes through, within ~3% while it
     happens; processed-only one frame cannot tell it from flicker: the output follows it late, about a fifth dark
-    at worst during a fast fade from 30% and half dark in one from near black, and ends within ~2% of it a few
+    at worst during a fast fade from 30% and half dark in one from near black, and ends within ~3% of it a few
     frames after the fade; a repeated frame (a frame-rate conversion by repetition) is compared with the last
     frame that differed, not with its copy, though such clips still keep more exposure flicker than clips of
     distinct frames (``benchmarks/video_fade.py``).
