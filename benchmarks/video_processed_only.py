@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import baselines_video as bv  # noqa: E402
-from streamssm.train.video import set_processed_only  # noqa: E402
+from streamssm.train.video import GATE_OFF, set_processed_only, stored_gate_width  # noqa: E402
 from streamssm.video.filter import VideoFilter  # noqa: E402
 from video_quality import floats, pair_scorer, still_camera_case, still_flicker_left, validation_pairs  # noqa: E402
 
@@ -54,8 +54,10 @@ def main(argv=None):
     if args.weights and not args.no_write:
         raise SystemExit("--weights: the RESULTS section is the shipped weights'; add --no-write to score other weights")
     corr, widths = corrections(args.corrections), floats(args.gate_widths, "--gate-widths")
-    if any(not w > 0 for w in widths):
-        raise SystemExit(f"--gate-widths: expected positive widths (or inf), got {args.gate_widths!r}")
+    try:
+        [stored_gate_width(w) for w in widths]
+    except ValueError:
+        raise SystemExit(f"--gate-widths: expected positive widths (or inf), got {args.gate_widths!r}") from None
     t0 = time.time()
     data = validation_pairs()
     score = pair_scorer(data)
@@ -90,8 +92,7 @@ def main(argv=None):
     best = min(ok)[1] if ok else None
 
     def is_own(c: bool, w: float) -> bool:
-        return c == own_point[0] and (math.isclose(w, own_point[1], rel_tol=1e-3)
-                                      or (math.isinf(w) and own_point[1] >= 0.999e4))
+        return c == own_point[0] and math.isclose(stored_gate_width(w), own_point[1], rel_tol=1e-3)
 
     rows = [[f"motion-compensated EMA on P alone, {label} (DIS on P)", "-", "-", f"{r[0]:.3f}", f"{r[1]:.1f}", r[2],
              f"{r[3]:.3f}"] for label, r in emas.items()]
@@ -104,7 +105,7 @@ def main(argv=None):
               f"PSNR(O, P) >= {ema[1] + args.margin:.1f} dB)" if best
               else f"no point reaches {ema[1] + args.margin:.1f} dB")
     chosen += (f"; the weights' own: correction {'on' if own_point[0] else 'off'}, gate width "
-               + ("inf" if own_point[1] >= 0.999e4 else f"{own_point[1]:.3g}"))
+               + ("inf" if math.isclose(own_point[1], GATE_OFF, rel_tol=1e-3) else f"{own_point[1]:.3g}"))
     print(chosen, flush=True)
     flag = "" if args.weights is None else f" --weights {args.weights}"
     body = (

@@ -228,10 +228,10 @@ def uncalibrated(weights=None) -> VideoFilter:
 def unfinished_processed_only(weights=None) -> VideoFilter | None:
     """A CPU VideoFilter of ``weights`` with the processed-only finishing its file records
     (``streamssm.train.video.finish_processed_only``) taken off again; None if it records none."""
-    f = VideoFilter(weights, device="cpu")
     rec = read_weights(weights or DEFAULT_WEIGHTS, "video")[2].get("processed_only")
     if not rec:
         return None
+    f = VideoFilter(weights, device="cpu")
     set_processed_only(f.model, rec["before"]["correction"], rec["before"]["gate_width"])
     return f
 

@@ -110,9 +110,8 @@ def main(argv=None):
                 wins, losses = wins + (o < r), losses + (o >= r)
             rows.append([label.split(" (")[0], f"alpha {a:g}", f"{r:.3f}", f"{p:.1f}", "-" if o is None else f"{o:.3f}",
                          "-" if o is None else f"{o - r:+.3f}"])
-    flag = ("" if args.score_flow == "farneback" else f" --score-flow {args.score_flow}") + (" --processed-only" if po
-                                                                                           else "")
-    tags = [t for t in (args.score_flow if args.score_flow != "farneback" else "", "processed-only" if po else "") if t]
+    tags = ([args.score_flow] if args.score_flow != "farneback" else []) + (["processed-only"] if po else [])
+    flag = "".join(" --processed-only" if t == "processed-only" else f" --score-flow {t}" for t in tags)
     png = HERE / f"video_tradeoff{''.join('_' + t.replace('-', '_') for t in tags)}.png"
     if not args.no_write:
         plot(curves, png)

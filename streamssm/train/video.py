@@ -175,17 +175,23 @@ def calibrate_blend(src: str | Path, out: str | Path, conf_shift: float = 2.0, g
 GATE_OFF = 1e4  # a processed-only gate this wide passes every pixel (exp(-1 / 1e4) > 0.9999)
 
 
+def stored_gate_width(gate_width: float) -> float:
+    """The processed-only gate width as the weights hold it: ``math.inf`` (no gate) -> ``GATE_OFF``; ValueError
+    naming ``gate_width`` unless it is positive."""
+    width = GATE_OFF if gate_width == math.inf else float(gate_width)
+    if not 0 < width < math.inf:
+        raise ValueError(f"gate_width: expected a positive width (or inf: no gate), got {gate_width!r}")
+    return width
+
+
 def set_processed_only(model: VideoSSM, correction: bool, gate_width: float) -> VideoSSM:
     """In place: processed-only, the per-cell colour correction on or off (``config.processed_correction``) and the
     width of the gate that refuses to blend where the warped previous output disagrees with the frame
     (``exp(log_gate[1])``; ``math.inf``: the gate is off, stored as a width of ``GATE_OFF``). The one definition of
     the processed-only finishing (:func:`finish_processed_only` writes it to a file; ``benchmarks/
     video_processed_only.py`` tries grid points with it)."""
-    width = GATE_OFF if gate_width == math.inf else float(gate_width)
-    if not 0 < width < math.inf:
-        raise ValueError(f"gate_width: expected a positive width (or inf: no gate), got {gate_width!r}")
     with torch.no_grad():
-        model.log_gate[1] = math.log(width)
+        model.log_gate[1] = math.log(stored_gate_width(gate_width))
     model.config.processed_correction = bool(correction)
     return model
 
@@ -209,8 +215,7 @@ def finish_processed_only(src: str | Path, out: str | Path, correction: bool = F
     before = {"correction": model.config.processed_correction, "gate_width": float(model.log_gate[1].detach().exp())}
     set_processed_only(model, correction, gate_width)
     config = {**config, "processed_correction": model.config.processed_correction}
-    width = GATE_OFF if gate_width == math.inf else float(gate_width)  # inf recorded as stored: plain JSON
-    extra = {**extra, "processed_only": {"correction": bool(correction), "gate_width": width,
+    extra = {**extra, "processed_only": {"correction": bool(correction), "gate_width": stored_gate_width(gate_width),
                                          "before": extra.get("processed_only", {}).get("before", before)}}
     return save_weights(out, model, "video", config, extra)
 
