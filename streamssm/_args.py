@@ -24,3 +24,19 @@ def as_timestamp(value: Any) -> float:
     if not math.isfinite(t):
         raise ValueError(f"timestamp must be finite, got {t}")
     return t
+
+
+def as_strength(value: Any) -> float:
+    """A filter's ``strength``: a number in [0, 2], or ValueError naming ``strength``."""
+    s = as_number(value, "strength")
+    if not (0.0 <= s <= 2.0):  # also NaN
+        raise ValueError(f"strength must be in [0, 2], got {s}")
+    return s
+
+
+def as_positive(value: Any, name: str, unit: str) -> float:
+    """A positive finite number (``fps``, ``max_gap``), or ValueError naming ``name``."""
+    v = as_number(value, name, unit)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a positive number of {unit}, got {v}")
+    return v

@@ -24,3 +24,14 @@ def test_import_without_extras():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ok")
+
+
+def test_cli_parser_does_not_import_torch():
+    """``streamssm --help`` builds every sub-command's parser (export included) without importing torch: a Ctrl-C
+    at startup then ends quietly, and the help comes in a fraction of a second."""
+    code = ("import sys, streamssm.cli as c\n"
+            "c.build_parser()\n"
+            "print(sorted(m for m in ('torch', 'cv2', 'av', 'gradio', 'onnx') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout

@@ -19,9 +19,22 @@ The models never import this package. onnx, onnxruntime and TensorRT are importe
 
 from __future__ import annotations
 
-from ._onnx import OnnxRunner, compare_with_torch, export_onnx
-from ._spec import StepSpec
-from ._tensorrt import TensorRTRunner, build_engine, import_tensorrt
+import importlib
+
+# name -> submodule: imported on first use, so ``streamssm --help`` (which registers ``streamssm export``) does not
+# import torch
+_LAZY = {"export_onnx": "_onnx", "OnnxRunner": "_onnx", "compare_with_torch": "_onnx", "StepSpec": "_spec",
+         "TensorRTRunner": "_tensorrt", "build_engine": "_tensorrt", "import_tensorrt": "_tensorrt"}
 
 __all__ = ["export_onnx", "OnnxRunner", "build_engine", "TensorRTRunner", "StepSpec", "compare_with_torch",
            "import_tensorrt"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -14,12 +14,14 @@ Formats
     a (t, 33, 4) float32 copy of the input key whose first ``d`` columns are replaced by the new points
     and whose 4th column is the new confidence (or the input visibility when ``confidence`` is None),
     and ``filtered_from`` = the input key name. Read the result back with ``key="landmarks_filtered"``.
-``.npz``, plain layout: ``points`` (t, k, d), optional ``confidence`` (t, k), optional ``fps``.
-    Written back as ``points``/``confidence``/``fps`` with the new values; other input keys are copied.
+``.npz``, plain layout: ``points`` (t, k, d), optional ``confidence`` (t, k), optional ``fps``, optional
+    ``frames`` (t,) frame numbers. Written back as ``points``/``confidence``/``fps``/``frames`` with the new
+    values; other input keys are copied.
 ``.csv``, long format: optional first line ``# fps=<float>``, then the header
     ``frame,joint,x,y[,z][,confidence]`` and one row per (frame, joint). ``joint`` is an integer index
     or a name (names are kept in order of first appearance). Every frame must list the same joints.
-    Empty or ``nan`` cells are missing. Written in the same layout, with the input's frame numbers.
+    Empty or ``nan`` cells are missing. Written in the same layout, with the input's frame numbers. The last
+    column may be ``visibility`` instead (MediaPipe's, read as ``confidence`` but marked, see below).
 ``.json``::
 
     {"fps": 30.0,                  # optional
@@ -29,7 +31,12 @@ Formats
                  "keypoints": [[x, y], ...]}, ...]}
 
     Each keypoint is ``[x, y]``, ``[x, y, c]`` (dims 2), ``[x, y, z]`` (dims 3) or ``[x, y, z, c]``;
-    ``null`` marks a missing value. Other top-level keys are preserved.
+    ``null`` marks a missing value. Other top-level keys are preserved. ``"confidence_kind": "visibility"``
+    marks ``c`` as MediaPipe's visibility.
+
+Converting between formats keeps the frame numbers, the joint names, and whether the confidence is MediaPipe's
+visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from). A file's
+``fps`` that is not a positive number reads as None, with ``meta["bad_fps"]`` saying what it was.
 
 Errors (empty file, missing keys or columns, inconsistent joint counts, unknown extension) raise
 ``ValueError`` naming the file and what was expected. Writers write a temporary file in the target
@@ -92,6 +99,23 @@ def _err(path, what: str) -> ValueError:
     return ValueError(f"{path}: {what}")
 
 
+def _file_fps(path: Path, value, meta: dict) -> float | None:
+    """A file's frame rate: a positive finite number, or None. Anything else (0, negative, inf, a list, true) is
+    None with ``meta["bad_fps"]`` set to what the file holds, so a caller with no rate of its own can refuse it
+    naming the file (the pose CLI: pass --fps) instead of running at a default the file contradicts."""
+    if value is None:
+        return None
+    try:
+        ok = not isinstance(value, (bool, np.bool_, list, tuple, dict, str)) and np.size(value) == 1
+        fps = float(np.asarray(value, dtype=np.float64).reshape(-1)[0]) if ok else math.nan
+    except (TypeError, ValueError):
+        fps = math.nan
+    if math.isfinite(fps) and fps > 0:
+        return fps
+    meta["bad_fps"] = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return None
+
+
 def _ext(path: Path) -> str:
     ext = path.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
@@ -132,7 +156,6 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # zipfile / format errors
         raise _err(path, f"cannot read as .npz ({e})") from None
-    fps = float(arrays["fps"]) if "fps" in arrays and np.size(arrays["fps"]) == 1 else None
     if key is None:
         key = "landmarks_raw" if "landmarks_raw" in arrays else "points" if "points" in arrays else None
     if key is None or key not in arrays:
@@ -143,14 +166,18 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
         if arr.ndim != 3 or arr.shape[-1] != 4:
             raise _err(path, f"expected {key!r} of shape (t, k, 4) = x, y, z, visibility, got {arr.shape}")
         conf = np.nan_to_num(arr[..., 3].astype(np.float32), nan=0.0)
-        meta = {"format": "npz-mediapipe", "key": key, "arrays": arrays}
-        return PoseData(arr[..., :3].astype(np.float32), conf, fps, meta)
+        meta = {"format": "npz-mediapipe", "key": key, "arrays": arrays, "visibility": True}
+        return PoseData(arr[..., :3].astype(np.float32), conf, _file_fps(path, arrays.get("fps"), meta), meta)
     if arr.ndim != 3 or arr.shape[-1] not in (2, 3):
         raise _err(path, f"expected 'points' of shape (t, k, 2 or 3), got {arr.shape}")
     conf = arrays.get("confidence")
     if conf is not None and conf.shape != arr.shape[:2]:
         raise _err(path, f"expected 'confidence' of shape {arr.shape[:2]}, got {conf.shape}")
     meta = {"format": "npz-plain", "key": "points", "arrays": arrays}
+    frames = arrays.get("frames")
+    if frames is not None and frames.shape == arr.shape[:1] and np.issubdtype(frames.dtype, np.number):
+        meta["frame_numbers"] = frames.tolist()
+    fps = _file_fps(path, arrays.get("fps"), meta)
     return PoseData(arr.astype(np.float32), None if conf is None else conf.astype(np.float32), fps, meta)
 
 
@@ -175,6 +202,9 @@ def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
             arrays.pop("confidence", None)
         if data.fps is not None:
             arrays["fps"] = np.float64(data.fps)
+        frames = meta.get("frame_numbers")
+        if frames is not None and len(frames) == data.num_frames:
+            arrays["frames"] = np.asarray(frames)
     np.savez(f, **arrays)
 
 
@@ -186,14 +216,15 @@ def _num(s: str) -> float:
 
 
 def _read_csv(path: Path) -> PoseData:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not part of the header
     lines = text.splitlines()
     fps = None
+    meta: dict = {}
     if lines and lines[0].startswith("#"):
         tag = lines[0][1:].strip()
         if tag.startswith("fps="):
             try:
-                fps = float(tag[4:])
+                fps = _file_fps(path, float(tag[4:]), meta)
             except ValueError:
                 raise _err(path, f"expected '# fps=<number>' on the first line, got {lines[0]!r}") from None
         lines = lines[1:]
@@ -201,10 +232,13 @@ def _read_csv(path: Path) -> PoseData:
     if not rows or not any(rows):
         raise _err(path, "empty file, expected header 'frame,joint,x,y[,z][,confidence]'")
     header = [h.strip().lower() for h in rows[0]]
+    visibility = bool(header) and header[-1] == "visibility"  # MediaPipe's: kept, but not a weight (pose CLI)
+    if visibility:
+        header = header[:-1] + ["confidence"]
     valid_headers = (["frame", "joint", "x", "y"], ["frame", "joint", "x", "y", "z"],
                      ["frame", "joint", "x", "y", "confidence"], ["frame", "joint", "x", "y", "z", "confidence"])
     if header not in [list(h) for h in valid_headers]:
-        raise _err(path, f"expected header 'frame,joint,x,y[,z][,confidence]', got {','.join(header)!r}")
+        raise _err(path, f"expected header 'frame,joint,x,y[,z][,confidence or visibility]', got {','.join(header)!r}")
     dims = 3 if "z" in header else 2
     has_conf = "confidence" in header
     body = [r for r in rows[1:] if r]
@@ -240,7 +274,8 @@ def _read_csv(path: Path) -> PoseData:
             raise _err(path, f"frame {fr}: inconsistent joints, expected the same joints as the first frame")
         arr[i] = [f[j] for j in order]
     conf = np.nan_to_num(arr[..., dims], nan=0.0) if has_conf else None
-    meta = {"format": "csv", "frames": frame_ids, "joints": order, "joint_names": None if numeric else order}
+    meta.update({"format": "csv", "frames": frame_ids, "frame_numbers": frame_ids, "joints": order,
+                 "joint_names": None if numeric else order, "visibility": visibility})
     return PoseData(arr[..., :dims], conf, fps, meta)
 
 
@@ -250,17 +285,19 @@ def _fmt(v: float) -> str:
 
 def _write_csv(f, path: Path, data: PoseData, meta: dict) -> None:
     t, k, d = data.points.shape
-    frames = meta.get("frames") if meta.get("format") == "csv" else None
+    frames = meta.get("frame_numbers")
     if frames is None or len(frames) != t:
         frames = list(range(t))
-    joints = meta.get("joints") if meta.get("format") == "csv" else None
+    joints = meta.get("joints") if meta.get("format") == "csv" else meta.get("joint_names")
     if joints is None or len(joints) != k:
         joints = [str(i) for i in range(k)]
     buf = io.StringIO()
     if data.fps is not None:
         buf.write(f"# fps={data.fps!r}\n")
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["frame", "joint", "x", "y"] + (["z"] if d == 3 else []) + (["confidence"] if data.confidence is not None else []))
+    conf_col = "visibility" if meta.get("visibility") else "confidence"
+    w.writerow(["frame", "joint", "x", "y"] + (["z"] if d == 3 else [])
+               + ([conf_col] if data.confidence is not None else []))
     for i in range(t):
         for j in range(k):
             row = [frames[i], joints[j]] + [_fmt(v) for v in data.points[i, j]]
@@ -305,11 +342,17 @@ def _read_json(path: Path) -> PoseData:
         raise _err(path, "expected numbers or null in 'keypoints'") from None
     arr = arr.reshape(len(kps), -1, width)
     conf = np.nan_to_num(arr[..., dims], nan=0.0) if has_conf else None
-    fps = doc.get("fps")
-    top = {k: v for k, v in doc.items() if k not in ("frames", "fps", "dims")}
+    top = {k: v for k, v in doc.items() if k not in ("frames", "fps", "dims", "confidence_kind")}
     per_frame = [{k: v for k, v in fr.items() if k != "keypoints"} for fr in frames]
-    meta = {"format": "json", "top": top, "per_frame": per_frame}
-    return PoseData(arr[..., :dims], conf, None if fps is None else float(fps), meta)
+    meta = {"format": "json", "top": top, "per_frame": per_frame,
+            "visibility": has_conf and doc.get("confidence_kind") == "visibility"}
+    nums = [f.get("frame") for f in per_frame]
+    if all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in nums):
+        meta["frame_numbers"] = nums
+    names = doc.get("joints")
+    if isinstance(names, list) and len(names) == arr.shape[1] and all(isinstance(n, str) for n in names):
+        meta["joint_names"] = names
+    return PoseData(arr[..., :dims], conf, _file_fps(path, doc.get("fps"), meta), meta)
 
 
 def _write_json(f, path: Path, data: PoseData, meta: dict) -> None:
@@ -318,9 +361,16 @@ def _write_json(f, path: Path, data: PoseData, meta: dict) -> None:
     if data.fps is not None:
         doc["fps"] = float(data.fps)
     doc["dims"] = d
+    names = meta.get("joint_names")
+    if meta.get("format") != "json" and names is not None and len(names) == k:
+        doc["joints"] = list(names)
+    if data.confidence is not None and meta.get("visibility"):
+        doc["confidence_kind"] = "visibility"
     per_frame = meta.get("per_frame") if meta.get("format") == "json" else None
     if per_frame is None or len(per_frame) != t:
-        per_frame = [{"frame": i} for i in range(t)]
+        frames = meta.get("frame_numbers")
+        frames = frames if frames is not None and len(frames) == t else range(t)
+        per_frame = [{"frame": n} for n in frames]
     out = []
     for i in range(t):
         vals = data.points[i] if data.confidence is None else np.concatenate([data.points[i], data.confidence[i][:, None]], -1)
@@ -356,7 +406,9 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
         if os.path.realpath(src) == target:
             raise _err(path, "output path is the input file; refusing to overwrite it, expected a different path")
     if meta.get("format", "").startswith("npz") and ext != ".npz":
-        meta = {}  # converting formats: the npz layout does not apply
+        # converting formats: the npz layout does not apply; frame numbers, joint names and what the confidence
+        # means carry over
+        meta = {k: meta[k] for k in ("frame_numbers", "joint_names", "visibility") if k in meta}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

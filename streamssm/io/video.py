@@ -96,6 +96,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _URL_RE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
 _LIVE_PREFIX = "live:"
+TICKS_PER_FRAME = 16  # output time base: 1/16 of a nominal frame (a VFR frame keeps its time to that)
 
 
 class VideoIOError(ValueError):
@@ -185,6 +186,33 @@ def _nominal_rate(vs) -> Fraction:
     if avg:
         return Fraction(avg)
     return Fraction(guess) if guess and guess < 1000 else Fraction(30)
+
+
+def _display_rotation(spec: str) -> int:
+    """The counter-clockwise display rotation (0, 90, 180 or 270 degrees) of a file's first video frame, from its
+    display matrix (PyAV's ``VideoFrame.rotation``; 0 when the file has none, cannot be probed, or PyAV is too old
+    to tell). Read from a second, short-lived opening of the file: the stream itself does not expose it."""
+    import av
+
+    try:
+        with av.open(spec, "r") as c:
+            for frame in c.decode(video=0):
+                return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+    except (av.FFmpegError, ValueError, OSError):
+        pass
+    return 0
+
+
+_HDR_TRC = {16: "PQ (SMPTE 2084)", 18: "HLG (ARIB STD-B67)"}  # AVCOL_TRC_*
+
+
+def _warn_hdr(spec: str, cc) -> None:
+    """Warn (naming the file) when a video is HDR (PQ or HLG transfer): it is read as 8-bit RGB with no tone
+    mapping, and written as SDR BT.709/601, so its colours come out washed out."""
+    trc = _HDR_TRC.get(int(getattr(cc, "color_trc", 0) or 0))
+    if trc is not None:
+        log.warning("%s: HDR video (%s transfer): read as 8-bit SDR without tone mapping, so the output's colours will "
+                    "look washed out; tone-map it to SDR first (FFmpeg's zscale and tonemap filters)", spec, trc)
 
 
 def _check_resolution(path: str, w: int, h: int, max_resolution: Sequence[int] | None) -> None:
@@ -381,6 +409,18 @@ class _AVSource(FrameSource):
         self._vs = vs
         self.width = vs.codec_context.width
         self.height = vs.codec_context.height
+        # A phone's portrait clip is stored landscape with a display rotation: frames are turned upright as they
+        # are decoded (as FFmpeg's players do), so the output plays the way the input does.
+        self.rotation = 0 if is_url else _display_rotation(spec)
+        if self.rotation % 180:
+            self.width, self.height = self.height, self.width
+        if self.rotation:
+            log.info("%s: display rotation %d degrees: frames turned upright (%dx%d)", spec, self.rotation,
+                     self.width, self.height)
+        _warn_hdr(spec, vs.codec_context)
+        # AVI stores no presentation times: with B-frames FFmpeg's guesses come out of order, so frames are timed
+        # by their index at the nominal rate (AVI is constant-rate by design).
+        self._by_index = c.format.name == "avi"
         self.rate = _nominal_rate(vs)
         self.audio = bool(c.streams.audio)
         # stream.frames comes from the index (mp4 stts) and is exact; 0 means "unknown" (mkv, webm, ts).
@@ -407,19 +447,29 @@ class _AVSource(FrameSource):
         errors: list[str] = []
         consecutive = 0
         period = 1.0 / float(self.rate)
+        base = 0.0 if self._by_index else None  # frames timed by index: t = base + n * period
 
         def emit(frame) -> Frame:
-            nonlocal n, prev_t, t0
-            if frame.pts is not None and frame.time_base is not None:
+            nonlocal n, prev_t, t0, base
+            if base is not None:
+                t = base + n * period
+            elif frame.pts is not None and frame.time_base is not None:
                 t = float(frame.pts * frame.time_base)
                 if t0 is None:
                     t0 = t
                 t -= t0
+                if prev_t is not None and t <= prev_t:  # broken timestamps: the nominal rate from here on
+                    log.warning("%s: frame %d's timestamp %.4f s does not come after the previous frame's %.4f s; "
+                                "timing it and the rest at the nominal %.4g fps", self.path, n, t, prev_t,
+                                float(self.rate))
+                    base = prev_t + period - n * period
+                    t = prev_t + period
             else:
                 t = 0.0 if prev_t is None else prev_t + period
             prev_t = t
             # to_ndarray honours the frame's own colour tags (matrix, range).
-            rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+            rgb = frame.to_ndarray(format="rgb24")
+            rgb = np.ascontiguousarray(np.rot90(rgb, self.rotation // 90) if self.rotation else rgb)
             fr = Frame(rgb, t, n)
             n += 1
             return fr
@@ -809,7 +859,8 @@ class _VideoSink(FrameSink):
         self.width, self.height, self.rate = width, height, rate
         self.frames_written = 0
         self._closed = False
-        self._last_pts = -1
+        self._tick = 1 / (rate * TICKS_PER_FRAME)  # pts unit: a fraction of a frame, so VFR timing survives
+        self._last_pts = -TICKS_PER_FRAME
         self._rgb_frame = None
         self._existed = path.exists()  # an incomplete run must not replace it (module docstring)
         self._tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
@@ -857,9 +908,10 @@ class _VideoSink(FrameSink):
                 "crop or pad to even dimensions"
             )
         vs.width, vs.height, vs.pix_fmt = self.width, self.height, pix_fmt
-        # Exact rational time base: pts counts frames, so 30000/1001 stays exact (no float drift).
-        vs.time_base = 1 / self.rate
-        vs.codec_context.time_base = 1 / self.rate
+        # Exact rational time base, TICKS_PER_FRAME ticks a frame: 30000/1001 stays exact (no float drift), and
+        # frames that come faster than the nominal rate (variable frame rate) keep their own times.
+        vs.time_base = self._tick
+        vs.codec_context.time_base = self._tick
         hd = self.height >= 720
         from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 
@@ -883,7 +935,7 @@ class _VideoSink(FrameSink):
         self._pix_fmt = pix_fmt
 
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:
-        """Encode one frame. With ``timestamp`` (s) the frame keeps its time (gaps preserved, rounded to the frame grid)."""
+        """Encode one frame. With ``timestamp`` (s) the frame keeps its time (gaps preserved, to 1/16 frame)."""
         self.encode(self.prepare(rgb), timestamp)
 
     def prepare(self, rgb: np.ndarray):
@@ -914,13 +966,14 @@ class _VideoSink(FrameSink):
 
         if self._closed:
             raise VideoIOError(f"{self.path}: write() after close()")
-        pts = self._last_pts + 1
-        if timestamp is not None:
-            pts = max(pts, int(round(timestamp * self.rate)))
+        if timestamp is None:
+            pts = self._last_pts + TICKS_PER_FRAME
+        else:
+            pts = max(self._last_pts + 1, int(round(timestamp / self._tick)))
         frame.pts = pts
         # Not self._vs.time_base: the muxer rewrites the stream's time base when the header is
         # written (mp4: 1/30000), possibly before this frame (audio muxed first).
-        frame.time_base = 1 / self.rate
+        frame.time_base = self._tick
         try:
             for packet in self._vs.encode(frame):
                 self._out.mux(packet)
@@ -932,7 +985,7 @@ class _VideoSink(FrameSink):
             raise self._write_error(e) from e
 
     def _video_end(self) -> float:
-        return (self._last_pts + 1) / float(self.rate)
+        return float((self._last_pts + TICKS_PER_FRAME) * self._tick)
 
     def _write_error(self, e: BaseException) -> VideoIOError:
         if _disk_error(e):
@@ -1245,7 +1298,8 @@ def open_sink(
     if p.exists() and not overwrite:
         raise VideoIOError(f"{s}: output already exists; pass --overwrite (overwrite=True) to replace it")
     if not p.parent.is_dir():
-        raise VideoIOError(f"{s}: output directory {p.parent} does not exist")
+        what = "is a file, not a directory" if p.parent.exists() else "does not exist"
+        raise VideoIOError(f"{s}: output directory {p.parent} {what}")
     return _VideoSink(p, rate=rate, width=width, height=height, audio_from=audio_from, codec=codec, crf=crf, preset=preset)
 
 

@@ -6,14 +6,16 @@ the input's layout (``like=`` the input), so a MediaPipe ``.npz`` comes back wit
 plus ``landmarks_filtered``. Choices, and why:
 
 * **Confidence.** A file's explicit confidence (``confidence`` column/key) is passed to the filter.
-  MediaPipe's visibility is *not*: it is the estimator's guess that a landmark is in view, not a
-  measurement weight, and occluded-but-tracked landmarks are still worth smoothing; NaN coordinates
-  mark what is missing.
+  MediaPipe's visibility is *not* (a MediaPipe ``.npz``'s 4th column, and what this command writes from it when
+  converting: a ``.csv`` ``visibility`` column, a ``.json`` marked ``"confidence_kind": "visibility"``): it is
+  the estimator's guess that a landmark is in view, not a measurement weight, and occluded-but-tracked landmarks
+  are still worth smoothing; NaN coordinates mark what is missing.
 * **Gaps stay gaps.** Where the input has NaN/inf coordinates the output keeps NaN, so the file never
   claims a detection the estimator did not make (the filter itself holds its estimate through the gap,
   which is what a live caller of :meth:`PoseFilter.step` wants).
 * **Dropped frames.** Frame numbers are not assumed regular: a ``.csv``'s ``frame`` column, a
-  ``.json``'s per-frame ``"frame"`` numbers, or an ``.npz``'s ``timestamps`` array (seconds) place each
+  ``.json``'s per-frame ``"frame"`` numbers, a plain ``.npz``'s ``frames`` or an ``.npz``'s ``timestamps`` array
+  (seconds) place each
   frame in time; holes are stepped over as missing frames and a gap over 1 s starts the filter over
   (:class:`~streamssm.pose.filter.PoseFilter` ``timestamps=``). Frame numbers must increase.
 * **Bounded memory.** :meth:`PoseFilter.filter <streamssm.pose.filter.PoseFilter.filter>` scans in chunks
@@ -110,9 +112,11 @@ def _check_output(inp: Path, out: Path, overwrite: bool, allowed: tuple[str, ...
         raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
 
 
-def _fps(args, file_fps: float | None) -> tuple[float, str]:
+def _fps(args, file_fps: float | None, inp: Path | None = None, bad: str | None = None) -> tuple[float, str]:
     if args.fps is not None:
         return float(args.fps), "--fps"
+    if bad is not None:
+        raise ValueError(f"{inp}: its fps ({bad}) is not a positive number of frames per second; pass --fps")
     if file_fps is not None and np.isfinite(file_fps) and file_fps > 0:
         return float(file_fps), "from file"
     return DEFAULT_FPS, "default, file has none"
@@ -124,13 +128,9 @@ def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True) -> 
     on another frame rate's grid they would read as dropped or doubled frames; frame numbers still are."""
     fmt = data.meta.get("format", "")
     raw, scale, what = None, 1.0 / fps, "frame numbers"
-    if fmt == "csv":
-        raw = np.asarray(data.meta["frames"], np.float64)
-    elif fmt == "json":
-        nums = [f.get("frame") for f in data.meta.get("per_frame", [])]
-        if nums and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in nums):
-            raw = np.asarray(nums, np.float64)
-    elif seconds and fmt.startswith("npz") and "timestamps" in data.meta.get("arrays", {}):
+    if data.meta.get("frame_numbers") is not None:  # csv, json, a plain npz's 'frames'
+        raw = np.asarray(data.meta["frame_numbers"], np.float64)
+    if seconds and fmt.startswith("npz") and "timestamps" in data.meta.get("arrays", {}):
         raw, scale, what = np.asarray(data.meta["arrays"]["timestamps"], np.float64).reshape(-1), 1.0, "'timestamps'"
         if raw.shape != (data.num_frames,):
             raise ValueError(f"{inp}: 'timestamps' has {raw.size} values for {data.num_frames} frames, "
@@ -187,13 +187,13 @@ def run_pose(args) -> int:
                                 f"or a video ({'/'.join(VIDEO_EXTENSIONS)})")
     _check_output(inp, out, args.overwrite, SUPPORTED_EXTENSIONS)
     data = _read(inp, args.key)
-    fps, fps_from = _fps(args, data.fps)
+    fps, fps_from = _fps(args, data.fps, inp, data.meta.get("bad_fps"))
 
     from streamssm.pose.filter import PoseFilter
 
     filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
     mediapipe = data.meta.get("format") == "npz-mediapipe"
-    conf = None if mediapipe else data.confidence  # visibility is not a weight (module docstring)
+    conf = None if data.meta.get("visibility") else data.confidence  # visibility is not a weight (module docstring)
     ts = _timestamps(data, inp, fps, seconds=args.fps is None)
     t0 = time.perf_counter()
     y = filt.filter(data.points, confidence=conf, timestamps=ts)

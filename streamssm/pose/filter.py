@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
-from streamssm._args import as_number, as_timestamp
+from streamssm._args import as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
@@ -84,13 +83,8 @@ class PoseFilter:
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0, fps: float = 30.0,
                  backend: str = "auto", max_gap: float = 1.0, compile: bool = False, native: bool | None = None):
-        strength, fps, max_gap = (as_number(strength, "strength"), as_number(fps, "fps"), as_number(max_gap, "max_gap"))
-        if not (0.0 <= strength <= 2.0):
-            raise ValueError(f"strength must be in [0, 2], got {strength}")
-        if not (math.isfinite(fps) and fps > 0):
-            raise ValueError(f"fps must be a positive number, got {fps}")
-        if not (math.isfinite(max_gap) and max_gap > 0):
-            raise ValueError(f"max_gap must be a positive number of seconds, got {max_gap}")
+        strength, fps = as_strength(strength), as_positive(fps, "fps", "frames per second")
+        max_gap = as_positive(max_gap, "max_gap", "seconds")
         self.device = resolve_device(device)
         # compile: the same explicit step through torch.compile (Inductor; a C++ compiler on CPU), compiled per
         # (B, K, D) on first use. On the torch SSM backend: mamba's in-place Triton step kernel is not compile-safe.
@@ -101,11 +95,12 @@ class PoseFilter:
             from streamssm.pose.native import native_step
 
             self._step = functools.partial(native_step, self.model)
-        self.strength = float(strength)
-        self.fps = float(fps)
+        self.strength = strength
+        self.fps = fps
         self.max_gap = float(max_gap)
         self.state: tuple[Tensor, ...] | None = None
         self._shape: tuple[int, int] | None = None  # (B, K) of the running stream
+        self._dims: int | None = None  # and its D (None after set_state: the state does not hold it)
         self._last_t: float | None = None  # timestamp (s) of the last frame, when the caller gives them
 
     # --------------------------------------------------------------------------------- helpers
@@ -180,13 +175,34 @@ class PoseFilter:
         nan = torch.full((b, missing, k, d), float("nan"), device=self.device)
         _, self.state = self.model(nan, None, self.state, fps=self.fps, strength=self.strength)
 
-    def _check_stream(self, b: int, k: int) -> None:
+    @property
+    def strength(self) -> float:
+        """0 returns the input, 1 the shipped smoothing, up to 2; checked when set."""
+        return self._strength
+
+    @strength.setter
+    def strength(self, value) -> None:
+        self._strength = as_strength(value)
+
+    @property
+    def fps(self) -> float:
+        """The stream's frame rate (the filter's time constants are in frames of it); checked when set."""
+        return self._fps
+
+    @fps.setter
+    def fps(self, value) -> None:
+        self._fps = as_positive(value, "fps", "frames per second")
+
+    def _check_stream(self, b: int, k: int, d: int) -> None:
         if self._shape is not None and self._shape != (b, k) and self.state is not None:
             raise ValueError(
                 f"this stream has {self._shape[0]} stream(s) of {self._shape[1]} keypoints; got {b} x {k}. "
                 "The keypoint count cannot change mid-stream: call reset() first"
             )
-        self._shape = (b, k)
+        if self._dims is not None and self._dims != d and self.state is not None:
+            raise ValueError(f"this stream's keypoints are {self._dims}-D; got {d}-D. The dimension cannot change "
+                             "mid-stream: call reset() first")
+        self._shape, self._dims = (b, k), d
 
     @staticmethod
     def _out(y: Tensor, is_torch: bool, dtype, like: Any):
@@ -208,7 +224,7 @@ class PoseFilter:
             p = p[None]
             c = None if c is None else c[None]
         b, k, d = p.shape
-        self._check_stream(b, k)
+        self._check_stream(b, k, d)
         if timestamp is not None:
             t, periods = self._gap(timestamp)
             self._step_over(periods - 1, b, k, d)
@@ -231,7 +247,7 @@ class PoseFilter:
         t, b, k, d = p.shape
         if t == 0:
             raise ValueError("sequence is empty (T = 0 frames)")
-        self._check_stream(b, k)
+        self._check_stream(b, k, d)
         if timestamps is None:
             y = self._scan(p, c)
             if self._last_t is not None:
@@ -313,7 +329,7 @@ class PoseFilter:
         """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
         state is untouched, bit for bit)."""
         if mask is None or self.state is None:
-            self.state, self._shape, self._last_t = None, None, None
+            self.state, self._shape, self._dims, self._last_t = None, None, None, None
             return
         b, k = self._shape
         mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
@@ -364,5 +380,5 @@ class PoseFilter:
             if not torch.isfinite(s).all():
                 raise ValueError(f"pose state[{i}] contains NaN or inf: not a state this filter produced")
         self.state = tuple(s.to(self.device).clone() for s in state)
-        self._shape = (b, k)
+        self._shape, self._dims = (b, k), None
         self._last_t = None  # the restored stream's timeline starts at its next frame

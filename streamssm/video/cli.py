@@ -30,7 +30,8 @@ lies): ``--max-resolution`` (default 7680x4320), ``--max-duration`` and ``--max-
 
 Timestamps are the decoder's (``pts``), so dropped frames and variable frame rates show up as gaps:
 the output keeps them (the sink writes each frame at its own time) and a gap longer than the
-filter's ``max_gap`` (1 s) starts the filter over (:class:`~streamssm.video.filter.VideoFilter`).
+filter's ``max_gap`` (1 s, or 3 frames when the rate is under 1 fps: :func:`file_max_gap`) starts the filter over
+(:class:`~streamssm.video.filter.VideoFilter`).
 
 Heavy imports (torch, PyAV, OpenCV, tqdm) happen inside the functions, so ``streamssm --help`` stays fast.
 """
@@ -117,6 +118,10 @@ def run_video(args: argparse.Namespace) -> int:
                          + (f" (got {' and '.join(modes)})" if modes else ""))
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if not (0.0 <= args.strength <= 2.0):  # also NaN
+        raise ValueError(f"--strength must be in [0, 2], got {args.strength}")
+    if args.fps is not None and not (np.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps must be a positive number of frames per second, got {args.fps}")
     limits = _limits(args)
     common = dict(weights=args.weights, device=args.device, strength=args.strength, max_frames=args.max_frames,
                   progress=not args.no_progress)
@@ -138,13 +143,22 @@ def run_video(args: argparse.Namespace) -> int:
 
     if args.sample:
         _refuse(args, original="--sample is guided by the sample itself; drop --original",
-                record="--sample writes with -o, not --record", fps="--fps does not apply to --sample")
+                record="--sample writes with -o, not --record", fps="--fps does not apply to --sample",
+                max_duration="--max-duration does not apply to --sample (use --max-frames)",
+                max_input_frames="--max-input-frames does not apply to --sample (use --max-frames)")
+        if limits["max_resolution"] != DEFAULT_MAX_RESOLUTION:
+            raise ValueError("--max-resolution does not apply to --sample (the bundled clip is 640x360)")
         if not args.output:
             raise ValueError("--sample needs -o OUTPUT.mp4")
         summary = run_sample(args.output, op=args.op or SAMPLE_OP, overwrite=args.overwrite, **common)
     else:
         _refuse(args, op="--op is for --webcam/--sample; apply your own operator before the filter",
                 record="PROCESSED writes with -o, not --record")
+        folders = [f for f in (args.processed, args.original) if f and os.path.isdir(f)]
+        if args.fps is not None and not folders:
+            raise ValueError(f"--fps sets the rate of an image-folder input; {args.processed}"
+                             + (f" and {args.original} are video files" if args.original else " is a video file")
+                             + " with a rate of their own")
         if not args.output:
             raise ValueError("video: -o OUTPUT is required (a video file, or a folder/ for PNG frames)")
         summary = filter_video(args.processed, args.output, original=args.original, side_by_side=args.side_by_side,
@@ -303,13 +317,19 @@ class WarpReport:
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
-def _make_filter(weights, device: str, strength: float):
+def _make_filter(weights, device: str, strength: float, max_gap: float = 1.0):
     from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter
 
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise ValueError(f"no video weights shipped at {DEFAULT_WEIGHTS}; pass --weights FILE.safetensors "
                          "(from `streamssm train video`)")
-    return VideoFilter(weights=weights, device=device, strength=strength)
+    return VideoFilter(weights=weights, device=device, strength=strength, max_gap=max_gap)
+
+
+def file_max_gap(rate) -> float:
+    """The filter's ``max_gap`` for a file at ``rate`` fps: 1 s, or 3 frame periods when that is longer, so a
+    time-lapse or slideshow (0.5 fps: 2 s a frame) is filtered instead of starting over at every frame."""
+    return max(1.0, 3.0 / float(rate))
 
 
 def _progress(total: int | None, desc: str, enabled: bool):
@@ -468,6 +488,7 @@ def filter_video(
     import itertools
 
     from streamssm.io import VideoIOError, open_sink, open_source, paired, prefetch, sigterm_as_exception
+    from streamssm.video.model import check_frame_size
 
     limits = dict(max_resolution=max_resolution, max_duration=max_duration, max_frames=max_input_frames,
                   on_limit="error")
@@ -486,8 +507,16 @@ def filter_video(
             if (P.width, P.height) != (I.width, I.height):
                 raise VideoIOError(f"frame sizes differ: {P.path} (processed) is {P.width}x{P.height}, "
                                    f"{I.path} (original) is {I.width}x{I.height}")
+            if abs(float(P.rate) - float(I.rate)) > 0.01 * float(I.rate):
+                log.warning("frame rates differ: %s (processed) is %.4g fps, %s (original) %.4g fps; the frames are "
+                            "paired one by one and the output keeps the processed video's rate", P.path,
+                            float(P.rate), I.path, float(I.rate))
         if filt is None:
-            filt = _make_filter(weights, device, strength)
+            filt = _make_filter(weights, device, strength, max_gap=file_max_gap(P.rate))
+        try:
+            check_frame_size(P.height, P.width, filt.model.config)
+        except ValueError as e:
+            raise VideoIOError(f"{P.path}: {e}") from None
         filt.reset()
         audio = processed if os.path.isfile(processed) else None
         width = P.width * (2 if side_by_side else 1)
@@ -512,7 +541,7 @@ def filter_video(
             interrupted = True
             sink.close(partial=True)  # finalised here as incomplete; the ExitStack's close is then a no-op
     seconds = time.perf_counter() - t0
-    summary = RunSummary(sink.frames_written, seconds, P.width, P.height, sink.final_path or output,
+    summary = RunSummary(sink.frames_written, seconds, width, P.height, sink.final_path or output,
                          interrupted=interrupted)
     if rep is not None and not interrupted:
         res = rep.result(guided=I is not None)
@@ -664,7 +693,7 @@ def run_sample(
             interrupted = True
             sink.close(partial=True)
     seconds = time.perf_counter() - t0
-    summary = RunSummary(sink.frames_written, seconds, src.width, src.height, sink.final_path or output,
+    summary = RunSummary(sink.frames_written, seconds, 2 * src.width, src.height, sink.final_path or output,
                          interrupted=interrupted)
     if not interrupted:
         res = rep.result(guided=True)

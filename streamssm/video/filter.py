@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamssm._args import as_number, as_timestamp
+from streamssm._args import as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
@@ -52,6 +51,9 @@ def frame_to_float(frame: Any, name: str = "frame") -> tuple[np.ndarray, np.dtyp
         x = frame.astype(np.float32)
         if not np.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")
+        if x.max() > 2.0:  # values of 0..255 in a float array: clipped to [0, 1] they would come back nearly white
+            warnings.warn(f"{name} is float with values up to {x.max():g}: float frames are read as [0, 1] and "
+                          "clipped; pass uint8, or divide by 255", stacklevel=3)
     else:
         raise ValueError(f"{name} must be uint8, uint16 or float in [0, 1], got dtype {dtype}")
     if x.shape[2] == 1:
@@ -132,14 +134,10 @@ class VideoFilter:
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0,
                  half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True):
-        strength, max_gap = as_number(strength, "strength"), as_number(max_gap, "max_gap")
-        if not (0.0 <= strength <= 2.0):
-            raise ValueError(f"strength must be in [0, 2], got {strength}")
-        if not (math.isfinite(max_gap) and max_gap > 0):
-            raise ValueError(f"max_gap must be a positive number of seconds, got {max_gap!r}")
+        strength, max_gap = as_strength(strength), as_positive(max_gap, "max_gap", "seconds")
         self.device = resolve_device(device)
         self.model = load_video_model(weights, self.device, backend)
-        self.strength = float(strength)
+        self.strength = strength
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.max_gap = float(max_gap)
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
@@ -209,6 +207,15 @@ class VideoFilter:
         return gap
 
     # ------------------------------------------------------------------------------------- API
+    @property
+    def strength(self) -> float:
+        """0 returns the processed frame, 1 the calibrated filter, up to 2 (class docstring); checked when set."""
+        return self._strength
+
+    @strength.setter
+    def strength(self, value) -> None:
+        self._strength = as_strength(value)
+
     def step(self, frame: Any, original: Any = None, timestamp: float | None = None):
         """Filter one frame (see the class docstring for the accepted types).
 
@@ -338,6 +345,8 @@ class VideoFilter:
         """Filter a clip with the parallel scan, ``chunk`` frames at a time with the state carried
         (continuing from, and advancing, the current state): the same frames as :meth:`step`. (On the CPU
         with ``fast``, frame by frame through the fast step, which is quicker there than the scan.)"""
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+            raise ValueError(f"chunk must be a positive whole number of frames, got {chunk!r}")
         frames = list(frames)
         if originals is not None:
             originals = list(originals)

@@ -524,6 +524,29 @@ class VideoSSM(nn.Module):
         out = P + (dA * G[:, None]).sum(2) + cf[:, 9:12] * strength
         return out.clamp(0.0, 1.0), torch.sigmoid(cf[:, 12:13])
 
+    def _motion(self, g: Tensor, state, guided: bool, div: int, size: tuple[int, int]):
+        """The blend's motion inputs for a clip, in float32: the guide's flow luminance ``g`` (b, t, 1, hf, wf) ->
+        the backward flow (b, t, 2, h, w) in full-resolution pixels, the blend confidence (b, t, 1, h, w) and, guided,
+        :func:`guide_gain` (b, t, 1, h, w; None processed-only). The previous frame of the clip's first is the
+        state's."""
+        b, t = g.shape[:2]
+        cfg = self.config
+        gprev = torch.cat([state[4][:, None], g[:, :-1]], 1).flatten(0, 1)
+        cur = g.flatten(0, 1)
+        gprev = gprev if guided else match_brightness(gprev, cur)
+        flow, res = estimate_flow(cur, gprev, cfg.flow_levels, window=cfg.flow_window, smooth=cfg.flow_smooth)
+        gain = None
+        if guided:  # a stream whose previous frame was processed-only: no gain on this clip's first frame
+            later = torch.ones(b, t - 1, dtype=torch.bool, device=g.device)
+            orig = torch.cat([prev_was_guided(state)[:, None], later], 1)
+            gain = guide_gain(cur, gprev, flow, orig.flatten())
+        flow = flow * div  # full-resolution pixels
+        conf = blend_confidence(res, flow, self.log_conf, cfg)
+
+        def up(x):
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False).reshape(b, t, -1, *size)
+        return up(flow), up(conf), None if gain is None else up(gain)
+
     def _run(self, P, I, state, reset, strength, stepping, blend: bool = True):
         if P.dim() != 5 or P.shape[2] != 3:
             raise ValueError(f"processed frames must be (B, T, 3, H, W), got {tuple(P.shape)}")
@@ -545,32 +568,19 @@ class VideoSSM(nn.Module):
         Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
         Oc, beta = Oc.reshape(P.shape), beta.reshape(b, t, 1, h, w)
 
-        # motion-compensated temporal blending at full resolution: flow of the guide from frame t to
-        # t-1 (coarse-to-fine at half resolution, all frames at once), then a short recurrence
+        # motion-compensated temporal blending at full resolution: flow of the guide from frame t to t-1 (all
+        # frames at once), then a short recurrence. Blend off (the ablation): no flow, the corrected frames as they are
         div, hf, wf = flow_shape(h, w, self.config)
         with torch.autocast(P.device.type, enabled=False):
             g = _luma(G.flatten(0, 1).float())
             g = (F.avg_pool2d(g, div) if div > 1 else g).reshape(b, t, 1, hf, wf)
-            gprev = torch.cat([state[4][:, None], g[:, :-1]], 1)
-            cfg = self.config
-            gprev = gprev.flatten(0, 1) if I is not None else match_brightness(gprev.flatten(0, 1), g.flatten(0, 1))
-            flow, res = estimate_flow(g.flatten(0, 1), gprev, cfg.flow_levels, window=cfg.flow_window,
-                                      smooth=cfg.flow_smooth)
-            gain = None
-            if I is not None:  # a stream whose previous frame was processed-only: no gain on this clip's first frame
-                orig = torch.cat([prev_was_guided(state)[:, None], torch.ones(b, t - 1, dtype=torch.bool,
-                                                                             device=P.device)], 1)
-                gain = guide_gain(g.flatten(0, 1), gprev, flow, orig.flatten())
-            flow = flow * div  # full-resolution pixels
-            conf = blend_confidence(res, flow, self.log_conf, cfg)
-            flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 2, h, w)
-            conf = F.interpolate(conf, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
-            if gain is not None:
-                gain = F.interpolate(gain, size=(h, w), mode="bilinear", align_corners=False).reshape(b, t, 1, h, w)
-        keep = (~fresh).to(P.dtype)[:, :, None, None, None] * (strength if blend else 0.0)
+            if blend:
+                flow, conf, gain = self._motion(g, state, I is not None, div, (h, w))
+        cfg = self.config
+        keep = (~fresh).to(P.dtype)[:, :, None, None, None] * strength
         sigma = torch.exp(self.log_gate[0 if I is not None else 1])
         prev = state[3].to(P.dtype)
-        fading = blend and I is None and cfg.fade_follow > 0  # blend off: the blend weight is 0, no gain to compute
+        fading = I is None and cfg.fade_follow > 0
         # the processed frames' cell means, this clip's and each previous frame's, and the fade gain's reference
         mp = means[:, :, 3:6]
         mp_prev = torch.cat([state[0][:, None, N_PARAMS + 3 : N_PARAMS + 6], mp[:, :-1]], 1)
@@ -578,6 +588,10 @@ class VideoSSM(nn.Module):
         outs = []
         for i in range(t):
             ref, repeats = fade_reference(mp[:, i], mp_prev[:, i], ref, repeats, fresh[:, i])
+            if not blend:
+                prev = Oc[:, i]
+                outs.append(prev)
+                continue
             wp = warp_backward(prev, flow[:, i].to(P.dtype))
             if gain is not None:  # guided: follow the original's brightness change
                 wp = (wp * gain[:, i].to(P.dtype)).clamp(0.0, 1.0)  # the blend stays a convex combination

@@ -78,7 +78,8 @@ def test_pose_csv_with_wrong_columns(client, tmp_path):
     bad = tmp_path / "keypoints.csv"
     bad.write_text("frame,joint,u,v\n0,0,1.0,2.0\n1,0,1.5,2.5\n2,0,1.0,2.0\n")
     msg = _app_error(client, handle_file(str(bad)), False, "(most jitter)", 1.0, 8.0, 100.0, api_name="/smooth_pose")
-    assert "keypoints.csv: expected header 'frame,joint,x,y[,z][,confidence]', got 'frame,joint,u,v'" in msg
+    assert ("keypoints.csv: expected header 'frame,joint,x,y[,z][,confidence or visibility]', got 'frame,joint,u,v'"
+            in msg)
     _, _, summary, _, _ = client.predict(None, True, "(most jitter)", 1.0, 8.0, 100.0, api_name="/smooth_pose")
     assert "Mean acceleration" in summary
 

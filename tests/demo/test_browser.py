@@ -107,7 +107,7 @@ def test_bad_inputs_in_the_page(page, tmp_path):
     page.locator("#pose-in input[type=file]").set_input_files(str(bad))
     page.locator("#pose-in").get_by_text("keypoints.csv").wait_for()  # uploaded
     page.click("#run-pose")
-    _wait_for_toast(page, "expected header 'frame,joint,x,y[,z][,confidence]', got 'frame,joint,u,v'")
+    _wait_for_toast(page, "expected header 'frame,joint,x,y[,z][,confidence or visibility]', got 'frame,joint,u,v'")
 
     # ... and the app still serves: the bundled pose sample in the same page (upload cleared)
     page.locator("#pose-in button[aria-label='Clear']").click()

@@ -141,3 +141,59 @@ def test_npz_missing_keys_and_bad_write(tmp_path):
         write_pose(tmp_path / "out.xyz", _data())
     with pytest.raises(ValueError, match=r"o\.npz.*shape"):
         write_pose(tmp_path / "o.npz", PoseData(np.zeros((3, 4), np.float32)))
+
+
+def test_converting_keeps_frame_numbers_and_joint_names(tmp_path):
+    """csv -> json -> csv and csv -> npz -> csv keep the frame numbers (with their gaps) and the joint names: a
+    conversion used to renumber the frames 0, 1, 2 (so a re-filter saw no gap) and drop the names."""
+    p = tmp_path / "in.csv"
+    p.write_text("# fps=30\nframe,joint,x,y\n0,nose,1,2\n0,wrist,3,4\n5,nose,5,6\n5,wrist,7,8\n6,nose,9,1\n"
+                 "6,wrist,2,3\n")
+    d = read_pose(p)
+    j = write_pose(tmp_path / "a.json", d)
+    back = read_pose(j)
+    assert back.meta["frame_numbers"] == [0, 5, 6] and back.meta["joint_names"] == ["nose", "wrist"]
+    c = write_pose(tmp_path / "b.csv", back)
+    key = lambda text: [ln.split(",")[:2] for ln in text.splitlines()[1:]]  # noqa: E731  (frame, joint) per row
+    assert key(c.read_text()) == key(p.read_text())
+    z = write_pose(tmp_path / "c.npz", d)
+    with np.load(z) as a:
+        np.testing.assert_array_equal(a["frames"], [0, 5, 6])
+    assert read_pose(z).meta["frame_numbers"] == [0, 5, 6]
+    assert write_pose(tmp_path / "d.csv", read_pose(z)).read_text().splitlines()[4].startswith("5,")
+
+
+def test_mediapipe_visibility_stays_marked_across_formats(tmp_path, mp_file):
+    """A MediaPipe npz's visibility written to csv/json is marked as visibility (csv column name, json
+    ``confidence_kind``) and read back marked, so the pose CLI treats it alike whatever the file."""
+    d = read_pose(mp_file)
+    assert d.meta["visibility"]
+    small = PoseData(d.points[:5], d.confidence[:5], d.fps, {"visibility": True})
+    c = write_pose(tmp_path / "v.csv", small)
+    assert c.read_text().splitlines()[1] == "frame,joint,x,y,z,visibility"
+    j = write_pose(tmp_path / "v.json", small)
+    for back in (read_pose(c), read_pose(j)):
+        assert back.meta["visibility"]
+        np.testing.assert_allclose(back.confidence, small.confidence, rtol=1e-6)
+    plain = write_pose(tmp_path / "p.csv", PoseData(d.points[:5], d.confidence[:5], d.fps))
+    assert not read_pose(plain).meta["visibility"]
+
+
+@pytest.mark.parametrize("ext, body", [
+    (".json", '{"fps": [25], "frames": [{"keypoints": [[1, 2]]}]}'),
+    (".json", '{"fps": {"a": 1}, "frames": [{"keypoints": [[1, 2]]}]}'),
+    (".json", '{"fps": true, "frames": [{"keypoints": [[1, 2]]}]}'),
+    (".json", '{"fps": -3, "frames": [{"keypoints": [[1, 2]]}]}'),
+    (".csv", "# fps=0\nframe,joint,x,y\n0,0,1,2\n"),
+])
+def test_a_files_bad_fps_reads_as_none_and_is_reported(tmp_path, ext, body):
+    p = tmp_path / f"a{ext}"
+    p.write_text(body)
+    d = read_pose(p)
+    assert d.fps is None and d.meta["bad_fps"]
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    p = tmp_path / "excel.csv"
+    p.write_bytes(b"\xef\xbb\xbfframe,joint,x,y\n0,0,1,2\n1,0,3,4\n")
+    np.testing.assert_array_equal(read_pose(p).points[:, 0], [[1, 2], [3, 4]])

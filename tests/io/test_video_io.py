@@ -231,6 +231,107 @@ def test_irregular_timestamps_are_reported(tmp_path):
         assert np.allclose([f.timestamp for f in back], ts, atol=1e-3)
 
 
+def test_frames_faster_than_the_nominal_rate_keep_their_times(tmp_path):
+    """A variable-frame-rate clip whose frames come at twice its average rate in a burst, then slower: the sink
+    keeps every frame's time (to 1/16 frame), where a grid at the nominal rate pushed the burst later and later
+    (0.5 s behind by its end, out of step with the audio)."""
+    rng = np.random.default_rng(0)
+    ms = np.cumsum([0] + list(rng.integers(12, 22, 29)) + list(rng.integers(60, 90, 15)))
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.time_base = vs.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(ms):
+            f = av.VideoFrame.from_ndarray(pattern(i), format="rgb24")
+            f.pts, f.time_base = int(t), Fraction(1, 1000)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+    out = tmp_path / "out.mp4"
+    with open_source(path) as src, open_sink(out, fps=src.rate, width=W, height=H) as sink:
+        ts = []
+        for f in src:
+            sink.write(f.rgb, f.timestamp)
+            ts.append(f.timestamp)
+    assert np.allclose(ts, ms / 1000, atol=1e-3)
+    with open_source(out) as back:
+        got = [f.timestamp for f in back]
+    assert len(got) == len(ms)
+    assert np.abs(np.array(got) - ms / 1000).max() < 1 / (16 * float(src.rate)) + 1e-3
+
+
+def test_avi_with_b_frames_is_timed_by_its_rate(tmp_path):
+    """AVI stores no presentation times: with B-frames FFmpeg's guesses come out of order (6, 8, 7, 9 ...), which
+    stopped the filter ("timestamps must strictly increase") a few frames in. AVI frames are timed by index."""
+    path = make_clip(tmp_path / "bf.avi", n=30)  # libx264's default settings use B-frames
+    with av.open(str(path)) as c:
+        raw = [f.pts for f in c.decode(c.streams.video[0])]
+    assert np.any(np.diff(raw) <= 0), "the clip should have out-of-order guessed timestamps (the case tested)"
+    with open_source(path) as src:
+        frames = list(src)
+    assert [level(f.rgb) for f in frames] == list(range(30))  # presentation order
+    assert np.allclose([f.timestamp for f in frames], np.arange(30) / 30, atol=1e-9)
+
+
+def test_out_of_order_timestamps_fall_back_to_the_rate(tmp_path, caplog):
+    """Any other container whose timestamps go backwards: a warning naming the file, and the frames from there on
+    timed at the nominal rate (still increasing)."""
+    path = make_clip(tmp_path / "back.mkv", n=12, pts=[0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10])
+    with av.open(str(path)) as c:
+        raw = [f.pts for f in c.decode(c.streams.video[0])]
+    if np.all(np.diff(raw) > 0):
+        pytest.skip(f"this FFmpeg build rewrote the repeated timestamp ({raw}): nothing out of order to read")
+    with caplog.at_level("WARNING"), open_source(path) as src:
+        ts = [f.timestamp for f in src]
+    assert len(ts) == 12 and np.all(np.diff(ts) > 0)
+    assert "back.mkv" in caplog.text and "nominal" in caplog.text
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_display_rotation_is_applied(tmp_path, degrees):
+    """A phone clip stored landscape with a display rotation comes out upright (its frames turned as a player
+    shows them; the size swapped for 90 and 270)."""
+    path = tmp_path / "rot.mp4"
+    img = np.zeros((H, W, 3), np.uint8)
+    img[: H // 4, : W // 4] = 255  # a white block in the stored frame's top-left corner
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        if not hasattr(vs, "set_display_rotation"):
+            pytest.skip(f"PyAV {av.__version__} cannot write a display matrix (needs PyAV >= 15)")
+        vs.set_display_rotation(degrees)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 30)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+    with open_source(path) as src:
+        assert (src.width, src.height) == ((H, W) if degrees % 180 else (W, H))
+        rgb = next(iter(src)).rgb
+    want = np.rot90(img, degrees // 90)  # counter-clockwise, as the display matrix says
+    assert rgb.shape == want.shape
+    assert np.abs(rgb.astype(int) - want).mean() < 8
+
+
+def test_hdr_input_is_named_in_a_warning(tmp_path, caplog):
+    path = tmp_path / "hlg.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.codec_context.color_trc, vs.codec_context.color_primaries, vs.codec_context.colorspace = 18, 9, 9
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(pattern(i), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 30)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+    with av.open(str(path)) as c:
+        if c.streams.video[0].codec_context.color_trc != 18:
+            pytest.skip("this FFmpeg build did not store the HLG transfer tag")
+    with caplog.at_level("WARNING"), open_source(path) as src:
+        assert len(list(src)) == 3
+    assert "hlg.mp4" in caplog.text and "HDR" in caplog.text and "HLG" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------
 # Pipeline helpers
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +425,7 @@ def test_existing_output_refused_without_overwrite(tmp_path, clip):
 def test_unwritable_output_refused_before_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(VideoIOError, match="does not exist"):
+    with pytest.raises(VideoIOError, match="file, not a directory"):
         open_sink(blocker / "out.mp4", fps=30, width=W, height=H)
     with pytest.raises(VideoIOError, match="does not exist"):
         open_sink(tmp_path / "missing" / "out.mp4", fps=30, width=W, height=H)

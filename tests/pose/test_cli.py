@@ -162,3 +162,17 @@ def test_video_overlay_with_mediapipe(shared_data, tmp_path):
     green = sum(int(((x[..., 1] > 200) & (x[..., 0] < 60) & (x[..., 2] < 60)).sum()) for x in frames)
     assert red > 100 and green > 100, (red, green)
     assert float(m.group(2)) < 0.8 * float(m.group(1)), r.stdout  # the filter smoothed the real landmarks
+
+
+def test_mediapipe_converted_to_csv_filters_alike(juggle, tmp_path):
+    """MediaPipe's visibility is not a weight (module docstring), whichever file it comes in: the npz converted to
+    csv (strength 0: the points unchanged) holds a ``visibility`` column, and filtering that csv gives what
+    filtering the npz straight to csv gives. It used to be written as ``confidence`` and then weighed by
+    (up to 0.16 of the image width apart)."""
+    conv, direct, again = tmp_path / "conv.csv", tmp_path / "direct.csv", tmp_path / "again.csv"
+    for args in ((juggle, "-o", conv, "--strength", 0), (juggle, "-o", direct), (conv, "-o", again)):
+        r = _cli(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    assert conv.read_text().splitlines()[1] == "frame,joint,x,y,z,visibility"
+    a, b = read_pose(direct), read_pose(again)
+    np.testing.assert_allclose(b.points, a.points, atol=1e-5)

@@ -211,8 +211,9 @@ def test_interrupt_keeps_a_playable_output(tmp_path, clips, weights, monkeypatch
     real = vcli._make_filter
 
     class Interrupting:
-        def __init__(self, *a):
-            self.inner, self.n = real(*a), 0
+        def __init__(self, *a, **kw):
+            self.inner, self.n = real(*a, **kw), 0
+            self.model = self.inner.model
 
         def reset(self):
             self.inner.reset()
@@ -251,6 +252,68 @@ def test_options_of_another_mode_are_refused():
         run_video(_args("a.mp4", "-o", "x.mp4", "--op", "clahe"))
     with pytest.raises(ValueError, match="--record"):
         run_video(_args("--webcam", "0", "-o", "x.mp4"))
+
+
+def test_arguments_are_checked_naming_the_option(tmp_path, clips):
+    """Each refused before any work, naming the option: --fps on video files (it would be ignored), --fps and
+    --strength out of range, and --sample with limits it does not use."""
+    from streamssm.video.cli import run_video
+
+    cases = [(("a.mp4", "-o", "x.mp4", "--fps", 10), "--fps sets the rate of an image-folder input"),
+             ((clips["plain"], "--original", clips["short"], "-o", "x.mp4", "--fps", 10), "are video files"),
+             ((str(tmp_path), "-o", "x.mp4", "--fps", 0), "--fps must be a positive number"),
+             (("a.mp4", "-o", "x.mp4", "--strength", -1), r"--strength must be in \[0, 2\]"),
+             (("a.mp4", "-o", "x.mp4", "--strength", "nan"), "--strength must be"),
+             (("--sample", "-o", "x.mp4", "--max-duration", 1), "--max-duration does not apply to --sample"),
+             (("--sample", "-o", "x.mp4", "--max-input-frames", 5), "--max-input-frames does not apply"),
+             (("--sample", "-o", "x.mp4", "--max-resolution", "100x100"), "--max-resolution does not apply")]
+    for argv, what in cases:
+        with pytest.raises(ValueError, match=what):
+            run_video(_args(*argv))
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_too_small_input_refused_before_any_output(tmp_path, weights):
+    """31x31 frames: refused naming the input, before the output is opened (no file left, no odd-size warning)."""
+    path = tmp_path / "tiny"
+    path.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(path / f"{i}.png"), frame(i, 31, 31))
+    out = tmp_path / "out.mp4"
+    r = cli(path, "-o", out, weights=weights)
+    assert r.returncode == 2, r.stderr
+    assert "tiny" in r.stderr and "at least 32x32" in r.stderr and "yuv444p" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_slow_image_folder_is_filtered_not_restarted(tmp_path, weights):
+    """An image folder at 0.5 fps (a time-lapse: 2 s a frame) is filtered like any clip: the filter's max_gap
+    stretches to 3 frames (file_max_gap), where the default 1 s restarted it at every frame and left the flicker.
+    Written to PNG (lossless), the output equals a filter that never restarts."""
+    from streamssm.video.cli import file_max_gap
+    from streamssm.video.filter import VideoFilter
+
+    assert file_max_gap(Fraction(1, 2)) == 6.0 and file_max_gap(30) == 1.0
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = [frame(i) for i in range(6)]
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i}.png"), f[:, :, ::-1])
+    out = tmp_path / "out"
+    ok(cli(folder, "-o", f"{out}/", "--fps", 0.5, weights=weights))
+    got = [cv2.imread(str(p))[:, :, ::-1] for p in sorted(out.glob("frame_*.png"))]
+    want = VideoFilter(weights=weights, device="cpu", max_gap=100.0).filter(frames)
+    restarted = VideoFilter(weights=weights, device="cpu", max_gap=1.0)
+    fresh = [restarted.step(f, timestamp=2.0 * i) for i, f in enumerate(frames)]
+    assert len(got) == 6
+    assert max(np.abs(g.astype(int) - w).max() for g, w in zip(got, want)) <= 1
+    assert max(np.abs(a.astype(int) - b).max() for a, b in zip(fresh[1:], frames[1:])) \
+        < max(np.abs(a.astype(int) - b).max() for a, b in zip(want[1:], frames[1:]))
+
+
+def test_summary_gives_the_output_size(tmp_path, clips, weights):
+    stdout = ok(cli(clips["plain"], "-o", tmp_path / "sbs.mp4", "--side-by-side", weights=weights))
+    assert f"20 frames {2 * W}x{H}" in stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,8 +385,9 @@ def test_cpu_pipelined_interrupt_keeps_the_frame_in_flight(tmp_path, clips, weig
     real = vcli._make_filter
 
     class Interrupting:
-        def __init__(self, *a):
-            self.inner, self.n = real(*a), 0
+        def __init__(self, *a, **kw):
+            self.inner, self.n = real(*a, **kw), 0
+            self.model = self.inner.model
             self._cpu = self.inner._cpu
 
         def reset(self):

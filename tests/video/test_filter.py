@@ -512,3 +512,16 @@ def test_switch_from_processed_only_to_guided_takes_no_brightness_gain(fast):
             ratios.append(float(o.mean() / P[:, t].mean()))
     assert max(abs(r - 1) for r in ratios) < 0.02, ratios
     assert float(state[2][0]) == 2.0  # the last frame was guided
+
+
+def test_float_frames_of_0_to_255_warn():
+    """Float frames are read as [0, 1]: values of 0..255 in a float array would come back nearly white, so they
+    warn (naming the frame and what to do); a float frame in [0, 1] does not."""
+    import warnings
+
+    f = VideoFilter(device="cpu")
+    with pytest.warns(UserWarning, match=r"frame is float with values up to 200.*divide by 255"):
+        f.step(np.full((48, 64, 3), 200.0, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f.step(np.full((48, 64, 3), 0.5, np.float32))
