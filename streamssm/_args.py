@@ -26,11 +26,11 @@ def as_timestamp(value: Any) -> float:
     return t
 
 
-def as_strength(value: Any) -> float:
-    """A filter's ``strength``: a number in [0, 2], or ValueError naming ``strength``."""
-    s = as_number(value, "strength")
+def as_strength(value: Any, name: str = "strength") -> float:
+    """A filter's ``strength``: a number in [0, 2], or ValueError naming ``name``."""
+    s = as_number(value, name)
     if not (0.0 <= s <= 2.0):  # also NaN
-        raise ValueError(f"strength must be in [0, 2], got {s}")
+        raise ValueError(f"{name} must be in [0, 2], got {s}")
     return s
 
 

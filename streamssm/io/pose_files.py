@@ -15,11 +15,12 @@ Formats
     and whose 4th column is the new confidence (or the input visibility when ``confidence`` is None),
     and ``filtered_from`` = the input key name. Read the result back with ``key="landmarks_filtered"``.
 ``.npz``, plain layout: ``points`` (t, k, d), optional ``confidence`` (t, k), optional ``fps``, optional
-    ``frames`` (t,) frame numbers. Written back as ``points``/``confidence``/``fps``/``frames`` with the new
-    values; other input keys are copied.
+    ``frames`` (t,) frame numbers, ``joint_names`` (k,) and ``confidence_kind`` ("visibility": see below).
+    Written back with the new values; other input keys are copied.
 ``.csv``, long format: optional first line ``# fps=<float>``, then the header
     ``frame,joint,x,y[,z][,confidence]`` and one row per (frame, joint). ``joint`` is an integer index
-    or a name (names are kept in order of first appearance). Every frame must list the same joints.
+    or a name (names are kept in order of first appearance), ``frame`` a number. Every frame must list the same
+    joints.
     Empty or ``nan`` cells are missing. Written in the same layout, with the input's frame numbers. The last
     column may be ``visibility`` instead (MediaPipe's, read as ``confidence`` but marked, see below).
 ``.json``::
@@ -106,7 +107,7 @@ def _file_fps(path: Path, value, meta: dict) -> float | None:
     if value is None:
         return None
     try:
-        ok = not isinstance(value, (bool, np.bool_, list, tuple, dict, str)) and np.size(value) == 1
+        ok = not isinstance(value, (bool, np.bool_, list, tuple, dict)) and np.size(value) == 1  # "30" is fine
         fps = float(np.asarray(value, dtype=np.float64).reshape(-1)[0]) if ok else math.nan
     except (TypeError, ValueError):
         fps = math.nan
@@ -173,10 +174,14 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
     conf = arrays.get("confidence")
     if conf is not None and conf.shape != arr.shape[:2]:
         raise _err(path, f"expected 'confidence' of shape {arr.shape[:2]}, got {conf.shape}")
-    meta = {"format": "npz-plain", "key": "points", "arrays": arrays}
+    meta = {"format": "npz-plain", "key": "points", "arrays": arrays,
+            "visibility": str(arrays.get("confidence_kind", "")) == "visibility"}
     frames = arrays.get("frames")
     if frames is not None and frames.shape == arr.shape[:1] and np.issubdtype(frames.dtype, np.number):
         meta["frame_numbers"] = frames.tolist()
+    names = arrays.get("joint_names")
+    if names is not None and names.shape == arr.shape[1:2] and names.dtype.kind == "U":
+        meta["joint_names"] = names.tolist()
     fps = _file_fps(path, arrays.get("fps"), meta)
     return PoseData(arr.astype(np.float32), None if conf is None else conf.astype(np.float32), fps, meta)
 
@@ -205,6 +210,13 @@ def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
         frames = meta.get("frame_numbers")
         if frames is not None and len(frames) == data.num_frames:
             arrays["frames"] = np.asarray(frames)
+        names = meta.get("joint_names")
+        if names is not None and len(names) == data.num_keypoints:
+            arrays["joint_names"] = np.asarray(names, dtype=str)
+        if data.confidence is not None and meta.get("visibility"):
+            arrays["confidence_kind"] = np.array("visibility")
+        else:
+            arrays.pop("confidence_kind", None)
     np.savez(f, **arrays)
 
 
@@ -250,10 +262,13 @@ def _read_csv(path: Path) -> PoseData:
         if len(r) != len(header):
             raise _err(path, f"line {n}: expected {len(header)} columns ({','.join(header)}), got {len(r)}")
         try:
-            fr = int(r[0])
+            fr = float(r[0])
             vals = [_num(v) for v in r[2:]]
         except ValueError:
-            raise _err(path, f"line {n}: expected an integer frame and numeric values, got {r}") from None
+            raise _err(path, f"line {n}: expected a frame number and numeric values, got {r}") from None
+        if not math.isfinite(fr):
+            raise _err(path, f"line {n}: expected a finite frame number, got {r[0]!r}")
+        fr = int(fr) if fr.is_integer() else fr
         joint_ids.setdefault(r[1].strip(), len(joint_ids))
         row = frames.setdefault(fr, {})
         if r[1].strip() in row:
@@ -274,9 +289,15 @@ def _read_csv(path: Path) -> PoseData:
             raise _err(path, f"frame {fr}: inconsistent joints, expected the same joints as the first frame")
         arr[i] = [f[j] for j in order]
     conf = np.nan_to_num(arr[..., dims], nan=0.0) if has_conf else None
-    meta.update({"format": "csv", "frames": frame_ids, "frame_numbers": frame_ids, "joints": order,
+    meta.update({"format": "csv", "frame_numbers": frame_ids, "joints": order,
                  "joint_names": None if numeric else order, "visibility": visibility})
     return PoseData(arr[..., :dims], conf, fps, meta)
+
+
+def _frame_text(v) -> str:
+    """A frame number as the csv holds it: whole numbers without a decimal point (a json's 2.0 -> "2")."""
+    v = float(v)
+    return str(int(v)) if v.is_integer() else repr(v)
 
 
 def _fmt(v: float) -> str:
@@ -300,7 +321,7 @@ def _write_csv(f, path: Path, data: PoseData, meta: dict) -> None:
                + ([conf_col] if data.confidence is not None else []))
     for i in range(t):
         for j in range(k):
-            row = [frames[i], joints[j]] + [_fmt(v) for v in data.points[i, j]]
+            row = [_frame_text(frames[i]), joints[j]] + [_fmt(v) for v in data.points[i, j]]
             if data.confidence is not None:
                 row.append(_fmt(data.confidence[i, j]))
             w.writerow(row)

@@ -96,7 +96,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _URL_RE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
 _LIVE_PREFIX = "live:"
-TICKS_PER_FRAME = 16  # output time base: 1/16 of a nominal frame (a VFR frame keeps its time to that)
+TICKS_PER_FRAME = 16  # output time base: 1/16 of a nominal frame (a VFR frame keeps its time to that; AVI: 1)
 
 
 class VideoIOError(ValueError):
@@ -188,19 +188,26 @@ def _nominal_rate(vs) -> Fraction:
     return Fraction(guess) if guess and guess < 1000 else Fraction(30)
 
 
-def _display_rotation(spec: str) -> int:
-    """The counter-clockwise display rotation (0, 90, 180 or 270 degrees) of a file's first video frame, from its
-    display matrix (PyAV's ``VideoFrame.rotation``; 0 when the file has none, cannot be probed, or PyAV is too old
-    to tell). Read from a second, short-lived opening of the file: the stream itself does not expose it."""
+def _probe(spec: str, frames: int) -> tuple[int, bool]:
+    """From a second, short-lived opening of a video file, its first ``frames`` decoded frames: (the counter-clockwise
+    display rotation of the first, 0/90/180/270 degrees, from its display matrix: PyAV's ``VideoFrame.rotation``, 0
+    when there is none or PyAV is too old to tell; whether their timestamps strictly increase). The stream itself
+    exposes neither. A file that cannot be probed reads as (0, True): the main opening reports its errors."""
     import av
 
+    rotation, pts = 0, []
     try:
         with av.open(spec, "r") as c:
-            for frame in c.decode(video=0):
-                return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+            for i, frame in enumerate(c.decode(video=0)):
+                if i == 0:
+                    rotation = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+                pts.append(frame.pts)
+                if i + 1 >= frames:
+                    break
     except (av.FFmpegError, ValueError, OSError):
         pass
-    return 0
+    known = [p for p in pts if p is not None]
+    return rotation, all(b > a for a, b in zip(known, known[1:]))
 
 
 _HDR_TRC = {16: "PQ (SMPTE 2084)", 18: "HLG (ARIB STD-B67)"}  # AVCOL_TRC_*
@@ -409,18 +416,6 @@ class _AVSource(FrameSource):
         self._vs = vs
         self.width = vs.codec_context.width
         self.height = vs.codec_context.height
-        # A phone's portrait clip is stored landscape with a display rotation: frames are turned upright as they
-        # are decoded (as FFmpeg's players do), so the output plays the way the input does.
-        self.rotation = 0 if is_url else _display_rotation(spec)
-        if self.rotation % 180:
-            self.width, self.height = self.height, self.width
-        if self.rotation:
-            log.info("%s: display rotation %d degrees: frames turned upright (%dx%d)", spec, self.rotation,
-                     self.width, self.height)
-        _warn_hdr(spec, vs.codec_context)
-        # AVI stores no presentation times: with B-frames FFmpeg's guesses come out of order, so frames are timed
-        # by their index at the nominal rate (AVI is constant-rate by design).
-        self._by_index = c.format.name == "avi"
         self.rate = _nominal_rate(vs)
         self.audio = bool(c.streams.audio)
         # stream.frames comes from the index (mp4 stts) and is exact; 0 means "unknown" (mkv, webm, ts).
@@ -431,11 +426,27 @@ class _AVSource(FrameSource):
         if self._duration is None and c.duration is not None:
             self._duration = c.duration / 1e6
         self._start = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else None
+        avi = c.format.name == "avi"
         try:
-            self._check_metadata_limits(self._duration)
+            self._check_metadata_limits(self._duration)  # orientation-agnostic: before any frame is decoded
+            # A phone's portrait clip is stored landscape with a display rotation: frames are turned upright as
+            # they are decoded (as FFmpeg's players do), so the output plays the way the input does. AVI stores no
+            # presentation times: with B-frames FFmpeg's guesses come out of order (6, 8, 7, ...), and such a file is
+            # timed by frame index at its nominal rate (AVI is constant-rate by design); one whose guesses increase
+            # keeps them (a capture's dropped frames show as gaps).
+            self.rotation, in_order = (0, True) if is_url else _probe(spec, 48 if avi else 1)
         except BaseException:
             c.close()
             raise
+        self._by_index = avi and not in_order
+        if avi:  # its guessed times start a frame late with B-frames (decoder delay): time from the first frame
+            self._start = None
+        if self.rotation % 180:
+            self.width, self.height = self.height, self.width
+        if self.rotation:
+            log.info("%s: display rotation %d degrees: frames turned upright (%dx%d)", spec, self.rotation,
+                     self.width, self.height)
+        _warn_hdr(spec, vs.codec_context)
 
     def _frames(self) -> Iterator[Frame]:
         import av
@@ -859,8 +870,11 @@ class _VideoSink(FrameSink):
         self.width, self.height, self.rate = width, height, rate
         self.frames_written = 0
         self._closed = False
-        self._tick = 1 / (rate * TICKS_PER_FRAME)  # pts unit: a fraction of a frame, so VFR timing survives
-        self._last_pts = -TICKS_PER_FRAME
+        # pts unit: a fraction of a frame, so VFR timing survives; AVI's muxer is constant-rate (a tick is a frame
+        # there: finer ticks would be stored as empty frames), so its frames are rounded to the frame grid
+        self._sub = 1 if path.suffix.lower() == ".avi" else TICKS_PER_FRAME
+        self._tick = 1 / (rate * self._sub)
+        self._last_pts = -self._sub
         self._rgb_frame = None
         self._existed = path.exists()  # an incomplete run must not replace it (module docstring)
         self._tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
@@ -908,8 +922,8 @@ class _VideoSink(FrameSink):
                 "crop or pad to even dimensions"
             )
         vs.width, vs.height, vs.pix_fmt = self.width, self.height, pix_fmt
-        # Exact rational time base, TICKS_PER_FRAME ticks a frame: 30000/1001 stays exact (no float drift), and
-        # frames that come faster than the nominal rate (variable frame rate) keep their own times.
+        # Exact rational time base, TICKS_PER_FRAME ticks a frame (AVI: 1): 30000/1001 stays exact (no float
+        # drift), and frames that come faster than the nominal rate (variable frame rate) keep their own times.
         vs.time_base = self._tick
         vs.codec_context.time_base = self._tick
         hd = self.height >= 720
@@ -923,7 +937,8 @@ class _VideoSink(FrameSink):
         cc.color_range = ColorRange.MPEG
         self._range = ColorRange.MPEG
         if codec in ("libx264", "libx264rgb", "libx265"):
-            vs.options = {"crf": str(crf), "preset": preset}
+            # AVI has no presentation times, so no B-frames there: its readers would have to guess their order
+            vs.options = {"crf": str(crf), "preset": preset, **({"bf": "0"} if self._sub == 1 else {})}
         elif codec.startswith("libvpx"):
             vs.options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
         cc.thread_count = 0
@@ -935,7 +950,7 @@ class _VideoSink(FrameSink):
         self._pix_fmt = pix_fmt
 
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:
-        """Encode one frame. With ``timestamp`` (s) the frame keeps its time (gaps preserved, to 1/16 frame)."""
+        """Encode one frame. With ``timestamp`` (s) the frame keeps its time (gaps preserved, to 1/16 frame; AVI: to the frame grid)."""
         self.encode(self.prepare(rgb), timestamp)
 
     def prepare(self, rgb: np.ndarray):
@@ -967,7 +982,7 @@ class _VideoSink(FrameSink):
         if self._closed:
             raise VideoIOError(f"{self.path}: write() after close()")
         if timestamp is None:
-            pts = self._last_pts + TICKS_PER_FRAME
+            pts = self._last_pts + self._sub
         else:
             pts = max(self._last_pts + 1, int(round(timestamp / self._tick)))
         frame.pts = pts
@@ -985,7 +1000,7 @@ class _VideoSink(FrameSink):
             raise self._write_error(e) from e
 
     def _video_end(self) -> float:
-        return float((self._last_pts + TICKS_PER_FRAME) * self._tick)
+        return float((self._last_pts + self._sub) * self._tick)
 
     def _write_error(self, e: BaseException) -> VideoIOError:
         if _disk_error(e):

@@ -3,7 +3,8 @@
 Three modes, one sub-command (:func:`add_video_parser` registers it, :func:`run_video` runs it):
 
 - ``streamssm video PROCESSED [--original ORIGINAL] -o OUTPUT`` -- a video file or image folder in,
-  a video file (same frame count, size and frame rate, audio carried over from PROCESSED) or a PNG
+  a video file (same frame count, size and frame rate, audio carried over from PROCESSED, or from ORIGINAL when
+  PROCESSED has none) or a PNG
   folder out. With ``--original`` (the frames the per-frame operator saw) the filter is guided.
 - ``streamssm video --webcam SPEC [--op NAME] [--record OUT.mp4]`` -- a camera index, capture URL or
   ``live:FILE``; an optional demo operator makes the flicker, a preview window shows it when a display
@@ -30,7 +31,7 @@ lies): ``--max-resolution`` (default 7680x4320), ``--max-duration`` and ``--max-
 
 Timestamps are the decoder's (``pts``), so dropped frames and variable frame rates show up as gaps:
 the output keeps them (the sink writes each frame at its own time) and a gap longer than the
-filter's ``max_gap`` (1 s, or 3 frames when the rate is under 1 fps: :func:`file_max_gap`) starts the filter over
+filter's ``max_gap`` (1 s, or 3 frames when the rate is under 3 fps: :func:`file_max_gap`) starts the filter over
 (:class:`~streamssm.video.filter.VideoFilter`).
 
 Heavy imports (torch, PyAV, OpenCV, tqdm) happen inside the functions, so ``streamssm --help`` stays fast.
@@ -49,6 +50,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from streamssm._args import as_positive, as_strength
 
 log = logging.getLogger("streamssm")
 
@@ -118,10 +121,9 @@ def run_video(args: argparse.Namespace) -> int:
                          + (f" (got {' and '.join(modes)})" if modes else ""))
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, got {args.max_frames}")
-    if not (0.0 <= args.strength <= 2.0):  # also NaN
-        raise ValueError(f"--strength must be in [0, 2], got {args.strength}")
-    if args.fps is not None and not (np.isfinite(args.fps) and args.fps > 0):
-        raise ValueError(f"--fps must be a positive number of frames per second, got {args.fps}")
+    as_strength(args.strength, "--strength")
+    if args.fps is not None:
+        as_positive(args.fps, "--fps", "frames per second")
     limits = _limits(args)
     common = dict(weights=args.weights, device=args.device, strength=args.strength, max_frames=args.max_frames,
                   progress=not args.no_progress)
@@ -518,7 +520,8 @@ def filter_video(
         except ValueError as e:
             raise VideoIOError(f"{P.path}: {e}") from None
         filt.reset()
-        audio = processed if os.path.isfile(processed) else None
+        # the sound of PROCESSED; a per-frame tool often drops it, and then the original's, which the frames pair with
+        audio = processed if P.audio else original if I is not None and I.audio else None
         width = P.width * (2 if side_by_side else 1)
         from streamssm.io import ThreadedSink
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -52,8 +53,9 @@ def frame_to_float(frame: Any, name: str = "frame") -> tuple[np.ndarray, np.dtyp
         if not np.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")
         if x.max() > 2.0:  # values of 0..255 in a float array: clipped to [0, 1] they would come back nearly white
-            warnings.warn(f"{name} is float with values up to {x.max():g}: float frames are read as [0, 1] and "
-                          "clipped; pass uint8, or divide by 255", stacklevel=3)
+            # one message whatever the frame: Python shows it once per calling line, not once a frame
+            _warn("a float frame has values above 1: float frames are read as [0, 1] and clipped; pass uint8, or "
+                  "divide by 255", UserWarning)
     else:
         raise ValueError(f"{name} must be uint8, uint16 or float in [0, 1], got dtype {dtype}")
     if x.shape[2] == 1:
@@ -61,6 +63,26 @@ def frame_to_float(frame: Any, name: str = "frame") -> tuple[np.ndarray, np.dtyp
     elif x.shape[2] == 4:
         x = x[..., :3]  # alpha is dropped: the filter works on colour
     return np.clip(x, 0.0, 1.0), dtype
+
+
+def _restart_warning(old: tuple, new: tuple) -> None:
+    """RuntimeWarning that a stream starts over: its frame size (W x H) or stream count changed, (B, H, W) keys.
+    Attributed to the caller's line outside this module, whichever API method it came through."""
+    what = []
+    if old[1:] != new[1:]:
+        what.append(f"frame size changed from {old[2]}x{old[1]} to {new[2]}x{new[1]}")
+    if old[0] != new[0]:
+        what.append(f"stream count changed from {old[0]} to {new[0]}")
+    _warn(f"streamssm: {' and '.join(what)}; the filter starts over", RuntimeWarning)
+
+
+def _warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first line outside this module (the caller's), whichever API method
+    and list comprehension it came through."""
+    level, frame = 3, sys._getframe(2)  # stacklevel 3: the frame that called our caller
+    while frame is not None and frame.f_code.co_filename == __file__:
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)
 
 
 def float_to_frame(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -155,8 +177,7 @@ class VideoFilter:
     def _stream_key(self, b: int, h: int, w: int) -> None:
         key = (b, h, w)
         if self._key is not None and self._key != key and self.state is not None:
-            warnings.warn(f"streamssm: frame size changed from {self._key[1]}x{self._key[2]} to {h}x{w} "
-                          f"(or stream count {self._key[0]} -> {b}); the filter starts over", RuntimeWarning, stacklevel=3)
+            _restart_warning(self._key, key)
             self.state = None
         self._key = key
 
@@ -318,8 +339,7 @@ class VideoFilter:
             self._pipe = CPUVideoPipeline(self._cpu, self.state, self.strength)
         elif gap or self._key != (1, h, w):
             if self._key != (1, h, w):
-                warnings.warn(f"streamssm: frame size changed from {self._key[1]}x{self._key[2]} to {h}x{w}; the "
-                              "filter starts over", RuntimeWarning, stacklevel=2)
+                _restart_warning(self._key, (1, h, w))
                 self._key = (1, h, w)
             self._pipe.restart()
         self._pipe.strength = self.strength

@@ -159,23 +159,38 @@ def test_converting_keeps_frame_numbers_and_joint_names(tmp_path):
     z = write_pose(tmp_path / "c.npz", d)
     with np.load(z) as a:
         np.testing.assert_array_equal(a["frames"], [0, 5, 6])
-    assert read_pose(z).meta["frame_numbers"] == [0, 5, 6]
-    assert write_pose(tmp_path / "d.csv", read_pose(z)).read_text().splitlines()[4].startswith("5,")
+        assert a["joint_names"].tolist() == ["nose", "wrist"]
+    zb = read_pose(z)
+    assert zb.meta["frame_numbers"] == [0, 5, 6] and zb.meta["joint_names"] == ["nose", "wrist"]
+    assert key(write_pose(tmp_path / "d.csv", zb).read_text()) == key(p.read_text())
+
+
+def test_json_float_frame_numbers_convert_to_a_readable_csv(tmp_path):
+    """A json's frame numbers 0.0, 2.0 are written to csv as 0, 2 (and a csv's 2.5 is read, as json's is)."""
+    j = tmp_path / "a.json"
+    j.write_text('{"frames": [{"frame": 0.0, "keypoints": [[1, 2]]}, {"frame": 2.0, "keypoints": [[3, 4]]},'
+                 ' {"frame": 2.5, "keypoints": [[5, 6]]}]}')
+    c = write_pose(tmp_path / "a.csv", read_pose(j))
+    assert [ln.split(",")[0] for ln in c.read_text().splitlines()[1:]] == ["0", "2", "2.5"]
+    assert read_pose(c).meta["frame_numbers"] == [0, 2, 2.5]
 
 
 def test_mediapipe_visibility_stays_marked_across_formats(tmp_path, mp_file):
-    """A MediaPipe npz's visibility written to csv/json is marked as visibility (csv column name, json
-    ``confidence_kind``) and read back marked, so the pose CLI treats it alike whatever the file."""
+    """A MediaPipe npz converted to csv, json or a plain npz (through ``write_pose``'s own conversion, ``like=`` the
+    MediaPipe file) marks its confidence as visibility (csv column name, json ``confidence_kind``, npz
+    ``confidence_kind``), and each reads back marked, so the pose CLI treats it alike whatever the file."""
     d = read_pose(mp_file)
     assert d.meta["visibility"]
-    small = PoseData(d.points[:5], d.confidence[:5], d.fps, {"visibility": True})
-    c = write_pose(tmp_path / "v.csv", small)
+    small = PoseData(d.points[:5], d.confidence[:5], d.fps)
+    like = PoseData(d.points[:5], d.confidence[:5], d.fps, dict(d.meta))
+    c = write_pose(tmp_path / "v.csv", small, like=like)
     assert c.read_text().splitlines()[1] == "frame,joint,x,y,z,visibility"
-    j = write_pose(tmp_path / "v.json", small)
-    for back in (read_pose(c), read_pose(j)):
+    j = write_pose(tmp_path / "v.json", small, like=like)
+    z = write_pose(tmp_path / "v.npz", small, like=read_pose(c))  # csv -> plain npz keeps it too
+    for back in (read_pose(c), read_pose(j), read_pose(z)):
         assert back.meta["visibility"]
         np.testing.assert_allclose(back.confidence, small.confidence, rtol=1e-6)
-    plain = write_pose(tmp_path / "p.csv", PoseData(d.points[:5], d.confidence[:5], d.fps))
+    plain = write_pose(tmp_path / "p.csv", small)
     assert not read_pose(plain).meta["visibility"]
 
 

@@ -122,6 +122,14 @@ def test_round_trip_keeps_count_size_fps_and_audio(tmp_path, clips, weights):
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_audio_from_the_original_when_the_processed_has_none(tmp_path, clips, weights):
+    """A per-frame tool often drops the sound: the output then takes the original's, which the frames pair with."""
+    out = tmp_path / "out.mp4"
+    ok(cli(clips["plain"], "--original", clips["tone"], "-o", out, weights=weights))
+    info = probe(out)
+    assert info["frames"] == 20 and info["audio"] is not None and abs(info["audio"] - 20 / 25) < 0.1, info
+
+
 def test_image_folder_in_video_out(tmp_path, weights):
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -259,18 +267,19 @@ def test_arguments_are_checked_naming_the_option(tmp_path, clips):
     --strength out of range, and --sample with limits it does not use."""
     from streamssm.video.cli import run_video
 
-    cases = [(("a.mp4", "-o", "x.mp4", "--fps", 10), "--fps sets the rate of an image-folder input"),
-             ((clips["plain"], "--original", clips["short"], "-o", "x.mp4", "--fps", 10), "are video files"),
-             ((str(tmp_path), "-o", "x.mp4", "--fps", 0), "--fps must be a positive number"),
-             (("a.mp4", "-o", "x.mp4", "--strength", -1), r"--strength must be in \[0, 2\]"),
-             (("a.mp4", "-o", "x.mp4", "--strength", "nan"), "--strength must be"),
-             (("--sample", "-o", "x.mp4", "--max-duration", 1), "--max-duration does not apply to --sample"),
-             (("--sample", "-o", "x.mp4", "--max-input-frames", 5), "--max-input-frames does not apply"),
-             (("--sample", "-o", "x.mp4", "--max-resolution", "100x100"), "--max-resolution does not apply")]
+    out = tmp_path / "x.mp4"
+    cases = [(("a.mp4", "-o", out, "--fps", 10), "--fps sets the rate of an image-folder input"),
+             ((clips["plain"], "--original", clips["short"], "-o", out, "--fps", 10), "are video files"),
+             ((str(tmp_path), "-o", out, "--fps", 0), "--fps must be a positive number"),
+             (("a.mp4", "-o", out, "--strength", -1), r"--strength must be in \[0, 2\]"),
+             (("a.mp4", "-o", out, "--strength", "nan"), "--strength must be"),
+             (("--sample", "-o", out, "--max-duration", 1), "--max-duration does not apply to --sample"),
+             (("--sample", "-o", out, "--max-input-frames", 5), "--max-input-frames does not apply"),
+             (("--sample", "-o", out, "--max-resolution", "100x100"), "--max-resolution does not apply")]
     for argv, what in cases:
         with pytest.raises(ValueError, match=what):
             run_video(_args(*argv))
-    assert not (tmp_path / "x.mp4").exists()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_too_small_input_refused_before_any_output(tmp_path, weights):

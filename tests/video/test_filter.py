@@ -520,8 +520,13 @@ def test_float_frames_of_0_to_255_warn():
     import warnings
 
     f = VideoFilter(device="cpu")
-    with pytest.warns(UserWarning, match=r"frame is float with values up to 200.*divide by 255"):
+    with pytest.warns(UserWarning, match=r"float frames are read as \[0, 1\].*divide by 255") as got:
         f.step(np.full((48, 64, 3), 200.0, np.float32))
+    assert got[0].filename == __file__  # the caller's line, not the filter's
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("default")  # Python's default: once per message and line
+        f.filter([np.full((48, 64, 3), 100.0 + i, np.float32) for i in range(5)])
+    assert len(got) == 1 and got[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         f.step(np.full((48, 64, 3), 0.5, np.float32))
