@@ -950,7 +950,8 @@ class _VideoSink(FrameSink):
         self._pix_fmt = pix_fmt
 
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:
-        """Encode one frame. With ``timestamp`` (s) the frame keeps its time (gaps preserved, to 1/16 frame; AVI: to the frame grid)."""
+        """Encode one frame. With ``timestamp`` (s) the frame keeps its time (gaps preserved, to 1/16 frame; AVI:
+        to the frame grid)."""
         self.encode(self.prepare(rgb), timestamp)
 
     def prepare(self, rgb: np.ndarray):
