@@ -40,3 +40,21 @@ def as_positive(value: Any, name: str, unit: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a positive number of {unit}, got {v}")
     return v
+
+
+class Checked:
+    """A public attribute checked whenever it is set, ``check(value) -> value`` raising ValueError (the filters'
+    ``strength``, ``fps``): set in ``__init__`` like any attribute, and a later ``f.strength = nan`` is refused
+    there, naming it, instead of failing inside the next step. Stored on the instance as ``_<name>``."""
+
+    def __init__(self, check, doc: str = ""):
+        self.check, self.__doc__ = check, doc
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj, value) -> None:
+        setattr(obj, self.slot, self.check(value))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
-from streamssm._args import as_positive, as_strength, as_timestamp
+from streamssm._args import Checked, as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
@@ -80,6 +80,10 @@ class PoseFilter:
     >>> f.filter(np.repeat(pts[None], 5, 0)).shape
     (5, 33, 2)
     """
+
+    strength = Checked(as_strength, "0 returns the input, 1 the shipped smoothing, up to 2; checked when set.")
+    fps = Checked(lambda v: as_positive(v, "fps", "frames per second"),
+                  "The stream's frame rate (the filter's time constants are in frames of it); checked when set.")
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0, fps: float = 30.0,
                  backend: str = "auto", max_gap: float = 1.0, compile: bool = False, native: bool | None = None):
@@ -174,24 +178,6 @@ class PoseFilter:
             return
         nan = torch.full((b, missing, k, d), float("nan"), device=self.device)
         _, self.state = self.model(nan, None, self.state, fps=self.fps, strength=self.strength)
-
-    @property
-    def strength(self) -> float:
-        """0 returns the input, 1 the shipped smoothing, up to 2; checked when set."""
-        return self._strength
-
-    @strength.setter
-    def strength(self, value) -> None:
-        self._strength = as_strength(value)
-
-    @property
-    def fps(self) -> float:
-        """The stream's frame rate (the filter's time constants are in frames of it); checked when set."""
-        return self._fps
-
-    @fps.setter
-    def fps(self, value) -> None:
-        self._fps = as_positive(value, "fps", "frames per second")
 
     def _check_stream(self, b: int, k: int, d: int) -> None:
         if self._shape is not None and self._shape != (b, k) and self.state is not None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamssm._args import as_positive, as_strength, as_timestamp
+from streamssm._args import Checked, as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
@@ -154,6 +154,9 @@ class VideoFilter:
     (72, 128, 3)
     """
 
+    strength = Checked(as_strength, "0 returns the processed frame, 1 the calibrated filter, up to 2 (class "
+                       "docstring); checked when set.")
+
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0,
                  half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True):
         strength, max_gap = as_strength(strength), as_positive(max_gap, "max_gap", "seconds")
@@ -228,15 +231,6 @@ class VideoFilter:
         return gap
 
     # ------------------------------------------------------------------------------------- API
-    @property
-    def strength(self) -> float:
-        """0 returns the processed frame, 1 the calibrated filter, up to 2 (class docstring); checked when set."""
-        return self._strength
-
-    @strength.setter
-    def strength(self, value) -> None:
-        self._strength = as_strength(value)
-
     def step(self, frame: Any, original: Any = None, timestamp: float | None = None):
         """Filter one frame (see the class docstring for the accepted types).
 
