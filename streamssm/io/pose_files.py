@@ -355,6 +355,9 @@ def _read_json(path: Path) -> PoseData:
     dims = doc.get("dims")
     if width == 3 and dims not in (2, 3):
         raise _err(path, "keypoints have 3 numbers: expected top-level 'dims' (2 = x,y,c or 3 = x,y,z)")
+    if dims is not None and (dims not in (2, 3) or isinstance(dims, bool) or (width, dims) in ((2, 3), (4, 2))):
+        raise _err(path, f"'dims' is {dims!r} but keypoints have {width} numbers: expected dims 2 with [x, y] or "
+                         "[x, y, c], 3 with [x, y, z] or [x, y, z, c]")
     dims = 2 if width == 2 else 3 if width == 4 else int(dims)
     has_conf = width > dims
     try:

@@ -42,6 +42,19 @@ def load_pose_model(weights: str | Path | None = None, device: torch.device | st
     return model.to(device).eval()
 
 
+TRAINED_FPS = (24.0, 60.0)  # the frame rates the shipped weights were trained on (streamssm.pose.data)
+
+
+def _plausible_fps(fps: float) -> float:
+    """``fps``, with a log warning when it is far (over 2x) outside ``TRAINED_FPS``: the network sees log(fps / 30)
+    as a feature, and its smoothing was never fitted there (a slideshow at 1e-9 fps, a mistyped 30000)."""
+    lo, hi = TRAINED_FPS
+    if not lo / 2 <= fps <= hi * 2:
+        log.warning("pose: fps %g is far outside the %g-%g fps the shipped weights were trained on; the smoothing "
+                    "may not carry over (is it the frame rate, in frames per second?)", fps, lo, hi)
+    return fps
+
+
 class PoseFilter:
     """Causal jitter removal for keypoint streams, one frame at a time or a whole sequence at once.
 
@@ -82,7 +95,7 @@ class PoseFilter:
     """
 
     strength = Checked(as_strength, "0 returns the input, 1 the shipped smoothing, up to 2; checked when set.")
-    fps = Checked(lambda v: as_positive(v, "fps", "frames per second"),
+    fps = Checked(lambda v: _plausible_fps(as_positive(v, "fps", "frames per second")),
                   "The stream's frame rate (the filter's time constants are in frames of it); checked when set.")
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0, fps: float = 30.0,
@@ -134,7 +147,8 @@ class PoseFilter:
         elif points.is_complex() or points.dtype == torch.bool:
             raise ValueError(f"points must be real numbers, got dtype {points.dtype}")
         dtype = points.dtype
-        p = points if is_torch else torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
+        # asarray(order="C"), not ascontiguousarray: that makes a 0-d input 1-d, and the shape error would misquote it
+        p = points if is_torch else torch.from_numpy(np.asarray(points, dtype=np.float32, order="C"))
         if p.dim() not in (lead + 2, lead + 3):
             want = "(K, D) or (B, K, D)" if lead == 0 else "(T, K, D) or (T, B, K, D)"
             raise ValueError(f"points must have shape {want}, got {tuple(p.shape)}")
@@ -149,7 +163,12 @@ class PoseFilter:
             raise ValueError(f"points have 0 streams (B = 0), got shape {tuple(p.shape)}")
         c = None
         if confidence is not None:
-            c = confidence if isinstance(confidence, Tensor) else torch.from_numpy(np.ascontiguousarray(confidence, dtype=np.float32))
+            try:
+                c = confidence if isinstance(confidence, Tensor) else \
+                    torch.from_numpy(np.asarray(confidence, dtype=np.float32, order="C"))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"confidence must be numbers of shape {tuple(p.shape[:-1])} (points without D), got "
+                                 f"{confidence!r:.60}") from e
             if tuple(c.shape) != tuple(p.shape[:-1]):
                 raise ValueError(f"confidence must have shape {tuple(p.shape[:-1])} (points without D), got {tuple(c.shape)}")
             c = c.to(self.device, torch.float32)

@@ -366,6 +366,10 @@ class VideoFilter:
             originals = list(originals)
             if len(originals) != len(frames):
                 raise ValueError(f"{len(frames)} processed frames but {len(originals)} originals: they must pair up")
+            missing = [i for i, o in enumerate(originals) if o is None]
+            if missing:
+                raise ValueError(f"originals[{missing[0]}] is None: filter() takes an original for every frame or "
+                                 "originals=None; step(frame, original=None) mixes the two modes frame by frame")
         if not frames:
             raise ValueError("no frames to filter")
         out = []

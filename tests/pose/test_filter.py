@@ -268,3 +268,16 @@ def test_units_invariance_when_stream_starts_with_one_keypoint():
     y_mm = _filt().filter(x * 1000)
     np.testing.assert_array_equal(y[:8, 0], x[:8, 0])  # no body size yet: no correction
     assert_rel_close(_t(y_mm[8:]), _t(1000 * y[8:]), tol=1e-4, what="points*1000 after a one-keypoint start")
+
+
+def test_implausible_fps_is_logged(caplog):
+    """A frame rate far outside what the weights were trained on (24-60 fps) runs, with a log line saying so; one
+    inside does not log."""
+    with caplog.at_level("WARNING", logger="streamssm"):
+        PoseFilter(device="cpu", fps=30)
+        assert "fps" not in caplog.text
+        f = PoseFilter(device="cpu", fps=1e-9)
+        assert "fps 1e-09 is far outside the 24-60 fps" in caplog.text
+        caplog.clear()
+        f.fps = 30000
+        assert "fps 30000 is far outside" in caplog.text
