@@ -1,7 +1,8 @@
 """The flicker / fidelity trade-off: streamssm's strength knob against the motion-compensated EMA's alpha.
 
     python benchmarks/video_tradeoff.py [--strengths 0.6,0.8,1,1.15,1.3,1.5] [--alphas 0.2,0.3,0.4,0.5,0.6]
-        [--frames 48] [--width 640] [--score-flow farneback|deepflow|tvl1] [--processed-only] [--no-write]
+        [--frames 48] [--width 640] [--score-flow farneback|deepflow|tvl1] [--processed-only] [--blur 0.5,0.7,1]
+        [--no-write]
 
 One setting of each method is a single point (mean E_warp ratio, mean PSNR(O, P)) over the cases of
 ``video_quality.py`` with real flicker (E_warp(P) >= 2 E_warp(I)), scored the same way (Farneback flow between the
@@ -10,7 +11,9 @@ point (DIS flow on the originals; with the occlusion mask, the issue's baseline,
 streamssm's ratio at the same mean PSNR, interpolated linearly between its two neighbouring strengths ("-" when
 that PSNR lies outside streamssm's range). streamssm runs guided, on the CPU fast step, with the shipped weights;
 ``--processed-only``: streamssm without the originals, against the MC-EMA run on P alone (DIS flow between the
-processed frames), processed-only's own baseline. Writes the section "video_tradeoff" of benchmarks/RESULTS.md and
+processed frames), processed-only's own baseline. ``--blur SIGMAS``: a diagnostic curve more, streamssm at strength 1
+with its output blurred (Gaussian, sigma in pixels): what the score gives for spatial smoothing, which no user asked
+for. Writes the section "video_tradeoff" of benchmarks/RESULTS.md and
 ``benchmarks/video_tradeoff.png`` (neither with ``--no-write``; "video_tradeoff processed-only" and so on, and a
 picture of that name, for the other settings).
 """
@@ -75,6 +78,8 @@ def main(argv=None):
                     help="the flow E_warp is scored with (deepflow, tvl1: opencv-contrib; written to a section of its own)")
     ap.add_argument("--processed-only", action="store_true",
                     help="streamssm without the originals, MC-EMA with its flow on P alone")
+    ap.add_argument("--blur", default=None, metavar="SIGMAS",
+                    help="also streamssm at strength 1, its output blurred by these Gaussian sigmas (px): a diagnostic")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     po = args.processed_only
@@ -92,26 +97,39 @@ def main(argv=None):
 
     ours: list[tuple[float, float]] = []
     curves: dict[str, list[tuple[float, float]]] = {f"streamssm {mode} (strength)": ours}
+    settings: dict[str, list[str]] = {}  # the MC-EMA and blur curves' settings, for their rows
     for s in strengths:
         ours.append(point(lambda P, I: VideoFilter(None, device="cpu", strength=s).filter(P, None if po else I)))
         print(f"strength {s:g}: {ours[-1]}", flush=True)
     ema = "MC-EMA on P alone" if po else "MC-EMA"
     for occ, label in [(True, f"{ema}, occlusion mask (alpha)"), (False, f"{ema}, no mask (alpha)")]:
-        curves[label] = []
+        curves[label], settings[label] = [], [f"alpha {a:g}" for a in alphas]
         for a in alphas:
             curves[label].append(point(lambda P, I: bv.mc_ema(P, P if po else I, alpha=a, occlusion=occ)))
             print(f"{label} {a:g}: {curves[label][-1]}", flush=True)
+    if args.blur:
+        import cv2
+
+        sigmas = floats(args.blur, "--blur")
+        label = f"streamssm {mode}, strength 1, output blurred (sigma px)"
+        curves[label], settings[label] = [], [f"Gaussian sigma {g:g} px" for g in sigmas]
+        for g in sigmas:
+            curves[label].append(point(lambda P, I: [cv2.GaussianBlur(o, (0, 0), g) for o in
+                                                     VideoFilter(None, device="cpu").filter(P, None if po else I)]))
+            print(f"{label} {g:g}: {curves[label][-1]}", flush=True)
     rows = [[f"streamssm {mode}", f"strength {s:g}", f"{r:.3f}", f"{p:.1f}", "", ""] for s, (r, p) in zip(strengths, ours)]
     wins = losses = 0
     for label in list(curves)[1:]:
-        for a, (r, p) in zip(alphas, curves[label]):
+        for a, (r, p) in zip(settings[label], curves[label]):
             o = at_psnr(ours, p)
-            if o is not None:
+            if o is not None and label.startswith(ema):  # the count is against the baselines, not the diagnostic
                 wins, losses = wins + (o < r), losses + (o >= r)
-            rows.append([label.split(" (")[0], f"alpha {a:g}", f"{r:.3f}", f"{p:.1f}", "-" if o is None else f"{o:.3f}",
+            rows.append([label.split(" (")[0], a, f"{r:.3f}", f"{p:.1f}", "-" if o is None else f"{o:.3f}",
                          "-" if o is None else f"{o - r:+.3f}"])
-    tags = ([args.score_flow] if args.score_flow != "farneback" else []) + (["processed-only"] if po else [])
-    flag = "".join(" --processed-only" if t == "processed-only" else f" --score-flow {t}" for t in tags)
+    tags = ([args.score_flow] if args.score_flow != "farneback" else []) + (["processed-only"] if po else []) \
+        + (["blur"] if args.blur else [])
+    flag = "".join({"processed-only": " --processed-only", "blur": f" --blur {args.blur}"}.get(t, f" --score-flow {t}")
+                   for t in tags)
     png = HERE / f"video_tradeoff{''.join('_' + t.replace('-', '_') for t in tags)}.png"
     if not args.no_write:
         plot(curves, png)
@@ -124,6 +142,9 @@ def main(argv=None):
         "E_warp(I)): " + ", ".join(n for n, *_ in data) + f"; {args.frames} frames at {args.width} px for the held-out "
         f"operators; E_warp scored with {args.score_flow} flow between the originals"
         + ("; streamssm without the originals, MC-EMA with DIS flow between the processed frames" if po else "")
+        + ("; the blurred rows are a diagnostic: streamssm's output through a Gaussian blur, which lowers the score's "
+           "error (flow disagreements cost less on smooth content) at a cost in PSNR, and which no user asked for"
+           if args.blur else "")
         + ". Last two columns: streamssm's "
         "ratio at the MC-EMA point's PSNR (linear between its neighbouring strengths; '-' outside its range) and its "
         "difference (negative: streamssm removes more flicker at the same fidelity).\n\n"
