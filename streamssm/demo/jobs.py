@@ -504,7 +504,7 @@ def run_pose_job(
         pts, units, image = data.points[..., :2] * wh, "px", (float(wh[0]), float(wh[1]))
     else:
         pts, units, image = data.points, "file units", None
-    conf = None if mediapipe else data.confidence  # as `streamssm pose`: MediaPipe's visibility is not a weight
+    conf = None if data.meta.get("visibility") else data.confidence  # as `streamssm pose`: visibility is no weight
     valid = _valid(pts, conf)
     if not valid.any():
         raise DemoError(f"{label}: every keypoint is missing (NaN or confidence 0) in every frame")
