@@ -32,8 +32,8 @@ from streamssm import baselines_video as bv  # noqa: E402
 from streamssm.train.video import recalibrate_blend  # noqa: E402
 from streamssm.video.filter import DEFAULT_WEIGHTS  # noqa: E402
 from streamssm.weights import read_weights  # noqa: E402
-from video_quality import (floats, pair_scorer, still_camera_case, still_flicker_left, uncalibrated,  # noqa: E402
-                           validation_pairs)
+from video_quality import (floats, pair_scorer, pick, still_camera_case, still_flicker_left,  # noqa: E402
+                           uncalibrated, validation_pairs)
 
 
 def main(argv=None):
@@ -75,8 +75,7 @@ def main(argv=None):
         for g in gains:
             grid[s, g] = run(s, g)
             print(f"shift {s} gain {g}: {grid[s, g][0]:.3f} / {grid[s, g][1]:.1f}, still {grid[s, g][3]:.3f}", flush=True)
-    ok = [(r[0], key) for key, r in grid.items() if r[1] >= ema[1] + args.margin]
-    best = min(ok)[1] if ok else None
+    best = pick(grid, ema[1] + args.margin)
     cal = read_weights(args.weights or DEFAULT_WEIGHTS, "video")[2].get("calibration")
     shipped = (float(cal["conf_shift"]), float(cal["gain"])) if cal else None
     rows = [["motion-compensated EMA a=0.3 (DIS)", "-", "-", f"{ema[0]:.3f}", f"{ema[1]:.1f}", ema[2],

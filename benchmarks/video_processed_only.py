@@ -32,7 +32,8 @@ from benchmarks._results import machine, md_table, write_section  # noqa: E402
 from streamssm import baselines_video as bv  # noqa: E402
 from streamssm.train.video import GATE_OFF, set_processed_only, stored_gate_width  # noqa: E402
 from streamssm.video.filter import VideoFilter  # noqa: E402
-from video_quality import floats, pair_scorer, still_camera_case, still_flicker_left, validation_pairs  # noqa: E402
+from video_quality import (floats, pair_scorer, pick, still_camera_case, still_flicker_left,  # noqa: E402
+                           validation_pairs)
 
 
 def corrections(text: str) -> list[bool]:
@@ -88,8 +89,7 @@ def main(argv=None):
             r = grid[c, w]
             print(f"correction {'on' if c else 'off'}, gate {w:g}: {r[0]:.3f} / {r[1]:.1f}, still {r[3]:.3f}",
                   flush=True)
-    ok = [(r[0], key) for key, r in grid.items() if r[1] >= ema[1] + args.margin]
-    best = min(ok)[1] if ok else None
+    best = pick(grid, ema[1] + args.margin)
 
     def is_own(c: bool, w: float) -> bool:
         return c == own_point[0] and math.isclose(stored_gate_width(w), own_point[1], rel_tol=1e-3)

@@ -138,6 +138,14 @@ def pair_scorer(data: dict[str, tuple[list, list]]):
     return score
 
 
+def pick(grid: dict, psnr_floor: float):
+    """The pairs' rule (``video_calibration.py``, ``video_processed_only.py``): the key of ``grid`` (key -> (mean
+    ratio, mean PSNR(O, P), ...)) with the lowest mean ratio among those whose mean PSNR is at least
+    ``psnr_floor``; None when none is."""
+    ok = [(r[0], key) for key, r in grid.items() if r[1] >= psnr_floor]
+    return min(ok)[1] if ok else None
+
+
 def still_camera_case(pairs: dict, frames: int = 24) -> tuple[np.ndarray, list]:
     """The demo webcam's case: one real frame (bike-packing's first original, a quarter size) under the
     ``gamma_jitter`` operator -> (the still frame, its processed frames)."""

@@ -100,7 +100,7 @@ class PoseFilter:
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0, fps: float = 30.0,
                  backend: str = "auto", max_gap: float = 1.0, compile: bool = False, native: bool | None = None):
-        strength, fps = as_strength(strength), as_positive(fps, "fps", "frames per second")
+        self.strength, self.fps = strength, fps  # checked (Checked), before any work
         max_gap = as_positive(max_gap, "max_gap", "seconds")
         self.device = resolve_device(device)
         # compile: the same explicit step through torch.compile (Inductor; a C++ compiler on CPU), compiled per
@@ -112,8 +112,6 @@ class PoseFilter:
             from streamssm.pose.native import native_step
 
             self._step = functools.partial(native_step, self.model)
-        self.strength = strength
-        self.fps = fps
         self.max_gap = float(max_gap)
         self.state: tuple[Tensor, ...] | None = None
         self._shape: tuple[int, int] | None = None  # (B, K) of the running stream

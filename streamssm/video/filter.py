@@ -159,10 +159,10 @@ class VideoFilter:
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0,
                  half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True):
-        strength, max_gap = as_strength(strength), as_positive(max_gap, "max_gap", "seconds")
+        self.strength = strength  # checked (Checked), before any work
+        max_gap = as_positive(max_gap, "max_gap", "seconds")
         self.device = resolve_device(device)
         self.model = load_video_model(weights, self.device, backend)
-        self.strength = strength
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.max_gap = float(max_gap)
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
