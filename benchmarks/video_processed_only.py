@@ -53,7 +53,8 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     if args.weights and not args.no_write:
-        raise SystemExit("--weights: the RESULTS section is the shipped weights'; add --no-write to score other weights")
+        raise SystemExit("--weights: the RESULTS section is the shipped weights'; add --no-write to score other "
+                         "weights")
     corr, widths = corrections(args.corrections), floats(args.gate_widths, "--gate-widths")
     try:
         [stored_gate_width(w) for w in widths]

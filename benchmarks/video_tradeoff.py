@@ -117,7 +117,8 @@ def main(argv=None):
             curves[label].append(point(lambda P, I: [cv2.GaussianBlur(o, (0, 0), g) for o in
                                                      VideoFilter(None, device="cpu").filter(P, None if po else I)]))
             print(f"{label} {g:g}: {curves[label][-1]}", flush=True)
-    rows = [[f"streamssm {mode}", f"strength {s:g}", f"{r:.3f}", f"{p:.1f}", "", ""] for s, (r, p) in zip(strengths, ours)]
+    rows = [[f"streamssm {mode}", f"strength {s:g}", f"{r:.3f}", f"{p:.1f}", "", ""]
+            for s, (r, p) in zip(strengths, ours)]
     wins = losses = 0
     for label in list(curves)[1:]:
         for a, (r, p) in zip(settings[label], curves[label]):
