@@ -31,7 +31,44 @@ def _speed_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Before any training: each number in its range (naming the option), and an output that can be written and
+    does not hold something already, unless --resume (continue it) or --overwrite (start it over)."""
+    import math
+    import tempfile
+    from pathlib import Path
+
+    for name, lo, hi in (("steps", 1, None), ("batch", 1, None), ("workers", 0, None), ("minutes", 0, None),
+                         ("lr", 0, None), ("w_pos", 0, None), ("w_vel", 0, None), ("w_acc", 0, None),
+                         ("w_temporal", 0, None), ("p_no_blend", 0, 1), ("p_fade", 0, 1)):
+        v = getattr(args, name)
+        strict = name in ("minutes", "lr")  # a budget or a learning rate of 0 trains nothing
+        if v is not None and not (math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v <= hi)):
+            want = (f"in [{lo}, {hi}]" if hi is not None else f"{'above' if strict else 'at least'} {lo}")
+            raise ValueError(f"--{name.replace('_', '-')} must be {want}, got {v}")
+    out = Path(args.output)
+    if not args.output or out.name in ("", ".", ".."):
+        raise ValueError(f"-o {args.output!r}: expected a weights file name such as video.safetensors")
+    if out.is_dir():
+        raise ValueError(f"{out}: is a directory; expected the weights file to write (.safetensors)")
+    parent = out.parent
+    for up in [parent, *parent.parents]:
+        if up.exists():
+            if not up.is_dir():
+                raise ValueError(f"{out}: {up} is a file, not a folder; expected an output path inside a folder")
+            try:  # a file made and removed: permissions, a read-only or pseudo file system (/proc), a full disk
+                with tempfile.TemporaryFile(dir=up):
+                    pass
+            except OSError as e:
+                raise ValueError(f"{out}: cannot write in {up} ({e.strerror or e}); choose another output path") from None
+            break
+    if out.exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{out}: already exists; pass --resume to continue training it, or --overwrite to "
+                              "start over and replace it")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    _check_train_args(args)
     if args.model == "pose":
         from streamssm._device import resolve_device
         from streamssm.pose.model import PoseSSMConfig
@@ -58,7 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                short_side=128, seed=args.seed, minutes=args.minutes)
     if args.workers is not None:
         cfg.workers = args.workers
-    if args.batch:
+    if args.batch is not None:
         cfg.batch = args.batch
     if args.w_temporal is not None:
         cfg.w_temporal = args.w_temporal
@@ -104,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue from --output if it exists")
+    s.add_argument("--overwrite", action="store_true", help="start over, replacing an existing --output")
     s.add_argument("--tiny", action="store_true", help="a few small steps (tests, smoke runs)")
     s.add_argument("--preset", default="tiny", choices=["base", "small", "tiny"],
                    help="pose: network size (tiny: the shipped size, the one the native CPU step runs at 100k+ stream-steps/s)")

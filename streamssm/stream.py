@@ -34,6 +34,8 @@ def reset_state(state: State, fresh: State, mask: Tensor) -> State:
     """
     out = []
     for s, f in zip(_as_tuple(state), _as_tuple(fresh)):
+        if mask.numel() != s.shape[0]:
+            raise ValueError(f"reset mask must have one entry per stream ({s.shape[0]}), got shape {tuple(mask.shape)}")
         m = mask.to(device=s.device, dtype=torch.bool).reshape(-1, *([1] * (s.dim() - 1)))
         out.append(torch.where(m, f.to(s.dtype), s))
     return _like(state, out)
@@ -61,7 +63,10 @@ def kept_streams(index: Any, batch: int) -> list[int]:
     """
     import numpy as np
 
-    drop = {int(i) % batch if -batch <= int(i) < batch else None for i in np.atleast_1d(np.asarray(index)).tolist()}
+    idx = np.atleast_1d(np.asarray(index))
+    if idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"drop_streams: index must be an int or a list of ints, got {index!r}")
+    drop = {int(i) % batch if -batch <= int(i) < batch else None for i in idx.tolist()}
     if None in drop:
         raise ValueError(f"drop_streams: index {index!r} out of range for {batch} stream(s)")
     return [i for i in range(batch) if i not in drop]
@@ -81,9 +86,11 @@ class Stream:
     """Holds the state of ``batch`` streams of a stepping module.
 
     Args:
-        module: a module with ``init_state(batch, device)`` and ``step(x, state)``.
+        module: a module with ``init_state(batch, *dims, device)`` and ``step(x, state)``.
         batch: number of streams B.
         device: where the state lives (default: the module's parameters' device).
+        dims: the stream sizes the module's state depends on: ``(K,)`` for the pose model
+            (``PoseSSM``), ``(H, W)`` for the video model (``VideoSSM``); none for an SSM layer.
 
     >>> import torch
     >>> from streamssm.ssm import SelectiveSSM
@@ -96,25 +103,33 @@ class Stream:
     >>> s.reset(torch.tensor([True, False]))  # stream 0 starts over, stream 1 continues
     """
 
-    def __init__(self, module: Any, batch: int = 1, device: torch.device | str | None = None):
+    def __init__(self, module: Any, batch: int = 1, device: torch.device | str | None = None,
+                 dims: Sequence[int] = ()):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.module = module
         self.batch = batch
+        self.dims = tuple(int(d) for d in dims)
         if device is None:
             try:
                 device = next(module.parameters()).device
             except (AttributeError, StopIteration):
                 device = torch.device("cpu")
         self.device = torch.device(device)
-        self.state: State = module.init_state(batch, self.device)
+        try:
+            self.state: State = self._fresh()
+        except TypeError as e:  # a model whose state depends on the stream's size, given none (or too many)
+            raise ValueError(f"{type(module).__name__}.init_state does not take dims={self.dims} ({e}): pass the "
+                             "stream sizes its state depends on, dims=(K,) for pose, dims=(H, W) for video") from None
 
     def _fresh(self) -> State:
-        return self.module.init_state(self.batch, self.device)
+        return self.module.init_state(self.batch, *self.dims, device=self.device)
 
     def step(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        """Advance every stream by one step; returns the module's output."""
-        y, self.state = self.module.step(x, self.state, *args, **kwargs)
+        """Advance every stream by one step; returns the module's output. ``args``/``kwargs`` go to the module's
+        ``step`` after ``x`` (the video model's original frame, the pose model's confidence); the state is passed
+        as ``state=``."""
+        y, self.state = self.module.step(x, *args, state=self.state, **kwargs)
         return y
 
     def reset(self, mask: Tensor | Sequence[bool] | None = None) -> None:

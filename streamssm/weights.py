@@ -57,7 +57,9 @@ def read_weights(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Ten
                          "in an environment you trust")
     try:
         from safetensors import safe_open
-
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors ({e})") from None
+    try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -54,6 +54,11 @@ def _snapshot(d: Path) -> dict[str, str]:
             for p in sorted(d.rglob("*"))}
 
 
+def _copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(Path(src).read_bytes())
+    return dst
+
+
 def _cli(*argv) -> Callable[[], tuple[int, str]]:
     """The CLI in-process (``streamssm.cli.main``): exit status and stderr."""
     def call():
@@ -446,6 +451,32 @@ CASES = [
     Case("cli-pose-output-in-missing-dir-under-a-file",
          lambda d: (pose_csv(d), _cli("pose", d / "in.csv", "-o", d / "in.csv" / "o.csv"))[1],
          2, ("{d}/in.csv/o.csv: {d}/in.csv is a file, not a folder", "expected an output path inside a folder")),
+    # ---- command line: streamssm export ----------------------------------------------------------
+    Case("cli-export-onnx-output-is-the-weights",
+         lambda d: (_copy(POSE_WEIGHTS, d / "my.safetensors"),
+                    _cli("export", "onnx", "--model", "pose", "--weights", d / "my.safetensors", "-o",
+                         d / "my.safetensors", "--overwrite"))[1],
+         2, ("{d}/my.safetensors: is the input file", "refusing to overwrite it")),
+    Case("cli-export-onnx-existing-output",
+         lambda d: ((d / "old.onnx").write_bytes(b"a graph of the user's"),
+                    _cli("export", "onnx", "--model", "pose", "-o", d / "old.onnx"))[1],
+         2, ("{d}/old.onnx: already exists", "pass --overwrite")),
+    Case("cli-export-onnx-output-is-a-directory", lambda d: _cli("export", "onnx", "--model", "pose", "-o", d),
+         2, ("{d}: is a directory", "expected the file to write")),
+    Case("cli-export-onnx-zero-size-shape",
+         lambda d: _cli("export", "onnx", "--model", "pose", "-o", d / "p.onnx", "--shape", "0x17x2"),
+         2, ("every size in a shape must be at least 1", "0x17x2")),
+    Case("cli-export-onnx-guided-pose",
+         lambda d: _cli("export", "onnx", "--model", "pose", "--guided", "-o", d / "p.onnx"),
+         2, ("--guided is for --model video",)),
+    Case("cli-export-tensorrt-not-an-onnx-file",
+         lambda d: ((d / "x.onnx").write_text("hello"), _cli("export", "tensorrt", "--onnx", d / "x.onnx", "-o",
+                                                                d / "x.engine"))[1],
+         2, ("{d}/x.onnx: not a readable ONNX graph", "expected an .onnx file")),
+    Case("cli-export-tensorrt-negative-workspace",
+         lambda d: ((d / "x.onnx").write_text("hello"), _cli("export", "tensorrt", "--onnx", d / "x.onnx", "-o",
+                                                                d / "x.engine", "--workspace-mb", "-5"))[1],
+         2, ("--workspace-mb must be a positive number of MiB", "-5")),
 ]
 
 

@@ -56,3 +56,32 @@ def test_snapshot_restore(block):
         s.set_state(torch.zeros(3, 4, 2, 4))
     with pytest.raises(ValueError, match=r"shape \(B,\)=\(2,\)"):
         s.reset(torch.tensor([True]))
+
+
+def test_stream_wraps_the_shipped_models():
+    """The models' state depends on the stream's size: Stream takes it as dims, says so when it is missing, and
+    steps as the explicit ``model.step(x, ..., state=)`` does."""
+    from streamssm.export._spec import load_model
+
+    pose = load_model("pose")
+    with pytest.raises(ValueError, match=r"dims=\(K,\) for pose"):
+        Stream(pose, batch=2)
+    s = Stream(pose, batch=2, dims=(17,))
+    x = torch.rand(2, 17, 2)
+    want, _ = pose.step(x, state=pose.init_state(2, 17), fps=30.0)
+    assert torch.equal(s.step(x, fps=30.0), want)
+    video = load_model("video")
+    v = Stream(video, batch=1, dims=(64, 64))
+    frame = torch.rand(1, 3, 64, 64)
+    want, _ = video.step(frame, frame, state=video.init_state(1, 64, 64))
+    assert torch.equal(v.step(frame, frame), want)
+
+
+def test_reset_mask_must_cover_every_stream(block):
+    s = Stream(block, batch=2)
+    from streamssm.stream import kept_streams, reset_state
+
+    with pytest.raises(ValueError, match="one entry per stream"):
+        reset_state(s.state, s._fresh(), torch.tensor([True]))
+    with pytest.raises(ValueError, match="int or a list of ints"):
+        kept_streams(1.5, 2)

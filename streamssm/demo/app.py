@@ -23,8 +23,12 @@ How the web layer keeps its promises:
   handlers are generators: they yield the result once, Gradio copies the output files into its
   cache while post-processing that yield, and when Gradio resumes the generator the ``with`` block
   ends and the request folder is deleted. Gradio's cache itself (uploads and served copies) is
-  swept by ``delete_cache``. A path a client sends is only read if it lies inside Gradio's upload
-  folder, the app's root or the package's assets (:func:`~streamssm.demo.jobs.check_upload`).
+  swept by ``delete_cache``. The handlers only read a path that lies inside Gradio's upload folder, the
+  app's root or the package's assets (:func:`~streamssm.demo.jobs.check_upload`). That check comes after
+  Gradio's own: an audit (session 16) found Gradio 6.31 copying a server path an API client named
+  (``/etc/passwd``) into its cache before the handler ran, and the handler's refusal then told the client
+  the file exists (a minimal Gradio app does the same). Keep ``--host`` on 127.0.0.1 and ``--share`` off on
+  a machine with files a stranger must not probe.
 """
 
 from __future__ import annotations
@@ -257,7 +261,8 @@ def serve(app, host: str = "127.0.0.1", port: int | None = 7860, share: bool = F
         return app.launch(server_name=host, server_port=port, share=share, max_file_size=limits.max_upload_bytes,
                           prevent_thread_lock=not block, quiet=quiet, show_error=True)
     except OSError as e:  # port taken, say
-        raise ValueError(f"cannot serve the demo on {host}:{port} ({e}); pick another --port") from None
+        raise ValueError(f"cannot serve the demo on {host}:{port} ({e}); check that --host {host} is an address of "
+                         "this machine and pick another --port") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,6 +297,11 @@ def run_demo(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.max_frames < 2:
         raise ValueError("--max-frames must be at least 2")
+    if args.work_px < 64:
+        raise ValueError(f"--work-px must be at least 64 (the video filter needs frames of 32 px a side), got "
+                         f"{args.work_px}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be a TCP port, 0 to 65535, got {args.port}")
     limits = Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, max_frames=args.max_frames,
                     work_px=args.work_px)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

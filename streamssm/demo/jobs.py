@@ -189,6 +189,18 @@ def work_size(w: int, h: int, long_side: int) -> tuple[int, int]:
     return max(2, int(round(w * s / 2)) * 2), max(2, int(round(h * s / 2)) * 2)
 
 
+def check_work_size(label: str, w: int, h: int, work: tuple[int, int], long_side: int) -> None:
+    """DemoError naming the user's size when the working size falls under the filter's minimum (one statistics
+    cell a side): a very narrow or tiny video, which the full-size CLI may still take."""
+    from streamssm.video.model import VideoSSMConfig
+
+    least = VideoSSMConfig().cell_px
+    if min(work) < least:
+        how = f"scaled to {work[0]}x{work[1]} here (long side at most {long_side} px), " if work != (w, h) else ""
+        raise DemoError(f"{label}: the frames are {w}x{h}, {how}under the {least}x{least} the video filter needs"
+                        + ("; `streamssm video` filters it at full size" if min(w, h) >= least else ""))
+
+
 @dataclass
 class Clip:
     frames: list[np.ndarray]  # t x (h w 3) uint8, at the working size
@@ -223,6 +235,7 @@ def read_clip(path: Path, label: str, limits: Limits, max_frames: int, size: tup
                 raise DemoError(f"{label}: the video is {src.duration:.1f} s long; this demo takes videos up to "
                                 f"{limits.max_seconds:g} s (trim it first, or use `streamssm video`)")
             out_w, out_h = size if size is not None else work_size(w, h, limits.work_px)
+            check_work_size(label, w, h, (out_w, out_h), limits.work_px)
             frames = []
             for fr in src:
                 rgb = fr.rgb
@@ -667,6 +680,7 @@ class WebcamSession:
         frame = np.ascontiguousarray(frame[..., :3])
         h, w = frame.shape[:2]
         ww, wh = work_size(w, h, limits.work_px)
+        check_work_size("camera frame", w, h, (ww, wh), limits.work_px)
         if (ww, wh) != (w, h):
             frame = cv2.resize(frame, (ww, wh), interpolation=cv2.INTER_AREA)
         strength = _check_strength(strength)

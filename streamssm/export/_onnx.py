@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from streamssm._args import as_strength
+
 from ._spec import OUTPUT, PoseStep, StepSpec, VideoStep, build_model, dynamic_axes, load_model, state_in, state_out
 
 log = logging.getLogger("streamssm")
@@ -116,8 +118,11 @@ def export_onnx(
     ['points', 'confidence', 'fps', 'strength']
     """
     onnx = _require("onnx")
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET} (GridSample, and what the tests cover), got {opset}")
+    top = max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise ValueError(f"opset must be from {MIN_OPSET} (GridSample, and what the tests cover) to {top} (the "
+                         f"newest this torch's exporter writes), got {opset}")
+    out_path = check_output_path(out_path, weights)
     if model is None:
         model = load_model(model_kind, weights)
     model = copy.deepcopy(model).cpu().float().eval()
@@ -140,9 +145,40 @@ def export_onnx(
     frames = {k: torch.from_numpy(v) for k, v in example_inputs(spec, batch, *sdims).items()}
     state = model.init_state(batch, *sdims)
     args = tuple(frames[n] for n in spec.frame_inputs) + tuple(state)
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.partial")
+    try:
+        _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp, out_path, check)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def max_opset() -> int:
+    """The newest ONNX opset this torch's TorchScript exporter writes (torch 2.x: 20)."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as top
+    except ImportError:  # pragma: no cover - a torch that moved it
+        top = 20
+    return int(top)
+
+
+def check_output_path(out_path: str | Path, *inputs: str | Path | None) -> Path:
+    """``out_path`` as a Path, refused (ValueError naming it) when it is a directory or one of ``inputs`` (the
+    weights or graph the export reads: writing there would destroy them)."""
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise ValueError(f"{out_path}: is a directory; expected the file to write")
+    for src in inputs:
+        if src is not None and out_path.exists() and Path(src).exists() and os.path.samefile(out_path, src):
+            raise ValueError(f"{out_path}: is the input file ({src}); refusing to overwrite it, name another output")
+    return out_path
+
+
+def _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp: Path, out_path: Path, check: bool) -> None:
+    """Trace to ``tmp``, add the metadata, check it (ONNX checker; ONNX Runtime against PyTorch when ``check``),
+    and only then move it over ``out_path``: a graph that fails leaves what was there untouched."""
+    batch, sdims = shape[0], tuple(shape[1:])
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns at every Python-level use of a size; check=True is the real test of those
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -155,16 +191,15 @@ def export_onnx(
     proto = onnx.load(str(tmp))
     for k, v in {**spec.to_metadata(), "streamssm.export_shape": "x".join(map(str, shape))}.items():
         proto.metadata_props.add(key=k, value=v)
-    proto.doc_string = (f"streamssm {model_kind} step ({'guided' if spec.guided else 'processed-only'} video)"
-                        if model_kind == "video" else f"streamssm pose step, {dims}-D keypoints")
+    proto.doc_string = (f"streamssm video step ({'guided' if spec.guided else 'processed-only'} video)"
+                        if spec.kind == "video" else f"streamssm pose step, {spec.dims}-D keypoints")
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(tmp))
-    os.replace(tmp, out_path)
 
     if check:
         for b, *d in [(batch, *sdims), alt[0]]:
             try:
-                err = compare_with_torch(out_path, model, b, *d, steps=2)
+                err = compare_with_torch(tmp, model, b, *d, steps=2)
                 why = f"relative error {err:.2e} > {CHECK_TOL:g}"
             except Exception as e:  # ONNX Runtime refusing a size is the same finding, said differently
                 err, why, cause = float("inf"), f"{type(e).__name__}: {str(e).strip()[:300]}", e
@@ -172,12 +207,12 @@ def export_onnx(
                 cause = None
             if err > CHECK_TOL:
                 raise RuntimeError(
-                    f"{out_path}: ONNX Runtime disagrees with PyTorch at batch {b} x {tuple(d)} ({why}); traced at "
-                    f"{shape}. If only the second size fails, tracing fixed a size-dependent choice (video: frames "
+                    f"{out_path}: not written: ONNX Runtime disagrees with PyTorch at batch {b} x {tuple(d)} ({why}); "
+                    f"traced at {shape}. If only the second size fails, tracing fixed a size-dependent choice (video: frames "
                     f"with a short side < 64 change the model's downsampling): export at the size you run, with "
                     f"dynamic_size=False"
                 ) from cause
-    return out_path
+    os.replace(tmp, out_path)
 
 
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -210,6 +245,19 @@ def compare_with_torch(path: str | Path, model: nn.Module, batch: int, *dims: in
         for a, b in zip(runner.get_state(), state):
             worst = max(worst, _rel_err(a, b.numpy()))
     return worst
+
+
+def _video_frame(x, name: str) -> np.ndarray:
+    """A (B, 3, H, W) float frame in [0, 1] as contiguous float32, NaN/inf sanitised as :class:`VideoFilter` does (one
+    NaN would otherwise poison the state for good); ValueError naming ``name`` for another layout or an integer
+    array (uint8 0..255 would be taken for [0, 1] values and saturate)."""
+    a = np.asarray(x)
+    if a.ndim != 4 or a.shape[1] != 3 or 0 in a.shape:
+        raise ValueError(f"{name} frames must be (B, 3, H, W), got {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name} frames must be floating point in [0, 1], got {a.dtype} (divide uint8 by 255)")
+    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.ascontiguousarray(np.clip(a, 0.0, 1.0))
 
 
 class OnnxRunner:
@@ -253,6 +301,8 @@ class OnnxRunner:
         if names != self.spec.input_names():
             raise ValueError(f"{self.path}: inputs {names} do not match what the installed streamssm model needs "
                              f"({self.spec.input_names()}): re-export the graph with this version")
+        first = self.session.get_inputs()[0].shape  # points / processed: a str (symbolic) size is free
+        self._sizes_free = any(not isinstance(d, int) for d in first[1:])
         self._size: tuple[int, ...] | None = None
         self._state: list[np.ndarray] = []
         self._spare: list[np.ndarray] = []
@@ -291,24 +341,31 @@ class OnnxRunner:
 
     def step(self, frame, second=None, *, strength: float = 1.0, fps=30.0) -> np.ndarray:
         spec = self.spec
-        frame = np.ascontiguousarray(frame, dtype=np.float32)
+        strength = as_strength(strength)
         if spec.kind == "pose":
-            if frame.ndim != 3 or frame.shape[2] != spec.dims:
-                raise ValueError(f"points must be (B, K, {spec.dims}) for this graph, got {frame.shape}")
+            frame = np.ascontiguousarray(frame, dtype=np.float32)
+            if frame.ndim != 3 or frame.shape[2] != spec.dims or 0 in frame.shape:
+                raise ValueError(f"points must be (B, K, {spec.dims}) for this graph, B and K >= 1, got {frame.shape}")
             size = frame.shape[:2]
             conf = np.ones(size, np.float32) if second is None else np.ascontiguousarray(second, dtype=np.float32)
-            fps_a = np.ascontiguousarray(np.broadcast_to(np.asarray(fps, np.float32).reshape(-1), (size[0],)))
+            fps_a = np.asarray(fps, np.float64).reshape(-1)
+            if fps_a.size not in (1, size[0]) or not (np.isfinite(fps_a) & (fps_a > 0)).all():
+                raise ValueError(f"fps must be a positive number of frames per second, or one per stream ({size[0]}), "
+                                 f"got {fps!r}")
+            fps_a = np.ascontiguousarray(np.broadcast_to(fps_a.astype(np.float32), (size[0],)))
             feeds = {"points": frame, "confidence": conf, "fps": fps_a}
         else:
-            if frame.ndim != 4 or frame.shape[1] != 3:
-                raise ValueError(f"processed frames must be (B, 3, H, W), got {frame.shape}")
+            frame = _video_frame(frame, "processed")
             if spec.guided != (second is not None):
                 raise ValueError("this graph is guided: pass the original frame" if spec.guided else
                                  "this graph is processed-only: export with guided=True to use an original frame")
             size = (frame.shape[0], *frame.shape[2:])
+            if min(size[1:]) < 64 and self._sizes_free:
+                raise ValueError(f"processed frames are {size[2]}x{size[1]}: this resolution-generic graph needs a short "
+                                 "side of at least 64 px (export at the size you run, with --static-size, for smaller)")
             feeds = {"processed": frame}
             if spec.guided:
-                feeds["original"] = np.ascontiguousarray(second, dtype=np.float32)
+                feeds["original"] = _video_frame(second, "original")
         feeds["strength"] = np.full((1,), strength, np.float32)
         if self._size != tuple(size):
             self.init_state(*size)

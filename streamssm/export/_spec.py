@@ -272,7 +272,11 @@ def load_model(kind: str, weights: str | Path | None = None) -> nn.Module:
 def parse_shape(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """``"1x3x360x640"`` -> (1, 3, 360, 640); tuples pass through."""
     if isinstance(text, (tuple, list)):
-        return tuple(int(v) for v in text)
-    if not re.fullmatch(r"\d+(x\d+)+", text.strip().lower()):
+        shape = tuple(int(v) for v in text)
+    elif not re.fullmatch(r"\d+(x\d+)+", text.strip().lower()):
         raise ValueError(f"a shape is written like 1x3x360x640 (video) or 1x17x2 (pose), got {text!r}")
-    return tuple(int(v) for v in text.strip().lower().split("x"))
+    else:
+        shape = tuple(int(v) for v in text.strip().lower().split("x"))
+    if min(shape) < 1:
+        raise ValueError(f"every size in a shape must be at least 1, got {text!r}")
+    return shape

@@ -19,6 +19,10 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
+from streamssm._args import as_strength
+
 from ._spec import OUTPUT, StepSpec, parse_shape, state_in, state_out
 
 log = logging.getLogger("streamssm")
@@ -87,8 +91,16 @@ def _make_logger(trt, verbose: bool):
 def read_onnx_spec(onnx_path: str | Path) -> StepSpec:
     import onnx
 
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    return StepSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, onnx_path)
+    p = Path(onnx_path)
+    if not p.is_file():
+        raise ValueError(f"{p}: {'is a directory' if p.is_dir() else 'no such file'}; expected an .onnx graph "
+                         "written by 'streamssm export onnx'")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: not a graph at all
+        raise ValueError(f"{p}: not a readable ONNX graph ({type(e).__name__}: {e}); expected an .onnx file "
+                         "written by 'streamssm export onnx'") from None
+    return StepSpec.from_metadata({q.key: q.value for q in proto.metadata_props}, onnx_path)
 
 
 def profile_shapes(spec: StepSpec, min_shape, opt_shape, max_shape) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -104,6 +116,32 @@ def profile_shapes(spec: StepSpec, min_shape, opt_shape, max_shape) -> dict[str,
             raise ValueError(f"profile for {name} is not min <= opt <= max: {lo}, {mid}, {hi} "
                              f"(from frame shapes {min_shape}, {opt_shape}, {max_shape})")
         out[name] = (lo, mid, hi)
+    return out
+
+
+def _frame_profile(spec: StepSpec, network, onnx_path, min_shape, opt_shape, max_shape) -> list[tuple[int, ...]]:
+    """The (min, opt, max) frame shapes: the given ones, else :data:`DEFAULT_PROFILES` with the sizes the graph fixes
+    (exported with ``dynamic_size=False``) put in; refused (ValueError naming the option) where a given shape
+    disagrees with a fixed size, or is a video frame under the 64 px short side a resolution-generic graph needs."""
+    name = "points" if spec.kind == "pose" else "processed"
+    declared = next(tuple(network.get_input(i).shape) for i in range(network.num_inputs)
+                    if network.get_input(i).name == name)
+    out = []
+    for opt, given, default in zip(("--min", "--opt", "--max"), (min_shape, opt_shape, max_shape),
+                                   DEFAULT_PROFILES[spec.kind]):
+        shape = parse_shape(given) if given else parse_shape(default.format(d=spec.dims))
+        if len(shape) != len(declared):
+            raise ValueError(f"{opt} {given}: a {spec.kind} frame shape has {len(declared)} sizes "
+                             f"({'BxKxD' if spec.kind == 'pose' else 'Bx3xHxW'})")
+        fixed = [(i, d) for i, d in enumerate(declared) if d != -1]
+        if given and any(shape[i] != d for i, d in fixed):
+            raise ValueError(f"{opt} {given}: {onnx_path} fixes its input {name} to "
+                             f"{'x'.join('B' if d == -1 else str(d) for d in declared)}")
+        shape = tuple(d if d != -1 else v for d, v in zip(declared, shape))
+        if spec.kind == "video" and -1 in declared[2:] and min(shape[2:]) < 64:
+            raise ValueError(f"{opt} {'x'.join(map(str, shape))}: a resolution-generic video graph needs frames with a "
+                             "short side of at least 64 px; export at the size you run (--static-size) for smaller ones")
+        out.append(shape)
     return out
 
 
@@ -139,8 +177,8 @@ def build_engine(
     """
     trt = import_tensorrt()
     spec = read_onnx_spec(onnx_path)
-    defaults = [s.format(d=spec.dims) for s in DEFAULT_PROFILES[spec.kind]]
-    shapes = profile_shapes(spec, min_shapes or defaults[0], opt_shapes or defaults[1], max_shapes or defaults[2])
+    if workspace_mb is not None and int(workspace_mb) < 1:
+        raise ValueError(f"workspace_mb must be a positive number of MiB, got {workspace_mb}")
 
     logger = _make_logger(trt, verbose)
     builder = trt.Builder(logger)
@@ -152,6 +190,7 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT cannot parse {onnx_path}:\n  " + "\n  ".join(errs))
+    shapes = profile_shapes(spec, *_frame_profile(spec, network, onnx_path, min_shapes, opt_shapes, max_shapes))
 
     config = builder.create_builder_config()
     if fp16:
@@ -162,7 +201,7 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
-    if workspace_mb:
+    if workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     ccs: list[str] = []
     if hasattr(config, "set_compute_capability"):  # TensorRT-RTX: targets chosen at build time
@@ -193,8 +232,8 @@ def build_engine(
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
-    if plan is None:
-        why = "; ".join(getattr(logger, "errors", [])) or "see the TensorRT log"
+    if plan is None or logger.errors:  # an error logged with a plan returned still means a broken engine
+        why = "; ".join(logger.errors) or "see the TensorRT log"
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path}: {why}")
 
     engine_path = Path(engine_path)
@@ -342,7 +381,9 @@ class TensorRTRunner:
         torch.cuda.synchronize(dev)
 
     def reset(self) -> None:
-        """Zero the state (a fresh stream of the same size)."""
+        """Zero the state (a fresh stream of the same size); before the first step there is none to zero."""
+        if not getattr(self, "_states", None):
+            return
         with self._on_stream():
             for s in self._states[self._parity]:
                 s.zero_()
@@ -355,8 +396,12 @@ class TensorRTRunner:
         return state
 
     def set_state(self, state) -> None:
+        """Restore a snapshot taken with :meth:`get_state` (same stream size: call init_state with it first)."""
+        if not getattr(self, "_states", None) or len(state) != len(self._states[self._parity]) or any(
+                tuple(src.shape) != tuple(dst.shape) for dst, src in zip(self._states[self._parity], state)):
+            raise ValueError("state does not match this stream: call init_state with the snapshot's size first")
         with self._on_stream():
-            for dst, src in zip(self._states[self._parity], state, strict=True):
+            for dst, src in zip(self._states[self._parity], state):
                 dst.copy_(src)
 
     def _on_stream(self):
@@ -375,8 +420,14 @@ class TensorRTRunner:
         import torch
 
         spec = self.spec
+        strength = as_strength(strength)
         frame = torch.as_tensor(frame)
+        if spec.kind == "video" and not frame.is_floating_point():
+            raise ValueError(f"processed frames must be floating point in [0, 1], got {frame.dtype} (divide uint8 by 255)")
         if spec.kind == "pose":
+            fps_c = np.asarray(fps, np.float64).reshape(-1)
+            if not (np.isfinite(fps_c) & (fps_c > 0)).all():
+                raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}")
             if frame.dim() != 3 or frame.shape[2] != spec.dims:
                 raise ValueError(f"points must be (B, K, {spec.dims}) for this engine, got {tuple(frame.shape)}")
             size = tuple(frame.shape[:2])

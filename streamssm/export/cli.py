@@ -11,10 +11,25 @@ import logging
 log = logging.getLogger("streamssm")
 
 
+def _check_output(args: argparse.Namespace, *inputs) -> None:
+    """Before any work: the output is not a folder, not an input, and not an existing file unless --overwrite."""
+    from streamssm.export._onnx import check_output_path
+
+    out = check_output_path(args.output, *inputs)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+
+
 def _cmd_onnx(args: argparse.Namespace) -> int:
     from streamssm.export import export_onnx
     from streamssm.export._spec import parse_shape
 
+    if args.model == "pose" and args.guided:
+        raise ValueError("--guided is for --model video (a graph that also takes the original frame), not pose")
+    if args.model == "video" and args.dims is not None:
+        raise ValueError("--dims is for --model pose (coordinates per keypoint), not video")
+    args.dims = 2 if args.dims is None else args.dims
+    _check_output(args, args.weights)
     shape = None
     if args.shape:
         s = parse_shape(args.shape)
@@ -36,6 +51,9 @@ def _cmd_tensorrt(args: argparse.Namespace) -> int:
     from streamssm.export import build_engine
     from streamssm.export._tensorrt import read_onnx_spec
 
+    if args.workspace_mb is not None and args.workspace_mb < 1:
+        raise ValueError(f"--workspace-mb must be a positive number of MiB, got {args.workspace_mb}")
+    _check_output(args, args.onnx)
     try:
         spec = read_onnx_spec(args.onnx)
         if args.model and args.model != spec.kind:
@@ -60,12 +78,13 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     o.add_argument("--weights", default=None, help="safetensors weights (default: the package's)")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
-    o.add_argument("--dims", type=int, choices=[2, 3], default=2, help="pose: coordinates per keypoint")
+    o.add_argument("--dims", type=int, choices=[2, 3], default=None, help="pose: coordinates per keypoint (default 2)")
     o.add_argument("--guided", action="store_true", help="video: the graph also takes the original frame")
     o.add_argument("--shape", default=None,
                    help="shape traced at: BxKxD pose (default 2x17xD), Bx3xHxW video (default 2x3x144x256)")
     o.add_argument("--static-size", action="store_true", help="only the batch is dynamic (not K, or H and W)")
     o.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     o.set_defaults(func=_cmd_onnx)
 
     t = sub.add_parser("tensorrt", help="build a TensorRT (or TensorRT-RTX) engine from an exported .onnx")
@@ -81,5 +100,6 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--tf32", action="store_true", help="allow TF32 matmuls")
     t.add_argument("--workspace-mb", type=int, default=None)
     t.add_argument("--trt-verbose", action="store_true", help="TensorRT's verbose log")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing engine file")
     t.set_defaults(func=_cmd_tensorrt)
     return p

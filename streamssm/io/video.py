@@ -210,16 +210,17 @@ def _probe(spec: str, frames: int) -> tuple[int, bool]:
     return rotation, all(b > a for a, b in zip(known, known[1:]))
 
 
-_HDR_TRC = {16: "PQ (SMPTE 2084)", 18: "HLG (ARIB STD-B67)"}  # AVCOL_TRC_*
+def _hdr_converter(spec: str, cc):
+    """An HDR video (PQ or HLG transfer) gets a tone mapper to SDR BT.709 (:mod:`streamssm.io.hdr`), logged
+    naming the file; None for SDR."""
+    from .hdr import TRANSFERS, HDRToSDR
 
-
-def _warn_hdr(spec: str, cc) -> None:
-    """Warn (naming the file) when a video is HDR (PQ or HLG transfer): it is read as 8-bit RGB with no tone
-    mapping, and written as SDR BT.709/601, so its colours come out washed out."""
-    trc = _HDR_TRC.get(int(getattr(cc, "color_trc", 0) or 0))
-    if trc is not None:
-        log.warning("%s: HDR video (%s transfer): read as 8-bit SDR without tone mapping, so the output's colours will "
-                    "look washed out; tone-map it to SDR first (FFmpeg's zscale and tonemap filters)", spec, trc)
+    trc = int(getattr(cc, "color_trc", 0) or 0)
+    if trc not in TRANSFERS:
+        return None
+    log.warning("%s: HDR video (%s transfer, BT.2020): tone-mapped to SDR BT.709 as it is read; the output is SDR",
+                spec, TRANSFERS[trc])
+    return HDRToSDR(trc)
 
 
 def _check_resolution(path: str, w: int, h: int, max_resolution: Sequence[int] | None) -> None:
@@ -446,7 +447,7 @@ class _AVSource(FrameSource):
         if self.rotation:
             log.info("%s: display rotation %d degrees: frames turned upright (%dx%d)", spec, self.rotation,
                      self.width, self.height)
-        _warn_hdr(spec, vs.codec_context)
+        self._hdr = _hdr_converter(spec, vs.codec_context)
 
     def _frames(self) -> Iterator[Frame]:
         import av
@@ -479,7 +480,10 @@ class _AVSource(FrameSource):
                 t = 0.0 if prev_t is None else prev_t + period
             prev_t = t
             # to_ndarray honours the frame's own colour tags (matrix, range).
-            rgb = frame.to_ndarray(format="rgb24")
+            if self._hdr is None:
+                rgb = frame.to_ndarray(format="rgb24")
+            else:  # 16-bit code values: the transfer's curves need more than 8 bits
+                rgb = self._hdr(frame.to_ndarray(format="rgb48le"))
             rgb = np.ascontiguousarray(np.rot90(rgb, self.rotation // 90) if self.rotation else rgb)
             fr = Frame(rgb, t, n)
             n += 1
@@ -746,7 +750,7 @@ def open_source(
 
     ``spec`` forms: ``"clip.mp4"`` (mp4/avi/mov/mkv/webm, recognised by content, not extension),
     ``"frames/"`` (png/jpg/jpeg/bmp/tif in natural order, timestamps from ``fps``, default 30),
-    ``0`` or ``"0"`` (camera index), ``"rtsp://..."``/``"http://..."`` (PyAV with ``timeout``),
+    ``0`` or ``"0"`` (camera index; ``"/dev/video0"`` too), ``"rtsp://..."``/``"http://..."`` (PyAV with ``timeout``),
     ``"live:clip.mp4"`` (the file paced in real time like a camera).
 
     Limits are checked from metadata before any decoding and again while iterating;
@@ -764,6 +768,9 @@ def open_source(
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         return _CaptureSource(int(spec), timeout=timeout, **limits)
     s = os.fspath(spec)
+    dev = re.fullmatch(r"/dev/video(\d+)", s.strip())
+    if dev:  # a Linux camera device: OpenCV's index N is /dev/videoN
+        return _CaptureSource(int(dev.group(1)), timeout=timeout, **limits)
     if s.startswith(_LIVE_PREFIX):
         target = s[len(_LIVE_PREFIX) :]
         if os.path.isdir(target):

@@ -55,6 +55,11 @@ def _plausible_fps(fps: float) -> float:
     return fps
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a``, copied if it is read-only (torch.from_numpy warns on those; the filter never writes its input)."""
+    return a if a.flags.writeable else a.copy()
+
+
 class PoseFilter:
     """Causal jitter removal for keypoint streams, one frame at a time or a whole sequence at once.
 
@@ -146,7 +151,7 @@ class PoseFilter:
             raise ValueError(f"points must be real numbers, got dtype {points.dtype}")
         dtype = points.dtype
         # asarray(order="C"), not ascontiguousarray: that makes a 0-d input 1-d, and the shape error would misquote it
-        p = points if is_torch else torch.from_numpy(np.asarray(points, dtype=np.float32, order="C"))
+        p = points if is_torch else torch.from_numpy(_writable(np.asarray(points, dtype=np.float32, order="C")))
         if p.dim() not in (lead + 2, lead + 3):
             want = "(K, D) or (B, K, D)" if lead == 0 else "(T, K, D) or (T, B, K, D)"
             raise ValueError(f"points must have shape {want}, got {tuple(p.shape)}")
@@ -163,7 +168,7 @@ class PoseFilter:
         if confidence is not None:
             try:
                 c = confidence if isinstance(confidence, Tensor) else \
-                    torch.from_numpy(np.asarray(confidence, dtype=np.float32, order="C"))
+                    torch.from_numpy(_writable(np.asarray(confidence, dtype=np.float32, order="C")))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"confidence must be numbers of shape {tuple(p.shape[:-1])} (points without D), got "
                                  f"{confidence!r:.60}") from e

@@ -66,7 +66,6 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     The batches are drawn on the CPU (numpy noise model) and moved to ``device``."""
     cfg = cfg or PoseTrainConfig()
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     model_cfg = model_cfg or PoseSSMConfig(backend="torch")
     model = PoseSSM(model_cfg)
     start_step = 0
@@ -78,6 +77,8 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
         load_into(model, tensors, resume)
         start_step = int(extra.get("step", 0))
         log(f"resumed from {resume} at step {start_step}")
+    # a resumed run draws new batches (the resume step is in the seed), not the ones its first piece trained on
+    rng = np.random.default_rng([cfg.seed] + ([start_step] if start_step else []))
     dev = torch.device(device)
     model.to(dev)
     to_dev = lambda batch: tuple(a.to(dev, non_blocking=True) for a in batch)  # noqa: E731
@@ -86,7 +87,18 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     vrng = np.random.default_rng(12345)
     val = [to_dev(make_batch(val_ds, vrng, 16, 128)) for _ in range(4)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt_opt = Path(out).with_suffix(".opt.pt")  # the optimiser beside the weights, as train_video keeps it
+    resume_opt = Path(resume).with_suffix(".opt.pt") if resume else None
+    if start_step and resume_opt is not None and resume_opt.exists():
+        saved = torch.load(resume_opt, map_location="cpu", weights_only=True)
+        if saved.get("step") != start_step:
+            log(f"warning: {resume_opt} holds the optimiser of step {saved.get('step')}, {resume} the weights of step "
+                f"{start_step} (a run stopped between the two saves): resuming with that optimiser state")
+        opt.load_state_dict(saved["optimizer"])
     total = cfg.steps
+    if start_step >= total:
+        log(f"{resume} is already at step {start_step} of {total}: nothing to train (raise --steps to go on)")
+        return Path(out)
 
     def lr_at(i):  # warm-up then cosine over the run: steps done or time spent, whichever is further along
         w = min(1.0, (i + 1) / 100)
@@ -112,7 +124,14 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     log(f"val loss of the unfiltered input: {raw:.3f}")
     t0 = time.time()
     best = float("inf")
-    step = start_step
+    done = start_step
+
+    def save(v: float) -> None:
+        tmpf = ckpt_opt.with_name(ckpt_opt.name + ".partial")
+        torch.save({"step": done, "optimizer": opt.state_dict()}, tmpf)
+        tmpf.replace(ckpt_opt)
+        save_weights(out, model, "pose", model_cfg.to_dict(), {"step": done, "val_loss": v})
+
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -123,17 +142,18 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        done = step + 1
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % cfg.val_every == 0 or step + 1 == total:
             v = validate()
-            log(f"step {step + 1}: train loss {loss.item():.3f}, val loss {v:.3f}")
-            save_weights(out, model, "pose", model_cfg.to_dict(), {"step": step + 1, "val_loss": v})
+            log(f"step {done}: train loss {loss.item():.3f}, val loss {v:.3f}")
+            save(v)
             best = min(best, v)
         if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
-            log(f"time budget of {cfg.minutes} min reached at step {step + 1}")
+            log(f"time budget of {cfg.minutes} min reached at step {done}; rerun with --resume to continue")
             break
     v = validate()
-    save_weights(out, model, "pose", model_cfg.to_dict(), {"step": step + 1, "val_loss": v})
-    log(f"saved {out} (step {step + 1}, val loss {v:.3f}, {time.time() - t0:.0f} s)")
+    save(v)
+    log(f"saved {out} (step {done}, val loss {v:.3f}, {time.time() - t0:.0f} s)")
     return Path(out)

@@ -91,8 +91,10 @@ def without_faded(batch: dict) -> dict:
 class _ClipStream(torch.utils.data.IterableDataset):
     """Endless clips; each DataLoader worker (and each DDP rank) draws from its own seed."""
 
-    def __init__(self, videos, cfg: VideoTrainConfig, rank: int, operators=None):
-        self.videos, self.cfg, self.rank, self.operators = videos, cfg, rank, operators
+    def __init__(self, videos, cfg: VideoTrainConfig, rank: int, operators=None, start: int = 0):
+        # start: the step a run resumes at, in the seed, so a resumed run draws new clips instead of replaying
+        # the ones its first piece trained on
+        self.videos, self.cfg, self.rank, self.operators, self.start = videos, cfg, rank, operators, start
 
     def __iter__(self):
         from streamssm.data.video_clips import VideoClipSampler
@@ -100,7 +102,7 @@ class _ClipStream(torch.utils.data.IterableDataset):
 
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
-        rng = np.random.default_rng([self.cfg.seed, self.rank, wid])
+        rng = np.random.default_rng([self.cfg.seed, self.rank, wid] + ([self.start] if self.start else []))
         sampler = VideoClipSampler(self.videos, operators=self.operators or TRAIN_OPERATORS,
                                    real_flow=self.cfg.real_flow, p_fade=self.cfg.p_fade)
         while True:
@@ -292,7 +294,13 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         load_into(model, tensors, out)
         start = int(extra.get("step", 0))
         if ckpt_opt.exists():
-            opt.load_state_dict(torch.load(ckpt_opt, map_location=dev, weights_only=True))
+            saved = torch.load(ckpt_opt, map_location=dev, weights_only=True)
+            if "optimizer" in saved:  # {"step", "optimizer"}; a plain state dict before session 16
+                if saved["step"] != start and rank == 0:
+                    log(f"warning: {ckpt_opt} holds the optimiser of step {saved['step']}, {out} the weights of step "
+                        f"{start} (a run stopped between the two saves): resuming with that optimiser state")
+                saved = saved["optimizer"]
+            opt.load_state_dict(saved)
         log(f"resumed {out} at step {start}") if rank == 0 else None
     ddp = model
     if world > 1:
@@ -301,7 +309,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side)
     loader = torch.utils.data.DataLoader(
-        _ClipStream(vids, cfg, rank), batch_size=None, num_workers=cfg.workers,
+        _ClipStream(vids, cfg, rank, start=start), batch_size=None, num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
         pin_memory=dev.type == "cuda",
     )
@@ -321,7 +329,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
             bar = None
     t0 = time.time()
     step = start
-    rng = np.random.default_rng([cfg.seed, rank, 999])
+    rng = np.random.default_rng([cfg.seed, rank, 999] + ([start] if start else []))
     amp = dev.type == "cuda"
     it = iter(loader)
     while step < total:
@@ -345,16 +353,23 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", tmp=f"{tmp.item():.4f}")
         budget_hit = cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60
+        if world > 1 and cfg.minutes is not None:  # every rank stops at the same step, or the next one's
+            # gradient all-reduce waits forever for the rank that left (each rank's clock is its own)
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(budget_hit)], device=dev)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            budget_hit = bool(flag.item())
         if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit):
-            save_weights(out, model, "video", model_cfg.to_dict(), {"step": step, "loss": float(loss.item())})
             tmpf = ckpt_opt.with_name(ckpt_opt.name + ".partial")
-            torch.save(opt.state_dict(), tmpf)
+            torch.save({"step": step, "optimizer": opt.state_dict()}, tmpf)
             tmpf.replace(ckpt_opt)
+            save_weights(out, model, "video", model_cfg.to_dict(), {"step": step, "loss": float(loss.item())})
             if bar is None:
                 log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), {time.time() - t0:.0f} s")
         if budget_hit:
             if rank == 0:
-                log(f"time budget of {cfg.minutes} min reached at step {step}; rerun to resume")
+                log(f"time budget of {cfg.minutes} min reached at step {step}; rerun with --resume to continue")
             break
     if bar is not None:
         bar.close()

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -88,6 +89,9 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", metavar="OUTPUT", help="video file (.mp4/.mkv/.mov/.avi/.webm) or folder/ for PNG frames")
     s.add_argument("--strength", type=float, default=1.0,
                    help="0 = processed unchanged, 1 = the calibrated correction and blend, higher = steadier (max 2)")
+    s.add_argument("--ghost-res", type=float, default=None, metavar="R",
+                   help="ghost guard: cut the temporal blend where the flow misses (a thin or fast object leaves no "
+                        "trail); 0.3 mild, 0.1 strong, 0 off (default: the weights', off)")
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
     s.add_argument("--weights", default=None, help="video .safetensors (default: the weights shipped in the package)")
     s.add_argument("--side-by-side", action="store_true", help="write [processed | filtered] (double width)")
@@ -125,8 +129,10 @@ def run_video(args: argparse.Namespace) -> int:
     if args.fps is not None:
         as_positive(args.fps, "--fps", "frames per second")
     limits = _limits(args)
+    if args.ghost_res is not None and not (math.isfinite(args.ghost_res) and args.ghost_res >= 0):
+        raise ValueError(f"--ghost-res must be 0 (off) or a positive flow residual such as 0.3, got {args.ghost_res}")
     common = dict(weights=args.weights, device=args.device, strength=args.strength, max_frames=args.max_frames,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, ghost_res=args.ghost_res)
 
     if args.webcam:
         _refuse(args, original="--original does not apply to --webcam",
@@ -319,13 +325,13 @@ class WarpReport:
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
-def _make_filter(weights, device: str, strength: float, max_gap: float = 1.0):
+def _make_filter(weights, device: str, strength: float, max_gap: float = 1.0, ghost_res: float | None = None):
     from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter
 
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise ValueError(f"no video weights shipped at {DEFAULT_WEIGHTS}; pass --weights FILE.safetensors "
                          "(from `streamssm train video`)")
-    return VideoFilter(weights=weights, device=device, strength=strength, max_gap=max_gap)
+    return VideoFilter(weights=weights, device=device, strength=strength, max_gap=max_gap, ghost_res=ghost_res)
 
 
 def file_max_gap(rate) -> float:
@@ -475,6 +481,7 @@ def filter_video(
     max_resolution: tuple[int, int] | None = DEFAULT_MAX_RESOLUTION,
     max_duration: float | None = None,
     max_input_frames: int | None = None,
+    ghost_res: float | None = None,
 ) -> RunSummary:
     """Filter PROCESSED (video file or image folder) into OUTPUT (video file or PNG folder).
 
@@ -482,7 +489,7 @@ def filter_video(
     the limits ``max_resolution``/``max_duration``/``max_input_frames``) before the model is loaded.
     ``max_frames``: filter only the first N frames. ``filt``: an existing
     :class:`~streamssm.video.filter.VideoFilter` (reset first) instead of building one from
-    ``weights``/``device``/``strength``.
+    ``weights``/``device``/``strength``/``ghost_res`` (:class:`~streamssm.video.filter.VideoFilter`).
     Ctrl-C returns a summary with ``interrupted=True``; any other error propagates after the output
     has been finalised with the frames written so far (``summary.output``/the message say where: see
     the module docstring).
@@ -514,7 +521,7 @@ def filter_video(
                             "paired one by one and the output keeps the processed video's rate", P.path,
                             float(P.rate), I.path, float(I.rate))
         if filt is None:
-            filt = _make_filter(weights, device, strength, max_gap=file_max_gap(P.rate))
+            filt = _make_filter(weights, device, strength, max_gap=file_max_gap(P.rate), ghost_res=ghost_res)
         try:
             check_frame_size(P.height, P.width, filt.model.config)
         except ValueError as e:
@@ -567,6 +574,7 @@ def run_webcam(
     progress: bool = True,
     preview: bool | None = None,
     max_resolution: tuple[int, int] | None = DEFAULT_MAX_RESOLUTION,
+    ghost_res: float | None = None,
 ) -> RunSummary:
     """Filter a camera / capture URL / ``live:FILE`` stream frame by frame.
 
@@ -582,6 +590,10 @@ def run_webcam(
     """
     from streamssm.io import Preview, ThreadedSink, has_display, open_sink, open_source, sigterm_as_exception
 
+    text = str(spec).strip()
+    if not (text.isdigit() or text.startswith("live:") or "://" in text or text.startswith("/dev/video")):
+        raise ValueError(f"--webcam {spec}: expected a camera index (0, 1, ...), /dev/videoN, a capture URL "
+                         "(rtsp://..., http://...) or live:FILE")
     show = has_display() if preview is None else preview
     if not show and not record:
         raise ValueError(f"--webcam {spec}: no display to preview on (headless machine or OpenCV without GUI) "
@@ -593,7 +605,7 @@ def run_webcam(
         stack.enter_context(sigterm_as_exception())
         src = stack.enter_context(open_source(spec, max_frames=max_frames, on_limit="stop",
                                               max_resolution=max_resolution))
-        filt = _make_filter(weights, device, strength)
+        filt = _make_filter(weights, device, strength, ghost_res=ghost_res)
         if record:
             width = src.width * (2 if side_by_side else 1)
             sink = stack.enter_context(ThreadedSink(open_sink(record, fps=src.rate, width=width, height=src.height,
@@ -665,6 +677,7 @@ def run_sample(
     max_frames: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    ghost_res: float | None = None,
 ) -> RunSummary:
     """The demo: ``op`` applied per frame to the bundled sample, filtered (guided by the sample),
     written as [processed | filtered], scored with E_warp (flow from the sample)."""
@@ -679,7 +692,7 @@ def run_sample(
     with _note_kept_frames(lambda: sink, output), contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_as_exception())
         src = stack.enter_context(open_source(str(SAMPLE), max_frames=max_frames, on_limit="stop"))
-        filt = _make_filter(weights, device, strength)
+        filt = _make_filter(weights, device, strength, ghost_res=ghost_res)
         sink = stack.enter_context(ThreadedSink(open_sink(output, fps=src.rate, width=2 * src.width, height=src.height,
                                                           overwrite=overwrite, protected=[str(SAMPLE)])))
         total = _total(src, max_frames)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamssm._args import Checked, as_positive, as_strength, as_timestamp
+from streamssm._args import Checked, as_number, as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
@@ -129,6 +130,11 @@ class VideoFilter:
             :meth:`filter` frame by frame with it; on CUDA, run ``step`` on single H x W x 3 uint8 frames
             through :class:`~streamssm.fast.FastVideoStep` (the same ``VideoSSM.step`` replayed as a CUDA graph,
             pinned-memory copies; no compilation); ``False``: the model's own step and parallel scan.
+        ghost_res: the ghost guard (:func:`~streamssm.video.model.blend_confidence`): a flow residual (luminance,
+            0..1) at which the temporal blend is cut to 1/e, so that a thin or fast object the flow misses leaves
+            no trail of copies; 0 (the weights' default): off. 0.3 removes about two fifths of the trails for
+            almost no flicker, 0.1 most of them for more flicker left (``benchmarks/video_ghosting.py``).
+            None: the weights' own setting.
 
     ``step(frame, original=None)``: numpy H x W x 3 uint8 RGB in and out (gray, RGBA, 16-bit and float
     frames are converted; the output has the input's dtype), or torch (B, 3, H, W) float tensors in
@@ -158,11 +164,18 @@ class VideoFilter:
                        "docstring); checked when set.")
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0,
-                 half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True):
+                 half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True,
+                 ghost_res: float | None = None):
         self.strength = strength  # checked (Checked), before any work
         max_gap = as_positive(max_gap, "max_gap", "seconds")
+        if ghost_res is not None:
+            ghost_res = as_number(ghost_res, "ghost_res")
+            if not (math.isfinite(ghost_res) and ghost_res >= 0):
+                raise ValueError(f"ghost_res must be 0 (off) or a positive flow residual, got {ghost_res}")
         self.device = resolve_device(device)
         self.model = load_video_model(weights, self.device, backend)
+        if ghost_res is not None:
+            self.model.config.ghost_res = float(ghost_res)
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.max_gap = float(max_gap)
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
@@ -237,7 +250,10 @@ class VideoFilter:
         ``timestamp`` (s, optional): see ``max_gap``; must increase from frame to frame."""
         if self._pipe is not None:
             raise RuntimeError("a frame given to push() is still in flight: call flush() before step()")
-        if isinstance(frame, Tensor):
+        if isinstance(frame, Tensor) or isinstance(original, Tensor):
+            if not (isinstance(frame, Tensor) and (original is None or isinstance(original, Tensor))):
+                raise ValueError(f"frame and original must both be torch tensors (B, 3, H, W) or both numpy images, got "
+                                 f"{type(frame).__name__} and {type(original).__name__}")
             P = self._tensor_in(frame, "frame")
             I = None if original is None else self._tensor_in(original, "original")
             if I is not None and I.shape != P.shape:

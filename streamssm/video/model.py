@@ -76,6 +76,7 @@ class VideoSSMConfig:
     processed_correction: bool = True  # ... and processed-only (off: that mode is the temporal blend alone)
     blend_gain: float = 1.0  # scale of the temporal blend weight where the content moves (set by calibrate_blend)
     still_px: float = 0.0  # flow (full-res px) under which the guide counts as still: gain -> 1 there; 0: off
+    ghost_res: float = 0.0  # flow residual at which a ghost guard cuts the blend to 1/e (blend_confidence); 0: off
     fade_follow: float = 1.0  # processed-only: share of a lasting brightness lag made up a frame (fade_gain); 0: off
     fade_shrink: float = 0.15  # ... a lag (log brightness) well under this is taken for flicker and mostly left
     eps: float = 1e-3  # ridge of the local affine fit (variance units, [0, 1] colour)
@@ -190,8 +191,17 @@ def blend_confidence(res: Tensor, flow: Tensor, log_conf: Tensor, cfg: VideoSSMC
     the flow explains the guide; ``res`` the flow's residual) times ``cfg.blend_gain`` where the content moves.
     Where the guide holds still (flow well under ``cfg.still_px`` full-resolution pixels; ``flow`` (n, 2, hf, wf)
     in those pixels) the gain fades to 1: there any change of the processed frame is the operator's flicker, and
-    the warp is the identity, so a long memory blurs nothing. The one definition for every step path."""
+    the warp is the identity, so a long memory blurs nothing. The one definition for every step path.
+
+    ``cfg.ghost_res`` > 0 adds a ghost guard: a factor ``exp(-(r / ghost_res)^2)``, ``r`` the residual's 3 x 3
+    maximum. The learned confidence falls slowly with the residual (1/e at ``exp(log_conf)``, about 0.57 for the
+    shipped weights), so where the flow misses a thin or fast object (a lamp post from a moving car), the old
+    output is still blended in at a third to a half and leaves a trail of copies behind it. The guard cuts the
+    blend there; where the flow holds (r well under ``ghost_res``) it changes nearly nothing
+    (``benchmarks/video_ghosting.py``)."""
     conf = torch.exp(-res / torch.exp(log_conf.float()))
+    if cfg.ghost_res > 0:
+        conf = conf * torch.exp(-(F.max_pool2d(res, 3, 1, 1) / cfg.ghost_res).square())
     gain = cfg.blend_gain
     if gain == 1.0:
         return conf

@@ -56,6 +56,16 @@ def test_video_caps_are_checked_before_decoding():
     assert len(clip.frames) == 3 and clip.size == (100, 56) and clip.source_size == (640, 360)
 
 
+def test_a_video_too_narrow_for_the_working_size_is_named(tmp_path):
+    """A 64 x 1000 clip scales to 20 x 320 at the working size, under the filter's 32 px: a DemoError naming the
+    user's size and pointing to the CLI (it used to surface as a server failure naming the scaled size)."""
+    from tests._media import make_clip
+
+    clip = make_clip(tmp_path / "tall.mp4", n=3, size=(64, 1000))
+    with pytest.raises(DemoError, match=r"tall.mp4: the frames are 64x1000, scaled to 20x320 here .*streamssm video"):
+        read_clip(clip, "tall.mp4", Limits(), 3)
+
+
 def test_work_size_is_even_and_bounded():
     assert work_size(1920, 1080, 320) == (320, 180)
     w, h = work_size(101, 57, 320)  # small enough already: only rounded to even (H.264 4:2:0)

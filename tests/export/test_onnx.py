@@ -147,6 +147,40 @@ def test_export_refuses_a_graph_that_does_not_generalise(tmp_path):
         export_onnx("video", tmp_path / "small.onnx", model=model, shape=(1, 48, 64), check=True)
 
 
+def test_a_graph_that_fails_its_check_replaces_nothing(tmp_path):
+    """The check runs on a temporary file: a graph that fails it leaves a file already at the path as it was, and
+    writes none where there was none."""
+    model = build_model("video", VideoSSMConfig(d_model=16, n_layers=1).to_dict()).eval()
+    keep = tmp_path / "good.onnx"
+    keep.write_bytes(b"the user's good graph")
+    for out in (keep, tmp_path / "new.onnx"):
+        with pytest.raises(RuntimeError, match="not written"):
+            export_onnx("video", out, model=model, shape=(1, 48, 64), check=True)
+    assert keep.read_bytes() == b"the user's good graph"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx"]  # no new file, no temporary left
+
+
+def test_runner_refuses_what_would_poison_the_stream(tmp_path, pose_model):
+    """OnnxRunner checks what the graph cannot: a non-positive fps or a strength out of [0, 2] (NaN from then on),
+    integer video frames (read as [0, 1] values, saturated), frames under the 64 px short side (a raw ONNX Runtime
+    error otherwise); a NaN pixel is sanitised as VideoFilter does, so the next output is finite."""
+    pose = OnnxRunner(export_onnx("pose", tmp_path / "p.onnx", model=pose_model, check=False))
+    pts = np.random.default_rng(0).random((1, 17, 2), np.float32)
+    for kw, msg in [({"fps": 0}, "fps must be a positive"), ({"fps": -30}, "fps must be a positive"),
+                    ({"strength": 5}, r"strength must be in \[0, 2\]"),
+                    ({"strength": float("nan")}, r"strength must be in \[0, 2\]")]:
+        with pytest.raises(ValueError, match=msg):
+            pose.step(pts, **kw)
+    video = OnnxRunner(export_onnx("video", tmp_path / "v.onnx", model=build_model(
+        "video", VideoSSMConfig(d_model=16, n_layers=1).to_dict()).eval(), shape=(1, 64, 96), check=False))
+    with pytest.raises(ValueError, match="floating point in \\[0, 1\\], got uint8"):
+        video.step(np.zeros((1, 3, 64, 96), np.uint8))
+    with pytest.raises(ValueError, match="32x40: .*short side of at least 64"):
+        video.step(np.zeros((1, 3, 40, 32), np.float32))
+    video.step(np.full((1, 3, 64, 96), np.nan, np.float32))
+    assert np.isfinite(video.step(np.full((1, 3, 64, 96), 0.5, np.float32))).all()
+
+
 def test_export_rejects_old_opset(tmp_path, pose_model):
     with pytest.raises(ValueError, match="opset"):
         export_onnx("pose", tmp_path / "p.onnx", model=pose_model, opset=13)

@@ -74,6 +74,26 @@ def test_profile_must_be_ordered(trt, graphs, tmp_path):
                      max_shapes="1x3x1080x1920")
 
 
+def test_static_graph_gets_its_own_sizes_in_the_default_profile(trt, tmp_path):
+    """A graph exported with dynamic_size=False fixes K (pose) or H, W (video): the default profile takes them from
+    the graph instead of the generic defaults (which TensorRT would refuse), and a given shape that disagrees with
+    them is refused naming the option."""
+    onnx_path = export_onnx("pose", tmp_path / "static.onnx", shape=(1, 17), dynamic_size=False, check=False)
+    engine = build_engine(onnx_path, tmp_path / "static.engine")
+    info = json.loads((tmp_path / "static.engine.json").read_text())
+    assert engine.is_file() and [s[1] for s in info["profile"]["points"]] == [17, 17, 17]
+    with pytest.raises(ValueError, match="--min 1x5x2: .*static.onnx fixes its input points to Bx17x2"):
+        build_engine(onnx_path, tmp_path / "other.engine", min_shapes="1x5x2")
+
+
+def test_a_logged_build_error_is_a_failure(trt, graphs, tmp_path):
+    """A video profile under the 64 px short side is refused before TensorRT sees it (TensorRT itself logged
+    'kMIN values are not self-consistent' and still returned a plan, which used to be written as a success)."""
+    with pytest.raises(ValueError, match="short side of at least 64"):
+        build_engine(graphs["video"][0], tmp_path / "x.engine", min_shapes="1x3x32x32")
+    assert not (tmp_path / "x.engine").exists()
+
+
 def _can_execute(trt) -> str | None:
     """Why no engine can run here, or None."""
     if not torch.cuda.is_available():

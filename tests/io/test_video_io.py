@@ -335,23 +335,88 @@ def test_display_rotation_is_applied(tmp_path, degrees):
     assert np.abs(rgb.astype(int) - want).mean() < 8
 
 
-def test_hdr_input_is_named_in_a_warning(tmp_path, caplog):
-    path = tmp_path / "hlg.mp4"
+def _pq(nits):
+    """SMPTE ST 2084's inverse EOTF, written out here from the standard (not imported) to check the reader's."""
+    m1, m2, c1, c2, c3 = 0.1593017578125, 78.84375, 0.8359375, 18.8515625, 18.6875
+    y = (np.asarray(nits, np.float64) / 10000.0) ** m1
+    return ((c1 + c2 * y) / (1.0 + c3 * y)) ** m2
+
+
+def _hdr_clip(path, signal_rgb, trc):
+    """A lossless 10-bit BT.2020 clip (FFV1, 4:4:4, limited range) of 3 frames holding ``signal_rgb`` (H, W, 3)
+    non-linear values in [0, 1], tagged with transfer ``trc``."""
+    from av.video.reformatter import ColorRange, Colorspace
+
     with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=30)
-        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-        vs.codec_context.color_trc, vs.codec_context.color_primaries, vs.codec_context.colorspace = 18, 9, 9
+        vs = c.add_stream("ffv1", rate=30)
+        vs.width, vs.height, vs.pix_fmt = signal_rgb.shape[1], signal_rgb.shape[0], "yuv444p10le"
+        vs.codec_context.color_trc, vs.codec_context.color_primaries, vs.codec_context.colorspace = trc, 9, 9
+        vs.codec_context.color_range = 1
+        code = np.round(np.clip(signal_rgb, 0, 1) * 65535).astype(np.uint16)
         for i in range(3):
-            f = av.VideoFrame.from_ndarray(pattern(i), format="rgb24")
+            f = av.VideoFrame.from_ndarray(code, format="rgb48le").reformat(
+                format="yuv444p10le", dst_colorspace=Colorspace.BT2020, dst_color_range=ColorRange.MPEG)
             f.pts, f.time_base = i, Fraction(1, 30)
             c.mux(vs.encode(f))
         c.mux(vs.encode(None))
     with av.open(str(path)) as c:
-        if c.streams.video[0].codec_context.color_trc != 18:
-            pytest.skip("this FFmpeg build did not store the HLG transfer tag")
-    with caplog.at_level("WARNING"), open_source(path) as src:
-        assert len(list(src)) == 3
-    assert "hlg.mp4" in caplog.text and "HDR" in caplog.text and "HLG" in caplog.text
+        if c.streams.video[0].codec_context.color_trc != trc:
+            pytest.skip(f"this FFmpeg build did not store the transfer tag {trc} in {path.name}")
+
+
+def _rgb_to_xyz(primaries, white=(0.3127, 0.3290)):
+    """The RGB -> XYZ matrix of a set of (x, y) primaries and white point (SMPTE RP 177)."""
+    xyz = np.array([[x / y, 1.0, (1 - x - y) / y] for x, y in [*primaries, white]]).T
+    return xyz[:, :3] * np.linalg.solve(xyz[:, :3], xyz[:, 3])
+
+
+# BT.709 -> BT.2020 linear RGB, from the two standards' primaries, to put known BT.709 colours into the HDR clips
+_709_TO_2020 = np.linalg.solve(_rgb_to_xyz([(0.708, 0.292), (0.170, 0.797), (0.131, 0.046)]),
+                               _rgb_to_xyz([(0.64, 0.33), (0.30, 0.60), (0.15, 0.06)]))
+
+
+@pytest.mark.parametrize("trc", [16, 18], ids=["pq", "hlg"])
+def test_hdr_input_is_tone_mapped_to_sdr(tmp_path, caplog, trc):
+    # Patches of known light, relative to the 203 cd/m2 reference white, in BT.709 primaries: greys at 0.25
+    # and 1.0 (reference white), a red and a green at 0.5, and black. Expected SDR codes from the
+    # documented mapping: below the knee (0.6) light is kept and encoded with gamma 1/2.4; reference white
+    # lands at 0.8 light (the Reinhard knee); colours keep their hue (no cross-talk into other channels).
+    patches = [(0.25, 0.25, 0.25), (1.0, 1.0, 1.0), (0.5, 0.0, 0.0), (0.0, 0.5, 0.0), (0.0, 0.0, 0.0)]
+    light = np.array([np.array(p) @ _709_TO_2020.T for p in patches])  # (5, 3) BT.2020, x reference white
+    if trc == 16:
+        signal = _pq(light * 203.0)
+    else:  # HLG: invert BT.2100's OOTF (Yd = Ys^1.2 on a 1000 cd/m2 display, Fd = Ys^0.2 E), then the OETF
+        yd = light @ np.array([0.2627, 0.6780, 0.0593]) * 203.0 / 1000.0
+        ys = yd ** (1 / 1.2)
+        scene = np.where(ys[:, None] > 0, light * 203.0 / 1000.0 / np.maximum(ys, 1e-9)[:, None] ** 0.2, 0.0)
+        a, b, c = 0.17883277, 0.28466892, 0.55991073
+        scene = np.clip(scene, 0, 1)
+        signal = np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
+    img = np.repeat(np.repeat(signal[None], 16, 0), 16, 1)  # 5 patches of 16 x 16
+    path = tmp_path / ("pq.mkv" if trc == 16 else "hlg.mkv")
+    _hdr_clip(path, img, trc)
+    with caplog.at_level("INFO"), open_source(path) as src:
+        frames = [f.rgb for f in src]
+    assert len(frames) == 3 and frames[0].dtype == np.uint8 and frames[0].shape == (16, 80, 3)
+    assert path.name in caplog.text and "tone-mapped" in caplog.text
+    got = np.array([frames[1][8, 16 * i + 8].astype(int) for i in range(len(patches))])
+    want_light = np.array([[0.25] * 3, [0.8] * 3, [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0]])
+    want = np.round(255 * want_light ** (1 / 2.4))
+    # within 3 codes where there is light; near black gamma 1/2.4 is steep, so a colour's other channels are
+    # checked in light: 10-bit quantisation leaves them a few 1e-4 (codes up to ~12), none of the colour
+    lit = want_light > 0
+    assert np.abs(got - want)[lit].max() <= 3, (got.tolist(), want.tolist())
+    assert ((got[~lit] / 255.0) ** 2.4).max() < 2e-3, got.tolist()
+
+
+def test_hdr_tone_curve_is_continuous_and_monotonic():
+    from streamssm.io.hdr import HLG, PQ, HDRToSDR
+
+    ramp = np.repeat(np.arange(0, 65536, 16, dtype=np.uint16)[:, None, None], 3, 2)  # greys, every code
+    for trc in (PQ, HLG):
+        out = HDRToSDR(trc)(ramp)[:, 0, 0].astype(int)
+        assert out[0] == 0 and out[-1] >= 250  # black stays black; the brightest code is near SDR white
+        assert (np.diff(out) >= 0).all() and np.diff(out).max() <= 2  # no step back, no jump (no banding)
 
 
 # ---------------------------------------------------------------------------------------------

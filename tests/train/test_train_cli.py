@@ -17,3 +17,40 @@ def test_video_workers_option(monkeypatch, tmp_path, extra, workers):
     assert cli.main(["train", "video", "-o", str(tmp_path / "v.safetensors"), "--data", str(tmp_path), *extra]) == 0
     assert seen["cfg"].workers == workers
     assert (seen["cfg"].batch == 2) == ("--tiny" in extra)  # the tiny preset's other settings still hold
+
+
+def test_train_refuses_an_existing_output_unless_resume_or_overwrite(monkeypatch, tmp_path):
+    """A previous checkpoint, or any file of the user's, is not replaced by a new run unless asked."""
+    seen = []
+    monkeypatch.setattr(tv, "train_video", lambda out, videos, cfg, **kw: seen.append(kw["resume"]))
+    out = tmp_path / "v.safetensors"
+    out.write_bytes(b"step 121 of a run")
+    argv = ["train", "video", "-o", str(out), "--data", str(tmp_path)]
+    assert cli.main(argv) == 2 and not seen
+    assert out.read_bytes() == b"step 121 of a run"
+    assert cli.main(argv + ["--resume"]) == 0 and cli.main(argv + ["--overwrite"]) == 0
+    assert seen == [True, False]
+
+
+@pytest.mark.parametrize(("args", "says"), [(["--batch", "0"], "--batch must be at least 1"),
+                                            (["--steps", "-5"], "--steps must be at least 1"),
+                                            (["--minutes", "-1"], "--minutes must be above 0"),
+                                            (["--p-fade", "7"], "--p-fade must be in [0, 1]")])
+def test_train_numbers_are_checked_before_any_work(monkeypatch, tmp_path, capsys, args, says):
+    monkeypatch.setattr(tv, "train_video", lambda *a, **k: pytest.fail("trained despite a bad argument"))
+    assert cli.main(["train", "video", "-o", str(tmp_path / "v.safetensors"), *args]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_pose_resume_of_a_finished_run_trains_nothing(tmp_path, shared_data):
+    """Resuming a run already at --steps leaves it as it was (the step count used to grow by one each time), and
+    the optimiser is saved beside the weights so a resumed run continues it."""
+    from streamssm.weights import read_weights
+
+    out = tmp_path / "p.safetensors"
+    argv = ["train", "pose", "--tiny", "--steps", "3", "-o", str(out), "--data", str(shared_data), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert read_weights(out, "pose")[2]["step"] == 3 and (tmp_path / "p.opt.pt").exists()
+    before = out.read_bytes()
+    assert cli.main(argv + ["--resume"]) == 0
+    assert out.read_bytes() == before

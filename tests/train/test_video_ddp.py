@@ -31,3 +31,19 @@ def test_train_video_two_process_gloo_and_resume(tmp_path, shared_data):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "resumed" in r.stdout + r.stderr
     assert read_weights(out, "video")[2]["step"] == 6
+
+
+@pytest.mark.slow
+def test_train_video_two_process_time_budget_stops_every_rank(tmp_path, shared_data):
+    """With --minutes each rank reads its own clock: they must agree on the step to stop at, or the rank still
+    training waits forever in the next gradient all-reduce for the one that left (it hung 4 times in 4)."""
+    clip = shared_data / "videos" / "edgetam_21_biker.mp4"
+    out = tmp_path / "video.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+           "-m", "streamssm.cli", "train", "video", "--tiny", "--steps", "100000", "--minutes", "0.05",
+           "--data", str(clip), "-o", str(out), "--device", "cpu", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "time budget of 0.05 min reached" in r.stdout + r.stderr
+    step = read_weights(out, "video")[2]["step"]
+    assert 0 < step < 100000
