@@ -558,6 +558,21 @@ def test_ghost_guard_cuts_the_trail(fast):
     assert strict < off / 2
 
 
+@pytest.mark.gpu
+def test_ghost_guard_cuts_the_trail_on_cuda():
+    """The same on CUDA, through the CUDA-graph step (FastVideoStep), in float16."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    clip = _passing_bar()
+
+    def worst(g):
+        f = VideoFilter(device="cuda", ghost_res=g)
+        return max(int(np.abs(f.step(x, x).astype(int) - x).max()) for x in clip)
+
+    off, strict = worst(0.0), worst(0.1)
+    assert off > 40 and strict < off / 2
+
+
 def test_ghost_guard_is_checked():
     for bad in (-0.1, float("nan"), "strong"):
         with pytest.raises(ValueError, match="ghost_res"):
