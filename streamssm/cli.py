@@ -69,6 +69,25 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _check_train_args(args)
+    try:
+        return _train(args)
+    except KeyboardInterrupt:  # say what was kept: the last checkpoint, and how to go on from it
+        from pathlib import Path
+
+        from streamssm.weights import read_weights
+
+        out = Path(args.output)
+        try:
+            step = read_weights(out, args.model)[2].get("step")
+            print(f"streamssm train: stopped; {out} holds the checkpoint of step {step} (rerun with --resume to "
+                  "continue)", file=sys.stderr)
+        except (OSError, ValueError):
+            print(f"streamssm train: stopped before the first checkpoint; nothing was written to {out}",
+                  file=sys.stderr)
+        raise
+
+
+def _train(args: argparse.Namespace) -> int:
     if args.model == "pose":
         from streamssm._device import resolve_device
         from streamssm.pose.model import PoseSSMConfig

@@ -227,8 +227,18 @@ def load_training_videos(videos: str | Path, short_side: int, max_frames: int | 
     from streamssm.data.video_clips import load_cache, load_videos
 
     p = Path(videos)
+    if not p.exists():
+        raise ValueError(f"{p}: no such file or folder; expected a folder of videos, a video file or a cache .npz")
     if p.suffix == ".npz":
-        return load_cache(p)
+        try:
+            cache = load_cache(p)
+        except Exception as e:  # a zip that is not an npz, a truncated file
+            raise ValueError(f"{p}: not a readable .npz ({e}); expected a cache of training videos") from None
+        bad = [k for k, v in cache.items() if v.ndim != 4 or v.shape[-1] != 3 or v.dtype != np.uint8]
+        if not cache or bad:
+            raise ValueError(f"{p}: not a cache of training videos (expected arrays of (t, h, w, 3) uint8 frames; "
+                             f"{'it holds none' if not cache else 'not: ' + ', '.join(bad[:5])})")
+        return cache
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi", ".webm")) if p.is_dir() else [p]
     if not files:
         raise ValueError(f"{p}: no video files found (expected .mp4/.mov/.mkv/.avi/.webm)")

@@ -388,10 +388,12 @@ class VideoFilter:
                                  "originals=None; step(frame, original=None) mixes the two modes frame by frame")
         if not frames:
             raise ValueError("no frames to filter")
+        if any(isinstance(f, Tensor) for f in frames + (originals or [])):
+            raise ValueError("filter() takes numpy frames (H x W x 3); for torch (B, 3, H, W) tensors call step() frame "
+                             "by frame, or the model's parallel scan, VideoFilter.model(P, I, state) on (B, T, 3, H, W)")
         out = []
         for s in range(0, len(frames), chunk):
             ps = [frame_to_float(f, f"frame {s + i}") for i, f in enumerate(frames[s : s + chunk])]
-            dtype = ps[0][1]
             sizes = {p.shape for p, _ in ps}
             if len(sizes) != 1:
                 # a size change inside the chunk: fall back to frame-by-frame, which resets with a warning
@@ -406,7 +408,7 @@ class VideoFilter:
                     raise ValueError(f"originals and processed frames differ in size near frame {s}")
                 I = torch.from_numpy(np.stack(ii)).permute(0, 3, 1, 2)[None].to(self.device)
             O = self._run(P, I, parallel=True)[0].permute(0, 2, 3, 1).cpu().numpy()
-            out += [float_to_frame(o, dtype) for o in O]
+            out += [float_to_frame(o, d) for o, (_, d) in zip(O, ps)]  # each frame in its own dtype, as step()
         return out
 
     def reset(self, mask: Any = None) -> None:

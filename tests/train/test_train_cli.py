@@ -54,3 +54,17 @@ def test_pose_resume_of_a_finished_run_trains_nothing(tmp_path, shared_data):
     before = out.read_bytes()
     assert cli.main(argv + ["--resume"]) == 0
     assert out.read_bytes() == before
+
+
+def test_video_data_that_is_not_videos_is_named(tmp_path, capsys):
+    """--data that does not exist, or an .npz that is not a cache of training videos (a pose file), is refused
+    naming it, before any training (it used to fail with 'not enough values to unpack')."""
+    import numpy as np
+
+    pose = tmp_path / "pose.npz"
+    np.savez(pose, points=np.zeros((5, 17, 2), np.float32))
+    for data, says in [(tmp_path / "missing", "no such file or folder"), (pose, "not a cache of training videos")]:
+        assert cli.main(["train", "video", "--tiny", "-o", str(tmp_path / "v.safetensors"), "--data", str(data)]) == 2
+        err = capsys.readouterr().err
+        assert str(data) in err and says in err
+    assert not (tmp_path / "v.safetensors").exists()

@@ -585,3 +585,16 @@ def test_tensor_and_numpy_frames_do_not_mix():
         f.step(torch.rand(1, 3, 64, 64), np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match="both be torch tensors"):
         f.step(np.zeros((64, 64, 3), np.uint8), torch.rand(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_filter_returns_each_frame_in_its_own_dtype(fast):
+    """As step() does: a float frame among uint8 ones comes back float (filter used to cast a chunk to the first
+    frame's dtype); torch tensors are refused with the way to filter them."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), rng.random((64, 64, 3)),
+              rng.integers(0, 256, (64, 64, 3), dtype=np.uint16)]
+    out = VideoFilter(device="cpu", fast=fast).filter(frames)
+    assert [o.dtype for o in out] == [np.uint8, np.float64, np.uint16]
+    with pytest.raises(ValueError, match="filter\\(\\) takes numpy frames"):
+        VideoFilter(device="cpu", fast=fast).filter([torch.rand(1, 3, 64, 64)])
