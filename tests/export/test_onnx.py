@@ -184,6 +184,9 @@ def test_runner_refuses_what_would_poison_the_stream(tmp_path, pose_model):
 def test_export_rejects_old_opset(tmp_path, pose_model):
     with pytest.raises(ValueError, match="opset"):
         export_onnx("pose", tmp_path / "p.onnx", model=pose_model, opset=13)
+    with pytest.raises(ValueError, match="opset must be from 17 .* got 99"):  # not 500 lines of TorchScript IR
+        export_onnx("pose", tmp_path / "p.onnx", model=pose_model, opset=99)
+    assert not (tmp_path / "p.onnx").exists()
 
 
 def test_cli_export_onnx(tmp_path):
