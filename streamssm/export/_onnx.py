@@ -90,6 +90,7 @@ def export_onnx(
     shape: tuple[int, ...] | None = None,
     dynamic_size: bool = True,
     check: bool = True,
+    ghost_res: float | None = None,
 ) -> Path:
     """Export one step of the ``"pose"`` or ``"video"`` model to ONNX, state as explicit inputs/outputs.
 
@@ -108,6 +109,8 @@ def export_onnx(
             False the graph accepts only the traced k or h, w.
         check: run ONNX Runtime against PyTorch for 2 steps at the traced shape and at a second shape
             (other batch, and other k or h, w when dynamic); raise if the relative error > 1e-4.
+        ghost_res: video only: the ghost guard baked into the graph
+            (:class:`~streamssm.video.filter.VideoFilter`'s ``ghost_res``); None: the weights' setting.
 
     Returns:
         The path written. Graph interface and metadata: see :mod:`streamssm.export._spec`.
@@ -127,6 +130,13 @@ def export_onnx(
         model = load_model(model_kind, weights)
     model = copy.deepcopy(model).cpu().float().eval()
     _check_backend(model)
+    if ghost_res is not None:
+        if model_kind != "video":
+            raise ValueError("ghost_res is for the video model (its temporal blend), not pose")
+        ghost_res = float(ghost_res)
+        if not (np.isfinite(ghost_res) and ghost_res >= 0):
+            raise ValueError(f"ghost_res must be 0 (off) or a positive flow residual, got {ghost_res}")
+        model.config.ghost_res = ghost_res
     config = {**model.config.to_dict(), "backend": "torch"}
     spec = StepSpec(model_kind, config, guided=bool(guided) and model_kind == "video", dims=dims)
     shape = tuple(shape or DEFAULT_EXPORT_SHAPE[model_kind])

@@ -28,6 +28,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
         raise ValueError("--guided is for --model video (a graph that also takes the original frame), not pose")
     if args.model == "video" and args.dims is not None:
         raise ValueError("--dims is for --model pose (coordinates per keypoint), not video")
+    if args.model == "pose" and args.ghost_res is not None:
+        raise ValueError("--ghost-res is for --model video (the ghost guard of its temporal blend), not pose")
     args.dims = 2 if args.dims is None else args.dims
     _check_output(args, args.weights)
     shape = None
@@ -40,7 +42,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
         shape = (s[0], s[1]) if args.model == "pose" else (s[0], s[2], s[3])
     try:
         path = export_onnx(args.model, args.output, weights=args.weights, opset=args.opset, guided=args.guided,
-                           dims=args.dims, shape=shape, dynamic_size=not args.static_size, check=not args.no_check)
+                           dims=args.dims, shape=shape, dynamic_size=not args.static_size, check=not args.no_check,
+                           ghost_res=args.ghost_res)
     except (ImportError, RuntimeError) as e:  # missing extra, or a graph that failed its check: a message
         raise ValueError(str(e)) from e
     print(f"wrote {path}")
@@ -85,6 +88,9 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--static-size", action="store_true", help="only the batch is dynamic (not K, or H and W)")
     o.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     o.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    o.add_argument("--ghost-res", type=float, default=None, metavar="R",
+                   help="video: bake the ghost guard into the graph (as streamssm video --ghost-res; default: the "
+                        "weights', off)")
     o.set_defaults(func=_cmd_onnx)
 
     t = sub.add_parser("tensorrt", help="build a TensorRT (or TensorRT-RTX) engine from an exported .onnx")

@@ -181,6 +181,31 @@ def test_runner_refuses_what_would_poison_the_stream(tmp_path, pose_model):
     assert np.isfinite(video.step(np.full((1, 3, 64, 96), 0.5, np.float32))).all()
 
 
+def test_ghost_guard_is_baked_into_the_video_graph(tmp_path):
+    """export_onnx(ghost_res=) puts the guard in the graph (its metadata records it, and the check against PyTorch
+    with the guard passes), and the guarded graph cuts a passing bar's trail that the unguarded one leaves."""
+    import json
+
+    import onnx
+
+    model = load_model("video")
+    bar = []
+    for t in range(8):
+        img = np.full((1, 3, 64, 128), 0.5, np.float32)
+        img[..., 10 + 11 * t: 13 + 11 * t] = 0.95
+        bar.append(img)
+    worst = {}
+    for g in (0.0, 0.1):
+        path = export_onnx("video", tmp_path / f"g{g}.onnx", model=model, shape=(1, 64, 128), ghost_res=g)
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert json.loads(meta["streamssm.config"])["ghost_res"] == g
+        runner = OnnxRunner(path)
+        worst[g] = max(float(np.abs(runner.step(x) - x).max()) for x in bar)
+    assert worst[0.0] > 0.1 and worst[0.1] < worst[0.0] / 2
+    with pytest.raises(ValueError, match="ghost_res is for the video model"):
+        export_onnx("pose", tmp_path / "p.onnx", ghost_res=0.1)
+
+
 def test_export_rejects_old_opset(tmp_path, pose_model):
     with pytest.raises(ValueError, match="opset"):
         export_onnx("pose", tmp_path / "p.onnx", model=pose_model, opset=13)
