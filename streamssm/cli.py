@@ -62,26 +62,37 @@ def _check_train_args(args: argparse.Namespace) -> None:
             except OSError as e:
                 raise ValueError(f"{out}: cannot write in {up} ({e.strerror or e}); choose another output path") from None
             break
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in -o, "
+                         "--overwrite starts a new one over it")
     if out.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{out}: already exists; pass --resume to continue training it, or --overwrite to "
                               "start over and replace it")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
     _check_train_args(args)
+    started = time.time()
     try:
         return _train(args)
     except KeyboardInterrupt:  # say what was kept: the last checkpoint, and how to go on from it
-        from pathlib import Path
-
         from streamssm.weights import read_weights
 
         out = Path(args.output)
+        saved = out.exists() and out.stat().st_mtime >= started - 1.0  # written by this run
         try:
-            step = read_weights(out, args.model)[2].get("step")
-            print(f"streamssm train: stopped; {out} holds the checkpoint of step {step} (rerun with --resume to "
-                  "continue)", file=sys.stderr)
+            step = read_weights(out, args.model)[2].get("step") if saved else None
         except (OSError, ValueError):
+            step = None
+        if step is not None:
+            print(f"streamssm train: stopped; {out} holds this run's checkpoint of step {step} (rerun with --resume "
+                  "to continue)", file=sys.stderr)
+        elif out.exists():
+            print(f"streamssm train: stopped before this run's first checkpoint; {out} is as it was", file=sys.stderr)
+        else:
             print(f"streamssm train: stopped before the first checkpoint; nothing was written to {out}",
                   file=sys.stderr)
         raise

@@ -9,6 +9,8 @@ kyutai's ``StreamingModule``, without hidden in-place mutation inside the model)
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any, Sequence
 
 import torch
@@ -64,6 +66,8 @@ def kept_streams(index: Any, batch: int) -> list[int]:
     import numpy as np
 
     idx = np.atleast_1d(np.asarray(index))
+    if idx.size == 0:  # nothing to drop (a list comprehension that found no finished stream)
+        return list(range(batch))
     if idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"drop_streams: index must be an int or a list of ints, got {index!r}")
     drop = {int(i) % batch if -batch <= int(i) < batch else None for i in idx.tolist()}
@@ -116,20 +120,28 @@ class Stream:
             except (AttributeError, StopIteration):
                 device = torch.device("cpu")
         self.device = torch.device(device)
+        # the state by keyword where the module's step names it (the video model's second argument is the
+        # original frame), else positionally as ``step(x, state)``
+        self._state_kw = "state" in inspect.signature(module.step).parameters
         try:
             self.state: State = self._fresh()
-        except TypeError as e:  # a model whose state depends on the stream's size, given none (or too many)
-            raise ValueError(f"{type(module).__name__}.init_state does not take dims={self.dims} ({e}): pass the "
-                             "stream sizes its state depends on, dims=(K,) for pose, dims=(H, W) for video") from None
+        except TypeError as e:  # a model whose state depends on the stream's size, given none
+            if self.dims or "dims" in str(e):
+                raise
+            raise ValueError(f"{type(module).__name__}.init_state({batch}, device) failed ({e}): if its state depends "
+                             "on the stream's size, pass it as dims=(K,) for pose, dims=(H, W) for video") from e
 
     def _fresh(self) -> State:
-        return self.module.init_state(self.batch, *self.dims, device=self.device)
+        return self.module.init_state(self.batch, *self.dims, self.device)
 
     def step(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         """Advance every stream by one step; returns the module's output. ``args``/``kwargs`` go to the module's
         ``step`` after ``x`` (the video model's original frame, the pose model's confidence); the state is passed
-        as ``state=``."""
-        y, self.state = self.module.step(x, *args, state=self.state, **kwargs)
+        as ``state=`` where the module's ``step`` has that parameter, else second, as ``step(x, state)``."""
+        if self._state_kw:
+            y, self.state = self.module.step(x, *args, state=self.state, **kwargs)
+        else:
+            y, self.state = self.module.step(x, self.state, *args, **kwargs)
         return y
 
     def reset(self, mask: Tensor | Sequence[bool] | None = None) -> None:

@@ -85,3 +85,20 @@ def test_reset_mask_must_cover_every_stream(block):
         reset_state(s.state, s._fresh(), torch.tensor([True]))
     with pytest.raises(ValueError, match="int or a list of ints"):
         kept_streams(1.5, 2)
+    assert kept_streams([], 3) == [0, 1, 2]  # nothing to drop
+
+
+def test_stream_keeps_the_plain_step_x_state_contract():
+    """A module of one's own with ``init_state(batch, device)`` and ``step(x, h)`` (no parameter named state)
+    still gets the state second, positionally."""
+    class Acc:
+        def init_state(self, batch, dev):
+            return torch.zeros(batch, device=dev)
+
+        def step(self, x, h):
+            h = h + x
+            return h, h
+
+    s = Stream(Acc(), batch=2)
+    s.step(torch.ones(2))
+    assert torch.equal(s.step(torch.ones(2)), torch.full((2,), 2.0))

@@ -125,7 +125,7 @@ def export_onnx(
     if not MIN_OPSET <= opset <= top:
         raise ValueError(f"opset must be from {MIN_OPSET} (GridSample, and what the tests cover) to {top} (the newest "
                          f"both this torch's exporter and the installed onnx write), got {opset}")
-    out_path = check_output_path(out_path, weights)
+    out_path = check_output_path(out_path, weights if weights is not None else _package_weights(model_kind))
     if model is None:
         model = load_model(model_kind, weights)
     model = copy.deepcopy(model).cpu().float().eval()
@@ -162,6 +162,15 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
+
+
+def _package_weights(kind: str) -> Path:
+    """The shipped weights a default export reads (never to be written over)."""
+    if kind == "pose":
+        from streamssm.pose.filter import DEFAULT_WEIGHTS
+    else:
+        from streamssm.video.filter import DEFAULT_WEIGHTS
+    return Path(DEFAULT_WEIGHTS)
 
 
 def max_opset() -> int:

@@ -135,8 +135,9 @@ def _frame_profile(spec: StepSpec, network, onnx_path, min_shape, opt_shape, max
                              f"({'BxKxD' if spec.kind == 'pose' else 'Bx3xHxW'})")
         fixed = [(i, d) for i, d in enumerate(declared) if d != -1]
         if given and any(shape[i] != d for i, d in fixed):
+            letters = "BKD" if spec.kind == "pose" else "BCHW"
             raise ValueError(f"{opt} {given}: {onnx_path} fixes its input {name} to "
-                             f"{'x'.join('B' if d == -1 else str(d) for d in declared)}")
+                             f"{'x'.join(letters[i] if d == -1 else str(d) for i, d in enumerate(declared))}")
         shape = tuple(d if d != -1 else v for d, v in zip(declared, shape))
         if spec.kind == "video" and -1 in declared[2:] and min(shape[2:]) < 64:
             raise ValueError(f"{opt} {'x'.join(map(str, shape))}: a resolution-generic video graph needs frames with a "
@@ -171,12 +172,15 @@ def build_engine(
         compute_capabilities: TensorRT-RTX only: targets such as ``["SM89"]`` or ``["CURRENT"]``;
             default CURRENT with a GPU, else :data:`RTX_DEFAULT_CCS`.
         tf32: allow TF32 matmuls (off by default: the SSM and the 3x3 colour solve are kept at fp32).
-        workspace_mb: cap on the builder's workspace pool.
+        workspace_mb: cap on the builder's workspace pool, in MiB (at least 1; None: TensorRT's default).
 
     Returns the engine path. Build time and settings are in the ``.json`` beside it.
     """
+    from ._onnx import check_output_path
+
     trt = import_tensorrt()
     spec = read_onnx_spec(onnx_path)
+    engine_path = check_output_path(engine_path, onnx_path)
     if workspace_mb is not None and int(workspace_mb) < 1:
         raise ValueError(f"workspace_mb must be a positive number of MiB, got {workspace_mb}")
 
@@ -422,8 +426,11 @@ class TensorRTRunner:
         spec = self.spec
         strength = as_strength(strength)
         frame = torch.as_tensor(frame)
-        if spec.kind == "video" and not frame.is_floating_point():
-            raise ValueError(f"processed frames must be floating point in [0, 1], got {frame.dtype} (divide uint8 by 255)")
+        if spec.kind == "video":
+            for name, t in (("processed", frame), ("original", second)):
+                if t is not None and not torch.as_tensor(t).is_floating_point():
+                    raise ValueError(f"{name} frames must be floating point in [0, 1], got {torch.as_tensor(t).dtype} "
+                                     "(divide uint8 by 255)")
         if spec.kind == "pose":
             fps_c = np.asarray(fps, np.float64).reshape(-1)
             if not (np.isfinite(fps_c) & (fps_c > 0)).all():

@@ -31,7 +31,9 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     if args.model == "pose" and args.ghost_res is not None:
         raise ValueError("--ghost-res is for --model video (the ghost guard of its temporal blend), not pose")
     args.dims = 2 if args.dims is None else args.dims
-    _check_output(args, args.weights)
+    from streamssm.export._onnx import _package_weights
+
+    _check_output(args, args.weights if args.weights is not None else _package_weights(args.model))
     shape = None
     if args.shape:
         s = parse_shape(args.shape)
@@ -80,7 +82,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--model", choices=["pose", "video"], required=True)
     o.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     o.add_argument("--weights", default=None, help="safetensors weights (default: the package's)")
-    o.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    o.add_argument("--opset", type=int, default=17,
+                   help="ONNX opset, 17 up to what torch writes (23); ONNX Runtime must run it too (default 17)")
     o.add_argument("--dims", type=int, choices=[2, 3], default=None, help="pose: coordinates per keypoint (default 2)")
     o.add_argument("--guided", action="store_true", help="video: the graph also takes the original frame")
     o.add_argument("--shape", default=None,

@@ -388,9 +388,10 @@ class VideoFilter:
                                  "originals=None; step(frame, original=None) mixes the two modes frame by frame")
         if not frames:
             raise ValueError("no frames to filter")
-        if any(isinstance(f, Tensor) for f in frames + (originals or [])):
-            raise ValueError("filter() takes numpy frames (H x W x 3); for torch (B, 3, H, W) tensors call step() frame "
-                             "by frame, or the model's parallel scan, VideoFilter.model(P, I, state) on (B, T, 3, H, W)")
+        if any(isinstance(f, Tensor) and (f.dim() == 4 or f.is_cuda) for f in frames + (originals or [])):
+            raise ValueError("filter() takes H x W x 3 frames (numpy, or CPU tensors in that layout); for (B, 3, H, W) "
+                             "or CUDA tensors call step() frame by frame, or the model's parallel scan, "
+                             "VideoFilter.model(P, I, state) on (B, T, 3, H, W)")
         out = []
         for s in range(0, len(frames), chunk):
             ps = [frame_to_float(f, f"frame {s + i}") for i, f in enumerate(frames[s : s + chunk])]

@@ -135,3 +135,12 @@ def test_runner_matches_torch(trt, graphs, tmp_path, name):
             assert torch.equal(torch.isfinite(a), fin), f"{name} step {t} {what}: NaN in different places"
             err = float((a[fin] - b[fin]).norm() / b[fin].norm().clamp_min(1e-30))
             assert err <= TRT_TOL[torch.float32], f"{name} step {t} {what}: relative error {err:.3g}"
+
+
+def test_the_input_graph_is_never_the_engine(trt, graphs):
+    """build_engine (the API, not only the CLI) refuses to write the engine over the graph it reads."""
+    onnx_path = graphs["pose"][0]
+    before = onnx_path.read_bytes()
+    with pytest.raises(ValueError, match="is the input file"):
+        build_engine(onnx_path, onnx_path)
+    assert onnx_path.read_bytes() == before

@@ -342,15 +342,15 @@ def _pq(nits):
     return ((c1 + c2 * y) / (1.0 + c3 * y)) ** m2
 
 
-def _hdr_clip(path, signal_rgb, trc):
+def _hdr_clip(path, signal_rgb, trc, primaries=9):
     """A lossless 10-bit BT.2020 clip (FFV1, 4:4:4, limited range) of 3 frames holding ``signal_rgb`` (H, W, 3)
-    non-linear values in [0, 1], tagged with transfer ``trc``."""
+    non-linear values in [0, 1], tagged with transfer ``trc`` and ``primaries`` (9: BT.2020, 1: BT.709)."""
     from av.video.reformatter import ColorRange, Colorspace
 
     with av.open(str(path), "w") as c:
         vs = c.add_stream("ffv1", rate=30)
         vs.width, vs.height, vs.pix_fmt = signal_rgb.shape[1], signal_rgb.shape[0], "yuv444p10le"
-        vs.codec_context.color_trc, vs.codec_context.color_primaries, vs.codec_context.colorspace = trc, 9, 9
+        vs.codec_context.color_trc, vs.codec_context.color_primaries, vs.codec_context.colorspace = trc, primaries, 9
         vs.codec_context.color_range = 1
         code = np.round(np.clip(signal_rgb, 0, 1) * 65535).astype(np.uint16)
         for i in range(3):
@@ -407,6 +407,20 @@ def test_hdr_input_is_tone_mapped_to_sdr(tmp_path, caplog, trc):
     lit = want_light > 0
     assert np.abs(got - want)[lit].max() <= 3, (got.tolist(), want.tolist())
     assert ((got[~lit] / 255.0) ** 2.4).max() < 2e-3, got.tolist()
+
+
+def test_hdr_on_bt709_primaries_gets_no_gamut_conversion(tmp_path):
+    """PQ tagged on BT.709 primaries (screen recordings, some transcodes): a pure red stays pure, where the
+    BT.2020 -> BT.709 matrix would push it out of gamut (its green and blue clipped to 0, its red up)."""
+    light = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    img = np.repeat(np.repeat(_pq(light * 203.0)[None], 16, 0), 16, 1)
+    _hdr_clip(tmp_path / "pq709.mkv", img, 16, primaries=1)
+    with open_source(tmp_path / "pq709.mkv") as src:
+        rgb = next(iter(src)).rgb
+    red, green = rgb[8, 8].astype(int), rgb[8, 24].astype(int)
+    want = round(255 * 0.5 ** (1 / 2.4))
+    assert abs(red[0] - want) <= 3 and abs(green[1] - want) <= 3
+    assert ((np.array([red[1], red[2], green[0], green[2]]) / 255.0) ** 2.4).max() < 2e-3
 
 
 def test_hdr_tone_curve_is_continuous_and_monotonic():

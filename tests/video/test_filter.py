@@ -596,5 +596,8 @@ def test_filter_returns_each_frame_in_its_own_dtype(fast):
               rng.integers(0, 256, (64, 64, 3), dtype=np.uint16)]
     out = VideoFilter(device="cpu", fast=fast).filter(frames)
     assert [o.dtype for o in out] == [np.uint8, np.float64, np.uint16]
-    with pytest.raises(ValueError, match="filter\\(\\) takes numpy frames"):
+    with pytest.raises(ValueError, match="filter\\(\\) takes H x W x 3 frames"):
         VideoFilter(device="cpu", fast=fast).filter([torch.rand(1, 3, 64, 64)])
+    # H x W x 3 CPU tensors (torchvision.io.read_video's frames) still work, as numpy does
+    clip = [torch.from_numpy(frames[0]), torch.from_numpy(frames[0])]
+    assert [o.dtype for o in VideoFilter(device="cpu", fast=fast).filter(clip)] == [np.uint8, np.uint8]
