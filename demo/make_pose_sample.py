@@ -43,11 +43,12 @@ def main() -> None:
     arrays["source"] = np.array(f"{arrays['source']} frames {a.start}-{a.start + len(arrays['landmarks_raw']) - 1}")
     tmp = a.output.with_name(f".{a.output.stem}.partial.npz")
     np.savez_compressed(tmp, **arrays)
+    size = tmp.stat().st_size
+    if size > MAX_BYTES:  # checked before the move: an over-budget file never replaces the one in place
+        tmp.unlink()
+        raise SystemExit(f"{a.output}: not written: {size} bytes, over the {MAX_BYTES} byte budget; keep fewer frames")
     os.replace(tmp, a.output)
-    size = a.output.stat().st_size
     print(f"{a.output}: {len(arrays['landmarks_raw'])} frames, {size / 1e3:.0f} kB")
-    if size > MAX_BYTES:
-        raise SystemExit(f"{a.output}: {size} bytes exceeds the {MAX_BYTES} byte budget; keep fewer frames")
 
 
 if __name__ == "__main__":

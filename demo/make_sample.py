@@ -57,8 +57,13 @@ def make_sample(src: Path, dst: Path, start: float, seconds: float, width: int, 
                 written += 1
             for p in os_.encode(None):
                 out.mux(p)
+    size = tmp.stat().st_size
+    if size > MAX_BYTES:  # checked before the move: an over-budget clip never replaces the one in place
+        tmp.unlink()
+        raise SystemExit(f"{dst}: not written: {written} frames {width}x{height} make {size} bytes, over the "
+                         f"{MAX_BYTES} byte budget; raise --crf or cut shorter")
     os.replace(tmp, dst)
-    return written, dst.stat().st_size
+    return written, size
 
 
 def main() -> None:
@@ -75,8 +80,6 @@ def main() -> None:
     w, h = (int(v) for v in a.size.split("x"))
     n, size = make_sample(a.source, a.output, a.start, a.seconds, w, h, a.crf)
     print(f"{a.output}: {n} frames {w}x{h}, {size / 1e6:.2f} MB")
-    if size > MAX_BYTES:
-        raise SystemExit(f"{a.output}: {size} bytes exceeds the {MAX_BYTES} byte budget; raise --crf or cut shorter")
 
 
 if __name__ == "__main__":

@@ -71,18 +71,25 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import time
     from pathlib import Path
 
     _check_train_args(args)
-    started = time.time()
+    out = Path(args.output)
+
+    def signature():  # what is at -o: a checkpoint save replaces the file (a new inode, time and size)
+        try:
+            st = out.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    before = signature()
     try:
         return _train(args)
     except KeyboardInterrupt:  # say what was kept: the last checkpoint, and how to go on from it
         from streamssm.weights import read_weights
 
-        out = Path(args.output)
-        saved = out.exists() and out.stat().st_mtime >= started - 1.0  # written by this run
+        saved = out.exists() and signature() != before  # written by this run
         try:
             step = read_weights(out, args.model)[2].get("step") if saved else None
         except (OSError, ValueError):

@@ -1,7 +1,8 @@
 """Streaming convenience layer: holds the explicit state of a batch of streams for you.
 
-Any module with ``init_state(batch, device) -> state`` and ``step(x, state) -> (y, state)``, where the
-state is a tensor or a flat tuple of tensors whose first dimension is the stream, can be wrapped.
+Any module with ``init_state(batch, *dims, device) -> state`` (``dims``: the stream sizes its state depends on, K
+for the pose model, H and W for the video model, none for an SSM layer) and ``step(x, ..., state) -> (y, state)``,
+where the state is a tensor or a flat tuple of tensors whose first dimension is the stream, can be wrapped.
 The explicit ``step`` stays the single source of truth (export and tests call it directly); this
 class only remembers the last state, resets chosen streams and takes snapshots (the pattern of
 kyutai's ``StreamingModule``, without hidden in-place mutation inside the model).
@@ -125,11 +126,11 @@ class Stream:
         self._state_kw = "state" in inspect.signature(module.step).parameters
         try:
             self.state: State = self._fresh()
-        except TypeError as e:  # a model whose state depends on the stream's size, given none
-            if self.dims or "dims" in str(e):
-                raise
-            raise ValueError(f"{type(module).__name__}.init_state({batch}, device) failed ({e}): if its state depends "
-                             "on the stream's size, pass it as dims=(K,) for pose, dims=(H, W) for video") from e
+        except TypeError as e:  # stream sizes missing or of the wrong count (the cause is chained, not hidden)
+            call = ", ".join(map(str, (batch, *self.dims, "device")))
+            raise ValueError(f"{type(module).__name__}.init_state({call}) failed ({e}): pass the stream sizes its "
+                             "state depends on, dims=(K,) for the pose model, dims=(H, W) for the video model, none "
+                             "for an SSM layer") from e
 
     def _fresh(self) -> State:
         return self.module.init_state(self.batch, *self.dims, self.device)

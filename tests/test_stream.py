@@ -64,8 +64,11 @@ def test_stream_wraps_the_shipped_models():
     from streamssm.export._spec import load_model
 
     pose = load_model("pose")
-    with pytest.raises(ValueError, match=r"dims=\(K,\) for pose"):
-        Stream(pose, batch=2)
+    for wrong in ((), (17, 2)):  # none, or too many
+        with pytest.raises(ValueError, match=r"dims=\(K,\) for the pose model"):
+            Stream(pose, batch=2, dims=wrong)
+    with pytest.raises(ValueError, match=r"dims=\(H, W\) for the video model"):
+        Stream(load_model("video"), batch=1, dims=(72,))
     s = Stream(pose, batch=2, dims=(17,))
     x = torch.rand(2, 17, 2)
     want, _ = pose.step(x, state=pose.init_state(2, 17), fps=30.0)

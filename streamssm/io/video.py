@@ -536,7 +536,12 @@ class _AVSource(FrameSource):
         # A file cut after its index (mp4 'faststart', mkv) just ends early with no demux error:
         # compare with the index / duration metadata. Two frames of slack for edit lists.
         missing = None
-        if self.frame_count is not None and n < self.frame_count - 2:
+        # frames that reach the announced end are the whole clip, however many the index counts: a constant-rate
+        # container (AVI) counts a variable-rate clip's gaps as frame slots
+        # (the last frame's time from the first one's, or from the stream's zero: AVI's guessed times start late)
+        reached_end = (self._stream_duration is not None and prev_t is not None
+                       and prev_t + max(t0 or 0.0, 0.0) + period >= self._stream_duration - 3 * period)
+        if self.frame_count is not None and n < self.frame_count - 2 and not reached_end:
             missing = f"{n} of {self.frame_count} frames"
         elif self.frame_count is None and self._stream_duration is not None and prev_t is not None:
             if prev_t + period < self._stream_duration - 3 * period:

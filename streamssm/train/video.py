@@ -1,6 +1,6 @@
 """Train the video filter on synthetic flicker made from real footage, with the parallel scan.
 
-    streamssm train video --videos ../shared/data/videos -o video.safetensors --minutes 9
+    streamssm train video --data ../shared/data/videos -o video.safetensors --minutes 9 [--resume]
     torchrun --nproc_per_node=N -m streamssm.cli train video ...   # DistributedDataParallel, unchanged
 
 Each clip: real frames (own temporal order, or a still frame under a synthetic camera path with known

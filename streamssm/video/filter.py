@@ -132,9 +132,9 @@ class VideoFilter:
             pinned-memory copies; no compilation); ``False``: the model's own step and parallel scan.
         ghost_res: the ghost guard (:func:`~streamssm.video.model.blend_confidence`): a flow residual (luminance,
             0..1) at which the temporal blend is cut to 1/e, so that a thin or fast object the flow misses leaves
-            no trail of copies; 0 (the weights' default): off. 0.3 removes about two fifths of the trails for
-            almost no flicker, 0.1 most of them for more flicker left (``benchmarks/video_ghosting.py``).
-            None: the weights' own setting.
+            no trail of copies; 0 (the weights' default): off; above about 1 it changes nothing. 0.3 removes
+            three fifths of the trails of clean 720p footage (two fifths at 640 px) for little flicker left, 0.1
+            nearly all of them for more (``benchmarks/video_ghosting.py``). None: the weights' own setting.
 
     ``step(frame, original=None)``: numpy H x W x 3 uint8 RGB in and out (gray, RGBA, 16-bit and float
     frames are converted; the output has the input's dtype), or torch (B, 3, H, W) float tensors in

@@ -295,6 +295,22 @@ def test_avi_round_trip_and_its_gaps(tmp_path):
     assert np.allclose(np.sort(np.diff(got)), np.sort(np.diff(ts)), atol=1e-6)
 
 
+def test_variable_rate_clip_through_avi_reads_back_whole(tmp_path):
+    """A variable-rate clip (24 fps, a 0.5 s gap, 30 fps: nominal 120 fps) written to AVI, a constant-rate container,
+    keeps its frame times as gaps, which AVI's index counts as frame slots (hundreds for 40 frames). Reading it back
+    is not a truncation: the frames reach the announced end (it used to stop with 'decoded only 40 of 327')."""
+    pts = [5 * i for i in range(20)] + [95 + 60 + 4 * i for i in range(20)]
+    path = make_clip(tmp_path / "vfr.mkv", n=40, rate=120, pts=pts, codec="mpeg4")
+    out = tmp_path / "out.avi"
+    with open_source(path) as src, open_sink(out, fps=src.rate, width=W, height=H) as sink:
+        for f in src:
+            sink.write(f.rgb, f.timestamp)
+    with open_source(out) as back:
+        got = [f.timestamp for f in back]
+    # whole, and ending where it should to a frame (FFmpeg's guessed AVI times may run a frame early: see above)
+    assert len(got) == 40 and got[-1] == pytest.approx(pts[-1] / 120, abs=4.5 / 120)
+
+
 def test_out_of_order_timestamps_fall_back_to_the_rate(tmp_path, caplog):
     """Any other container whose timestamps go backwards: a warning naming the file, and the frames from there on
     timed at the nominal rate (still increasing)."""
