@@ -53,6 +53,9 @@ class VideoTrainConfig:
     short_side: int = 288
 
 
+BUDGET_SYNC = 10  # steps between the DDP ranks' agreements on the --minutes budget
+
+
 def warp_torch(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Sample ``x`` (n, c, h, w) at ``p + flow(p)`` (bilinear, border clamp). flow (n, 2, h, w) in px."""
     n, _, h, w = x.shape
@@ -364,12 +367,15 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
             bar.set_postfix(loss=f"{loss.item():.4f}", tmp=f"{tmp.item():.4f}")
         budget_hit = cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60
         if world > 1 and cfg.minutes is not None:  # every rank stops at the same step, or the next one's
-            # gradient all-reduce waits forever for the rank that left (each rank's clock is its own)
-            import torch.distributed as dist
+            # gradient all-reduce waits forever for the rank that left (each rank's clock is its own). Agreed every
+            # BUDGET_SYNC steps (a collective and a device sync): the budget is overrun by a few steps at most
+            budget_hit = False
+            if step % BUDGET_SYNC == 0 or step == total:
+                import torch.distributed as dist
 
-            flag = torch.tensor([float(budget_hit)], device=dev)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            budget_hit = bool(flag.item())
+                flag = torch.tensor([float(time.time() - t0 > cfg.minutes * 60)], device=dev)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                budget_hit = bool(flag.item())
         if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit):
             tmpf = ckpt_opt.with_name(ckpt_opt.name + ".partial")
             torch.save({"step": step, "optimizer": opt.state_dict()}, tmpf)
