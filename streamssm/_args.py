@@ -34,6 +34,14 @@ def as_strength(value: Any, name: str = "strength") -> float:
     return s
 
 
+def as_ghost_res(value: Any, name: str = "ghost_res") -> float:
+    """The video filter's ghost guard: 0 (off) or a positive flow residual, or ValueError naming ``name``."""
+    g = as_number(value, name)
+    if not (math.isfinite(g) and g >= 0):
+        raise ValueError(f"{name} must be 0 (off) or a positive flow residual such as 0.3, got {g}")
+    return g
+
+
 def as_positive(value: Any, name: str, unit: str) -> float:
     """A positive finite number (``fps``, ``max_gap``), or ValueError naming ``name``."""
     v = as_number(value, name, unit)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from streamssm._args import as_strength
+from streamssm._args import as_ghost_res, as_strength
 
 from ._spec import OUTPUT, PoseStep, StepSpec, VideoStep, build_model, dynamic_axes, load_model, state_in, state_out
 
@@ -133,10 +133,7 @@ def export_onnx(
     if ghost_res is not None:
         if model_kind != "video":
             raise ValueError("ghost_res is for the video model (its temporal blend), not pose")
-        ghost_res = float(ghost_res)
-        if not (np.isfinite(ghost_res) and ghost_res >= 0):
-            raise ValueError(f"ghost_res must be 0 (off) or a positive flow residual, got {ghost_res}")
-        model.config.ghost_res = ghost_res
+        model.config.ghost_res = as_ghost_res(ghost_res)
     config = {**model.config.to_dict(), "backend": "torch"}
     spec = StepSpec(model_kind, config, guided=bool(guided) and model_kind == "video", dims=dims)
     shape = tuple(shape or DEFAULT_EXPORT_SHAPE[model_kind])
@@ -276,8 +273,9 @@ def _video_frame(x, name: str) -> np.ndarray:
         raise ValueError(f"{name} frames must be (B, 3, H, W), got {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
         raise ValueError(f"{name} frames must be floating point in [0, 1], got {a.dtype} (divide uint8 by 255)")
-    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.ascontiguousarray(np.clip(a, 0.0, 1.0))
+    # one copy a frame (this runs per step): the sanitised array is clipped in place
+    a = np.nan_to_num(np.asarray(a, np.float32, order="C"), copy=True, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(a, 0.0, 1.0, out=a)
 
 
 class OnnxRunner:

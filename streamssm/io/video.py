@@ -96,6 +96,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _URL_RE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
 _LIVE_PREFIX = "live:"
+_DEV_VIDEO_RE = re.compile(r"/dev/video(\d+)")  # a Linux camera device: OpenCV's camera index N
 TICKS_PER_FRAME = 16  # output time base: 1/16 of a nominal frame (a VFR frame keeps its time to that; AVI: 1)
 
 
@@ -744,6 +745,17 @@ class _LiveFileSource(FrameSource):
         self._inner.close()
 
 
+def is_live_spec(spec) -> bool:
+    """Whether :func:`open_source` reads ``spec`` as a live source: a camera index, ``/dev/videoN``, a capture URL or
+    ``live:FILE`` (what ``streamssm video --webcam`` takes), not a file or folder."""
+    if isinstance(spec, bool):
+        return False
+    if isinstance(spec, int):
+        return True
+    s = os.fspath(spec).strip()
+    return s.isdigit() or s.startswith(_LIVE_PREFIX) or bool(_URL_RE.match(s) or _DEV_VIDEO_RE.fullmatch(s))
+
+
 def open_source(
     spec: str | os.PathLike | int,
     *,
@@ -776,7 +788,7 @@ def open_source(
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         return _CaptureSource(int(spec), timeout=timeout, **limits)
     s = os.fspath(spec)
-    dev = re.fullmatch(r"/dev/video(\d+)", s.strip())
+    dev = _DEV_VIDEO_RE.fullmatch(s.strip())
     if dev:  # a Linux camera device: OpenCV's index N is /dev/videoN
         return _CaptureSource(int(dev.group(1)), timeout=timeout, **limits)
     if s.startswith(_LIVE_PREFIX):

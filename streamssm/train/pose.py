@@ -14,6 +14,7 @@ import torch
 from streamssm.pose.data import PoseDataset
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
 from streamssm.pose.noise import add_noise
+from streamssm.train._checkpoint import load_optimizer, save_optimizer
 from streamssm.weights import load_into, read_weights, save_weights
 
 
@@ -87,14 +88,8 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     vrng = np.random.default_rng(12345)
     val = [to_dev(make_batch(val_ds, vrng, 16, 128)) for _ in range(4)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt_opt = Path(out).with_suffix(".opt.pt")  # the optimiser beside the weights, as train_video keeps it
-    resume_opt = Path(resume).with_suffix(".opt.pt") if resume else None
-    if start_step and resume_opt is not None and resume_opt.exists():
-        saved = torch.load(resume_opt, map_location="cpu", weights_only=True)
-        if saved.get("step") != start_step:
-            log(f"warning: {resume_opt} holds the optimiser of step {saved.get('step')}, {resume} the weights of step "
-                f"{start_step} (a run stopped between the two saves): resuming with that optimiser state")
-        opt.load_state_dict(saved["optimizer"])
+    if start_step:
+        load_optimizer(resume, opt, start_step, log)
     total = cfg.steps
     if start_step >= total:
         log(f"{resume} is already at step {start_step} of {total}: nothing to train (raise --steps to go on)")
@@ -127,9 +122,7 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     done = start_step
 
     def save(v: float) -> None:
-        tmpf = ckpt_opt.with_name(ckpt_opt.name + ".partial")
-        torch.save({"step": done, "optimizer": opt.state_dict()}, tmpf)
-        tmpf.replace(ckpt_opt)
+        save_optimizer(out, opt, done)  # first: the weights' step is the checkpoint's
         save_weights(out, model, "pose", model_cfg.to_dict(), {"step": done, "val_loss": v})
 
     for step in bar:

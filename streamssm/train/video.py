@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from streamssm.video.model import VideoSSM, VideoSSMConfig
+from streamssm.train._checkpoint import load_optimizer, save_optimizer
 from streamssm.weights import load_into, read_weights, save_weights
 
 
@@ -298,7 +299,6 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
     model_cfg = model_cfg or VideoSSMConfig()
     model = VideoSSM(model_cfg).to(dev)
     out = Path(out)
-    ckpt_opt = out.with_suffix(".opt.pt")
     start = 0
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume and out.exists():
@@ -306,14 +306,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         _check_resumable(out, conf, extra, model_cfg)
         load_into(model, tensors, out)
         start = int(extra.get("step", 0))
-        if ckpt_opt.exists():
-            saved = torch.load(ckpt_opt, map_location=dev, weights_only=True)
-            if "optimizer" in saved:  # {"step", "optimizer"}; a plain state dict before session 16
-                if saved["step"] != start and rank == 0:
-                    log(f"warning: {ckpt_opt} holds the optimiser of step {saved['step']}, {out} the weights of step "
-                        f"{start} (a run stopped between the two saves): resuming with that optimiser state")
-                saved = saved["optimizer"]
-            opt.load_state_dict(saved)
+        load_optimizer(out, opt, start, log if rank == 0 else None, map_location=dev)
         log(f"resumed {out} at step {start}") if rank == 0 else None
     ddp = model
     if world > 1:
@@ -377,9 +370,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 budget_hit = bool(flag.item())
         if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit):
-            tmpf = ckpt_opt.with_name(ckpt_opt.name + ".partial")
-            torch.save({"step": step, "optimizer": opt.state_dict()}, tmpf)
-            tmpf.replace(ckpt_opt)
+            save_optimizer(out, opt, step)  # first: the weights' step is the checkpoint's
             save_weights(out, model, "video", model_cfg.to_dict(), {"step": step, "loss": float(loss.item())})
             if bar is None:
                 log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), {time.time() - t0:.0f} s")

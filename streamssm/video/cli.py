@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import sys
 import time
@@ -52,7 +51,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from streamssm._args import as_positive, as_strength
+from streamssm._args import as_ghost_res, as_positive, as_strength
 
 log = logging.getLogger("streamssm")
 
@@ -129,8 +128,8 @@ def run_video(args: argparse.Namespace) -> int:
     if args.fps is not None:
         as_positive(args.fps, "--fps", "frames per second")
     limits = _limits(args)
-    if args.ghost_res is not None and not (math.isfinite(args.ghost_res) and args.ghost_res >= 0):
-        raise ValueError(f"--ghost-res must be 0 (off) or a positive flow residual such as 0.3, got {args.ghost_res}")
+    if args.ghost_res is not None:
+        as_ghost_res(args.ghost_res, "--ghost-res")
     common = dict(weights=args.weights, device=args.device, strength=args.strength, max_frames=args.max_frames,
                   progress=not args.no_progress, ghost_res=args.ghost_res)
 
@@ -589,9 +588,9 @@ def run_webcam(
     finalised as an incomplete run, holds every frame filtered before).
     """
     from streamssm.io import Preview, ThreadedSink, has_display, open_sink, open_source, sigterm_as_exception
+    from streamssm.io.video import is_live_spec
 
-    text = str(spec).strip()
-    if not (text.isdigit() or text.startswith("live:") or "://" in text or text.startswith("/dev/video")):
+    if not is_live_spec(spec):
         raise ValueError(f"--webcam {spec}: expected a camera index (0, 1, ...), /dev/videoN, a capture URL "
                          "(rtsp://..., http://...) or live:FILE")
     show = has_display() if preview is None else preview

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamssm._args import Checked, as_number, as_positive, as_strength, as_timestamp
+from streamssm._args import Checked, as_ghost_res, as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
@@ -168,14 +167,11 @@ class VideoFilter:
                  ghost_res: float | None = None):
         self.strength = strength  # checked (Checked), before any work
         max_gap = as_positive(max_gap, "max_gap", "seconds")
-        if ghost_res is not None:
-            ghost_res = as_number(ghost_res, "ghost_res")
-            if not (math.isfinite(ghost_res) and ghost_res >= 0):
-                raise ValueError(f"ghost_res must be 0 (off) or a positive flow residual, got {ghost_res}")
+        ghost_res = None if ghost_res is None else as_ghost_res(ghost_res)
         self.device = resolve_device(device)
         self.model = load_video_model(weights, self.device, backend)
         if ghost_res is not None:
-            self.model.config.ghost_res = float(ghost_res)
+            self.model.config.ghost_res = ghost_res
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.max_gap = float(max_gap)
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
