@@ -38,12 +38,15 @@ def _require(module: str, extra: str = "export"):
         raise ImportError(f"{module} is needed for ONNX export: pip install 'streamssm[{extra}]' ({e})") from None
 
 
-def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Plausible random non-state inputs for a stream of ``batch`` x dims (float32 numpy).
+def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0, t: int = 0) -> dict[str, np.ndarray]:
+    """Plausible random non-state inputs for step ``t`` of a stream of ``batch`` x dims (float32 numpy).
 
-    Pose points include a missing joint (NaN) and a zero-confidence one, so the masking paths are part
-    of every check; video frames are in [0, 1]."""
-    rng = np.random.default_rng(seed)
+    Pose points (drawn anew for each ``seed + t``) include a missing joint (NaN) and a zero-confidence one, so the
+    masking paths are part of every check. Video frames, in [0, 1], are one scene per ``seed``, like footage: smooth
+    shading and edges with fine texture, panning a pixel a step, with the processed frame's gain flickering per
+    step. (Independent noise frames would make every step a scene cut and put the flow on decisions that one float
+    rounding flips.)"""
+    rng = np.random.default_rng(seed + (t if spec.kind == "pose" else 0))
     shapes = spec.frame_shapes(batch, *dims)
     out: dict[str, np.ndarray] = {}
     if spec.kind == "pose":
@@ -55,13 +58,27 @@ def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0) -> dic
         out = {"points": pts, "confidence": conf, "fps": np.full((b,), 30.0)}
     else:
         b, c, h, w = shapes["processed"]
-        base = rng.uniform(0, 1, (b, c, 1, 1)) * 0.5 + 0.25
-        img = np.clip(base + rng.normal(0, 0.15, (b, c, h, w)), 0, 1)
-        out["processed"] = np.clip(img * rng.uniform(0.9, 1.1, (b, c, 1, 1)), 0, 1)
+        span = w + 64  # room to pan 64 steps
+        coarse = rng.uniform(0.1, 0.9, (b, c, h // 8 + 2, span // 8 + 2))
+        scene = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)[:, :, :h, :span]  # blocks: edges
+        scene = 0.6 * scene + 0.4 * _box_blur(scene, 9) + rng.normal(0, 0.03, scene.shape)
+        x0 = t % 64
+        img = np.clip(scene[..., x0:x0 + w], 0, 1)
+        gain = np.random.default_rng([seed, t]).uniform(0.9, 1.1, (b, c, 1, 1))
+        out["processed"] = np.clip(img * gain, 0, 1)
         if spec.guided:
             out["original"] = img
     out["strength"] = np.ones(1)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a k x k window along the last two axes (edge-padded), numpy only."""
+    p = k // 2
+    a = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(p, p), (p, p)], mode="edge")
+    c = np.cumsum(np.cumsum(a, axis=-1), axis=-2)
+    c = np.pad(c, [(0, 0)] * (a.ndim - 2) + [(1, 0), (1, 0)])
+    return (c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]) / (k * k)
 
 
 def _wrapper(spec: StepSpec, model: nn.Module) -> nn.Module:
@@ -252,7 +269,7 @@ def compare_with_torch(path: str | Path, model: nn.Module, batch: int, *dims: in
     wrapper = _wrapper(spec, model).eval()
     worst = 0.0
     for t in range(steps):
-        x = example_inputs(spec, batch, *dims, seed=seed + t)
+        x = example_inputs(spec, batch, *dims, seed=seed, t=t)
         x["strength"][:] = 0.8
         with torch.no_grad():
             out, *state = wrapper(*(torch.from_numpy(x[n]) for n in spec.frame_inputs), *state)
