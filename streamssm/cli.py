@@ -199,14 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("pose", help="filter a pose file (.npz/.csv/.json)")
-    s.add_argument("input")
-    s.add_argument("-o", "--output", required=True)
+    s = sub.add_parser("pose", help="filter a pose file (.npz/.csv/.json) or an OpenPose folder")
+    s.add_argument("input", help="a .npz/.csv/.json pose file, an OpenPose output folder (*_keypoints.json), or a "
+                   "video (MediaPipe Pose runs on it)")
+    s.add_argument("-o", "--output", required=True,
+                   help=".npz/.csv/.json; a folder (no extension) from an OpenPose folder; a video from a video")
     s.add_argument("--fps", type=float, default=None, help="frame rate (default: from the file, else 30)")
     s.add_argument("--strength", type=float, default=1.0)
     s.add_argument("--weights", default=None)
     s.add_argument("--device", default="cpu")
-    s.add_argument("--key", default=None, help=".npz: which landmark array to filter (default landmarks_raw / points)")
+    s.add_argument("--key", default=None, help=".npz: which array to filter: (t, k, 2|3) points or (t, k, 4|5) "
+                   "MediaPipe landmarks (default landmarks_raw / points); OpenPose folder: pose_keypoints_2d (default), "
+                   "face_keypoints_2d, hand_left_keypoints_2d or hand_right_keypoints_2d")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_pose)
 

@@ -272,3 +272,27 @@ def test_png_folder_output_is_replaced_only_by_a_complete_run(tmp_path):
             s.write(frame(20 + i))
     assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in range(3)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "frames.partial"]  # no hidden staging left
+
+
+def test_sigterm_during_pose_write_exits_143_and_leaves_nothing(tmp_path):
+    """SIGTERM while the pose CLI writes (its temporary file is there): status 143, a message, no output and no
+    temporary file left (it was a 0-byte hidden file before the pose CLI took SIGTERM as an exception)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", points=rng.normal(size=(40000, 33, 3)).astype(np.float32), fps=30.0)
+    out = tmp_path / "out.csv"
+    p = subprocess.Popen(cli_cmd("pose", tmp_path / "in.npz", "-o", out), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env())
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 120 and p.poll() is None:
+            if list(tmp_path.glob(".out.csv.*.tmp")):
+                p.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.01)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["in.npz"]

@@ -486,7 +486,7 @@ def run_pose_job(
     """
     from streamssm.baselines import one_euro
     from streamssm.io.pose_files import read_pose
-    from streamssm.pose.cli import _valid, mean_acceleration
+    from streamssm.pose.cli import _valid, mean_acceleration, image_size
     from streamssm.pose.data import body_size
     from streamssm.pose.filter import PoseFilter
 
@@ -509,12 +509,10 @@ def run_pose_job(
         raise DemoError(f"{label}: {t} frames x {k} keypoints; this demo takes up to {limits.max_pose_frames} "
                         f"frames and {limits.max_keypoints} keypoints (use `streamssm pose` for big files)")
     fps = float(data.fps) if data.fps and np.isfinite(data.fps) and data.fps > 0 else 30.0
-    arrays = data.meta.get("arrays", {})
-    mediapipe = data.meta.get("format") == "npz-mediapipe"
-    if mediapipe and "width" in arrays and "height" in arrays:
+    image = image_size(data)
+    if image not in (None, (1.0, 1.0)):
         # MediaPipe's x, y are normalised separately by width and height: pixels make them isotropic
-        wh = np.array([float(arrays["width"]), float(arrays["height"])], np.float32)
-        pts, units, image = data.points[..., :2] * wh, "px", (float(wh[0]), float(wh[1]))
+        pts, units = data.points[..., :2] * np.float32(image), "px"
     else:
         pts, units, image = data.points, "file units", None
     conf = None if data.meta.get("visibility") else data.confidence  # as `streamssm pose`: visibility is no weight

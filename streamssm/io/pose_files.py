@@ -1,4 +1,4 @@
-"""Read and write pose sequences: ``.npz``, ``.csv`` and ``.json``.
+"""Read and write pose sequences: ``.npz``, ``.csv``, ``.json`` and OpenPose output folders.
 
 Shapes: ``t`` frames, ``k`` keypoints, ``d`` coordinates (2 or 3). Missing values are NaN.
 
@@ -14,10 +14,13 @@ Formats
     a (t, 33, 4) float32 copy of the input key whose first ``d`` columns are replaced by the new points
     and whose 4th column is the new confidence (or the input visibility when ``confidence`` is None),
     and ``filtered_from`` = the input key name. Read the result back with ``key="landmarks_filtered"``.
+    A (t, k, 5) ``key`` (MediaPipe Tasks: x, y, z, visibility, presence) reads the same way; its 5th column is kept.
 ``.npz``, plain layout: ``points`` (t, k, d), optional ``confidence`` (t, k), optional ``fps``, optional
     ``frames`` (t,) frame numbers, ``joint_names`` (k,) and ``confidence_kind`` ("visibility": see below).
-    Written back with the new values; other input keys are copied.
-``.csv``, long format: optional first line ``# fps=<float>``, then the header
+    Written back with the new values; other input keys are copied. ``key`` may name another (t, k, 2 or 3) array
+    (a 3-D lifter's ``keypoints``, say), read and written back under its own name; 3 columns are x, y, z (keep
+    x, y, confidence triples as ``points`` and ``confidence``).
+``.csv``, long format: optional first line ``# fps=<float>`` (``# FPS: 25`` reads too), then the header
     ``frame,joint,x,y[,z][,confidence]`` and one row per (frame, joint). ``joint`` is an integer index
     or a name (names are kept in order of first appearance), ``frame`` a number. Every frame must list the same
     joints.
@@ -35,8 +38,18 @@ Formats
     ``null`` marks a missing value. Other top-level keys are preserved. ``"confidence_kind": "visibility"``
     marks ``c`` as MediaPipe's visibility.
 
-Converting between formats keeps the frame numbers, the joint names, and whether the confidence is MediaPipe's
-visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from). A file's
+An OpenPose output folder (per-frame ``*_keypoints.json`` files) reads as one person's (t, k, 2) points with
+OpenPose's confidence, and writes back as such a folder (an output path without an extension): see
+:mod:`streamssm.io.openpose`.
+
+**Image landmarks.** MediaPipe's image landmarks are x, y normalised by the image's width and height (not the same
+unit across and down). A MediaPipe ``.npz`` (other than ``world_*`` keys) gives ``meta["image_size"]`` = its
+``width``, ``height`` ((1, 1) when it has none); the other formats carry it when converted: a ``.csv``'s first line
+``# fps=24 width=1280 height=720``, a ``.json``'s ``"image_size": [1280, 720]``, a plain ``.npz``'s ``image_size``.
+The pose CLI filters such points in pixels (:func:`streamssm.pose.cli.image_size`).
+
+Converting between formats keeps the frame numbers, the joint names, the image size, and whether the confidence is
+MediaPipe's visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from). A file's
 ``fps`` that is not a positive number reads as None, with ``meta["bad_fps"]`` saying what it was.
 
 Errors (empty file, missing keys or columns, inconsistent joint counts, unknown extension) raise
@@ -50,6 +63,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,11 +141,18 @@ def _ext(path: Path) -> str:
 def read_pose(path: str | os.PathLike, key: str | None = None) -> PoseData:
     """Read a pose file (format from the extension; see the module docstring)."""
     path = Path(path)
+    if path.is_dir():
+        from streamssm.io.openpose import is_openpose_folder, read_openpose
+
+        if not is_openpose_folder(path):
+            raise _err(path, f"is a directory without OpenPose '*_keypoints.json' files; expected a pose file "
+                             f"({'/'.join(SUPPORTED_EXTENSIONS)}) or an OpenPose output folder")
+        data = read_openpose(path, key)
+        data.meta["source"] = str(path.resolve())
+        return data
     ext = _ext(path)
     if not path.exists():
         raise _err(path, "no such file")
-    if path.is_dir():
-        raise _err(path, f"is a directory, expected a {ext} pose file")
     if path.stat().st_size == 0:
         raise _err(path, f"empty file, expected {ext} pose data")
     try:
@@ -163,18 +184,25 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
         raise _err(path, f"expected key 'landmarks_raw' (MediaPipe layout) or 'points' (plain layout)"
                          f"{'' if key is None else f' or {key!r}'}, found {sorted(arrays)}")
     arr = np.asarray(arrays[key])
-    if key != "points":  # MediaPipe-style (t, k, 4) x, y, z, visibility
-        if arr.ndim != 3 or arr.shape[-1] != 4:
-            raise _err(path, f"expected {key!r} of shape (t, k, 4) = x, y, z, visibility, got {arr.shape}")
+    if key != "points" and not (arr.ndim == 3 and arr.shape[-1] in (2, 3)):  # MediaPipe-style
+        if arr.ndim != 3 or arr.shape[-1] not in (4, 5):
+            raise _err(path, f"expected {key!r} of shape (t, k, 2 or 3) = points, or (t, k, 4 or 5) = x, y, z, "
+                             f"visibility[, presence] (MediaPipe), got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise _err(path, f"expected numbers in {key!r}, got dtype {arr.dtype}")
         conf = np.nan_to_num(arr[..., 3].astype(np.float32), nan=0.0)
         meta = {"format": "npz-mediapipe", "key": key, "arrays": arrays, "visibility": True}
+        if not key.startswith("world"):  # image landmarks: x, y normalised by the image's width and height
+            meta["image_size"] = _image_size(arrays)
         return PoseData(arr[..., :3].astype(np.float32), conf, _file_fps(path, arrays.get("fps"), meta), meta)
     if arr.ndim != 3 or arr.shape[-1] not in (2, 3):
         raise _err(path, f"expected 'points' of shape (t, k, 2 or 3), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise _err(path, f"expected numbers in {key!r}, got dtype {arr.dtype}")
     conf = arrays.get("confidence")
     if conf is not None and conf.shape != arr.shape[:2]:
         raise _err(path, f"expected 'confidence' of shape {arr.shape[:2]}, got {conf.shape}")
-    meta = {"format": "npz-plain", "key": "points", "arrays": arrays,
+    meta = {"format": "npz-plain", "key": key, "arrays": arrays,
             "visibility": str(arrays.get("confidence_kind", "")) == "visibility"}
     frames = arrays.get("frames")
     if frames is not None and frames.shape == arr.shape[:1] and np.issubdtype(frames.dtype, np.number):
@@ -182,8 +210,23 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
     names = arrays.get("joint_names")
     if names is not None and names.shape == arr.shape[1:2] and names.dtype.kind == "U":
         meta["joint_names"] = names.tolist()
+    size = arrays.get("image_size")
+    if size is not None:
+        size = np.asarray(size, np.float64).reshape(-1) if np.issubdtype(size.dtype, np.number) else np.zeros(0)
+        if size.shape != (2,) or not (np.isfinite(size).all() and (size > 0).all()):
+            raise _err(path, f"expected 'image_size' as (width, height) in pixels, got {arrays['image_size']!r}")
+        meta["image_size"] = (float(size[0]), float(size[1]))
     fps = _file_fps(path, arrays.get("fps"), meta)
     return PoseData(arr.astype(np.float32), None if conf is None else conf.astype(np.float32), fps, meta)
+
+
+def _image_size(arrays: dict) -> tuple[float, float]:
+    """An npz's ``width``, ``height`` (pixels) when both are positive numbers, else (1, 1): normalised units."""
+    try:
+        w, h = float(arrays["width"]), float(arrays["height"])
+    except (KeyError, TypeError, ValueError):
+        return (1.0, 1.0)
+    return (w, h) if math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0 else (1.0, 1.0)
 
 
 def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
@@ -200,7 +243,7 @@ def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
         arrays[f"{stem}_filtered"] = base
         arrays["filtered_from"] = np.array(key)
     else:
-        arrays["points"] = data.points.astype(np.float32)
+        arrays[meta.get("key", "points")] = data.points.astype(np.float32)
         if data.confidence is not None:
             arrays["confidence"] = data.confidence.astype(np.float32)
         else:
@@ -217,6 +260,8 @@ def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
             arrays["confidence_kind"] = np.array("visibility")
         else:
             arrays.pop("confidence_kind", None)
+        if meta.get("image_size") is not None:
+            arrays["image_size"] = np.asarray(meta["image_size"], np.float64)
     np.savez(f, **arrays)
 
 
@@ -227,18 +272,36 @@ def _num(s: str) -> float:
     return math.nan if s == "" or s.lower() == "nan" else float(s)
 
 
+_TAG = r"(fps|width|height)\s*[=:]\s*([^\s,;=:]+)"
+
+
+def _csv_tags(path: Path, line: str, meta: dict) -> float | None:
+    """A csv's first line ``# fps=<number>[ width=<px> height=<px>]`` (``=`` or ``:``, any case): the fps, and
+    ``meta["image_size"]`` when both width and height are there."""
+    want = "'# fps=<number>' (optionally followed by width=<px> height=<px>)"
+    if not re.fullmatch(r"#\s*(?:" + _TAG + r"\s*[,;]?\s*)+", line, re.IGNORECASE):
+        raise _err(path, f"expected {want} on the first line, got {line!r}")
+    tags = {k.lower(): v for k, v in re.findall(_TAG, line, re.IGNORECASE)}
+    try:
+        vals = {k: float(v) for k, v in tags.items()}
+    except ValueError:
+        raise _err(path, f"expected {want} on the first line, got {line!r}") from None
+    if ("width" in vals) != ("height" in vals) or not all(math.isfinite(vals.get(k, 1)) and vals.get(k, 1) > 0
+                                                          for k in ("width", "height")):
+        raise _err(path, f"expected both width and height, positive, on the first line, got {line!r}")
+    if "width" in vals:
+        meta["image_size"] = (vals["width"], vals["height"])
+    return _file_fps(path, vals["fps"], meta) if "fps" in vals else None
+
+
 def _read_csv(path: Path) -> PoseData:
     text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not part of the header
     lines = text.splitlines()
     fps = None
     meta: dict = {}
     if lines and lines[0].startswith("#"):
-        tag = lines[0][1:].strip()
-        if tag.startswith("fps="):
-            try:
-                fps = _file_fps(path, float(tag[4:]), meta)
-            except ValueError:
-                raise _err(path, f"expected '# fps=<number>' on the first line, got {lines[0]!r}") from None
+        if re.match(r"#\s*(fps|width|height)\s*[=:]", lines[0], re.IGNORECASE):  # '# fps=30', '# FPS: 30 width=..'
+            fps = _csv_tags(path, lines[0], meta)
         lines = lines[1:]
     rows = list(csv.reader(lines))
     if not rows or not any(rows):
@@ -313,8 +376,11 @@ def _write_csv(f, path: Path, data: PoseData, meta: dict) -> None:
     if joints is None or len(joints) != k:
         joints = [str(i) for i in range(k)]
     buf = io.StringIO()
-    if data.fps is not None:
-        buf.write(f"# fps={data.fps!r}\n")
+    size = meta.get("image_size")
+    tags = ([f"fps={data.fps!r}"] if data.fps is not None else []) + \
+        ([f"width={size[0]:g} height={size[1]:g}"] if size is not None else [])
+    if tags:
+        buf.write(f"# {' '.join(tags)}\n")
     w = csv.writer(buf, lineterminator="\n")
     conf_col = "visibility" if meta.get("visibility") else "confidence"
     w.writerow(["frame", "joint", "x", "y"] + (["z"] if d == 3 else [])
@@ -335,6 +401,9 @@ def _read_json(path: Path) -> PoseData:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise _err(path, f"invalid JSON ({e}), expected {{'frames': [{{'keypoints': [[x, y, ...], ...]}}]}}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("people"), list) and "frames" not in doc:
+        raise _err(path, "is one frame of OpenPose output ('people'): pass the folder of its '*_keypoints.json' "
+                         "files, one a frame")
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
         raise _err(path, "expected a JSON object with a 'frames' list")
     frames = doc["frames"]
@@ -366,7 +435,7 @@ def _read_json(path: Path) -> PoseData:
         raise _err(path, "expected numbers or null in 'keypoints'") from None
     arr = arr.reshape(len(kps), -1, width)
     conf = np.nan_to_num(arr[..., dims], nan=0.0) if has_conf else None
-    top = {k: v for k, v in doc.items() if k not in ("frames", "fps", "dims", "confidence_kind")}
+    top = {k: v for k, v in doc.items() if k not in ("frames", "fps", "dims", "confidence_kind", "image_size")}
     per_frame = [{k: v for k, v in fr.items() if k != "keypoints"} for fr in frames]
     meta = {"format": "json", "top": top, "per_frame": per_frame,
             "visibility": has_conf and doc.get("confidence_kind") == "visibility"}
@@ -376,6 +445,13 @@ def _read_json(path: Path) -> PoseData:
     names = doc.get("joints")
     if isinstance(names, list) and len(names) == arr.shape[1] and all(isinstance(n, str) for n in names):
         meta["joint_names"] = names
+    size = doc.get("image_size")
+    if size is not None:
+        ok = isinstance(size, list) and len(size) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in size)
+        if not ok:
+            raise _err(path, f"expected 'image_size' as [width, height] in pixels, got {size!r}")
+        meta["image_size"] = (float(size[0]), float(size[1]))
     return PoseData(arr[..., :dims], conf, _file_fps(path, doc.get("fps"), meta), meta)
 
 
@@ -390,6 +466,8 @@ def _write_json(f, path: Path, data: PoseData, meta: dict) -> None:
         doc["joints"] = list(names)
     if data.confidence is not None and meta.get("visibility"):
         doc["confidence_kind"] = "visibility"
+    if meta.get("image_size") is not None:
+        doc["image_size"] = [float(v) for v in meta["image_size"]]
     per_frame = meta.get("per_frame") if meta.get("format") == "json" else None
     if per_frame is None or len(per_frame) != t:
         frames = meta.get("frame_numbers")
@@ -414,9 +492,16 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
     temporary file next to ``path`` and renames it into place, so a crash never leaves half a file.
     """
     path = Path(path)
-    ext = _ext(path)
     if like is not None and not isinstance(like, PoseData):
         like = read_pose(like)
+    if path.suffix == "" and (like.meta if like is not None else data.meta).get("format") == "openpose":
+        from streamssm.io.openpose import write_openpose
+
+        src = (like.meta if like is not None else data.meta).get("source")
+        if src is not None and os.path.realpath(src) == os.path.realpath(path):
+            raise _err(path, "output path is the input folder; refusing to overwrite it, expected a different path")
+        return write_openpose(path, data, like.meta if like is not None else data.meta)
+    ext = _ext(path)
     sources = {like.meta.get("source") if like is not None else None, data.meta.get("source")} - {None}
     meta = dict(like.meta if like is not None else data.meta)
     pts = np.asarray(data.points, np.float32)
@@ -429,10 +514,10 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
     for src in sources:
         if os.path.realpath(src) == target:
             raise _err(path, "output path is the input file; refusing to overwrite it, expected a different path")
-    if meta.get("format", "").startswith("npz") and ext != ".npz":
+    if (meta.get("format", "").startswith("npz") and ext != ".npz") or meta.get("format") == "openpose":
         # converting formats: the npz layout does not apply; frame numbers, joint names and what the confidence
         # means carry over
-        meta = {k: meta[k] for k in ("frame_numbers", "joint_names", "visibility") if k in meta}
+        meta = {k: meta[k] for k in ("frame_numbers", "joint_names", "visibility", "image_size") if k in meta}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -10,6 +10,10 @@ plus ``landmarks_filtered``. Choices, and why:
   converting: a ``.csv`` ``visibility`` column, a ``.json`` marked ``"confidence_kind": "visibility"``): it is
   the estimator's guess that a landmark is in view, not a measurement weight, and occluded-but-tracked landmarks
   are still worth smoothing; NaN coordinates mark what is missing.
+* **MediaPipe image landmarks** (an ``.npz``'s ``landmarks_*``: x, y normalised by the image's width and height, z a
+  noisy relative depth) are filtered as MediaPipe's own output is measured in the README: x, y as 2-D points in
+  pixels (the file's ``width``/``height``), z from a second pass (:func:`_filter_image_landmarks`), and written back
+  normalised; so are such landmarks converted to ``.csv``/``.json`` (they carry the image size). World landmarks (``--key world_landmarks_raw``, metres) are filtered as 3-D points.
 * **Gaps stay gaps.** Where the input has NaN/inf coordinates the output keeps NaN, so the file never
   claims a detection the estimator did not make (the filter itself holds its estimate through the gap,
   which is what a live caller of :meth:`PoseFilter.step` wants).
@@ -33,6 +37,7 @@ and exits with status 2.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -40,7 +45,7 @@ import numpy as np
 
 from streamssm.io.pose_files import SUPPORTED_EXTENSIONS, PoseData, read_pose, write_pose
 
-__all__ = ["run_pose", "mean_acceleration"]
+__all__ = ["run_pose", "mean_acceleration", "image_size"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")  # same list as streamssm.io.video (not imported: needs av)
 DEFAULT_FPS = 30.0
@@ -97,12 +102,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check_output(inp: Path, out: Path, overwrite: bool, allowed: tuple[str, ...]) -> None:
-    if out.suffix.lower() not in allowed:
-        raise ValueError(f"{out}: unknown output extension {out.suffix!r}, expected one of {'/'.join(allowed)}")
+    folder = inp.is_dir() and out.suffix == ""  # OpenPose folder in, OpenPose folder out
+    if out.suffix.lower() not in allowed and not folder:
+        also = " (or, from an OpenPose folder, a folder)" if inp.is_dir() else ""
+        raise ValueError(f"{out}: unknown output extension {out.suffix!r}, expected one of {'/'.join(allowed)}{also}")
     if _same_file(inp, out):
         raise ValueError(f"{out}: output is the input file {inp}; refusing to overwrite it, choose another output path")
-    if out.is_dir():
+    if out.is_dir() and not folder:
         raise ValueError(f"{out}: is a directory, expected an output file path")
+    if folder and out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; an OpenPose output is a folder")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:  # write_pose creates missing folders ...
         parent = parent.parent
@@ -122,7 +131,7 @@ def _fps(args, file_fps: float | None, inp: Path | None = None, bad: str | None 
     return DEFAULT_FPS, "default, file has none"
 
 
-def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True) -> np.ndarray | None:
+def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True, max_gap: float = 1.0) -> np.ndarray | None:
     """Seconds of each frame from the file's frame numbers / timestamps, or None when it has none.
     ``seconds=False`` (``--fps`` given): an npz's ``timestamps`` (seconds of the recording) are not used, since
     on another frame rate's grid they would read as dropped or doubled frames; frame numbers still are."""
@@ -143,6 +152,13 @@ def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True) -> 
     if bad.size:
         i = int(bad[0]) + 1
         raise ValueError(f"{inp}: {what} must increase from frame to frame: {raw[i]:g} comes after {raw[i - 1]:g}")
+    long = int((np.round(np.diff(raw) * scale * fps) > max_gap * fps).sum())
+    if raw.size >= 3 and 2 * long > raw.size - 1:  # PoseFilter would refuse it too, without naming the file
+        unit = ("count frames (milliseconds? give seconds as an .npz 'timestamps' array, or renumber the frames)"
+                if what == "frame numbers" else "are seconds (milliseconds? divide by 1000)")
+        raise ValueError(f"{inp}: {long} of the {raw.size - 1} steps between {what} are gaps over {max_gap:g} s at "
+                         f"{fps:g} fps (median step {np.median(np.diff(raw)):g}), so the filter would start over at "
+                         f"nearly every frame and smooth nothing: {what} {unit}")
     return raw * scale
 
 
@@ -175,28 +191,47 @@ def run_pose(args) -> int:
     """Filter ``args.input`` into ``args.output``; returns the exit status (errors raise, see module doc).
 
     ``args``: ``input``, ``output``, ``fps``, ``strength``, ``weights``, ``device``, ``key``, ``overwrite``
-    (as declared by ``streamssm.cli``).
+    (as declared by ``streamssm.cli``). SIGTERM exits with status 143 as Ctrl-C does with 130: what was being
+    written is removed (the writers' temporary file) or, for a video, finalised.
     """
+    from streamssm.io.video import sigterm_as_exception
+
+    with sigterm_as_exception():
+        try:
+            return _run_pose(args)
+        except SystemExit as e:
+            if e.code == 143:
+                print("streamssm: terminated (SIGTERM); an output not complete is not written", file=sys.stderr)
+            raise
+
+
+def _run_pose(args) -> int:
     inp, out = Path(args.input), Path(args.output)
     if inp.suffix.lower() in VIDEO_EXTENSIONS:
         return _run_video(args, inp, out)
-    if args.key is not None and inp.suffix.lower() != ".npz":
-        raise ValueError(f"{inp}: --key selects an array in an .npz file; it does not apply to {inp.suffix} files")
+    if args.key is not None and inp.suffix.lower() != ".npz" and not inp.is_dir():
+        raise ValueError(f"{inp}: --key selects an array in an .npz file or an OpenPose folder; it does not apply to "
+                         f"{inp.suffix} files")
     if not inp.exists():
-        raise FileNotFoundError(f"{inp}: no such file, expected a pose file ({'/'.join(SUPPORTED_EXTENSIONS)}) "
-                                f"or a video ({'/'.join(VIDEO_EXTENSIONS)})")
+        raise FileNotFoundError(f"{inp}: no such file, expected a pose file ({'/'.join(SUPPORTED_EXTENSIONS)}), an "
+                                f"OpenPose output folder or a video ({'/'.join(VIDEO_EXTENSIONS)})")
     _check_output(inp, out, args.overwrite, SUPPORTED_EXTENSIONS)
     data = _read(inp, args.key)
     fps, fps_from = _fps(args, data.fps, inp, data.meta.get("bad_fps"))
 
-    from streamssm.pose.filter import PoseFilter
+    from streamssm.pose.filter import PoseFilter, check_magnitude
 
+    check_magnitude(data.points, str(inp))
     filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
     mediapipe = data.meta.get("format") == "npz-mediapipe"
     conf = None if data.meta.get("visibility") else data.confidence  # visibility is not a weight (module docstring)
-    ts = _timestamps(data, inp, fps, seconds=args.fps is None)
+    ts = _timestamps(data, inp, fps, seconds=args.fps is None, max_gap=filt.max_gap)
+    image = image_size(data)
     t0 = time.perf_counter()
-    y = filt.filter(data.points, confidence=conf, timestamps=ts)
+    if image is not None:
+        y = _filter_image_landmarks(filt, data.points, conf, ts, image)
+    else:
+        y = filt.filter(data.points, confidence=conf, timestamps=ts)
     seconds = time.perf_counter() - t0
     y = np.where(np.isfinite(data.points).all(-1, keepdims=True), y, np.nan).astype(np.float32)
 
@@ -206,10 +241,40 @@ def run_pose(args) -> int:
 
     t, k, d = data.points.shape
     valid = _valid(data.points, conf)
-    print(f"{inp.name} -> {out}: {t} frames, {k} keypoints, {d}-D, {fps:g} fps ({fps_from}), "
-          f"filtered in {seconds:.2f} s ({1e3 * seconds / t:.2f} ms/frame); {_accel_text(data.points, y, valid)}"
+    raw, what = data.points, f"{d}-D"
+    if image is not None:  # measured as filtered: x, y in pixels (in file units when the size is not known)
+        px = np.asarray(image, np.float32)
+        raw, y = raw[..., :2] * px, y[..., :2] * px
+        what = ("x, y in pixels" if image != (1.0, 1.0) else "x, y") + (" (z filtered apart)" if d == 3 else "")
+    print(f"{inp.name} -> {out}: {t} frames, {k} keypoints, {what}, {fps:g} fps ({fps_from}), "
+          f"filtered in {seconds:.2f} s ({1e3 * seconds / t:.2f} ms/frame); {_accel_text(raw, y, valid)}"
           f"{_gap_text(ts, fps, filt.max_gap)}")
     return 0
+
+
+def image_size(data: PoseData) -> tuple[float, float] | None:
+    """(width, height) for image landmarks (MediaPipe's x, y normalised by the image's width and height; z, if any,
+    a noisy relative depth on x's scale): a MediaPipe ``.npz``'s ``landmarks_*``, or a file converted from one (its
+    ``meta["image_size"]``, see :mod:`streamssm.io.pose_files`); (1, 1) when the size is not known. None for
+    anything else (world landmarks in metres, plain points)."""
+    size = data.meta.get("image_size")
+    return None if size is None else (float(size[0]), float(size[1]))
+
+
+def _filter_image_landmarks(filt, points: np.ndarray, conf, ts, image: tuple[float, float]) -> np.ndarray:
+    """Image landmarks: x, y filtered as 2-D in pixels (isotropic, as the filter was trained and as
+    ``benchmarks/pose_quality.py`` measures real MediaPipe output), z (when there is one) from a second, 3-D pass
+    (x's scale) whose x, y are dropped: filtered together, z's depth noise made x, y rougher (mean acceleration 0.64
+    against 0.42 % of body size on mp_edgetam_cloth_magic)."""
+    w, h = image
+    xy = points[..., :2] * np.float32([w, h])
+    out_xy = filt.filter(xy, confidence=conf, timestamps=ts)
+    if points.shape[-1] == 2:
+        return out_xy / np.float32([w, h])
+    filt.reset()
+    xyz = np.concatenate([xy, points[..., 2:3] * np.float32(w)], -1)
+    out_z = filt.filter(xyz, confidence=conf, timestamps=ts)[..., 2:3]
+    return np.concatenate([out_xy / np.float32([w, h]), out_z / np.float32(w)], -1)
 
 
 def _run_video(args, inp: Path, out: Path) -> int:

@@ -30,7 +30,25 @@ MAX_KEYPOINTS = 4096  # per frame: MediaPipe Holistic has 543; more is a wrong a
 # keypoint-frames per parallel scan in filter(): 1024 frames of 33 keypoints peaked at ~180 MiB of scan
 # intermediates on the CPU (measured for the CLI); longer inputs are scanned in pieces with the state carried
 SCAN_KEYPOINT_FRAMES = 1024 * 33
+# coordinates beyond this overflow the model's float32 arithmetic (squared distances pass 3.4e38 near 1e19)
+MAX_COORDINATE = 1e18
 log = logging.getLogger("streamssm")
+
+
+def check_magnitude(points: Any, what: str = "points") -> None:
+    """ValueError naming ``what`` when a finite coordinate exceeds :data:`MAX_COORDINATE` in magnitude (the output
+    would be all NaN: float32 overflows); NaN/inf are missing keypoints, not checked. A tensor on a GPU is not
+    checked (that would synchronise every step)."""
+    if isinstance(points, Tensor):
+        if points.device.type != "cpu":
+            return
+        big = float(torch.where(torch.isfinite(points), points.abs(), 0).max()) if points.numel() else 0.0
+    else:
+        a = np.asarray(points)
+        big = float(np.max(np.abs(a), initial=0.0, where=np.isfinite(a)))
+    if big > MAX_COORDINATE:
+        raise ValueError(f"{what}: coordinates up to {big:.3g} in magnitude; beyond {MAX_COORDINATE:g} the filter's "
+                         "float32 arithmetic overflows: rescale them (pixels, metres, millimetres all work)")
 
 
 def load_pose_model(weights: str | Path | None = None, device: torch.device | str = "cpu", backend: str = "auto") -> PoseSSM:
@@ -122,6 +140,7 @@ class PoseFilter:
         self._shape: tuple[int, int] | None = None  # (B, K) of the running stream
         self._dims: int | None = None  # and its D (None after set_state: the state does not hold it)
         self._last_t: float | None = None  # timestamp (s) of the last frame, when the caller gives them
+        self._gap_restarts = 0  # frames in a row that each started over after a gap over max_gap (step)
 
     # --------------------------------------------------------------------------------- helpers
     def _use_native(self, native: bool | None, compile: bool) -> bool:
@@ -150,6 +169,7 @@ class PoseFilter:
         elif points.is_complex() or points.dtype == torch.bool:
             raise ValueError(f"points must be real numbers, got dtype {points.dtype}")
         dtype = points.dtype
+        check_magnitude(points)
         # asarray(order="C"), not ascontiguousarray: that makes a 0-d input 1-d, and the shape error would misquote it
         p = points if is_torch else torch.from_numpy(_writable(np.asarray(points, dtype=np.float32, order="C")))
         if p.dim() not in (lead + 2, lead + 3):
@@ -196,6 +216,11 @@ class PoseFilter:
         if missing + 1 > self.max_gap * self.fps:
             log.info("pose: %.3g s without frames (> max_gap %.3g s): starting the streams over",
                      (missing + 1) / self.fps, self.max_gap)
+            self._gap_restarts += 1
+            if self._gap_restarts == 3:  # three frames in a row each after a long gap: the clock's unit, not gaps
+                log.warning("pose: the last 3 frames each came over max_gap (%g s) after the one before, so each "
+                            "started the filter over and nothing is smoothed: timestamps are seconds "
+                            "(milliseconds? divide by 1000)", self.max_gap)
             self.state = None
             return
         nan = torch.full((b, missing, k, d), float("nan"), device=self.device)
@@ -210,6 +235,9 @@ class PoseFilter:
         if self._dims is not None and self._dims != d and self.state is not None:
             raise ValueError(f"this stream's keypoints are {self._dims}-D; got {d}-D. The dimension cannot change "
                              "mid-stream: call reset() first")
+        if k == 1 and self._shape != (b, k):
+            log.warning("pose: one keypoint per frame has no body size to scale the correction by: the filter "
+                        "passes it through unchanged (give the whole skeleton, 2 keypoints or more)")
         self._shape, self._dims = (b, k), d
 
     @staticmethod
@@ -235,6 +263,8 @@ class PoseFilter:
         self._check_stream(b, k, d)
         if timestamp is not None:
             t, periods = self._gap(timestamp)
+            if periods <= self.max_gap * self.fps:
+                self._gap_restarts = 0
             self._step_over(periods - 1, b, k, d)
         else:
             t = None if self._last_t is None else self._last_t + 1.0 / self.fps
@@ -301,6 +331,11 @@ class PoseFilter:
                              "(call reset() to start a new stream)")
         periods = np.where(np.isfinite(dt), np.maximum(1, np.round(np.nan_to_num(dt) * self.fps)), 1).astype(np.int64)
         restart = (periods > 1) & (periods > self.max_gap * self.fps)  # as step: only a gap with missing frames
+        if t >= 3 and 2 * int(restart[1:].sum()) > t - 1:
+            raise ValueError(
+                f"timestamps: {int(restart[1:].sum())} of the {t - 1} steps between frames are gaps over max_gap "
+                f"({self.max_gap:g} s; median step {np.median(np.diff(ts)):g}), so the filter would start over at "
+                f"nearly every frame and smooth nothing: timestamps are seconds (milliseconds? divide by 1000)")
         starts = sorted({0, *np.flatnonzero(restart).tolist()})
         segments = []
         for j, start in enumerate(starts):
@@ -338,6 +373,7 @@ class PoseFilter:
         state is untouched, bit for bit)."""
         if mask is None or self.state is None:
             self.state, self._shape, self._dims, self._last_t = None, None, None, None
+            self._gap_restarts = 0
             return
         b, k = self._shape
         mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)

@@ -212,3 +212,52 @@ def test_csv_with_a_byte_order_mark(tmp_path):
     p = tmp_path / "excel.csv"
     p.write_bytes(b"\xef\xbb\xbfframe,joint,x,y\n0,0,1,2\n1,0,3,4\n")
     np.testing.assert_array_equal(read_pose(p).points[:, 0], [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize("line,fps,size", [("# fps=25", 25.0, None), ("# FPS: 25", 25.0, None), ("#fps = 25.5 ", 25.5, None),
+                                           ("# fps=24.0 width=1280 height=720", 24.0, (1280.0, 720.0)),
+                                           ("# width=640, height=480", None, (640.0, 480.0)),
+                                           ("# recorded by camera A", None, None)])
+def test_csv_first_line(tmp_path, line, fps, size):
+    p = tmp_path / "a.csv"
+    p.write_text(line + "\nframe,joint,x,y\n0,0,1,2\n0,1,3,4\n1,0,1,2\n1,1,3,4\n")
+    d = read_pose(p)
+    assert d.fps == fps and d.meta.get("image_size") == size
+
+
+@pytest.mark.parametrize("line,says", [("# fps=25 (camera A)", "expected '# fps=<number>'"),
+                                       ("# fps=25 width=640", "expected both width and height")])
+def test_csv_first_line_refused(tmp_path, line, says):
+    p = tmp_path / "a.csv"
+    p.write_text(line + "\nframe,joint,x,y\n0,0,1,2\n")
+    with pytest.raises(ValueError, match=says):
+        read_pose(p)
+
+
+def test_npz_key_names_plain_points_or_mediapipe_tasks(tmp_path):
+    rng = np.random.default_rng(0)
+    lift = rng.normal(size=(5, 17, 3)) * 100  # a 3-D lifter's (t, k, 3), float64, under its own name
+    np.savez(tmp_path / "lift.npz", keypoints=lift, fps=50.0)
+    d = read_pose(tmp_path / "lift.npz", key="keypoints")
+    assert d.dims == 3 and d.confidence is None and d.fps == 50.0
+    write_pose(tmp_path / "out.npz", PoseData(d.points + 1, None, d.fps, {}), like=d)
+    with np.load(tmp_path / "out.npz") as z:
+        assert "points" not in z.files  # written back under its own name
+        np.testing.assert_allclose(z["keypoints"], lift + 1, rtol=1e-6)
+    tasks = np.concatenate([rng.uniform(size=(5, 33, 3)), rng.uniform(size=(5, 33, 2))], -1)  # + visibility, presence
+    np.savez(tmp_path / "tasks.npz", pose_landmarks=tasks, width=640, height=480)
+    d = read_pose(tmp_path / "tasks.npz", key="pose_landmarks")
+    assert d.dims == 3 and d.meta["visibility"] and d.meta["image_size"] == (640.0, 480.0)
+    np.testing.assert_allclose(d.confidence, tasks[..., 3], rtol=1e-6)
+
+
+def test_image_size_survives_conversions(mp_file, tmp_path):
+    """MediaPipe image landmarks carry the image's size into csv, json and plain npz, so each is filtered in pixels."""
+    d = read_pose(mp_file)
+    assert d.meta["image_size"] == (1280.0, 720.0)
+    assert "image_size" not in read_pose(mp_file, key="world_landmarks_raw").meta  # metres: no image
+    like = d
+    for name in ("a.csv", "b.json", "c.npz", "d.csv"):
+        write_pose(tmp_path / name, PoseData(like.points, like.confidence, like.fps, {}), like=like)
+        like = read_pose(tmp_path / name)
+        assert like.meta["image_size"] == (1280.0, 720.0), name

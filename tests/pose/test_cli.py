@@ -41,7 +41,8 @@ def test_mediapipe_npz(juggle, tmp_path):
     r = _cli(juggle, "-o", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert juggle.read_bytes() == before, "the input file was modified"
-    for s in ("247 frames", "33 keypoints", "3-D", "24 fps (from file)", "of body size"):
+    for s in ("247 frames", "33 keypoints", "x, y in pixels (z filtered apart)", "24 fps (from file)",
+              "of body size"):
         assert s in r.stdout, f"summary lacks {s!r}: {r.stdout}"
     with np.load(juggle) as a, np.load(out) as b:
         assert set(b.files) == set(a.files) | {"landmarks_filtered", "filtered_from"}
@@ -54,6 +55,16 @@ def test_mediapipe_npz(juggle, tmp_path):
         # smoother: less frame-to-frame acceleration than the input
         acc = lambda x: np.abs(np.diff(x[..., :2], 2, axis=0)).mean()  # noqa: E731
         assert acc(filt) < acc(raw)
+        # image landmarks: x, y filtered as 2-D points in pixels, exactly PoseFilter's result there (as
+        # benchmarks/pose_quality.py measures MediaPipe output), z from a 3-D pass of its own
+        from streamssm.pose.filter import PoseFilter
+
+        wh = np.float32([a["width"], a["height"]])
+        want = PoseFilter(device="cpu", fps=float(a["fps"])).filter(raw[..., :2] * wh)
+        np.testing.assert_allclose(filt[..., :2] * wh, want, atol=1e-3)
+        xyz = np.concatenate([raw[..., :2] * wh, raw[..., 2:3] * wh[0]], -1)
+        want_z = PoseFilter(device="cpu", fps=float(a["fps"])).filter(xyz)[..., 2] / wh[0]
+        np.testing.assert_allclose(filt[..., 2], want_z, atol=1e-5)
 
 
 def test_csv_round_trip_with_overwrite(juggle, tmp_path):

@@ -281,3 +281,42 @@ def test_implausible_fps_is_logged(caplog):
         caplog.clear()
         f.fps = 30000
         assert "fps 30000 is far outside" in caplog.text
+
+
+def test_millisecond_timestamps_are_named_not_silently_unsmoothed(caplog):
+    """MediaPipe's timestamp_ms given as seconds: every step is a gap over max_gap, so the filter would start over at
+    every frame (output == input). filter() refuses; step() says so after three such frames."""
+    x = _poses(t=12)
+    ms = np.arange(12) * 1000 / FPS
+    with pytest.raises(ValueError, match=r"timestamps: 11 of the 11 steps.*milliseconds\? divide by 1000"):
+        PoseFilter(device="cpu", fps=FPS).filter(x, timestamps=ms)
+    f = PoseFilter(device="cpu", fps=FPS)
+    with caplog.at_level("WARNING", logger="streamssm"):
+        for i in range(2):
+            f.step(x[i], timestamp=ms[i])
+        assert "milliseconds" not in caplog.text  # one long gap is a pause, not a unit
+        for i in range(2, 5):
+            f.step(x[i], timestamp=ms[i])
+    assert caplog.text.count("milliseconds? divide by 1000") == 1
+    # seconds, with one real pause over max_gap, are fine
+    s = np.arange(12) / FPS
+    s[6:] += 3.0
+    PoseFilter(device="cpu", fps=FPS).filter(x, timestamps=s)
+
+
+def test_one_keypoint_is_passed_through_with_a_warning(caplog):
+    x = _poses(t=6, k=1)
+    with caplog.at_level("WARNING", logger="streamssm"):
+        y = PoseFilter(device="cpu", fps=FPS).filter(x)
+    np.testing.assert_array_equal(y, x)
+    assert "one keypoint per frame has no body size" in caplog.text
+
+
+def test_coordinates_that_would_overflow_are_refused():
+    f = PoseFilter(device="cpu", fps=FPS)
+    x = _poses(t=4)
+    y = f.filter(x * np.float32(1e15))  # large, but within float32 arithmetic: filtered
+    assert np.isfinite(y).all()
+    for big in (x * np.float32(1e17), torch.from_numpy(x * np.float32(1e17))):
+        with pytest.raises(ValueError, match="coordinates up to .* beyond 1e\\+18"):
+            PoseFilter(device="cpu", fps=FPS).filter(big)

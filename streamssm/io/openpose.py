@@ -1,0 +1,181 @@
+"""OpenPose's own output: a folder of per-frame ``*_keypoints.json`` files (``--write_json``).
+
+Each file holds ``{"people": [{"pose_keypoints_2d": [x0, y0, c0, x1, ...], "face_keypoints_2d": [...],
+"hand_left_keypoints_2d": [...], "hand_right_keypoints_2d": [...], ...}, ...]}``; an undetected keypoint is
+``0, 0, 0``. Frames are ordered by the frame number in their names (``clip_000000000042_keypoints.json``).
+
+**One person.** OpenPose does not keep identities from frame to frame (``person_id`` is -1), so the reader follows
+one person: the most confident (summed keypoint confidence) in the first frame where anyone is detected, then in
+each frame the person whose keypoints lie nearest the last chosen ones (mean distance over the keypoints confident
+in both), so a second person walking in does not take over. Frames with nobody detected are missing (NaN).
+
+``key`` picks the array: ``pose_keypoints_2d`` (default; BODY_25 or COCO's 18 joints, named), ``face_keypoints_2d``,
+``hand_left_keypoints_2d`` or ``hand_right_keypoints_2d``. Points are (x, y) in pixels, ``confidence`` OpenPose's
+score (a weight: 0 = missing; such keypoints read as NaN).
+
+Writing back (:func:`write_openpose`, an output path without an extension) gives a folder of the same file names
+with every file as it was except the chosen person's array, whose x, y are the filtered ones (its confidences are
+kept; a missing keypoint stays ``0, 0, 0``). The folder is written beside the target and renamed into place, so a
+crash never leaves half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["is_openpose_folder", "read_openpose", "write_openpose", "OPENPOSE_KEYS"]
+
+OPENPOSE_KEYS = ("pose_keypoints_2d", "face_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")
+SUFFIX = "_keypoints.json"
+BODY_25 = ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "MidHip", "RHip", "RKnee",
+           "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye", "REar", "LEar", "LBigToe", "LSmallToe", "LHeel",
+           "RBigToe", "RSmallToe", "RHeel")
+COCO_18 = BODY_25[:8] + BODY_25[9:19]  # OpenPose's COCO model: BODY_25 without MidHip and the feet
+
+
+def _err(path, what: str) -> ValueError:
+    return ValueError(f"{path}: {what}")
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.endswith(SUFFIX) and p.is_file()]
+
+
+def is_openpose_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding OpenPose ``*_keypoints.json`` files."""
+    p = Path(path)
+    return p.is_dir() and any(n.endswith(SUFFIX) for n in os.listdir(p))
+
+
+def _frame_number(name: str) -> int | None:
+    m = re.search(r"(\d+)" + re.escape(SUFFIX) + "$", name)
+    return int(m.group(1)) if m else None
+
+
+def _person(arr, width: int, path: Path, key: str) -> np.ndarray:
+    a = np.asarray([np.nan if v is None else v for v in arr], np.float64) if isinstance(arr, list) else None
+    if a is None or a.size % 3 or (width and a.size != width):
+        raise _err(path, f"expected {key!r} as a flat list of x, y, confidence triples"
+                         f"{f' ({width // 3} keypoints, as in the other files)' if width else ''}, got "
+                         f"{'a list of ' + str(a.size) + ' numbers' if a is not None else type(arr).__name__}")
+    return a.reshape(-1, 3)
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    both = (a[:, 2] > 0) & (b[:, 2] > 0)
+    return float(np.linalg.norm(a[both, :2] - b[both, :2], axis=-1).mean()) if both.any() else np.inf
+
+
+def read_openpose(folder: str | os.PathLike, key: str | None = None):
+    """Read an OpenPose output folder as a :class:`~streamssm.io.pose_files.PoseData` (see the module docstring)."""
+    from streamssm.io.pose_files import PoseData
+
+    folder = Path(folder)
+    key = key or "pose_keypoints_2d"
+    if key not in OPENPOSE_KEYS:
+        raise _err(folder, f"--key {key!r} is not an OpenPose keypoint array; expected one of {', '.join(OPENPOSE_KEYS)}")
+    files = _files(folder)
+    if not files:
+        raise _err(folder, f"no OpenPose '*{SUFFIX}' files in this folder")
+    numbers = [_frame_number(p.name) for p in files]
+    if None in numbers:
+        bad = files[numbers.index(None)].name
+        raise _err(folder, f"{bad}: expected a frame number before '{SUFFIX}' in every file name (OpenPose's naming)")
+    order = np.argsort(numbers, kind="stable")
+    files, numbers = [files[i] for i in order], [numbers[i] for i in order]
+    dup = [a for a, b in zip(numbers, numbers[1:]) if a == b]
+    if dup:
+        raise _err(folder, f"two files for frame {dup[0]}; expected one '*{SUFFIX}' file a frame (one video's output)")
+    docs, people = [], []
+    width = 0
+    for p in files:
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise _err(p, f"not valid JSON ({e}), expected OpenPose's {{'people': [...]}}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("people"), list):
+            raise _err(p, "expected OpenPose's JSON object with a 'people' list")
+        persons = []
+        for person in doc["people"]:
+            if not isinstance(person, dict) or key not in person:
+                raise _err(p, f"expected every person to have {key!r}")
+            a = _person(person[key], width, p, key)
+            if a.size == 0:  # OpenPose writes [] for an array it was not asked to estimate
+                raise _err(p, f"{key!r} is empty: OpenPose was run without it (face/hands need --face/--hand)")
+            width = width or a.size
+            persons.append(a)
+        docs.append(doc)
+        people.append(persons)
+    if not width:
+        raise _err(folder, f"nobody is detected in any of the {len(files)} frames")
+    k = width // 3
+    chosen, last = [], None
+    for persons in people:
+        if not persons:
+            chosen.append(-1)
+            continue
+        if last is None:
+            i = int(np.argmax([np.nansum(a[:, 2]) for a in persons]))
+        else:
+            i = int(np.argmin([_distance(a, last) for a in persons]))
+        chosen.append(i)
+        # joints unseen now keep their last place
+        last = persons[i].copy() if last is None else np.where(persons[i][:, 2:] > 0, persons[i], last)
+    arr = np.full((len(files), k, 3), np.nan, np.float32)
+    for f, (persons, i) in enumerate(zip(people, chosen)):
+        if i >= 0:
+            arr[f] = persons[i]
+    conf = np.nan_to_num(arr[..., 2], nan=0.0)
+    pts = np.where((conf > 0)[..., None], arr[..., :2], np.nan).astype(np.float32)
+    names = list(BODY_25 if k == 25 else COCO_18 if k == 18 else []) if key == "pose_keypoints_2d" else []
+    meta = {"format": "openpose", "key": key, "files": [p.name for p in files], "docs": docs, "chosen": chosen,
+            "frame_numbers": numbers, "visibility": False, **({"joint_names": names} if names else {})}
+    return PoseData(pts, conf.astype(np.float32), None, meta)
+
+
+def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool = True) -> Path:
+    """Write ``data`` (points of the person :func:`read_openpose` chose) as an OpenPose folder at ``target``."""
+    target = Path(target)
+    if meta.get("format") != "openpose":
+        raise _err(target, "an output folder is OpenPose's layout, written only from an OpenPose folder; "
+                           "name a .npz/.csv/.json file instead")
+    t, k, d = data.points.shape
+    if t != len(meta["files"]) or d != 2:
+        raise _err(target, f"expected {len(meta['files'])} frames of 2-D points like the input, got {data.points.shape}")
+    if target.exists() and not (target.is_dir() and overwrite):
+        raise _err(target, "already exists; pass --overwrite to replace it" if target.is_dir() else
+                   "is a file, expected a folder for OpenPose output")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        key = meta["key"]
+        for f, (name, doc, i) in enumerate(zip(meta["files"], meta["docs"], meta["chosen"])):
+            if i >= 0:
+                doc = json.loads(json.dumps(doc))  # a copy: the caller's meta stays as read
+                old = np.asarray(doc["people"][i][key], np.float64).reshape(k, 3)
+                new = np.where(np.isfinite(data.points[f]) & (old[:, 2:] > 0), data.points[f], old[:, :2])
+                doc["people"][i][key] = np.column_stack([new, old[:, 2]]).ravel().tolist()
+            (tmp / name).write_text(json.dumps(doc), encoding="utf-8")
+        old_dir = None
+        if target.exists():
+            old_dir = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old_dir)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old_dir is not None:
+                os.replace(old_dir, target)  # the user's folder back where it was
+            raise
+        if old_dir is not None:
+            shutil.rmtree(old_dir, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,125 @@
+"""OpenPose output folders (per-frame ``*_keypoints.json``): read one person, filter, write the folder back."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamssm.io.openpose import BODY_25
+from streamssm.io.pose_files import read_pose
+
+T, K = 60, 25
+
+
+def _track(seed: int, offset) -> np.ndarray:
+    """(T, K, 2) a jittered body moving right, in pixels."""
+    rng = np.random.default_rng(seed)
+    body = rng.uniform(0, 200, (K, 2))
+    path = np.linspace(0, 120, T)[:, None, None] * [1, 0]
+    return body + path + np.asarray(offset, float) + rng.normal(0, 3, (T, K, 2))
+
+
+def _people(a: np.ndarray, conf: np.ndarray, **extra) -> dict:
+    return {"person_id": [-1], "pose_keypoints_2d": np.column_stack([a, conf]).ravel().tolist(), **extra}
+
+
+@pytest.fixture
+def openpose(tmp_path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A folder like OpenPose's --write_json: person A all along (its feet undetected: 0, 0, 0), nobody in frames 10
+    and 11, and from frame 30 a second, more confident person B listed first (OpenPose keeps no identities)."""
+    a, b = _track(0, (100, 100)), _track(1, (700, 120))
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "op"
+    folder.mkdir()
+    for t in range(T):
+        people = []
+        if t not in (10, 11):
+            conf = rng.uniform(0.3, 0.9, K)
+            pts = a[t].copy()
+            pts[19:], conf[19:] = 0, 0
+            people.append(_people(pts, conf, face_keypoints_2d=[]))
+        if t >= 30:
+            people.insert(0, _people(b[t], np.full(K, 0.95)))
+        doc = {"version": 1.3, "people": people}
+        (folder / f"clip_{t:012d}_keypoints.json").write_text(json.dumps(doc))
+    return folder, a, b
+
+
+def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamssm.cli", "pose", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_reader_follows_one_person_through_gaps_and_newcomers(openpose):
+    folder, a, _ = openpose
+    d = read_pose(folder)
+    assert d.points.shape == (T, K, 2) and d.meta["joint_names"] == list(BODY_25)
+    assert np.isnan(d.points[[10, 11]]).all() and (d.confidence[[10, 11]] == 0).all()  # nobody: missing
+    assert np.isnan(d.points[:, 19:]).all()  # undetected keypoints (0, 0, 0) are missing, not points at the origin
+    # person A throughout, though B is more confident and listed first from frame 30
+    np.testing.assert_allclose(d.points[:, :19][~np.isnan(d.points[:, :19, 0])],
+                               a[:, :19][~np.isnan(d.points[:, :19, 0])], atol=1e-3)
+    assert d.meta["chosen"][29] == 0 and d.meta["chosen"][30] == 1
+
+
+def test_cli_writes_the_folder_back_with_only_the_chosen_person_filtered(openpose, tmp_path):
+    folder, a, _ = openpose
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = tmp_path / "smoothed"
+    r = _cli(folder, "-o", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "60 frames, 25 keypoints, 2-D" in r.stdout
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the input folder was modified"
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["op", "smoothed"], "a temporary folder was left"
+    jerk_in, jerk_out = [], []
+    for t in range(T):
+        src = json.loads((folder / f"clip_{t:012d}_keypoints.json").read_text())
+        got = json.loads((out / f"clip_{t:012d}_keypoints.json").read_text())
+        assert len(got["people"]) == len(src["people"]) and got["version"] == 1.3
+        for i, (p, q) in enumerate(zip(src["people"], got["people"])):
+            if t >= 30 and i == 0:
+                assert q == p, "the other person changed"
+                continue
+            assert set(q) == set(p)  # face_keypoints_2d and the rest kept
+            p, q = np.reshape(p["pose_keypoints_2d"], (K, 3)), np.reshape(q["pose_keypoints_2d"], (K, 3))
+            np.testing.assert_array_equal(q[:, 2], p[:, 2])  # confidences kept
+            np.testing.assert_array_equal(q[19:], 0)  # undetected stays 0, 0, 0
+            jerk_in.append(p[:19, :2])
+            jerk_out.append(q[:19, :2])
+    acc = lambda x: np.abs(np.diff(np.asarray(x), 2, axis=0)).mean()  # noqa: E731
+    assert acc(jerk_out) < 0.7 * acc(jerk_in), "the chosen person was not smoothed"
+
+    again = _cli(folder, "-o", out, cwd=tmp_path)
+    assert again.returncode == 2 and "already exists; pass --overwrite" in again.stderr
+    mark = out / "clip_000000000000_keypoints.json"
+    mark.write_text("{}")
+    assert _cli(folder, "-o", out, "--overwrite", cwd=tmp_path).returncode == 0
+    assert json.loads(mark.read_text())["people"], "--overwrite did not replace the folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["op", "smoothed"]
+
+
+def test_cli_converts_openpose_to_csv_with_joint_names(openpose, tmp_path):
+    folder, _, _ = openpose
+    r = _cli(folder, "-o", tmp_path / "o.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = read_pose(tmp_path / "o.csv")
+    assert d.points.shape == (T, K, 2) and d.meta["joint_names"] == list(BODY_25)
+    assert d.meta["frame_numbers"] == list(range(T))
+    assert np.isnan(d.points[10:12]).all()
+
+
+def test_hand_keypoints_by_key(tmp_path):
+    folder = tmp_path / "op"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for t in range(8):
+        hand = np.column_stack([rng.uniform(0, 50, (21, 2)), np.ones(21)]).ravel().tolist()
+        person = {"pose_keypoints_2d": [0.0] * 75, "hand_right_keypoints_2d": hand}
+        (folder / f"x_{t:012d}_keypoints.json").write_text(json.dumps({"people": [person]}))
+    d = read_pose(folder, key="hand_right_keypoints_2d")
+    assert d.points.shape == (8, 21, 2) and "joint_names" not in d.meta
