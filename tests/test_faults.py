@@ -64,8 +64,9 @@ def _run_and_signal(args, sig, partial: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
-@pytest.mark.parametrize("sig,code,says", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
-                         ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("sig,code,says", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                           (signal.SIGHUP, 129, "terminated (SIGHUP)")],
+                         ids=["ctrl-c", "sigterm", "sighup"])
 def test_signal_mid_run_keeps_a_playable_output_with_every_frame(tmp_path, long_clip, sig, code, says):
     out = tmp_path / "out.mp4"
     before = digest(long_clip)

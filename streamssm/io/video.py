@@ -89,6 +89,7 @@ __all__ = [
     "prefetch",
     "paired",
     "sigterm_as_exception",
+    "SIGNAL_EXIT",
     "to_rate",
 ]
 
@@ -110,6 +111,9 @@ class Frame(NamedTuple):
     rgb: np.ndarray
     timestamp: float
     index: int
+
+
+MAX_RATE = 1000  # frames per second: high-speed cameras stay below; a time base of 1/(rate * 16) must fit 32 bits
 
 
 def to_rate(fps: float | int | str | Fraction) -> Fraction:
@@ -134,6 +138,8 @@ def to_rate(fps: float | int | str | Fraction) -> Fraction:
             rate = Fraction(f).limit_denominator(1001)
     if rate <= 0:
         raise VideoIOError(f"frame rate must be positive, got {fps!r}")
+    if rate > MAX_RATE:  # a container's time base is a 32-bit fraction: 1e9 fps cannot be written
+        raise VideoIOError(f"frame rate must be at most {MAX_RATE} frames per second, got {fps!r}")
     return rate
 
 
@@ -169,6 +175,38 @@ def _stream_duration(vs) -> float | None:
     if m:
         return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
     return None
+
+
+_UNTAGGED = (2, 3)  # AVCOL_SPC_UNSPECIFIED, AVCOL_SPC_RESERVED
+
+
+def _exact_flags():
+    """swscale flags for an exactly rounded YUV -> RGB conversion (None where this PyAV cannot pass them)."""
+    try:
+        from av.video.reformatter import Interpolation as I
+
+        return I.BILINEAR | I.ACCURATE_RND | I.FULL_CHR_H_INT
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - PyAV < 14
+        return None
+
+
+_EXACT = _exact_flags()
+
+
+def _rgb24(frame, hd: bool) -> np.ndarray:
+    """One decoded frame as (H, W, 3) uint8 RGB, honouring its matrix and range tags; an untagged matrix is taken
+    as BT.709 when ``hd`` (the stored height is 720 or more) and BT.601 below, the rule :func:`open_sink` tags its
+    output by (swscale alone would take BT.601 for every untagged frame: an untagged 720p clip came out with red 3
+    levels down and blue 2 up, up to 38 levels). The conversion rounds exactly (swscale's fast 4:2:0 path came out
+    about 1 level dark in every channel, 0.5 ms against ~2.5 ms for a 720p frame on one core)."""
+    from av.video.reformatter import Colorspace
+
+    untagged = int(getattr(frame, "colorspace", 2) or 2) in _UNTAGGED
+    src = (Colorspace.ITU709 if hd else Colorspace.ITU601) if untagged else None
+    if _EXACT is None:  # pragma: no cover - PyAV < 14: the fast path, the matrix still guessed
+        return frame.reformat(format="rgb24", src_colorspace=src).to_ndarray()
+    return frame.reformat(format="rgb24", src_colorspace=src, interpolation=_EXACT,
+                          src_color_range=getattr(frame, "color_range", None) or None).to_ndarray()
 
 
 def _nominal_rate(vs) -> Fraction:
@@ -270,6 +308,8 @@ class FrameSource:
     frame_count: int | None
     audio: bool = False
     live: bool = False
+    # Pixel aspect ratio (an anamorphic DVD's 32:27), None for square pixels or unknown; the sink keeps it.
+    sample_aspect: Fraction | None = None
     # Why a live source ended early (camera stopped delivering, stream dropped); None if it did not.
     fault: str | None = None
 
@@ -325,7 +365,9 @@ class FrameSource:
                 if self._on_limit == "stop":
                     log.info("%s: stopping at frame %d: %s", self.path, fr.index, over)
                     return
-                raise VideoIOError(f"{self.path}: stream is {over} (metadata did not say so)")
+                flag = "--max-input-frames" if over.startswith("more") else "--max-duration"
+                raise VideoIOError(f"{self.path}: stream is {over} (metadata did not say so; {flag} on the command "
+                                   "line)")
             yield fr
 
     # -- iterator protocol ----------------------------------------------------------------------
@@ -446,12 +488,18 @@ class _AVSource(FrameSource):
         self._by_index = avi and not in_order
         if avi:  # its guessed times start a frame late with B-frames (decoder delay): time from the first frame
             self._start = None
+        sar = vs.codec_context.sample_aspect_ratio or getattr(vs, "sample_aspect_ratio", None)
+        if sar and sar.numerator > 0 and sar.denominator > 0 and sar != 1:
+            self.sample_aspect = Fraction(sar.numerator, sar.denominator)
         if self.rotation % 180:
             self.width, self.height = self.height, self.width
+            self.sample_aspect = None if self.sample_aspect is None else 1 / self.sample_aspect
         if self.rotation:
             log.info("%s: display rotation %d degrees: frames turned upright (%dx%d)", spec, self.rotation,
                      self.width, self.height)
         self._hdr = _hdr_converter(spec, vs.codec_context)
+        # an untagged matrix is guessed from the stored height as the sink tags its output (and as players guess)
+        self._hd_guess = vs.codec_context.height >= 720
 
     def _frames(self) -> Iterator[Frame]:
         import av
@@ -465,8 +513,10 @@ class _AVSource(FrameSource):
         period = 1.0 / float(self.rate)
         base = 0.0 if self._by_index else None  # frames timed by index: t = base + n * period
 
+        last_len = period  # how long the last frame shows: its own duration where the container stores one
+
         def emit(frame) -> Frame:
-            nonlocal n, prev_t, t0, base
+            nonlocal n, prev_t, t0, base, last_len
             if base is not None:
                 t = base + n * period
             elif frame.pts is not None and frame.time_base is not None:
@@ -483,9 +533,11 @@ class _AVSource(FrameSource):
             else:
                 t = 0.0 if prev_t is None else prev_t + period
             prev_t = t
-            # to_ndarray honours the frame's own colour tags (matrix, range).
+            dur = getattr(frame, "duration", None)
+            dur = float(dur * frame.time_base) if dur and frame.time_base is not None else 0.0
+            last_len = max(period, dur) if base is None else period
             if self._hdr is None:
-                rgb = frame.to_ndarray(format="rgb24")
+                rgb = _rgb24(frame, self._hd_guess)
             else:  # 16-bit code values: the transfer's curves need more than 8 bits
                 rgb = self._hdr(frame.to_ndarray(format="rgb48le"))
             rgb = np.ascontiguousarray(np.rot90(rgb, self.rotation // 90) if self.rotation else rgb)
@@ -540,13 +592,16 @@ class _AVSource(FrameSource):
         # frames that reach the announced end are the whole clip, however many the index counts: a constant-rate
         # container (AVI) counts a variable-rate clip's gaps as frame slots
         # (the last frame's time from the first one's, or from the stream's zero: AVI's guessed times start late)
-        reached_end = (self._stream_duration is not None and prev_t is not None
-                       and prev_t + max(t0 or 0.0, 0.0) + period >= self._stream_duration - 3 * period)
+        # The stream's duration counts from the container's zero, so a video that starts late (after its audio)
+        # ends at its start plus its length; a last frame held longer (a screen recording) ends at its own end.
+        end = None if prev_t is None else prev_t + max(t0 or 0.0, 0.0) + last_len
+        reached_end = (self._stream_duration is not None and end is not None
+                       and end >= self._stream_duration - 3 * period)
         if self.frame_count is not None and n < self.frame_count - 2 and not reached_end:
             missing = f"{n} of {self.frame_count} frames"
-        elif self.frame_count is None and self._stream_duration is not None and prev_t is not None:
-            if prev_t + period < self._stream_duration - 3 * period:
-                missing = f"{prev_t + period:.2f}s of {self._stream_duration:.2f}s"
+        elif self.frame_count is None and self._stream_duration is not None and end is not None:
+            if not reached_end:
+                missing = f"{end:.2f}s of {self._stream_duration:.2f}s"
         if missing is not None:
             raise VideoIOError(
                 f"{self.path}: truncated video: decoded only {missing} announced by its metadata"
@@ -718,7 +773,7 @@ class _LiveFileSource(FrameSource):
         self.path = _LIVE_PREFIX + spec
         self.live = True
         self.width, self.height, self.rate = self._inner.width, self._inner.height, self._inner.rate
-        self.audio = self._inner.audio
+        self.audio, self.sample_aspect = self._inner.audio, self._inner.sample_aspect
         self.frame_count = None  # like a camera: unknown (drops change it)
         self._duration = self._inner.duration
         self._drop_late = drop_late
@@ -890,7 +945,8 @@ def _partial_name(path: Path) -> Path:
 
 
 class _VideoSink(FrameSink):
-    def __init__(self, path: Path, *, rate: Fraction, width: int, height: int, audio_from, codec, crf, preset):
+    def __init__(self, path: Path, *, rate: Fraction, width: int, height: int, audio_from, codec, crf, preset,
+                 sample_aspect: Fraction | None = None):
         import av
 
         self.path = str(path)
@@ -903,6 +959,7 @@ class _VideoSink(FrameSink):
         self._tick = 1 / (rate * self._sub)
         self._last_pts = -self._sub
         self._rgb_frame = None
+        self._sample_aspect = sample_aspect
         self._existed = path.exists()  # an incomplete run must not replace it (module docstring)
         self._tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         ext = path.suffix.lower()
@@ -963,6 +1020,8 @@ class _VideoSink(FrameSink):
         cc.color_trc = ColorTrc.BT709 if hd else ColorTrc.SMPTE170M
         cc.color_range = ColorRange.MPEG
         self._range = ColorRange.MPEG
+        if self._sample_aspect is not None:  # the codec's field (H.264 VUI) and the stream's (Matroska/WebM)
+            cc.sample_aspect_ratio = vs.sample_aspect_ratio = Fraction(self._sample_aspect).limit_denominator(65535)
         if codec in ("libx264", "libx264rgb", "libx265"):
             # AVI has no presentation times, so no B-frames there: its readers would have to guess their order
             vs.options = {"crf": str(crf), "preset": preset, **({"bf": "0"} if self._sub == 1 else {})}
@@ -1137,6 +1196,7 @@ class _AudioCarrier:
                 "%s: %s cannot hold %s audio; re-encoding it to %s", out_path, fmt, ia.codec_context.name, codec
             )
         self._packets = self._in.demux(ia)
+        self._placed = False  # re-encoding: the first samples are placed against the picture (_aligned)
 
     @staticmethod
     def _probe(fmt: str, ia) -> None:
@@ -1184,10 +1244,44 @@ class _AudioCarrier:
                 self._out.mux(p)
             else:
                 for frame in p.decode():
-                    frame.pts = None  # the resampler/encoder re-time contiguously
-                    for rf in self._resampler.resample(frame):
-                        for q in self.stream.encode(rf):
-                            self._out.mux(q)
+                    for piece in self._aligned(frame, start):
+                        for rf in self._resampler.resample(piece):
+                            for q in self.stream.encode(rf):
+                                self._out.mux(q)
+
+    def _aligned(self, frame, start: float) -> list:
+        """A decoded frame to re-encode, re-timed contiguously (pts None) but placed against the picture first:
+        the re-encoded track starts at the output's zero, so samples from before the picture's start are cut
+        off, and a track that starts after the picture gets silence in front (with ``pts = None`` alone, audio
+        that began 0.3 s before the picture came out 0.3 s late)."""
+        import av
+
+        frame.pts = None  # the resampler/encoder re-time contiguously
+        if self._placed:
+            return [frame]
+        rate, n = frame.sample_rate, frame.samples
+        first = int(round(float(start) * rate))  # this frame's first sample on the output's clock
+        if first + n <= 0:
+            return []  # wholly before the picture
+        self._placed = True
+        if first == 0:
+            return [frame]
+        a = frame.to_ndarray()
+        per = 1 if frame.format.is_planar else len(frame.layout.channels)  # packed: samples interleaved in a row
+        if first < 0:
+            a = a[:, -first * per:]
+            pieces = []
+        else:
+            silence = np.zeros((a.shape[0], first * per), a.dtype)
+            pieces = [silence]
+        pieces.append(a)
+        out = []
+        for arr in pieces:
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=frame.format.name,
+                                           layout=frame.layout.name)
+            f.sample_rate = rate
+            out.append(f)
+        return out
 
     def finish(self, until: float) -> None:
         if self._in is None:
@@ -1302,8 +1396,12 @@ def open_sink(
     preset: str = "ultrafast",
     overwrite: bool = False,
     protected: Iterable[str | os.PathLike] = (),
+    sample_aspect: Fraction | None = None,
 ) -> FrameSink:
     """Open a video file (mp4/avi/mov/mkv/webm) or PNG folder for writing; see the module docstring.
+
+    ``sample_aspect``: the pixel aspect ratio to tag (a source's ``sample_aspect``: an anamorphic clip plays at its
+    display shape); PNG frames hold none.
 
     A path ending in ``/``, without an extension, or naming an existing directory is a PNG folder.
     Refuses (:class:`VideoIOError`, before any work) an output that is the same file as any
@@ -1343,12 +1441,17 @@ def open_sink(
     if not p.parent.is_dir():
         what = "is a file, not a directory" if p.parent.exists() else "does not exist"
         raise VideoIOError(f"{s}: output directory {p.parent} {what}")
-    return _VideoSink(p, rate=rate, width=width, height=height, audio_from=audio_from, codec=codec, crf=crf, preset=preset)
+    return _VideoSink(p, rate=rate, width=width, height=height, audio_from=audio_from, codec=codec, crf=crf, preset=preset,
+                      sample_aspect=sample_aspect)
+
+
+SIGNAL_EXIT = {143: "SIGTERM", 129: "SIGHUP"}  # exit status -> the signal it stands for (128 + its number)
 
 
 @contextlib.contextmanager
 def sigterm_as_exception(code: int = 143):
-    """Within the block, SIGTERM raises ``SystemExit(code)`` so ``with open_sink(...)`` finalises the output.
+    """Within the block, SIGTERM raises ``SystemExit(code)``, and SIGHUP (the terminal or SSH session closed)
+    ``SystemExit(129)``, so ``with open_sink(...)`` finalises the output (:data:`SIGNAL_EXIT` names them).
 
     Only the main thread can install signal handlers; elsewhere this is a no-op.
 
@@ -1360,13 +1463,15 @@ def sigterm_as_exception(code: int = 143):
         return
 
     def handler(signum, frame):
-        raise SystemExit(code)
+        raise SystemExit(129 if signum == getattr(signal, "SIGHUP", None) else code)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    sigs = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {s: signal.signal(s, handler) for s in sigs}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ and exits with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -200,8 +201,12 @@ def run_pose(args) -> int:
         try:
             return _run_pose(args)
         except SystemExit as e:
-            if e.code == 143:
-                print("streamssm: terminated (SIGTERM); an output not complete is not written", file=sys.stderr)
+            from streamssm.io.video import SIGNAL_EXIT
+
+            if e.code in SIGNAL_EXIT:
+                with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+                    print(f"streamssm: terminated ({SIGNAL_EXIT[e.code]}); an output not complete is not written",
+                          file=sys.stderr)
             raise
 
 

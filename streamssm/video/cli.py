@@ -23,7 +23,7 @@ where the frames were kept and choose the exit code.
 Exit codes: 0 done (for ``--webcam``, Ctrl-C is the normal end); 1 the camera/stream stopped
 delivering frames (the recording holds what came); 2 bad input or output, including a truncated or
 corrupt input found mid-run and a full disk (the message names the file; frames filtered before a
-mid-run input error are kept); 130 Ctrl-C; 143 SIGTERM (:func:`streamssm.io.sigterm_as_exception`).
+mid-run input error are kept); 130 Ctrl-C; 143 SIGTERM, 129 SIGHUP (:func:`streamssm.io.sigterm_as_exception`).
 
 Limits (refused before any work, from the container's metadata, and again while decoding in case it
 lies): ``--max-resolution`` (default 7680x4320), ``--max-duration`` and ``--max-input-frames``.
@@ -74,6 +74,17 @@ EXIT_SOURCE_STOPPED = 1
 # ------------------------------------------------------------------------------------------------
 # argument parsing
 # ------------------------------------------------------------------------------------------------
+def _rate_arg(text: str) -> float:
+    """``--fps``: frames per second as a number or a fraction (``30000/1001``), checked as the writer will."""
+    from streamssm.io.video import MAX_RATE, VideoIOError, to_rate
+
+    try:
+        return float(to_rate(text if "/" in text else float(text)))
+    except (ValueError, ZeroDivisionError, VideoIOError):
+        raise argparse.ArgumentTypeError(f"expected frames per second, a positive number up to {MAX_RATE} or a "
+                                         f"fraction like 30000/1001, got {text!r}") from None
+
+
 def add_video_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``video`` on an ``argparse`` sub-parsers object; returns the new parser."""
     s = subparsers.add_parser(
@@ -104,7 +115,9 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
                    help="refuse inputs longer than this, before any work (checked again while decoding)")
     s.add_argument("--max-input-frames", type=int, default=None, metavar="N",
                    help="refuse inputs with more frames than this, before any work (checked again while decoding)")
-    s.add_argument("--fps", type=float, default=None, help="frame rate of an image-folder input (default: the original's, else 30)")
+    s.add_argument("--fps", type=_rate_arg, default=None,
+                   help="frame rate of an image-folder input, a number or a fraction like 30000/1001 (default: the "
+                   "original's, else 30)")
     s.add_argument("--webcam", metavar="SPEC", help="camera index (0), capture URL (rtsp://...) or live:FILE")
     s.add_argument("--op", metavar="NAME", default=None,
                    help="--webcam/--sample: demo operator applied before the filter (autocontrast, clahe, detail, "
@@ -148,6 +161,10 @@ def run_video(args: argparse.Namespace) -> int:
             return EXIT_SOURCE_STOPPED
         return 0  # Ctrl-C is how a camera session ends: not an error
 
+    for opt, value in (("-o", args.output), ("--record", args.record)):
+        if value is not None and value.strip() == "-":  # a pipe is not a seekable container: no stdout output
+            raise ValueError(f"{opt} -: writing to standard output is not supported; name a video file (.mp4, "
+                             ".mkv, ...) or a folder/ for PNG frames")
     if args.sample:
         _refuse(args, original="--sample is guided by the sample itself; drop --original",
                 record="--sample writes with -o, not --record", fps="--fps does not apply to --sample",
@@ -450,15 +467,18 @@ def _note_kept_frames(get_sink, output: str | None):
     try:
         yield
     except BaseException as e:
-        if isinstance(e, SystemExit) and e.code == 143:
-            print("streamssm: terminated (SIGTERM)", file=sys.stderr)
-        sink = get_sink()
-        n = getattr(sink, "frames_written", 0) if sink is not None else 0
-        kept = getattr(sink, "final_path", None) if sink is not None else None
-        if n and kept:
-            print(f"streamssm: {kept} holds the {n} frames filtered before the run stopped", file=sys.stderr)
-        elif n:
-            print(f"streamssm: no output kept: {output} could not be finalised", file=sys.stderr)
+        from streamssm.io.video import SIGNAL_EXIT
+
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: the output is kept regardless
+            if isinstance(e, SystemExit) and e.code in SIGNAL_EXIT:
+                print(f"streamssm: terminated ({SIGNAL_EXIT[e.code]})", file=sys.stderr)
+            sink = get_sink()
+            n = getattr(sink, "frames_written", 0) if sink is not None else 0
+            kept = getattr(sink, "final_path", None) if sink is not None else None
+            if n and kept:
+                print(f"streamssm: {kept} holds the {n} frames filtered before the run stopped", file=sys.stderr)
+            elif n:
+                print(f"streamssm: no output kept: {output} could not be finalised", file=sys.stderr)
         raise
 
 
@@ -533,7 +553,8 @@ def filter_video(
 
         sink = stack.enter_context(ThreadedSink(open_sink(output, fps=P.rate, width=width, height=P.height,
                                                           audio_from=audio, overwrite=overwrite,
-                                                          protected=[processed] + ([original] if original else []))))
+                                                          protected=[processed] + ([original] if original else []),
+                                                          sample_aspect=P.sample_aspect)))
         total = _total(P, max_frames)
         bar = stack.enter_context(_progress(total, Path(processed).name, progress))
         rep = WarpReport(total) if report else None

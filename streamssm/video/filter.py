@@ -86,11 +86,13 @@ def _warn(message: str, category: type[Warning]) -> None:
 
 
 def float_to_frame(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An (H, W, 3) float frame in [0, 1] back to ``dtype``, C-contiguous whatever the layout of ``x`` (a transposed
+    view's layout would otherwise carry over, and OpenCV's drawing functions refuse such an array)."""
     if dtype == np.uint8:
-        return (x * 255.0 + 0.5).astype(np.uint8)
+        return (x * 255.0 + 0.5).astype(np.uint8, order="C")
     if dtype == np.uint16:
-        return (x * 65535.0 + 0.5).astype(np.uint16)
-    return x.astype(dtype)
+        return (x * 65535.0 + 0.5).astype(np.uint16, order="C")
+    return x.astype(dtype, order="C")
 
 
 def _rgb_uint8(frame: Any) -> bool:

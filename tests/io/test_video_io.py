@@ -772,3 +772,172 @@ def test_camera_that_stops_ends_with_warning(monkeypatch, caplog, then):
     # The reader keeps only the newest frames (a camera does not queue), so early ones may be dropped.
     assert 1 <= len(frames) <= 6 and frames[-1].index == len(frames) - 1
     assert "ending the stream" in caplog.text
+
+
+# ------------------------------------------------------------------------- colour, timing, aspect (session 17)
+def _yuv_clip(path: Path, yuv: tuple[int, int, int], size=(1280, 720), tags: dict | None = None, n=3) -> Path:
+    """A lossless (qp 0) H.264 clip of one flat Y, U, V colour written from planes, with the colour tags given
+    (none: untagged, as OpenCV's VideoWriter and many tools leave their output)."""
+    w, h = size
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30, options={"qp": "0"})
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        for k, v in (tags or {}).items():
+            setattr(vs.codec_context, k, v)
+        for i in range(n):
+            f = av.VideoFrame(w, h, "yuv420p")
+            for plane, value in zip(f.planes, yuv):
+                plane.update(np.full(plane.buffer_size, value, np.uint8).tobytes())
+            f.pts = i
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    return path
+
+
+def _rgb_from_yuv(yuv, kr: float, kb: float) -> np.ndarray:
+    y, u, v = (yuv[0] - 16) / 219, (yuv[1] - 128) / 224, (yuv[2] - 128) / 224
+    r, b = y + 2 * (1 - kr) * v, y + 2 * (1 - kb) * u
+    g = (y - kr * r - kb * b) / (1 - kr - kb)
+    return np.clip(np.array([r, g, b]) * 255, 0, 255)
+
+
+@pytest.mark.parametrize("size,tags,matrix", [
+    ((1280, 720), None, "709"),  # untagged HD: BT.709, as the sink tags HD output (swscale alone took BT.601)
+    ((640, 480), None, "601"),  # untagged SD: BT.601
+    ((1280, 720), {"colorspace": 5}, "601"),  # tagged: the tag wins
+    ((640, 480), {"colorspace": 1}, "709"),
+], ids=["untagged-hd", "untagged-sd", "tagged-601-hd", "tagged-709-sd"])
+def test_decoded_colour_is_exact_and_untagged_matrix_follows_the_sinks_rule(tmp_path, size, tags, matrix):
+    """Flat colours decode to the exact RGB of their matrix, within rounding (swscale's fast path was about one level
+    dark in every channel, an untagged 720p clip 3 levels off in red)."""
+    kr, kb = {"709": (0.2126, 0.0722), "601": (0.299, 0.114)}[matrix]
+    for yuv in [(150, 90, 180), (60, 170, 110), (200, 128, 128)]:
+        path = _yuv_clip(tmp_path / f"c{yuv[0]}.mp4", yuv, size, tags)
+        with open_source(path) as src:
+            got = np.stack([f.rgb for f in src]).reshape(-1, 3).astype(np.float64)
+        np.testing.assert_allclose(got.mean(0), _rgb_from_yuv(yuv, kr, kb), atol=0.6)
+
+
+def _mkv(path: Path, pts_ms: list[int], last_ms: int = 33, start_audio: bool = False) -> Path:
+    """An MKV with frames at ``pts_ms`` (ms) whose last frame lasts ``last_ms``; with ``start_audio``, an AAC track
+    from 0 (so a video starting later is a late start, not a truncation)."""
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30, options={"bf": "0"})
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.codec_context.time_base = Fraction(1, 1000)
+        if start_audio:
+            a = c.add_stream("aac", rate=48000, layout="mono")
+            fs = 1024  # AAC's frame
+            for s in range(0, int(48000 * (pts_ms[-1] + last_ms) / 1000), fs):
+                af = av.AudioFrame.from_ndarray(np.zeros((1, fs), np.float32), format="fltp", layout="mono")
+                af.sample_rate, af.pts = 48000, s
+                for p in a.encode(af):
+                    c.mux(p)
+            for p in a.encode(None):
+                c.mux(p)
+        for i, t in enumerate(pts_ms):
+            f = av.VideoFrame.from_ndarray(pattern(i), format="rgb24")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            for p in vs.encode(f):
+                if p.pts == pts_ms[-1]:
+                    p.duration = last_ms
+                c.mux(p)
+        for p in vs.encode(None):
+            if p.pts == pts_ms[-1]:
+                p.duration = last_ms
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("case", ["late-start", "held-last-frame"])
+def test_complete_mkv_is_not_called_truncated(tmp_path, case):
+    """Matroska has no frame count, so a clip is checked against its DURATION tag, which counts from the container's
+    zero and includes the last frame's own length: a video starting 0.3 s after its audio, or a screen recording
+    whose last frame is held 2 s, read whole (both were refused as truncated)."""
+    if case == "late-start":
+        path = _mkv(tmp_path / "a.mkv", [300 + round(1000 * i / 30) for i in range(30)], start_audio=True)
+    else:
+        path = _mkv(tmp_path / "a.mkv", [round(1000 * i / 30) for i in range(30)], last_ms=2000)
+    with open_source(path) as src:
+        frames = list(src)
+    assert len(frames) == 30 and [level(f.rgb) for f in frames] == list(range(30))
+
+
+def test_anamorphic_pixels_keep_their_aspect(tmp_path):
+    """A 720x480 clip with 32:27 pixels (16:9 on screen) comes back tagged 32:27 (it played squashed at 3:2)."""
+    path = tmp_path / "dvd.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = 720, 480, "yuv420p"
+        vs.codec_context.sample_aspect_ratio = Fraction(32, 27)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(np.full((480, 720, 3), 40 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    with open_source(path) as src:
+        assert src.sample_aspect == Fraction(32, 27)
+    for ext in (".mp4", ".mkv"):
+        out = tmp_path / f"out{ext}"
+        with open_source(path) as src, open_sink(out, fps=src.rate, width=src.width, height=src.height,
+                                                 sample_aspect=src.sample_aspect) as sink:
+            for f in src:
+                sink.write(f.rgb, f.timestamp)
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].sample_aspect_ratio == Fraction(32, 27), ext
+    with open_source(make_clip(tmp_path / "square.mp4")) as src:
+        assert src.sample_aspect is None
+
+
+def _flash_and_beep(path: Path) -> tuple[float, float]:
+    """When the picture flashes white and when the sound first goes loud (s)."""
+    with av.open(str(path)) as c:
+        flash = next(float(f.pts * f.time_base) for f in c.decode(video=0) if f.to_ndarray(format="gray").mean() > 150)
+    with av.open(str(path)) as c:
+        for f in c.decode(audio=0):
+            a = np.abs(f.to_ndarray().astype(np.float32).reshape(-1 if not f.format.is_planar else f.samples))
+            if f.format.is_planar:
+                a = np.abs(f.to_ndarray()[0])
+            hit = np.flatnonzero(a > 0.2)
+            if hit.size:
+                return flash, float(f.pts * f.time_base) + hit[0] / (f.sample_rate * (1 if f.format.is_planar else
+                                                                                    len(f.layout.channels)))
+    raise AssertionError("no beep")
+
+
+@pytest.mark.parametrize("video_start,audio_start", [(0.3, 0.0), (0.0, 0.4)], ids=["audio-first", "picture-first"])
+def test_reencoded_audio_stays_in_sync(tmp_path, video_start, audio_start):
+    """WebM re-encodes AAC to Opus: the re-encoded track starts at the output's zero, so audio from before the
+    picture is cut and audio starting after it is preceded by silence (it came out 0.3 s late)."""
+    path = tmp_path / "in.mp4"
+    rate, sr, beep = 30, 48000, 1.0
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=rate, options={"bf": "0"})
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        a = c.add_stream("aac", rate=sr, layout="mono")
+        for i in range(60):
+            t = video_start + i / rate
+            f = av.VideoFrame.from_ndarray(np.full((H, W, 3), 255 if abs(t - beep) < 0.5 / rate else 40, np.uint8),
+                                           format="rgb24")
+            f.pts = round(t * rate)
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+        t = audio_start + np.arange(int(sr * 2.2)) / sr
+        sig = np.where((t >= beep) & (t < beep + 0.05), 0.8 * np.sin(2 * np.pi * 1000 * t), 0).astype(np.float32)
+        fs = 1024  # AAC's frame
+        for s in range(0, len(sig) - fs, fs):
+            af = av.AudioFrame.from_ndarray(sig[None, s:s + fs], format="fltp", layout="mono")
+            af.sample_rate, af.pts = sr, s + round(audio_start * sr)
+            for p in a.encode(af):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+    out = copy_through(path, tmp_path / "out.webm", audio_from=path)
+    flash, heard = _flash_and_beep(out)
+    assert abs(heard - flash) < 0.025, (flash, heard)  # Opus's 6.5 ms pre-skip and a packet's rounding

@@ -262,7 +262,7 @@ def test_options_of_another_mode_are_refused():
         run_video(_args("--webcam", "0", "-o", "x.mp4"))
 
 
-def test_arguments_are_checked_naming_the_option(tmp_path, clips):
+def test_arguments_are_checked_naming_the_option(tmp_path, clips, capsys):
     """Each refused before any work, naming the option: --fps on video files (it would be ignored), --fps and
     --strength out of range, and --sample with limits it does not use."""
     from streamssm.video.cli import run_video
@@ -270,7 +270,6 @@ def test_arguments_are_checked_naming_the_option(tmp_path, clips):
     out = tmp_path / "x.mp4"
     cases = [(("a.mp4", "-o", out, "--fps", 10), "--fps sets the rate of an image-folder input"),
              ((clips["plain"], "--original", clips["short"], "-o", out, "--fps", 10), "are video files"),
-             ((str(tmp_path), "-o", out, "--fps", 0), "--fps must be a positive number"),
              (("a.mp4", "-o", out, "--strength", -1), r"--strength must be in \[0, 2\]"),
              (("a.mp4", "-o", out, "--strength", "nan"), "--strength must be"),
              (("--sample", "-o", out, "--max-duration", 1), "--max-duration does not apply to --sample"),
@@ -279,6 +278,13 @@ def test_arguments_are_checked_naming_the_option(tmp_path, clips):
     for argv, what in cases:
         with pytest.raises(ValueError, match=what):
             run_video(_args(*argv))
+    # --fps is parsed as the writer will take it: a number or a fraction, positive, at most 1000 (1e9 overflowed the
+    # container's time base, a traceback)
+    for bad in ("0", "1e9", "abc"):
+        with pytest.raises(SystemExit):
+            _args(str(tmp_path), "-o", out, "--fps", bad)
+        assert "--fps: expected frames per second, a positive number up to 1000" in capsys.readouterr().err
+    assert _args(str(tmp_path), "-o", out, "--fps", "30000/1001").fps == pytest.approx(30000 / 1001)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
