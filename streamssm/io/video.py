@@ -1667,17 +1667,18 @@ class ThreadedSink:
         return False
 
 
-def paired(source_a: FrameSource, source_b: FrameSource) -> Iterator[tuple[Frame, Frame]]:
+def paired(source_a: FrameSource, source_b: FrameSource, limit: int | None = None) -> Iterator[tuple[Frame, Frame]]:
     """Yield ``(frame_a, frame_b)``; raise :class:`VideoIOError` naming both paths if the lengths differ.
 
-    Checked up front when both frame counts are known, and again when one source ends early.
+    Checked up front when both frame counts are known, and again when one source ends early. With ``limit``, only
+    the first ``limit`` pairs are read and must exist (the rest of either source may differ).
     """
     ca, cb = source_a.frame_count, source_b.frame_count
-    if ca is not None and cb is not None and ca != cb:
+    if ca is not None and cb is not None and ca != cb and (limit is None or min(ca, cb) < limit):
         raise VideoIOError(f"frame counts differ: {source_a.path} has {ca} frames, {source_b.path} has {cb}")
     ia, ib = iter(source_a), iter(source_b)
     n = 0
-    while True:
+    while limit is None or n < limit:
         fa = next(ia, None)
         fb = next(ib, None)
         if fa is None and fb is None:

@@ -529,12 +529,16 @@ def filter_video(
         p_fps = fps if fps is not None else (I.rate if I is not None and not os.path.isdir(original) else None)
         P = stack.enter_context(open_source(processed, fps=p_fps, **limits))
         if I is not None:
-            if P.frame_count is not None and I.frame_count is not None and P.frame_count != I.frame_count:
+            counts = (P.frame_count, I.frame_count)
+            if None not in counts and counts[0] != counts[1] and (max_frames is None or min(counts) < max_frames):
                 raise VideoIOError(f"frame counts differ: {P.path} (processed) has {P.frame_count} frames, "
-                                   f"{I.path} (original) has {I.frame_count}; they must pair up frame by frame")
+                                   f"{I.path} (original) has {I.frame_count}; they must pair up frame by frame (if "
+                                   f"the first {min(counts)} do, --max-frames {min(counts)} filters those)")
             if (P.width, P.height) != (I.width, I.height):
                 raise VideoIOError(f"frame sizes differ: {P.path} (processed) is {P.width}x{P.height}, "
-                                   f"{I.path} (original) is {I.width}x{I.height}")
+                                   f"{I.path} (original) is {I.width}x{I.height}; the original guides the filter "
+                                   f"pixel for pixel: scale it to {P.width}x{P.height} (an upscaler's input, say), or "
+                                   "leave out --original (processed-only)")
             if abs(float(P.rate) - float(I.rate)) > 0.01 * float(I.rate):
                 log.warning("frame rates differ: %s (processed) is %.4g fps, %s (original) %.4g fps; the frames are "
                             "paired one by one and the output keeps the processed video's rate", P.path,
@@ -559,7 +563,7 @@ def filter_video(
         bar = stack.enter_context(_progress(total, Path(processed).name, progress))
         rep = WarpReport(total) if report else None
         src = stack.enter_context(prefetch(P))
-        pairs: Iterator = ((p, i.rgb) for p, i in paired(src, stack.enter_context(prefetch(I)))) if I is not None \
+        pairs: Iterator = ((p, i.rgb) for p, i in paired(src, stack.enter_context(prefetch(I)), max_frames)) if I is not None \
             else ((p, None) for p in src)
         if max_frames is not None:
             pairs = itertools.islice(pairs, max_frames)

@@ -423,3 +423,15 @@ def test_cpu_pipelined_interrupt_keeps_the_frame_in_flight(tmp_path, clips, weig
     args = _args(clips["tone"], "-o", out, "--weights", weights, "--device", "cpu", "--no-progress")
     assert vcli.run_video(args) == 130
     assert probe(out)["frames"] == 6
+
+
+def test_pairs_of_different_lengths_filter_their_common_start_with_max_frames(tmp_path, clips, weights):
+    """A per-frame tool that dropped the last frames (the Haze2 pair: 122 processed, 124 original): refused, with
+    the way out in the message, and --max-frames N pairs the first N of both (it used to be refused as well)."""
+    out = tmp_path / "o.mp4"
+    r = cli(clips["short"], "--original", clips["plain"], "-o", out, weights=weights)
+    assert r.returncode == 2 and "--max-frames 15 filters those" in r.stderr, r.stderr
+    ok(cli(clips["short"], "--original", clips["plain"], "-o", out, "--max-frames", 15, weights=weights))
+    assert _media.frames_in(out) == 15
+    r = cli(clips["short"], "--original", clips["plain"], "-o", out, "--max-frames", 16, "--overwrite", weights=weights)
+    assert r.returncode == 2 and "frame counts differ" in r.stderr
