@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default=None)
     s.add_argument("--device", default="cpu")
     s.add_argument("--key", default=None, help=".npz: which array to filter: (t, k, 2|3) points or (t, k, 4|5) "
-                   "MediaPipe landmarks (default landmarks_raw / points); OpenPose folder: pose_keypoints_2d (default), "
-                   "face_keypoints_2d, hand_left_keypoints_2d or hand_right_keypoints_2d")
+                   "MediaPipe landmarks (default landmarks_raw / points); OpenPose folder: pose_keypoints_2d "
+                   "(default), face_keypoints_2d, hand_left_keypoints_2d or hand_right_keypoints_2d")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_pose)
 

@@ -38,33 +38,39 @@ def _kept(stderr: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
-def _run_and_signal(args, sig, partial: Path) -> subprocess.CompletedProcess:
-    """Start ``streamssm video ...``, wait until the output is being written (the muxer's header is
-    there), give it a second of frames, send ``sig``.
+def _signal_when(cmd: list[str], sig, ready, settle: float) -> subprocess.CompletedProcess:
+    """Start ``cmd``, wait until ``ready()`` (the output is being written), give it ``settle`` seconds more, send
+    ``sig``.
 
     The child gets SIGINT's default disposition back first: a test run started in the background (``cmd &``,
     ``nohup``) hands its children an *ignored* SIGINT, and Python then installs no Ctrl-C handler at all -- the
     run would finish and this harness would read that as the CLI ignoring Ctrl-C."""
-    p = subprocess.Popen(cli_cmd("video", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     try:
-        while time.monotonic() - t0 < 90:
+        while time.monotonic() - t0 < 120:
             if p.poll() is not None:
                 break
-            if partial.exists() and partial.stat().st_size > 0:
-                time.sleep(1.0)
+            if ready():
+                time.sleep(settle)
                 p.send_signal(sig)
                 break
-            time.sleep(0.05)
-        out, err = p.communicate(timeout=90)
+            time.sleep(0.01)
+        out, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
-@pytest.mark.parametrize("sig,code,says", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)"),
+def _run_and_signal(args, sig, partial: Path) -> subprocess.CompletedProcess:
+    """``streamssm video ...``, signalled a second after its output is being written (the muxer's header is there)."""
+    return _signal_when(cli_cmd("video", *args), sig, lambda: partial.exists() and partial.stat().st_size > 0, 1.0)
+
+
+@pytest.mark.parametrize("sig,code,says", [(signal.SIGINT, 130, "interrupted"),
+                                           (signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                            (signal.SIGHUP, 129, "terminated (SIGHUP)")],
                          ids=["ctrl-c", "sigterm", "sighup"])
 def test_signal_mid_run_keeps_a_playable_output_with_every_frame(tmp_path, long_clip, sig, code, says):
@@ -281,19 +287,8 @@ def test_sigterm_during_pose_write_exits_143_and_leaves_nothing(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "in.npz", points=rng.normal(size=(40000, 33, 3)).astype(np.float32), fps=30.0)
     out = tmp_path / "out.csv"
-    p = subprocess.Popen(cli_cmd("pose", tmp_path / "in.npz", "-o", out), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env())
-    t0 = time.monotonic()
-    try:
-        while time.monotonic() - t0 < 120 and p.poll() is None:
-            if list(tmp_path.glob(".out.csv.*.tmp")):
-                p.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.01)
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 143, err
-    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    r = _signal_when(cli_cmd("pose", tmp_path / "in.npz", "-o", out), signal.SIGTERM,
+                     lambda: bool(list(tmp_path.glob(".out.csv.*.tmp"))), 0.0)
+    assert r.returncode == 143, r.stderr
+    assert "terminated (SIGTERM)" in r.stderr and "Traceback" not in r.stderr
     assert sorted(q.name for q in tmp_path.iterdir()) == ["in.npz"]

@@ -80,7 +80,8 @@ def read_openpose(folder: str | os.PathLike, key: str | None = None):
     folder = Path(folder)
     key = key or "pose_keypoints_2d"
     if key not in OPENPOSE_KEYS:
-        raise _err(folder, f"--key {key!r} is not an OpenPose keypoint array; expected one of {', '.join(OPENPOSE_KEYS)}")
+        raise _err(folder, f"--key {key!r} is not an OpenPose keypoint array; expected one of "
+                           f"{', '.join(OPENPOSE_KEYS)}")
     files = _files(folder)
     if not files:
         raise _err(folder, f"no OpenPose '*{SUFFIX}' files in this folder")
@@ -148,7 +149,8 @@ def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool 
                            "name a .npz/.csv/.json file instead")
     t, k, d = data.points.shape
     if t != len(meta["files"]) or d != 2:
-        raise _err(target, f"expected {len(meta['files'])} frames of 2-D points like the input, got {data.points.shape}")
+        raise _err(target, f"expected {len(meta['files'])} frames of 2-D points like the input, got "
+                           f"{data.points.shape}")
     if target.exists() and not (target.is_dir() and overwrite):
         raise _err(target, "already exists; pass --overwrite to replace it" if target.is_dir() else
                    "is a file, expected a folder for OpenPose output")

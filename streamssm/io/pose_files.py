@@ -49,8 +49,8 @@ unit across and down). A MediaPipe ``.npz`` (other than ``world_*`` keys) gives 
 The pose CLI filters such points in pixels (:func:`streamssm.pose.cli.image_size`).
 
 Converting between formats keeps the frame numbers, the joint names, the image size, and whether the confidence is
-MediaPipe's visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from). A file's
-``fps`` that is not a positive number reads as None, with ``meta["bad_fps"]`` saying what it was.
+MediaPipe's visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from).
+A file's ``fps`` that is not a positive number reads as None, with ``meta["bad_fps"]`` saying what it was.
 
 Errors (empty file, missing keys or columns, inconsistent joint counts, unknown extension) raise
 ``ValueError`` naming the file and what was expected. Writers write a temporary file in the target

@@ -1441,8 +1441,8 @@ def open_sink(
     if not p.parent.is_dir():
         what = "is a file, not a directory" if p.parent.exists() else "does not exist"
         raise VideoIOError(f"{s}: output directory {p.parent} {what}")
-    return _VideoSink(p, rate=rate, width=width, height=height, audio_from=audio_from, codec=codec, crf=crf, preset=preset,
-                      sample_aspect=sample_aspect)
+    return _VideoSink(p, rate=rate, width=width, height=height, audio_from=audio_from, codec=codec, crf=crf,
+                      preset=preset, sample_aspect=sample_aspect)
 
 
 SIGNAL_EXIT = {143: "SIGTERM", 129: "SIGHUP"}  # exit status -> the signal it stands for (128 + its number)

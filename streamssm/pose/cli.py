@@ -13,7 +13,8 @@ plus ``landmarks_filtered``. Choices, and why:
 * **MediaPipe image landmarks** (an ``.npz``'s ``landmarks_*``: x, y normalised by the image's width and height, z a
   noisy relative depth) are filtered as MediaPipe's own output is measured in the README: x, y as 2-D points in
   pixels (the file's ``width``/``height``), z from a second pass (:func:`_filter_image_landmarks`), and written back
-  normalised; so are such landmarks converted to ``.csv``/``.json`` (they carry the image size). World landmarks (``--key world_landmarks_raw``, metres) are filtered as 3-D points.
+  normalised; so are such landmarks converted to ``.csv``/``.json`` (they carry the image size). World landmarks
+  (``--key world_landmarks_raw``, metres) are filtered as 3-D points.
 * **Gaps stay gaps.** Where the input has NaN/inf coordinates the output keeps NaN, so the file never
   claims a detection the estimator did not make (the filter itself holds its estimate through the gap,
   which is what a live caller of :meth:`PoseFilter.step` wants).

@@ -563,8 +563,10 @@ def filter_video(
         bar = stack.enter_context(_progress(total, Path(processed).name, progress))
         rep = WarpReport(total) if report else None
         src = stack.enter_context(prefetch(P))
-        pairs: Iterator = ((p, i.rgb) for p, i in paired(src, stack.enter_context(prefetch(I)), max_frames)) if I is not None \
-            else ((p, None) for p in src)
+        if I is not None:
+            pairs: Iterator = ((p, i.rgb) for p, i in paired(src, stack.enter_context(prefetch(I)), max_frames))
+        else:
+            pairs = ((p, None) for p in src)
         if max_frames is not None:
             pairs = itertools.islice(pairs, max_frames)
         pipelined = _cpu_pipeline(filt, stack)

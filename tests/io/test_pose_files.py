@@ -214,7 +214,8 @@ def test_csv_with_a_byte_order_mark(tmp_path):
     np.testing.assert_array_equal(read_pose(p).points[:, 0], [[1, 2], [3, 4]])
 
 
-@pytest.mark.parametrize("line,fps,size", [("# fps=25", 25.0, None), ("# FPS: 25", 25.0, None), ("#fps = 25.5 ", 25.5, None),
+@pytest.mark.parametrize("line,fps,size", [("# fps=25", 25.0, None), ("# FPS: 25", 25.0, None),
+                                           ("#fps = 25.5 ", 25.5, None),
                                            ("# fps=24.0 width=1280 height=720", 24.0, (1280.0, 720.0)),
                                            ("# width=640, height=480", None, (640.0, 480.0)),
                                            ("# recorded by camera A", None, None)])

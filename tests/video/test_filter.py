@@ -599,7 +599,8 @@ def test_filter_returns_each_frame_in_its_own_dtype(fast):
     # C-contiguous, as OpenCV's drawing functions need (a float or uint16 frame came back a transposed view)
     assert all(o.flags["C_CONTIGUOUS"] for o in out)
     f = VideoFilter(device="cpu", fast=fast)
-    assert all(f.step(x).flags["C_CONTIGUOUS"] for x in frames + [frames[0][..., 0], np.dstack([frames[0]] * 2)[..., :4]])
+    gray, rgba = frames[0][..., 0], np.dstack([frames[0]] * 2)[..., :4]
+    assert all(f.step(x).flags["C_CONTIGUOUS"] for x in frames + [gray, rgba])
     with pytest.raises(ValueError, match="filter\\(\\) takes H x W x 3 frames"):
         VideoFilter(device="cpu", fast=fast).filter([torch.rand(1, 3, 64, 64)])
     # H x W x 3 CPU tensors (torchvision.io.read_video's frames) still work, as numpy does
