@@ -310,6 +310,9 @@ class FrameSource:
     live: bool = False
     # Pixel aspect ratio (an anamorphic DVD's 32:27), None for square pixels or unknown; the sink keeps it.
     sample_aspect: Fraction | None = None
+    # When the last frame stops showing (s, the frames' clock), once a file has been read to its end; None before,
+    # or where the source does not know (FrameSink.hold_last_until takes it).
+    end: float | None = None
     # Why a live source ended early (camera stopped delivering, stream dropped); None if it did not.
     fault: str | None = None
 
@@ -595,6 +598,7 @@ class _AVSource(FrameSource):
         # The stream's duration counts from the container's zero, so a video that starts late (after its audio)
         # ends at its start plus its length; a last frame held longer (a screen recording) ends at its own end.
         end = None if prev_t is None else prev_t + max(t0 or 0.0, 0.0) + last_len
+        self.end = None if prev_t is None else prev_t + last_len
         reached_end = (self._stream_duration is not None and end is not None
                        and end >= self._stream_duration - 3 * period)
         if self.frame_count is not None and n < self.frame_count - 2 and not reached_end:
@@ -911,6 +915,10 @@ class FrameSink:
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def hold_last_until(self, end: float | None) -> None:
+        """Show the last frame until ``end`` (s, on the frames' clock) when the output is closed complete: the
+        source's last frame was held longer than a frame period (a screen recording's). Default: nothing."""
+
     def close(self, partial: bool = False) -> None:  # pragma: no cover
         """Finalise. ``partial=True``: the run did not complete (see the module docstring)."""
         raise NotImplementedError
@@ -959,6 +967,8 @@ class _VideoSink(FrameSink):
         self._tick = 1 / (rate * self._sub)
         self._last_pts = -self._sub
         self._rgb_frame = None
+        self._last_frame = None  # the last encoded frame, shown again by hold_last_until
+        self._hold_until: float | None = None
         self._sample_aspect = sample_aspect
         self._existed = path.exists()  # an incomplete run must not replace it (module docstring)
         self._tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
@@ -1064,14 +1074,18 @@ class _VideoSink(FrameSink):
 
     def encode(self, frame, timestamp: float | None = None) -> None:
         """The encoding half of :meth:`write`: a frame from :meth:`prepare` into the file, in call order."""
-        import av
-
         if self._closed:
             raise VideoIOError(f"{self.path}: write() after close()")
         if timestamp is None:
             pts = self._last_pts + self._sub
         else:
             pts = max(self._last_pts + 1, int(round(timestamp / self._tick)))
+        self._encode_at(frame, pts)
+        self.frames_written += 1
+
+    def _encode_at(self, frame, pts: int) -> None:
+        import av
+
         frame.pts = pts
         # Not self._vs.time_base: the muxer rewrites the stream's time base when the header is
         # written (mp4: 1/30000), possibly before this frame (audio muxed first).
@@ -1080,11 +1094,23 @@ class _VideoSink(FrameSink):
             for packet in self._vs.encode(frame):
                 self._out.mux(packet)
             self._last_pts = pts
-            self.frames_written += 1
+            self._last_frame = frame
             if self._audio is not None:
                 self._audio.pump(self._video_end())
         except (av.FFmpegError, OSError) as e:
             raise self._write_error(e) from e
+
+    def hold_last_until(self, end: float | None) -> None:
+        self._hold_until = end
+
+    def _hold_last(self) -> None:
+        """The last frame again, a frame period before the hold's end, so the file (and the audio carried up to
+        the video's end) lasts as long as the source: encoded once more, not counted in ``frames_written``."""
+        if self._hold_until is None or self._last_frame is None:
+            return
+        pts = int(round(self._hold_until / self._tick)) - self._sub
+        if pts >= self._last_pts + self._sub + self._sub // 2:  # held over 1.5 frame periods
+            self._encode_at(self._last_frame, pts)
 
     def _video_end(self) -> float:
         return float((self._last_pts + self._sub) * self._tick)
@@ -1109,6 +1135,8 @@ class _VideoSink(FrameSink):
             log.warning("%s: no frames written; no output file created", self.path)
             return
         try:
+            if not partial:
+                self._hold_last()
             for packet in self._vs.encode(None):
                 self._out.mux(packet)
             if self._audio is not None:

@@ -573,6 +573,7 @@ def filter_video(
         t0 = time.perf_counter()
         try:
             _filter_loop(pairs, filt, sink, bar, side_by_side=side_by_side, report=rep, pipelined=pipelined)
+            sink.hold_last_until(P.end)  # a last frame held longer (a screen recording's) keeps its length
         except KeyboardInterrupt:
             interrupted = True
             sink.close(partial=True)  # finalised here as incomplete; the ExitStack's close is then a no-op

@@ -941,3 +941,27 @@ def test_reencoded_audio_stays_in_sync(tmp_path, video_start, audio_start):
     out = copy_through(path, tmp_path / "out.webm", audio_from=path)
     flash, heard = _flash_and_beep(out)
     assert abs(heard - flash) < 0.025, (flash, heard)  # Opus's 6.5 ms pre-skip and a packet's rounding
+
+
+def test_a_held_last_frame_keeps_its_length_and_its_sound(tmp_path):
+    """A last frame shown for 2 s (a screen recording's) is shown for 2 s in the output too, with the sound under it:
+    the output ended a frame after the last frame's start, and the audio with it."""
+    from tests._media import run_cli
+
+    path = _mkv(tmp_path / "rec.mkv", [round(1000 * i / 30) for i in range(30)], last_ms=2000, start_audio=True)
+    with open_source(path) as src:
+        list(src)
+        assert src.end == pytest.approx(29 / 30 + 2.0, abs=0.01)
+    out = tmp_path / "out.mp4"
+    r = run_cli("video", path, "-o", out, "--device", "cpu", "--no-progress")
+    assert r.returncode == 0 and "30 frames" in r.stdout, r.stderr
+    with av.open(str(out)) as c:
+        frames = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    with av.open(str(out)) as c:
+        a = list(c.decode(audio=0))
+    assert frames[-1] == pytest.approx(29 / 30 + 2.0 - 1 / 30, abs=0.01) and len(frames) == 31  # shown again
+    assert float(a[-1].pts * a[-1].time_base) + a[-1].samples / a[-1].sample_rate > 2.9
+    r = run_cli("video", path, "-o", tmp_path / "cut.mp4", "--device", "cpu", "--no-progress", "--max-frames", 10)
+    assert r.returncode == 0
+    with av.open(str(tmp_path / "cut.mp4")) as c:  # not the whole clip: no hold
+        assert len(list(c.decode(video=0))) == 10
