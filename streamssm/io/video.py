@@ -177,6 +177,21 @@ def _stream_duration(vs) -> float | None:
     return None
 
 
+def _warn_depth(spec: str, pix_fmt: str | None) -> None:
+    """Log what the 8-bit RGB pipeline drops from a deeper or transparent input (a 10-bit ProRes master, RGBA)."""
+    import av
+
+    try:
+        comps = av.VideoFormat(pix_fmt).components if pix_fmt else ()
+    except (ValueError, TypeError):  # pragma: no cover - a format this FFmpeg does not name
+        return
+    bits = max((c.bits for c in comps), default=8)
+    alpha = len(comps) == 4 or (pix_fmt or "").startswith(("yuva", "gbrap"))
+    if bits > 8 or alpha:
+        log.warning("%s: %s input (%s); it is filtered in 8-bit RGB and written as 8-bit video%s", spec,
+                    f"{bits}-bit" if bits > 8 else "8-bit", pix_fmt, ", without its alpha" if alpha else "")
+
+
 _UNTAGGED = (2, 3)  # AVCOL_SPC_UNSPECIFIED, AVCOL_SPC_RESERVED
 
 
@@ -501,6 +516,8 @@ class _AVSource(FrameSource):
             log.info("%s: display rotation %d degrees: frames turned upright (%dx%d)", spec, self.rotation,
                      self.width, self.height)
         self._hdr = _hdr_converter(spec, vs.codec_context)
+        if self._hdr is None:
+            _warn_depth(spec, vs.codec_context.pix_fmt)
         # an untagged matrix is guessed from the stored height as the sink tags its output (and as players guess)
         self._hd_guess = vs.codec_context.height >= 720
 
@@ -640,6 +657,13 @@ class _ImageFolderSource(FrameSource):
         self._duration = self.frame_count / float(self.rate)
         first = self._read(self._files[0])
         self.height, self.width = first.shape[:2]
+        import cv2
+
+        deep = cv2.imdecode(np.fromfile(self._files[0], dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if deep is not None and (deep.dtype != np.uint8 or (deep.ndim == 3 and deep.shape[2] == 4)):
+            log.warning("%s: %s images (%s); they are filtered in 8-bit RGB and written as 8-bit frames%s", folder,
+                        f"{8 * deep.itemsize}-bit" if deep.dtype != np.uint8 else "8-bit", self._files[0].name,
+                        ", without their alpha" if deep.ndim == 3 and deep.shape[2] == 4 else "")
         self._first = first
         self._check_metadata_limits(self._duration)
 

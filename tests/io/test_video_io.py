@@ -965,3 +965,19 @@ def test_a_held_last_frame_keeps_its_length_and_its_sound(tmp_path):
     assert r.returncode == 0
     with av.open(str(tmp_path / "cut.mp4")) as c:  # not the whole clip: no hold
         assert len(list(c.decode(video=0))) == 10
+
+
+def test_deep_or_transparent_input_is_said_to_lose_it(tmp_path, caplog):
+    """16-bit or RGBA images (and 10-bit video) go through the 8-bit RGB pipeline: a warning names the input and what
+    it loses (this happened silently)."""
+    for name, img in (("deep", np.full((H, W, 3), 40000, np.uint16)), ("alpha", np.full((H, W, 4), 90, np.uint8)),
+                      ("plain", np.full((H, W, 3), 90, np.uint8))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(2):
+            cv2.imwrite(str(folder / f"{i}.png"), img)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="streamssm"), open_source(folder, fps=24) as src:
+            assert next(iter(src)).rgb.dtype == np.uint8
+        said = {"deep": "16-bit images", "alpha": "without their alpha", "plain": None}[name]
+        assert (said in caplog.text) if said else "8-bit RGB" not in caplog.text, caplog.text
