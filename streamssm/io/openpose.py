@@ -7,7 +7,8 @@ Each file holds ``{"people": [{"pose_keypoints_2d": [x0, y0, c0, x1, ...], "face
 **One person.** OpenPose does not keep identities from frame to frame (``person_id`` is -1), so the reader follows
 one person: the most confident (summed keypoint confidence) in the first frame where anyone is detected, then in
 each frame the person whose keypoints lie nearest the last chosen ones (mean distance over the keypoints confident
-in both), so a second person walking in does not take over. Frames with nobody detected are missing (NaN).
+in both) if within half its body size, so a second person walking in does not take over, even in a frame where the
+followed one is missed. Frames with nobody there are missing (NaN).
 
 ``key`` picks the array: ``pose_keypoints_2d`` (default; BODY_25 or COCO's 18 joints, named), ``face_keypoints_2d``,
 ``hand_left_keypoints_2d`` or ``hand_right_keypoints_2d``. Points are (x, y) in pixels, ``confidence`` OpenPose's
@@ -34,6 +35,7 @@ __all__ = ["is_openpose_folder", "read_openpose", "write_openpose", "OPENPOSE_KE
 
 OPENPOSE_KEYS = ("pose_keypoints_2d", "face_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")
 SUFFIX = "_keypoints.json"
+FOLLOW = 0.5  # the followed person is the nearest one within this share of its body size (bounding-box diagonal)
 BODY_25 = ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "MidHip", "RHip", "RKnee",
            "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye", "REar", "LEar", "LBigToe", "LSmallToe", "LHeel",
            "RBigToe", "RSmallToe", "RHeel")
@@ -60,8 +62,11 @@ def _frame_number(name: str) -> int | None:
 
 
 def _person(arr, width: int, path: Path, key: str) -> np.ndarray:
-    a = np.asarray([np.nan if v is None else v for v in arr], np.float64) if isinstance(arr, list) else None
-    if a is None or a.size % 3 or (width and a.size != width):
+    try:
+        a = np.asarray([np.nan if v is None else v for v in arr], np.float64) if isinstance(arr, list) else None
+    except (TypeError, ValueError, OverflowError):  # a nested list, a dict, a string, an int past float64
+        raise _err(path, f"expected {key!r} as a flat list of numbers (x, y, confidence triples)") from None
+    if a is None or a.ndim != 1 or a.size % 3 or (width and a.size != width):
         raise _err(path, f"expected {key!r} as a flat list of x, y, confidence triples"
                          f"{f' ({width // 3} keypoints, as in the other files)' if width else ''}, got "
                          f"{'a list of ' + str(a.size) + ' numbers' if a is not None else type(arr).__name__}")
@@ -71,6 +76,12 @@ def _person(arr, width: int, path: Path, key: str) -> np.ndarray:
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
     both = (a[:, 2] > 0) & (b[:, 2] > 0)
     return float(np.linalg.norm(a[both, :2] - b[both, :2], axis=-1).mean()) if both.any() else np.inf
+
+
+def _size(a: np.ndarray) -> float:
+    """Bounding-box diagonal of the confident keypoints (0 with fewer than two)."""
+    seen = a[a[:, 2] > 0, :2]
+    return float(np.linalg.norm(seen.max(0) - seen.min(0))) if len(seen) > 1 else 0.0
 
 
 def read_openpose(folder: str | os.PathLike, key: str | None = None):
@@ -125,7 +136,11 @@ def read_openpose(folder: str | os.PathLike, key: str | None = None):
         if last is None:
             i = int(np.argmax([np.nansum(a[:, 2]) for a in persons]))
         else:
-            i = int(np.argmin([_distance(a, last) for a in persons]))
+            d = [_distance(a, last) for a in persons]
+            i = int(np.argmin(d))
+            if not d[i] <= FOLLOW * max(_size(last), 1e-9):  # nobody near where the person was: not seen this frame
+                chosen.append(-1)
+                continue
         chosen.append(i)
         # joints unseen now keep their last place
         last = persons[i].copy() if last is None else np.where(persons[i][:, 2:] > 0, persons[i], last)
@@ -154,6 +169,15 @@ def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool 
     if target.exists() and not (target.is_dir() and overwrite):
         raise _err(target, "already exists; pass --overwrite to replace it" if target.is_dir() else
                    "is a file, expected a folder for OpenPose output")
+    src = meta.get("source")
+    inside = src is not None and target.resolve() in (Path(src).resolve(), *Path(src).resolve().parents)
+    if inside:
+        raise _err(target, f"holds the input {src}; refusing to replace it, name another output folder")
+    if target.exists():  # replaced whole: only a folder of OpenPose files (an earlier output), never anything else
+        other = sorted(p.name for p in target.iterdir() if not (p.is_file() and p.name.endswith(SUFFIX)))
+        if other:
+            raise _err(target, f"holds other files than OpenPose's ({', '.join(other[:3])}"
+                               f"{', ...' if len(other) > 3 else ''}); refusing to replace it, name another folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:

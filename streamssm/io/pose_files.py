@@ -43,10 +43,11 @@ OpenPose's confidence, and writes back as such a folder (an output path without 
 :mod:`streamssm.io.openpose`.
 
 **Image landmarks.** MediaPipe's image landmarks are x, y normalised by the image's width and height (not the same
-unit across and down). A MediaPipe ``.npz`` (other than ``world_*`` keys) gives ``meta["image_size"]`` = its
+unit across and down). A MediaPipe ``.npz`` (keys other than ``*world*``) gives ``meta["image_size"]`` = its
 ``width``, ``height`` ((1, 1) when it has none); the other formats carry it when converted: a ``.csv``'s first line
 ``# fps=24 width=1280 height=720``, a ``.json``'s ``"image_size": [1280, 720]``, a plain ``.npz``'s ``image_size``.
-The pose CLI filters such points in pixels (:func:`streamssm.pose.cli.image_size`).
+The pose CLI filters such points in pixels (:func:`streamssm.pose.cli.image_size`): a file that gives the image size
+is taken to hold x, y normalised by it.
 
 Converting between formats keeps the frame numbers, the joint names, the image size, and whether the confidence is
 MediaPipe's visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from).
@@ -192,7 +193,9 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
             raise _err(path, f"expected numbers in {key!r}, got dtype {arr.dtype}")
         conf = np.nan_to_num(arr[..., 3].astype(np.float32), nan=0.0)
         meta = {"format": "npz-mediapipe", "key": key, "arrays": arrays, "visibility": True}
-        if not key.startswith("world"):  # image landmarks: x, y normalised by the image's width and height
+        # image landmarks, x and y normalised by the image's width and height; world ones (world_landmarks_raw,
+        # MediaPipe Tasks' pose_world_landmarks) are metres
+        if "world" not in key:
             meta["image_size"] = _image_size(arrays)
         return PoseData(arr[..., :3].astype(np.float32), conf, _file_fps(path, arrays.get("fps"), meta), meta)
     if arr.ndim != 3 or arr.shape[-1] not in (2, 3):
@@ -272,14 +275,15 @@ def _num(s: str) -> float:
     return math.nan if s == "" or s.lower() == "nan" else float(s)
 
 
-_TAG = r"(fps|width|height)\s*[=:]\s*([^\s,;=:]+)"
+_TAG = r"(fps|width|height)\s*[=:]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![^\s,;])"
+_TAGS = r"#\s*(?:" + _TAG + r"\s*[,;]?\s*)+"
 
 
 def _csv_tags(path: Path, line: str, meta: dict) -> float | None:
     """A csv's first line ``# fps=<number>[ width=<px> height=<px>]`` (``=`` or ``:``, any case): the fps, and
     ``meta["image_size"]`` when both width and height are there."""
     want = "'# fps=<number>' (optionally followed by width=<px> height=<px>)"
-    if not re.fullmatch(r"#\s*(?:" + _TAG + r"\s*[,;]?\s*)+", line, re.IGNORECASE):
+    if not re.fullmatch(_TAGS, line, re.IGNORECASE):
         raise _err(path, f"expected {want} on the first line, got {line!r}")
     tags = {k.lower(): v for k, v in re.findall(_TAG, line, re.IGNORECASE)}
     try:
@@ -300,7 +304,8 @@ def _read_csv(path: Path) -> PoseData:
     fps = None
     meta: dict = {}
     if lines and lines[0].startswith("#"):
-        if re.match(r"#\s*(fps|width|height)\s*[=:]", lines[0], re.IGNORECASE):  # '# fps=30', '# FPS: 30 width=..'
+        # '# fps=30', '# FPS: 30 width=1280 height=720'; another comment ('# height: 1.8 m') is only a comment
+        if re.match(r"#\s*fps\s*[=:]", lines[0], re.IGNORECASE) or re.fullmatch(_TAGS, lines[0], re.IGNORECASE):
             fps = _csv_tags(path, lines[0], meta)
         lines = lines[1:]
     rows = list(csv.reader(lines))

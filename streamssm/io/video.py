@@ -113,7 +113,7 @@ class Frame(NamedTuple):
     index: int
 
 
-MAX_RATE = 1000  # frames per second: high-speed cameras stay below; a time base of 1/(rate * 16) must fit 32 bits
+MAX_RATE = 100_000  # frames per second a sink writes: its time base, 1/(rate * 16), must fit a 32-bit fraction
 
 
 def to_rate(fps: float | int | str | Fraction) -> Fraction:
@@ -138,8 +138,6 @@ def to_rate(fps: float | int | str | Fraction) -> Fraction:
             rate = Fraction(f).limit_denominator(1001)
     if rate <= 0:
         raise VideoIOError(f"frame rate must be positive, got {fps!r}")
-    if rate > MAX_RATE:  # a container's time base is a 32-bit fraction: 1e9 fps cannot be written
-        raise VideoIOError(f"frame rate must be at most {MAX_RATE} frames per second, got {fps!r}")
     return rate
 
 
@@ -192,35 +190,14 @@ def _warn_depth(spec: str, pix_fmt: str | None) -> None:
                     f"{bits}-bit" if bits > 8 else "8-bit", pix_fmt, ", without its alpha" if alpha else "")
 
 
-_UNTAGGED = (2, 3)  # AVCOL_SPC_UNSPECIFIED, AVCOL_SPC_RESERVED
+def _rgb24(frame) -> np.ndarray:
+    """One decoded frame as (H, W, 3) uint8 RGB with exact rounding, honouring its matrix and range tags (an untagged
+    matrix is BT.601, swscale's and OpenCV's convention; :func:`open_sink` writes such a source's output untagged and
+    with BT.601 again, so it looks in any player as its input does). swscale's fast 4:2:0 path came out about one
+    level dark in every channel: 0.5 ms against ~2.5 ms for a 720p frame on one core."""
+    from av.video.reformatter import Interpolation as I
 
-
-def _exact_flags():
-    """swscale flags for an exactly rounded YUV -> RGB conversion (None where this PyAV cannot pass them)."""
-    try:
-        from av.video.reformatter import Interpolation as I
-
-        return I.BILINEAR | I.ACCURATE_RND | I.FULL_CHR_H_INT
-    except (ImportError, AttributeError, TypeError):  # pragma: no cover - PyAV < 14
-        return None
-
-
-_EXACT = _exact_flags()
-
-
-def _rgb24(frame, hd: bool) -> np.ndarray:
-    """One decoded frame as (H, W, 3) uint8 RGB, honouring its matrix and range tags; an untagged matrix is taken
-    as BT.709 when ``hd`` (the stored height is 720 or more) and BT.601 below, the rule :func:`open_sink` tags its
-    output by (swscale alone would take BT.601 for every untagged frame: an untagged 720p clip came out with red 3
-    levels down and blue 2 up, up to 38 levels). The conversion rounds exactly (swscale's fast 4:2:0 path came out
-    about 1 level dark in every channel, 0.5 ms against ~2.5 ms for a 720p frame on one core)."""
-    from av.video.reformatter import Colorspace
-
-    untagged = int(getattr(frame, "colorspace", 2) or 2) in _UNTAGGED
-    src = (Colorspace.ITU709 if hd else Colorspace.ITU601) if untagged else None
-    if _EXACT is None:  # pragma: no cover - PyAV < 14: the fast path, the matrix still guessed
-        return frame.reformat(format="rgb24", src_colorspace=src).to_ndarray()
-    return frame.reformat(format="rgb24", src_colorspace=src, interpolation=_EXACT,
+    return frame.reformat(format="rgb24", interpolation=I.BILINEAR | I.ACCURATE_RND | I.FULL_CHR_H_INT,
                           src_color_range=getattr(frame, "color_range", None) or None).to_ndarray()
 
 
@@ -325,6 +302,8 @@ class FrameSource:
     live: bool = False
     # Pixel aspect ratio (an anamorphic DVD's 32:27), None for square pixels or unknown; the sink keeps it.
     sample_aspect: Fraction | None = None
+    # No colour-matrix tag: decoded as BT.601; the sink writes such a source's output the same way (open_sink).
+    untagged: bool = False
     # When the last frame stops showing (s, the frames' clock), once a file has been read to its end; None before,
     # or where the source does not know (FrameSink.hold_last_until takes it).
     end: float | None = None
@@ -518,8 +497,8 @@ class _AVSource(FrameSource):
         self._hdr = _hdr_converter(spec, vs.codec_context)
         if self._hdr is None:
             _warn_depth(spec, vs.codec_context.pix_fmt)
-        # an untagged matrix is guessed from the stored height as the sink tags its output (and as players guess)
-        self._hd_guess = vs.codec_context.height >= 720
+        # no matrix tag (OpenCV's VideoWriter, many tools): decoded as BT.601, and its output written so (open_sink)
+        self.untagged = int(vs.codec_context.colorspace or 2) in (2, 3)  # AVCOL_SPC_UNSPECIFIED / _RESERVED
 
     def _frames(self) -> Iterator[Frame]:
         import av
@@ -557,7 +536,7 @@ class _AVSource(FrameSource):
             dur = float(dur * frame.time_base) if dur and frame.time_base is not None else 0.0
             last_len = max(period, dur) if base is None else period
             if self._hdr is None:
-                rgb = _rgb24(frame, self._hd_guess)
+                rgb = _rgb24(frame)
             else:  # 16-bit code values: the transfer's curves need more than 8 bits
                 rgb = self._hdr(frame.to_ndarray(format="rgb48le"))
             rgb = np.ascontiguousarray(np.rot90(rgb, self.rotation // 90) if self.rotation else rgb)
@@ -801,7 +780,7 @@ class _LiveFileSource(FrameSource):
         self.path = _LIVE_PREFIX + spec
         self.live = True
         self.width, self.height, self.rate = self._inner.width, self._inner.height, self._inner.rate
-        self.audio, self.sample_aspect = self._inner.audio, self._inner.sample_aspect
+        self.audio, self.sample_aspect, self.untagged = self._inner.audio, self._inner.sample_aspect, self._inner.untagged
         self.frame_count = None  # like a camera: unknown (drops change it)
         self._duration = self._inner.duration
         self._drop_late = drop_late
@@ -978,7 +957,7 @@ def _partial_name(path: Path) -> Path:
 
 class _VideoSink(FrameSink):
     def __init__(self, path: Path, *, rate: Fraction, width: int, height: int, audio_from, codec, crf, preset,
-                 sample_aspect: Fraction | None = None):
+                 sample_aspect: Fraction | None = None, untagged: bool = False):
         import av
 
         self.path = str(path)
@@ -994,6 +973,7 @@ class _VideoSink(FrameSink):
         self._last_frame = None  # the last encoded frame, shown again by hold_last_until
         self._hold_until: float | None = None
         self._sample_aspect = sample_aspect
+        self._untagged = untagged
         self._existed = path.exists()  # an incomplete run must not replace it (module docstring)
         self._tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         ext = path.suffix.lower()
@@ -1047,11 +1027,14 @@ class _VideoSink(FrameSink):
         hd = self.height >= 720
         from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 
-        self._cs = Colorspace.ITU709 if hd else Colorspace.ITU601
         cc = vs.codec_context
-        cc.colorspace = 1 if hd else 6  # AVCOL_SPC_BT709 / AVCOL_SPC_SMPTE170M
-        cc.color_primaries = ColorPrimaries.BT709 if hd else ColorPrimaries.SMPTE170M
-        cc.color_trc = ColorTrc.BT709 if hd else ColorTrc.SMPTE170M
+        if self._untagged:  # as the untagged source was read: BT.601 numbers, no tags (players guess alike for both)
+            self._cs = Colorspace.ITU601
+        else:
+            self._cs = Colorspace.ITU709 if hd else Colorspace.ITU601
+            cc.colorspace = 1 if hd else 6  # AVCOL_SPC_BT709 / AVCOL_SPC_SMPTE170M
+            cc.color_primaries = ColorPrimaries.BT709 if hd else ColorPrimaries.SMPTE170M
+            cc.color_trc = ColorTrc.BT709 if hd else ColorTrc.SMPTE170M
         cc.color_range = ColorRange.MPEG
         self._range = ColorRange.MPEG
         if self._sample_aspect is not None:  # the codec's field (H.264 VUI) and the stream's (Matroska/WebM)
@@ -1449,11 +1432,14 @@ def open_sink(
     overwrite: bool = False,
     protected: Iterable[str | os.PathLike] = (),
     sample_aspect: Fraction | None = None,
+    untagged: bool = False,
 ) -> FrameSink:
     """Open a video file (mp4/avi/mov/mkv/webm) or PNG folder for writing; see the module docstring.
 
     ``sample_aspect``: the pixel aspect ratio to tag (a source's ``sample_aspect``: an anamorphic clip plays at its
-    display shape); PNG frames hold none.
+    display shape); PNG frames hold none. ``untagged``: the source had no colour-matrix tag (a source's
+    ``untagged``): write BT.601 YUV, untagged, as it was read, so the output looks in any player as the input does
+    (by default the output is tagged BT.709 from 720 lines up and BT.601 below, as players guess untagged video).
 
     A path ending in ``/``, without an extension, or naming an existing directory is a PNG folder.
     Refuses (:class:`VideoIOError`, before any work) an output that is the same file as any
@@ -1465,6 +1451,8 @@ def open_sink(
     s = os.fspath(path)
     p = Path(s).expanduser()
     rate = to_rate(fps)
+    if rate > MAX_RATE:  # 1e9 fps overflowed the container's time base (a traceback)
+        raise VideoIOError(f"{s}: frame rate {float(rate):g} fps is more than a video file holds here ({MAX_RATE})")
     width, height = int(width), int(height)
     if width <= 0 or height <= 0:
         raise VideoIOError(f"{s}: invalid output size {width}x{height}")
@@ -1494,7 +1482,7 @@ def open_sink(
         what = "is a file, not a directory" if p.parent.exists() else "does not exist"
         raise VideoIOError(f"{s}: output directory {p.parent} {what}")
     return _VideoSink(p, rate=rate, width=width, height=height, audio_from=audio_from, codec=codec, crf=crf,
-                      preset=preset, sample_aspect=sample_aspect)
+                      preset=preset, sample_aspect=sample_aspect, untagged=untagged)
 
 
 SIGNAL_EXIT = {143: "SIGTERM", 129: "SIGHUP"}  # exit status -> the signal it stands for (128 + its number)
@@ -1503,7 +1491,8 @@ SIGNAL_EXIT = {143: "SIGTERM", 129: "SIGHUP"}  # exit status -> the signal it st
 @contextlib.contextmanager
 def sigterm_as_exception(code: int = 143):
     """Within the block, SIGTERM raises ``SystemExit(code)``, and SIGHUP (the terminal or SSH session closed)
-    ``SystemExit(129)``, so ``with open_sink(...)`` finalises the output (:data:`SIGNAL_EXIT` names them).
+    ``SystemExit(129)``, so ``with open_sink(...)`` finalises the output (:data:`SIGNAL_EXIT` names them). A SIGHUP
+    already ignored (``nohup``) stays ignored.
 
     Only the main thread can install signal handlers; elsewhere this is a no-op.
 
@@ -1517,7 +1506,9 @@ def sigterm_as_exception(code: int = 143):
     def handler(signum, frame):
         raise SystemExit(129 if signum == getattr(signal, "SIGHUP", None) else code)
 
-    sigs = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    # an ignored SIGHUP (nohup) stays ignored: the run must outlive its terminal
+    hup = getattr(signal, "SIGHUP", None)
+    sigs = [signal.SIGTERM] + ([hup] if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN else [])
     previous = {s: signal.signal(s, handler) for s in sigs}
     try:
         yield

@@ -133,7 +133,7 @@ def _fps(args, file_fps: float | None, inp: Path | None = None, bad: str | None 
     return DEFAULT_FPS, "default, file has none"
 
 
-def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True, max_gap: float = 1.0) -> np.ndarray | None:
+def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True) -> np.ndarray | None:
     """Seconds of each frame from the file's frame numbers / timestamps, or None when it has none.
     ``seconds=False`` (``--fps`` given): an npz's ``timestamps`` (seconds of the recording) are not used, since
     on another frame rate's grid they would read as dropped or doubled frames; frame numbers still are."""
@@ -154,13 +154,6 @@ def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True, max
     if bad.size:
         i = int(bad[0]) + 1
         raise ValueError(f"{inp}: {what} must increase from frame to frame: {raw[i]:g} comes after {raw[i - 1]:g}")
-    long = int((np.round(np.diff(raw) * scale * fps) > max_gap * fps).sum())
-    if raw.size >= 3 and 2 * long > raw.size - 1:  # PoseFilter would refuse it too, without naming the file
-        unit = ("count frames (milliseconds? give seconds as an .npz 'timestamps' array, or renumber the frames)"
-                if what == "frame numbers" else "are seconds (milliseconds? divide by 1000)")
-        raise ValueError(f"{inp}: {long} of the {raw.size - 1} steps between {what} are gaps over {max_gap:g} s at "
-                         f"{fps:g} fps (median step {np.median(np.diff(raw)):g}), so the filter would start over at "
-                         f"nearly every frame and smooth nothing: {what} {unit}")
     return raw * scale
 
 
@@ -206,8 +199,7 @@ def run_pose(args) -> int:
 
             if e.code in SIGNAL_EXIT:
                 with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-                    print(f"streamssm: terminated ({SIGNAL_EXIT[e.code]}); an output not complete is not written",
-                          file=sys.stderr)
+                    print(f"streamssm: terminated ({SIGNAL_EXIT[e.code]})", file=sys.stderr)
             raise
 
 
@@ -231,7 +223,7 @@ def _run_pose(args) -> int:
     filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
     mediapipe = data.meta.get("format") == "npz-mediapipe"
     conf = None if data.meta.get("visibility") else data.confidence  # visibility is not a weight (module docstring)
-    ts = _timestamps(data, inp, fps, seconds=args.fps is None, max_gap=filt.max_gap)
+    ts = _timestamps(data, inp, fps, seconds=args.fps is None)
     image = image_size(data)
     t0 = time.perf_counter()
     if image is not None:
@@ -300,7 +292,7 @@ def _run_video(args, inp: Path, out: Path) -> int:
         raise ValueError(f"{inp}: filtering a video needs MediaPipe Pose, which is not installed; "
                          "pip install 'streamssm[mediapipe]' (or run MediaPipe yourself and pass the .npz)") from None
     if args.key is not None:
-        raise ValueError(f"{inp}: --key applies to .npz files only")
+        raise ValueError(f"{inp}: --key applies to .npz files and OpenPose folders, not to videos")
     _check_output(inp, out, args.overwrite, VIDEO_EXTENSIONS)
     import cv2
 

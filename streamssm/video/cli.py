@@ -79,7 +79,10 @@ def _rate_arg(text: str) -> float:
     from streamssm.io.video import MAX_RATE, VideoIOError, to_rate
 
     try:
-        return float(to_rate(text if "/" in text else float(text)))
+        rate = float(to_rate(text if "/" in text else float(text)))
+        if rate > MAX_RATE:
+            raise ValueError(rate)
+        return rate
     except (ValueError, ZeroDivisionError, VideoIOError):
         raise argparse.ArgumentTypeError(f"expected frames per second, a positive number up to {MAX_RATE} or a "
                                          f"fraction like 30000/1001, got {text!r}") from None
@@ -558,7 +561,7 @@ def filter_video(
         sink = stack.enter_context(ThreadedSink(open_sink(output, fps=P.rate, width=width, height=P.height,
                                                           audio_from=audio, overwrite=overwrite,
                                                           protected=[processed] + ([original] if original else []),
-                                                          sample_aspect=P.sample_aspect)))
+                                                          sample_aspect=P.sample_aspect, untagged=P.untagged)))
         total = _total(P, max_frames)
         bar = stack.enter_context(_progress(total, Path(processed).name, progress))
         rep = WarpReport(total) if report else None
@@ -569,11 +572,14 @@ def filter_video(
             pairs = ((p, None) for p in src)
         if max_frames is not None:
             pairs = itertools.islice(pairs, max_frames)
+        fed = itertools.count()  # frames taken from the source(s): next(fed) after the loop says how many
+        pairs = (pair for pair, _ in zip(pairs, fed))
         pipelined = _cpu_pipeline(filt, stack)
         t0 = time.perf_counter()
         try:
             _filter_loop(pairs, filt, sink, bar, side_by_side=side_by_side, report=rep, pipelined=pipelined)
-            sink.hold_last_until(P.end)  # a last frame held longer (a screen recording's) keeps its length
+            if max_frames is None or next(fed) < max_frames:  # the whole clip (prefetch may have reached its end
+                sink.hold_last_until(P.end)  # when cut short): a last frame held longer keeps its length
         except KeyboardInterrupt:
             interrupted = True
             sink.close(partial=True)  # finalised here as incomplete; the ExitStack's close is then a no-op

@@ -123,3 +123,40 @@ def test_hand_keypoints_by_key(tmp_path):
         (folder / f"x_{t:012d}_keypoints.json").write_text(json.dumps({"people": [person]}))
     d = read_pose(folder, key="hand_right_keypoints_2d")
     assert d.points.shape == (8, 21, 2) and "joint_names" not in d.meta
+
+
+def test_a_frame_without_the_person_is_missing_not_a_switch(tmp_path):
+    """Person A is missed in frame 5 while B is there: frame 5 is missing and A is followed again after it (the
+    nearest person without a bound took B for good)."""
+    a, b = _track(0, (100, 100)), _track(1, (700, 120))
+    folder = tmp_path / "op"
+    folder.mkdir()
+    for t in range(12):
+        people = [_people(b[t], np.full(K, 0.6))] + ([] if t == 5 else [_people(a[t], np.full(K, 0.9))])
+        (folder / f"c_{t:012d}_keypoints.json").write_text(json.dumps({"people": people}))
+    d = read_pose(folder)
+    assert np.isnan(d.points[5]).all()
+    np.testing.assert_allclose(d.points[[4, 6, 11]], a[[4, 6, 11]], atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [[[1, 2, 1]] * 25, [{"x": 1}] * 75, ["a"] * 75, [10 ** 400] * 75])
+def test_odd_keypoint_lists_are_named(tmp_path, bad):
+    folder = tmp_path / "op"
+    folder.mkdir()
+    (folder / "c_000000000000_keypoints.json").write_text(json.dumps({"people": [{"pose_keypoints_2d": bad}]}))
+    with pytest.raises(ValueError, match="c_000000000000_keypoints.json: expected 'pose_keypoints_2d' as a flat list"):
+        read_pose(folder)
+
+
+def test_output_folder_is_replaced_only_when_it_is_openpose_output(openpose, tmp_path):
+    folder, _, _ = openpose
+    (tmp_path / "notes.txt").write_text("mine")
+    r = _cli(folder, "-o", tmp_path, "--overwrite", cwd=tmp_path)  # the folder holding the input
+    assert r.returncode == 2 and "holds the input" in r.stderr, r.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    r = _cli(folder, "-o", other, "--overwrite", cwd=tmp_path)
+    assert r.returncode == 2 and "holds other files than OpenPose's (keep.txt)" in r.stderr, r.stderr
+    assert (other / "keep.txt").read_text() == "mine" and (tmp_path / "notes.txt").read_text() == "mine"
+    assert len(list(folder.iterdir())) == T

@@ -218,7 +218,8 @@ def test_csv_with_a_byte_order_mark(tmp_path):
                                            ("#fps = 25.5 ", 25.5, None),
                                            ("# fps=24.0 width=1280 height=720", 24.0, (1280.0, 720.0)),
                                            ("# width=640, height=480", None, (640.0, 480.0)),
-                                           ("# recorded by camera A", None, None)])
+                                           ("# recorded by camera A", None, None),
+                                           ("# height: 1.8m", None, None)])
 def test_csv_first_line(tmp_path, line, fps, size):
     p = tmp_path / "a.csv"
     p.write_text(line + "\nframe,joint,x,y\n0,0,1,2\n0,1,3,4\n1,0,1,2\n1,1,3,4\n")

@@ -804,20 +804,28 @@ def _rgb_from_yuv(yuv, kr: float, kb: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size,tags,matrix", [
-    ((1280, 720), None, "709"),  # untagged HD: BT.709, as the sink tags HD output (swscale alone took BT.601)
-    ((640, 480), None, "601"),  # untagged SD: BT.601
-    ((1280, 720), {"colorspace": 5}, "601"),  # tagged: the tag wins
+    ((1280, 720), None, "601"),  # untagged: BT.601 at any size (OpenCV's VideoWriter writes so), and kept untagged
+    ((1280, 720), {"colorspace": 5}, "601"),  # tagged: the tag
     ((640, 480), {"colorspace": 1}, "709"),
-], ids=["untagged-hd", "untagged-sd", "tagged-601-hd", "tagged-709-sd"])
-def test_decoded_colour_is_exact_and_untagged_matrix_follows_the_sinks_rule(tmp_path, size, tags, matrix):
+], ids=["untagged-hd", "tagged-601-hd", "tagged-709-sd"])
+def test_decoded_colour_is_exact_and_an_untagged_clip_stays_untagged(tmp_path, size, tags, matrix):
     """Flat colours decode to the exact RGB of their matrix, within rounding (swscale's fast path was about one level
-    dark in every channel, an untagged 720p clip 3 levels off in red)."""
+    dark in every channel). An untagged clip's output is untagged BT.601 again, so any player shows it as it shows
+    the input (it was tagged BT.709 at 720p: players that guess BT.709 for untagged HD showed the two differently)."""
     kr, kb = {"709": (0.2126, 0.0722), "601": (0.299, 0.114)}[matrix]
     for yuv in [(150, 90, 180), (60, 170, 110), (200, 128, 128)]:
         path = _yuv_clip(tmp_path / f"c{yuv[0]}.mp4", yuv, size, tags)
         with open_source(path) as src:
+            assert src.untagged is (tags is None)
             got = np.stack([f.rgb for f in src]).reshape(-1, 3).astype(np.float64)
+            out = copy_through(path, tmp_path / f"o{yuv[0]}.mp4", untagged=src.untagged)
         np.testing.assert_allclose(got.mean(0), _rgb_from_yuv(yuv, kr, kb), atol=0.6)
+        with av.open(str(out)) as c:
+            cc = c.streams.video[0].codec_context
+            yuv_out = [np.frombuffer(p, np.uint8).mean() for p in next(c.decode(video=0)).planes]
+        assert (int(cc.colorspace) == 2) is (tags is None)  # 2: unspecified
+        if tags is None:
+            np.testing.assert_allclose(yuv_out, yuv, atol=1.0)  # the same numbers, as untagged as they came
 
 
 def _mkv(path: Path, pts_ms: list[int], last_ms: int = 33, start_audio: bool = False) -> Path:
@@ -898,14 +906,12 @@ def _flash_and_beep(path: Path) -> tuple[float, float]:
     with av.open(str(path)) as c:
         flash = next(float(f.pts * f.time_base) for f in c.decode(video=0) if f.to_ndarray(format="gray").mean() > 150)
     with av.open(str(path)) as c:
-        for f in c.decode(audio=0):
-            a = np.abs(f.to_ndarray().astype(np.float32).reshape(-1 if not f.format.is_planar else f.samples))
-            if f.format.is_planar:
-                a = np.abs(f.to_ndarray()[0])
+        for f in c.decode(audio=0):  # the first channel: planar row 0, or every n-th sample of a packed row
+            a = f.to_ndarray()
+            a = np.abs(a[0] if f.format.is_planar else a.reshape(-1)[:: len(f.layout.channels)])
             hit = np.flatnonzero(a > 0.2)
             if hit.size:
-                return flash, float(f.pts * f.time_base) + hit[0] / (f.sample_rate * (1 if f.format.is_planar else
-                                                                                    len(f.layout.channels)))
+                return flash, float(f.pts * f.time_base) + hit[0] / f.sample_rate
     raise AssertionError("no beep")
 
 
@@ -961,10 +967,11 @@ def test_a_held_last_frame_keeps_its_length_and_its_sound(tmp_path):
         a = list(c.decode(audio=0))
     assert frames[-1] == pytest.approx(29 / 30 + 2.0 - 1 / 30, abs=0.01) and len(frames) == 31  # shown again
     assert float(a[-1].pts * a[-1].time_base) + a[-1].samples / a[-1].sample_rate > 2.9
-    r = run_cli("video", path, "-o", tmp_path / "cut.mp4", "--device", "cpu", "--no-progress", "--max-frames", 10)
-    assert r.returncode == 0
-    with av.open(str(tmp_path / "cut.mp4")) as c:  # not the whole clip: no hold
-        assert len(list(c.decode(video=0))) == 10
+    for n in (10, 25):  # not the whole clip: no hold (at 25 the reader, 8 frames ahead, has reached the end)
+        r = run_cli("video", path, "-o", tmp_path / f"cut{n}.mp4", "--device", "cpu", "--no-progress", "--max-frames", n)
+        assert r.returncode == 0
+        with av.open(str(tmp_path / f"cut{n}.mp4")) as c:
+            assert len(list(c.decode(video=0))) == n
 
 
 def test_deep_or_transparent_input_is_said_to_lose_it(tmp_path, caplog):
@@ -981,3 +988,27 @@ def test_deep_or_transparent_input_is_said_to_lose_it(tmp_path, caplog):
             assert next(iter(src)).rgb.dtype == np.uint8
         said = {"deep": "16-bit images", "alpha": "without their alpha", "plain": None}[name]
         assert (said in caplog.text) if said else "8-bit RGB" not in caplog.text, caplog.text
+
+
+def test_sighup_finalises_unless_nohup_ignores_it(tmp_path):
+    """SIGHUP (a closed terminal) finalises the output like SIGTERM, with exit status 129; under ``nohup`` (SIGHUP
+    ignored) it stays ignored and the run goes on."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        out = tmp_path / "out.mp4"
+        with pytest.raises(SystemExit) as e:
+            with sigterm_as_exception(), open_sink(out, fps=30, width=W, height=H) as sink:
+                for i in range(4):
+                    sink.write(pattern(i))
+                os.kill(os.getpid(), signal.SIGHUP)
+                for _ in range(1000):  # the handler runs at the next bytecode boundary
+                    pass
+                sink.write(pattern(99))  # pragma: no cover - must not be reached
+        assert e.value.code == 129 and probe(out)[0] == 4
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        with sigterm_as_exception():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing happens
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -187,3 +187,14 @@ def test_mediapipe_converted_to_csv_filters_alike(juggle, tmp_path):
     assert conv.read_text().splitlines()[1] == "frame,joint,x,y,z,visibility"
     a, b = read_pose(direct), read_pose(again)
     np.testing.assert_allclose(b.points, a.points, atol=1e-5)
+
+
+def test_millisecond_timestamps_are_warned_about(tmp_path):
+    """An npz whose 'timestamps' are MediaPipe's milliseconds: every frame would start the filter over, so nothing is
+    smoothed; the run says so (it used to report -0% as if the filter had nothing to do)."""
+    rng = np.random.default_rng(0)
+    pts = (rng.normal(size=(30, 17, 2)) * 3 + 200).astype(np.float32)
+    np.savez(tmp_path / "ms.npz", points=pts, timestamps=np.arange(30) * 1000 / 30, fps=30.0)
+    r = _cli(tmp_path / "ms.npz", "-o", tmp_path / "o.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "29 of the 29 steps between frames are gaps over max_gap" in r.stderr and "milliseconds?" in r.stderr

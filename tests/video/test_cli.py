@@ -278,12 +278,12 @@ def test_arguments_are_checked_naming_the_option(tmp_path, clips, capsys):
     for argv, what in cases:
         with pytest.raises(ValueError, match=what):
             run_video(_args(*argv))
-    # --fps is parsed as the writer will take it: a number or a fraction, positive, at most 1000 (1e9 overflowed the
+    # --fps is parsed as the writer will take it: a number or a fraction, positive, at most 1e5 (1e9 overflowed the
     # container's time base, a traceback)
     for bad in ("0", "1e9", "abc"):
         with pytest.raises(SystemExit):
             _args(str(tmp_path), "-o", out, "--fps", bad)
-        assert "--fps: expected frames per second, a positive number up to 1000" in capsys.readouterr().err
+        assert "--fps: expected frames per second, a positive number up to 100000" in capsys.readouterr().err
     assert _args(str(tmp_path), "-o", out, "--fps", "30000/1001").fps == pytest.approx(30000 / 1001)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
