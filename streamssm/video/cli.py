@@ -74,6 +74,9 @@ EXIT_SOURCE_STOPPED = 1
 # ------------------------------------------------------------------------------------------------
 # argument parsing
 # ------------------------------------------------------------------------------------------------
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
 def _rate_arg(text: str) -> float:
     """``--fps``: frames per second as a number or a fraction (``30000/1001``), checked as the writer will."""
     from streamssm.io.video import MAX_RATE, VideoIOError, to_rate
@@ -110,6 +113,10 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--side-by-side", action="store_true", help="write [processed | filtered] (double width)")
     s.add_argument("--report", action="store_true", help="print E_warp before -> after (flow from --original if given)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output (never an input)")
+    s.add_argument("--crf", type=int, default=18, metavar="N",
+                   help="video output quality: 0 lossless .. 51 smallest (x264/x265/VP9; default %(default)s)")
+    s.add_argument("--preset", default="ultrafast", choices=X264_PRESETS,
+                   help="x264/x265 speed against size: slower presets make smaller files (default %(default)s)")
     s.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     s.add_argument("--max-resolution", default=f"{DEFAULT_MAX_RESOLUTION[0]}x{DEFAULT_MAX_RESOLUTION[1]}",
                    metavar="WxH", help="refuse inputs larger than this, before any work (default %(default)s; "
@@ -146,8 +153,10 @@ def run_video(args: argparse.Namespace) -> int:
     limits = _limits(args)
     if args.ghost_res is not None:
         as_ghost_res(args.ghost_res, "--ghost-res")
+    if not 0 <= args.crf <= 51:
+        raise ValueError(f"--crf must be from 0 (lossless) to 51 (smallest), got {args.crf}")
     common = dict(weights=args.weights, device=args.device, strength=args.strength, max_frames=args.max_frames,
-                  progress=not args.no_progress, ghost_res=args.ghost_res)
+                  progress=not args.no_progress, ghost_res=args.ghost_res, crf=args.crf, preset=args.preset)
 
     if args.webcam:
         _refuse(args, original="--original does not apply to --webcam",
@@ -504,6 +513,8 @@ def filter_video(
     max_duration: float | None = None,
     max_input_frames: int | None = None,
     ghost_res: float | None = None,
+    crf: int = 18,
+    preset: str = "ultrafast",
 ) -> RunSummary:
     """Filter PROCESSED (video file or image folder) into OUTPUT (video file or PNG folder).
 
@@ -512,6 +523,7 @@ def filter_video(
     ``max_frames``: filter only the first N frames. ``filt``: an existing
     :class:`~streamssm.video.filter.VideoFilter` (reset first) instead of building one from
     ``weights``/``device``/``strength``/``ghost_res`` (:class:`~streamssm.video.filter.VideoFilter`).
+    ``crf``/``preset``: the encoder's quality and speed (:func:`~streamssm.io.open_sink`).
     Ctrl-C returns a summary with ``interrupted=True``; any other error propagates after the output
     has been finalised with the frames written so far (``summary.output``/the message say where: see
     the module docstring).
@@ -561,7 +573,8 @@ def filter_video(
         sink = stack.enter_context(ThreadedSink(open_sink(output, fps=P.rate, width=width, height=P.height,
                                                           audio_from=audio, overwrite=overwrite,
                                                           protected=[processed] + ([original] if original else []),
-                                                          sample_aspect=P.sample_aspect, untagged=P.untagged)))
+                                                          sample_aspect=P.sample_aspect, untagged=P.untagged,
+                                                          crf=crf, preset=preset)))
         total = _total(P, max_frames)
         bar = stack.enter_context(_progress(total, Path(processed).name, progress))
         rep = WarpReport(total) if report else None
@@ -608,6 +621,8 @@ def run_webcam(
     preview: bool | None = None,
     max_resolution: tuple[int, int] | None = DEFAULT_MAX_RESOLUTION,
     ghost_res: float | None = None,
+    crf: int = 18,
+    preset: str = "ultrafast",
 ) -> RunSummary:
     """Filter a camera / capture URL / ``live:FILE`` stream frame by frame.
 
@@ -642,7 +657,8 @@ def run_webcam(
         if record:
             width = src.width * (2 if side_by_side else 1)
             sink = stack.enter_context(ThreadedSink(open_sink(record, fps=src.rate, width=width, height=src.height,
-                                                              overwrite=overwrite, protected=[spec])))
+                                                              overwrite=overwrite, protected=[spec], crf=crf,
+                                                              preset=preset)))
         view = stack.enter_context(Preview(f"streamssm: {spec}", enabled=show))
         bar = stack.enter_context(_progress(max_frames, str(spec), progress))
         owned = _OwnedFrames()
@@ -711,6 +727,8 @@ def run_sample(
     overwrite: bool = False,
     progress: bool = True,
     ghost_res: float | None = None,
+    crf: int = 18,
+    preset: str = "ultrafast",
 ) -> RunSummary:
     """The demo: ``op`` applied per frame to the bundled sample, filtered (guided by the sample),
     written as [processed | filtered], scored with E_warp (flow from the sample)."""
@@ -727,7 +745,8 @@ def run_sample(
         src = stack.enter_context(open_source(str(SAMPLE), max_frames=max_frames, on_limit="stop"))
         filt = _make_filter(weights, device, strength, ghost_res=ghost_res)
         sink = stack.enter_context(ThreadedSink(open_sink(output, fps=src.rate, width=2 * src.width, height=src.height,
-                                                          overwrite=overwrite, protected=[str(SAMPLE)])))
+                                                          overwrite=overwrite, protected=[str(SAMPLE)], crf=crf,
+                                                          preset=preset)))
         total = _total(src, max_frames)
         bar = stack.enter_context(_progress(total, f"sample + {op}", progress))
         rep = WarpReport(total)

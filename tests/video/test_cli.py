@@ -272,6 +272,7 @@ def test_arguments_are_checked_naming_the_option(tmp_path, clips, capsys):
              ((clips["plain"], "--original", clips["short"], "-o", out, "--fps", 10), "are video files"),
              (("a.mp4", "-o", out, "--strength", -1), r"--strength must be in \[0, 2\]"),
              (("a.mp4", "-o", out, "--strength", "nan"), "--strength must be"),
+             (("a.mp4", "-o", out, "--crf", 60), "--crf must be from 0"),
              (("--sample", "-o", out, "--max-duration", 1), "--max-duration does not apply to --sample"),
              (("--sample", "-o", out, "--max-input-frames", 5), "--max-input-frames does not apply"),
              (("--sample", "-o", out, "--max-resolution", "100x100"), "--max-resolution does not apply")]
@@ -435,3 +436,12 @@ def test_pairs_of_different_lengths_filter_their_common_start_with_max_frames(tm
     assert _media.frames_in(out) == 15
     r = cli(clips["short"], "--original", clips["plain"], "-o", out, "--max-frames", 16, "--overwrite", weights=weights)
     assert r.returncode == 2 and "frame counts differ" in r.stderr
+
+
+def test_crf_and_preset_reach_the_encoder(tmp_path, clips, weights):
+    """--crf/--preset set the encoder's quality: a higher crf and a slower preset give a smaller file."""
+    fine, small = tmp_path / "fine.mp4", tmp_path / "small.mp4"
+    ok(cli(clips["plain"], "-o", fine, "--crf", 4, weights=weights))
+    ok(cli(clips["plain"], "-o", small, "--crf", 35, "--preset", "medium", weights=weights))
+    assert small.stat().st_size < 0.5 * fine.stat().st_size
+    assert _media.frames_in(small) == _media.frames_in(fine) > 0
