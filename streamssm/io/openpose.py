@@ -4,19 +4,21 @@ Each file holds ``{"people": [{"pose_keypoints_2d": [x0, y0, c0, x1, ...], "face
 "hand_left_keypoints_2d": [...], "hand_right_keypoints_2d": [...], ...}, ...]}``; an undetected keypoint is
 ``0, 0, 0``. Frames are ordered by the frame number in their names (``clip_000000000042_keypoints.json``).
 
-**One person.** OpenPose does not keep identities from frame to frame (``person_id`` is -1), so the reader follows
-one person: the most confident (summed keypoint confidence) in the first frame where anyone is detected, then in
-each frame the person whose keypoints lie nearest the last chosen ones (mean distance over the keypoints confident
-in both) if within half its body size, so a second person walking in does not take over, even in a frame where the
-followed one is missed. Frames with nobody there are missing (NaN).
+**People.** OpenPose keeps no identities from frame to frame (``person_id`` is -1), so the reader follows everyone
+(:func:`_tracks`): each frame, a person goes on the track whose last place (its joints unseen since kept where they
+were) lies nearest, mean distance over the keypoints confident in both, if within half that track's body size and
+the track was seen in the last ``MEMORY`` frames; anyone else starts a track, and a track whose person is not there
+is missing (NaN) for that frame. The *main* person, whose points :class:`~streamssm.io.pose_files.PoseData` holds
+(for a conversion to .npz/.csv/.json), is the track of the most confident person in the first frame with anyone, so
+a second person walking in does not take over. :func:`everyone` gives all tracks as a batch of streams.
 
 ``key`` picks the array: ``pose_keypoints_2d`` (default; BODY_25 or COCO's 18 joints, named), ``face_keypoints_2d``,
 ``hand_left_keypoints_2d`` or ``hand_right_keypoints_2d``. Points are (x, y) in pixels, ``confidence`` OpenPose's
 score (a weight: 0 = missing; such keypoints read as NaN).
 
 Writing back (:func:`write_openpose`, an output path without an extension) gives a folder of the same file names
-with every file as it was except the chosen person's array, whose x, y are the filtered ones (its confidences are
-kept; a missing keypoint stays ``0, 0, 0``). The folder is written beside the target and renamed into place, so a
+with every file as it was except the followed people's arrays (the main one's, or everyone's with ``tracks``), whose
+x, y are the filtered ones (confidences kept; an undetected keypoint stays ``0, 0, 0``). The folder is written beside the target and renamed into place, so a
 crash never leaves half of it.
 """
 
@@ -31,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["is_openpose_folder", "read_openpose", "write_openpose", "OPENPOSE_KEYS"]
+__all__ = ["is_openpose_folder", "read_openpose", "write_openpose", "everyone", "OPENPOSE_KEYS"]
 
 OPENPOSE_KEYS = ("pose_keypoints_2d", "face_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")
 SUFFIX = "_keypoints.json"
-FOLLOW = 0.5  # the followed person is the nearest one within this share of its body size (bounding-box diagonal)
+FOLLOW = 0.5  # a track goes on with the nearest person within this share of its body size (bounding-box diagonal)
+MEMORY = 30  # frames a track waits for its person to be seen again
 BODY_25 = ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "MidHip", "RHip", "RKnee",
            "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye", "REar", "LEar", "LBigToe", "LSmallToe", "LHeel",
            "RBigToe", "RSmallToe", "RHeel")
@@ -84,6 +87,53 @@ def _size(a: np.ndarray) -> float:
     return float(np.linalg.norm(seen.max(0) - seen.min(0))) if len(seen) > 1 else 0.0
 
 
+def _tracks(people: list[list[np.ndarray]]) -> tuple[list[list[int]], int]:
+    """Follow everyone: per track, the person's index in each frame (-1 where not seen), and which track is the main
+    one (that of the most confident person in the first frame with anyone). Each frame, the closest (track, person)
+    pairs are joined first, a person within ``FOLLOW`` of the track's body size of where it was last seen (its
+    joints unseen since keep their last place) and at most ``MEMORY`` frames ago; anyone left starts a track."""
+    tracks: list[list[int]] = []
+    last: list[np.ndarray] = []
+    seen: list[int] = []
+    main = None
+    for f, persons in enumerate(people):
+        live = [t for t in range(len(tracks)) if f - seen[t] <= MEMORY]
+        pairs = sorted((_distance(a, last[t]), j, t) for j, a in enumerate(persons) for t in live)
+        taken_p, taken_t = set(), set()
+        for d, j, t in pairs:
+            if j in taken_p or t in taken_t or not d <= FOLLOW * max(_size(last[t]), 1e-9):
+                continue
+            taken_p.add(j)
+            taken_t.add(t)
+            tracks[t][f] = j
+            last[t] = np.where(persons[j][:, 2:] > 0, persons[j], last[t])
+            seen[t] = f
+        for j, a in enumerate(persons):
+            if j not in taken_p:
+                tracks.append([-1] * len(people))
+                tracks[-1][f] = j
+                last.append(a.copy())
+                seen.append(f)
+        if main is None and persons:
+            best = int(np.argmax([np.nansum(a[:, 2]) for a in persons]))
+            main = next(t for t in range(len(tracks)) if tracks[t][f] == best)
+    return tracks, main
+
+
+def everyone(data) -> tuple[np.ndarray, np.ndarray]:
+    """Every track of an OpenPose read (:func:`read_openpose`) as (t, B, k, 2) points (NaN where the person is not
+    seen or a keypoint is undetected) and (t, B, k) confidences, B the number of tracks, in ``meta["tracks"]`` order."""
+    meta = data.meta
+    t, k = len(meta["files"]), data.points.shape[1]
+    pts = np.full((t, len(meta["tracks"]), k, 3), np.nan, np.float32)
+    for b, track in enumerate(meta["tracks"]):
+        for f, j in enumerate(track):
+            if j >= 0:
+                pts[f, b] = meta["people"][f][j]
+    conf = np.nan_to_num(pts[..., 2], nan=0.0)
+    return np.where((conf > 0)[..., None], pts[..., :2], np.nan).astype(np.float32), conf
+
+
 def read_openpose(folder: str | os.PathLike, key: str | None = None):
     """Read an OpenPose output folder as a :class:`~streamssm.io.pose_files.PoseData` (see the module docstring)."""
     from streamssm.io.pose_files import PoseData
@@ -128,22 +178,8 @@ def read_openpose(folder: str | os.PathLike, key: str | None = None):
     if not width:
         raise _err(folder, f"nobody is detected in any of the {len(files)} frames")
     k = width // 3
-    chosen, last = [], None
-    for persons in people:
-        if not persons:
-            chosen.append(-1)
-            continue
-        if last is None:
-            i = int(np.argmax([np.nansum(a[:, 2]) for a in persons]))
-        else:
-            d = [_distance(a, last) for a in persons]
-            i = int(np.argmin(d))
-            if not d[i] <= FOLLOW * max(_size(last), 1e-9):  # nobody near where the person was: not seen this frame
-                chosen.append(-1)
-                continue
-        chosen.append(i)
-        # joints unseen now keep their last place
-        last = persons[i].copy() if last is None else np.where(persons[i][:, 2:] > 0, persons[i], last)
+    tracks, main = _tracks(people)
+    chosen = tracks[main]
     arr = np.full((len(files), k, 3), np.nan, np.float32)
     for f, (persons, i) in enumerate(zip(people, chosen)):
         if i >= 0:
@@ -152,20 +188,25 @@ def read_openpose(folder: str | os.PathLike, key: str | None = None):
     pts = np.where((conf > 0)[..., None], arr[..., :2], np.nan).astype(np.float32)
     names = list(BODY_25 if k == 25 else COCO_18 if k == 18 else []) if key == "pose_keypoints_2d" else []
     meta = {"format": "openpose", "key": key, "files": [p.name for p in files], "docs": docs, "chosen": chosen,
+            "tracks": tracks, "main": main, "people": people,
             "frame_numbers": numbers, "visibility": False, **({"joint_names": names} if names else {})}
     return PoseData(pts, conf.astype(np.float32), None, meta)
 
 
-def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool = True) -> Path:
-    """Write ``data`` (points of the person :func:`read_openpose` chose) as an OpenPose folder at ``target``."""
+def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool = True,
+                   tracks: np.ndarray | None = None) -> Path:
+    """Write an OpenPose folder at ``target``: ``data``'s points for the main person :func:`read_openpose` followed,
+    or, with ``tracks`` ((t, B, k, 2), as :func:`everyone` gives them), for every person it followed."""
     target = Path(target)
     if meta.get("format") != "openpose":
         raise _err(target, "an output folder is OpenPose's layout, written only from an OpenPose folder; "
                            "name a .npz/.csv/.json file instead")
-    t, k, d = data.points.shape
-    if t != len(meta["files"]) or d != 2:
-        raise _err(target, f"expected {len(meta['files'])} frames of 2-D points like the input, got "
-                           f"{data.points.shape}")
+    maps = [meta["chosen"]] if tracks is None else meta["tracks"]
+    pts = np.asarray(data.points if tracks is None else tracks, np.float32)
+    pts = pts[:, None] if tracks is None else pts
+    if pts.ndim != 4 or pts.shape[:2] != (len(meta["files"]), len(maps)) or pts.shape[3] != 2:
+        raise _err(target, f"expected {len(meta['files'])} frames x {len(maps)} people of 2-D points like the input, "
+                           f"got {pts.shape}")
     if target.exists() and not (target.is_dir() and overwrite):
         raise _err(target, "already exists; pass --overwrite to replace it" if target.is_dir() else
                    "is a file, expected a folder for OpenPose output")
@@ -182,12 +223,16 @@ def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         key = meta["key"]
-        for f, (name, doc, i) in enumerate(zip(meta["files"], meta["docs"], meta["chosen"])):
-            if i >= 0:
-                doc = json.loads(json.dumps(doc))  # a copy: the caller's meta stays as read
-                old = np.asarray(doc["people"][i][key], np.float64).reshape(k, 3)
-                new = np.where(np.isfinite(data.points[f]) & (old[:, 2:] > 0), data.points[f], old[:, :2])
-                doc["people"][i][key] = np.column_stack([new, old[:, 2]]).ravel().tolist()
+        for f, (name, doc) in enumerate(zip(meta["files"], meta["docs"])):
+            doc = json.loads(json.dumps(doc))  # a copy: the caller's meta stays as read
+            for b, track in enumerate(maps):
+                i = track[f]
+                if i < 0:
+                    continue
+                old = meta["people"][f][i]  # (k, 3) as read: null -> NaN
+                new = np.where(np.isfinite(pts[f, b]) & (old[:, 2:] > 0), pts[f, b], old[:, :2])
+                doc["people"][i][key] = [float(v) if np.isfinite(v) else None
+                                         for v in np.column_stack([new, old[:, 2]]).ravel()]
             (tmp / name).write_text(json.dumps(doc), encoding="utf-8")
         old_dir = None
         if target.exists():

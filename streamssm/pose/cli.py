@@ -225,17 +225,30 @@ def _run_pose(args) -> int:
     conf = None if data.meta.get("visibility") else data.confidence  # visibility is not a weight (module docstring)
     ts = _timestamps(data, inp, fps, seconds=args.fps is None)
     image = image_size(data)
+    openpose_out = data.meta.get("format") == "openpose" and out.suffix == ""
     t0 = time.perf_counter()
     if image is not None:
         y = _filter_image_landmarks(filt, data.points, conf, ts, image)
+    elif openpose_out:  # OpenPose folder to folder: everyone it followed, as a batch of streams
+        from streamssm.io.openpose import everyone
+
+        pts_all, conf_all = everyone(data)
+        y_all = filt.filter(pts_all, confidence=conf_all, timestamps=ts)
+        y_all = np.where(np.isfinite(pts_all).all(-1, keepdims=True), y_all, np.nan).astype(np.float32)
+        y = y_all[:, data.meta["main"]]
     else:
         y = filt.filter(data.points, confidence=conf, timestamps=ts)
     seconds = time.perf_counter() - t0
     y = np.where(np.isfinite(data.points).all(-1, keepdims=True), y, np.nan).astype(np.float32)
 
-    # MediaPipe npz -> npz: confidence None keeps the input's visibility column untouched.
-    out_conf = None if (mediapipe and out.suffix.lower() == ".npz") else data.confidence
-    write_pose(out, PoseData(y, out_conf, data.fps if args.fps is None else fps, {}), like=data)
+    if openpose_out:
+        from streamssm.io.openpose import write_openpose
+
+        write_openpose(out, data, data.meta, tracks=y_all)
+    else:
+        # MediaPipe npz -> npz: confidence None keeps the input's visibility column untouched.
+        out_conf = None if (mediapipe and out.suffix.lower() == ".npz") else data.confidence
+        write_pose(out, PoseData(y, out_conf, data.fps if args.fps is None else fps, {}), like=data)
 
     t, k, d = data.points.shape
     valid = _valid(data.points, conf)
@@ -244,8 +257,11 @@ def _run_pose(args) -> int:
         px = np.asarray(image, np.float32)
         raw, y = raw[..., :2] * px, y[..., :2] * px
         what = ("x, y in pixels" if image != (1.0, 1.0) else "x, y") + (" (z filtered apart)" if d == 3 else "")
+    people = len(data.meta["tracks"]) if data.meta.get("format") == "openpose" else 1
+    who = (f"{people} people followed, figures for the main one; " if openpose_out else
+           f"the main of {people} people followed; " if people > 1 else "")
     print(f"{inp.name} -> {out}: {t} frames, {k} keypoints, {what}, {fps:g} fps ({fps_from}), "
-          f"filtered in {seconds:.2f} s ({1e3 * seconds / t:.2f} ms/frame); {_accel_text(raw, y, valid)}"
+          f"filtered in {seconds:.2f} s ({1e3 * seconds / t:.2f} ms/frame); {who}{_accel_text(raw, y, valid)}"
           f"{_gap_text(ts, fps, filt.max_gap)}")
     return 0
 

@@ -64,35 +64,41 @@ def test_reader_follows_one_person_through_gaps_and_newcomers(openpose):
     np.testing.assert_allclose(d.points[:, :19][~np.isnan(d.points[:, :19, 0])],
                                a[:, :19][~np.isnan(d.points[:, :19, 0])], atol=1e-3)
     assert d.meta["chosen"][29] == 0 and d.meta["chosen"][30] == 1
+    # everyone is followed: A's track (the main one) and B's from frame 30, each on its own
+    a_track, b_track = d.meta["tracks"][d.meta["main"]], d.meta["tracks"][1 - d.meta["main"]]
+    assert len(d.meta["tracks"]) == 2 and a_track == d.meta["chosen"]
+    assert a_track[10:12] == [-1, -1] and b_track[:30] == [-1] * 30 and b_track[30:] == [0] * 30
 
 
-def test_cli_writes_the_folder_back_with_only_the_chosen_person_filtered(openpose, tmp_path):
+def test_cli_writes_the_folder_back_with_everyone_filtered(openpose, tmp_path):
+    """Folder to folder: every person followed is filtered as a stream of its own (A throughout, B from frame 30,
+    each smoother, each with its confidences and undetected keypoints as they were), all else in the files kept."""
     folder, a, _ = openpose
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     out = tmp_path / "smoothed"
     r = _cli(folder, "-o", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "60 frames, 25 keypoints, 2-D" in r.stdout
+    assert "60 frames, 25 keypoints, 2-D" in r.stdout and "2 people followed" in r.stdout
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the input folder was modified"
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["op", "smoothed"], "a temporary folder was left"
-    jerk_in, jerk_out = [], []
+    tracks = {"A": ([], []), "B": ([], [])}
     for t in range(T):
         src = json.loads((folder / f"clip_{t:012d}_keypoints.json").read_text())
         got = json.loads((out / f"clip_{t:012d}_keypoints.json").read_text())
         assert len(got["people"]) == len(src["people"]) and got["version"] == 1.3
         for i, (p, q) in enumerate(zip(src["people"], got["people"])):
-            if t >= 30 and i == 0:
-                assert q == p, "the other person changed"
-                continue
+            who = "B" if t >= 30 and i == 0 else "A"
             assert set(q) == set(p)  # face_keypoints_2d and the rest kept
             p, q = np.reshape(p["pose_keypoints_2d"], (K, 3)), np.reshape(q["pose_keypoints_2d"], (K, 3))
             np.testing.assert_array_equal(q[:, 2], p[:, 2])  # confidences kept
-            np.testing.assert_array_equal(q[19:], 0)  # undetected stays 0, 0, 0
-            jerk_in.append(p[:19, :2])
-            jerk_out.append(q[:19, :2])
+            if who == "A":
+                np.testing.assert_array_equal(q[19:], 0)  # undetected stays 0, 0, 0
+            tracks[who][0].append(p[:19, :2])
+            tracks[who][1].append(q[:19, :2])
     acc = lambda x: np.abs(np.diff(np.asarray(x), 2, axis=0)).mean()  # noqa: E731
-    assert acc(jerk_out) < 0.7 * acc(jerk_in), "the chosen person was not smoothed"
+    for who, (raw, smooth) in tracks.items():
+        assert acc(smooth) < 0.7 * acc(raw), f"person {who} was not smoothed"
 
     again = _cli(folder, "-o", out, cwd=tmp_path)
     assert again.returncode == 2 and "already exists; pass --overwrite" in again.stderr
