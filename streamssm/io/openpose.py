@@ -18,8 +18,8 @@ score (a weight: 0 = missing; such keypoints read as NaN).
 
 Writing back (:func:`write_openpose`, an output path without an extension) gives a folder of the same file names
 with every file as it was except the followed people's arrays (the main one's, or everyone's with ``tracks``), whose
-x, y are the filtered ones (confidences kept; an undetected keypoint stays ``0, 0, 0``). The folder is written beside the target and renamed into place, so a
-crash never leaves half of it.
+x, y are the filtered ones (confidences kept; an undetected keypoint stays ``0, 0, 0``). The folder is written
+beside the target and renamed into place, so a crash never leaves half of it.
 """
 
 from __future__ import annotations
