@@ -780,7 +780,8 @@ class _LiveFileSource(FrameSource):
         self.path = _LIVE_PREFIX + spec
         self.live = True
         self.width, self.height, self.rate = self._inner.width, self._inner.height, self._inner.rate
-        self.audio, self.sample_aspect, self.untagged = self._inner.audio, self._inner.sample_aspect, self._inner.untagged
+        inner = self._inner
+        self.audio, self.sample_aspect, self.untagged = inner.audio, inner.sample_aspect, inner.untagged
         self.frame_count = None  # like a camera: unknown (drops change it)
         self._duration = self._inner.duration
         self._drop_late = drop_late

@@ -707,18 +707,36 @@ def test_zero_frames_written_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sigterm_becomes_exception_and_output_is_finalised(tmp_path):
-    out = tmp_path / "out.mp4"
-    with pytest.raises(SystemExit):
-        with sigterm_as_exception(), open_sink(out, fps=30, width=W, height=H) as sink:
-            for i in range(6):
-                sink.write(pattern(i))
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(1000):  # the handler runs at the next bytecode boundary
-                pass
-            sink.write(pattern(99))  # pragma: no cover - must not be reached
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert probe(out)[0] == 6
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["sigterm", "sighup"])
+def test_signal_becomes_exception_and_output_is_finalised(tmp_path, sig, code):
+    """SIGTERM, and SIGHUP (a closed terminal), finalise the output and exit with 128 + the signal's number."""
+    previous = signal.signal(sig, signal.SIG_DFL)  # a test run under nohup ignores SIGHUP
+    try:
+        out = tmp_path / "out.mp4"
+        with pytest.raises(SystemExit) as e:
+            with sigterm_as_exception(), open_sink(out, fps=30, width=W, height=H) as sink:
+                for i in range(6):
+                    sink.write(pattern(i))
+                os.kill(os.getpid(), sig)
+                for _ in range(1000):  # the handler runs at the next bytecode boundary
+                    pass
+                sink.write(pattern(99))  # pragma: no cover - must not be reached
+        assert e.value.code == code and signal.getsignal(sig) is signal.SIG_DFL
+        assert probe(out)[0] == 6
+    finally:
+        signal.signal(sig, previous)
+
+
+def test_an_ignored_sighup_stays_ignored():
+    """Under ``nohup`` (SIGHUP ignored) the run must outlive its terminal: the handler is not installed."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with sigterm_as_exception():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing happens
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_disk_full_gives_clear_error(tmp_path):
@@ -968,9 +986,10 @@ def test_a_held_last_frame_keeps_its_length_and_its_sound(tmp_path):
     assert frames[-1] == pytest.approx(29 / 30 + 2.0 - 1 / 30, abs=0.01) and len(frames) == 31  # shown again
     assert float(a[-1].pts * a[-1].time_base) + a[-1].samples / a[-1].sample_rate > 2.9
     for n in (10, 25):  # not the whole clip: no hold (at 25 the reader, 8 frames ahead, has reached the end)
-        r = run_cli("video", path, "-o", tmp_path / f"cut{n}.mp4", "--device", "cpu", "--no-progress", "--max-frames", n)
+        cut = tmp_path / f"cut{n}.mp4"
+        r = run_cli("video", path, "-o", cut, "--device", "cpu", "--no-progress", "--max-frames", n)
         assert r.returncode == 0
-        with av.open(str(tmp_path / f"cut{n}.mp4")) as c:
+        with av.open(str(cut)) as c:
             assert len(list(c.decode(video=0))) == n
 
 
@@ -988,27 +1007,3 @@ def test_deep_or_transparent_input_is_said_to_lose_it(tmp_path, caplog):
             assert next(iter(src)).rgb.dtype == np.uint8
         said = {"deep": "16-bit images", "alpha": "without their alpha", "plain": None}[name]
         assert (said in caplog.text) if said else "8-bit RGB" not in caplog.text, caplog.text
-
-
-def test_sighup_finalises_unless_nohup_ignores_it(tmp_path):
-    """SIGHUP (a closed terminal) finalises the output like SIGTERM, with exit status 129; under ``nohup`` (SIGHUP
-    ignored) it stays ignored and the run goes on."""
-    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    try:
-        out = tmp_path / "out.mp4"
-        with pytest.raises(SystemExit) as e:
-            with sigterm_as_exception(), open_sink(out, fps=30, width=W, height=H) as sink:
-                for i in range(4):
-                    sink.write(pattern(i))
-                os.kill(os.getpid(), signal.SIGHUP)
-                for _ in range(1000):  # the handler runs at the next bytecode boundary
-                    pass
-                sink.write(pattern(99))  # pragma: no cover - must not be reached
-        assert e.value.code == 129 and probe(out)[0] == 4
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        with sigterm_as_exception():
-            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing happens
-        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGHUP, previous)
