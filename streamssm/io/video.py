@@ -28,7 +28,10 @@ Design notes (why the code looks the way it does):
   4:2:0 everywhere.
 - **Colour.** Output is tagged BT.709 (height >= 720) or BT.601 (smaller), limited range, and the
   RGB->YUV conversion uses the same matrix, so players that honour the tags and players that guess
-  from the resolution both show the right colours. Decoding honours the input's own tags.
+  from the resolution both show the right colours. Decoding honours the input's own tags and rounds
+  exactly; an untagged input is read as BT.601 (OpenCV's convention) and, with ``open_sink(untagged=True)``
+  (the CLI passes the source's ``untagged``), its output is written untagged BT.601 again, so a player shows
+  the two alike whatever it guesses.
 - **Audio is carried over untouched.** With ``audio_from=...`` the first audio stream's packets are
   remuxed without re-encoding, interleaved with the video as it is written and trimmed to the video
   duration (so an interrupted run does not leave ten seconds of sound under one second of
@@ -37,7 +40,7 @@ Design notes (why the code looks the way it does):
 - **Atomic, playable-on-interruption output, and nothing of the user's lost.** Video is written to
   ``.<stem>.partial<ext>`` in the output directory; :meth:`FrameSink.close` (also run by ``__exit__``
   on any exception, including ``KeyboardInterrupt`` and, with :func:`sigterm_as_exception`,
-  ``SIGTERM``) flushes the encoder, writes the trailer and ``os.replace``-s it into place, so the
+  ``SIGTERM`` and ``SIGHUP``) flushes the encoder, writes the trailer and ``os.replace``-s it into place, so the
   result is always a playable file holding every frame written so far. Where it goes:
 
   * a complete run (``close()``) -> the output path, atomically replacing an existing file only
