@@ -69,21 +69,28 @@ def _person(arr, width: int, path: Path, key: str) -> np.ndarray:
         a = np.asarray([np.nan if v is None else v for v in arr], np.float64) if isinstance(arr, list) else None
     except (TypeError, ValueError, OverflowError):  # a nested list, a dict, a string, an int past float64
         raise _err(path, f"expected {key!r} as a flat list of numbers (x, y, confidence triples)") from None
+    if a is not None and a.size == 0:  # [] : this person's array not estimated (a hand out of view, --hand off)
+        return a.reshape(0, 3)
     if a is None or a.ndim != 1 or a.size % 3 or (width and a.size != width):
         raise _err(path, f"expected {key!r} as a flat list of x, y, confidence triples"
-                         f"{f' ({width // 3} keypoints, as in the other files)' if width else ''}, got "
+                         f"{f' ({width // 3} keypoints, as for the other people)' if width else ''}, got "
                          f"{'a list of ' + str(a.size) + ' numbers' if a is not None else type(arr).__name__}")
     return a.reshape(-1, 3)
 
 
+def _seen(a: np.ndarray) -> np.ndarray:
+    """(k,) keypoints detected: a positive confidence and finite x, y (a ``null`` coordinate is not seen)."""
+    return (a[:, 2] > 0) & np.isfinite(a[:, :2]).all(1)
+
+
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
-    both = (a[:, 2] > 0) & (b[:, 2] > 0)
+    both = _seen(a) & _seen(b)
     return float(np.linalg.norm(a[both, :2] - b[both, :2], axis=-1).mean()) if both.any() else np.inf
 
 
 def _size(a: np.ndarray) -> float:
     """Bounding-box diagonal of the confident keypoints (0 with fewer than two)."""
-    seen = a[a[:, 2] > 0, :2]
+    seen = a[_seen(a), :2]
     return float(np.linalg.norm(seen.max(0) - seen.min(0))) if len(seen) > 1 else 0.0
 
 
@@ -98,7 +105,8 @@ def _tracks(people: list[list[np.ndarray]]) -> tuple[list[list[int]], int]:
     main = None
     for f, persons in enumerate(people):
         live = [t for t in range(len(tracks)) if f - seen[t] <= MEMORY]
-        pairs = sorted((_distance(a, last[t]), j, t) for j, a in enumerate(persons) for t in live)
+        pairs = sorted((_distance(a, last[t]), j, t) for j, a in enumerate(persons) for t in live
+                       if np.isfinite(_distance(a, last[t])))
         taken_p, taken_t = set(), set()
         for d, j, t in pairs:
             if j in taken_p or t in taken_t or not d <= FOLLOW * max(_size(last[t]), 1e-9):
@@ -106,16 +114,16 @@ def _tracks(people: list[list[np.ndarray]]) -> tuple[list[list[int]], int]:
             taken_p.add(j)
             taken_t.add(t)
             tracks[t][f] = j
-            last[t] = np.where(persons[j][:, 2:] > 0, persons[j], last[t])
+            last[t] = np.where(_seen(persons[j])[:, None], persons[j], last[t])
             seen[t] = f
         for j, a in enumerate(persons):
-            if j not in taken_p:
+            if j not in taken_p and _seen(a).any():  # nobody to follow in a person with nothing detected
                 tracks.append([-1] * len(people))
                 tracks[-1][f] = j
                 last.append(a.copy())
                 seen.append(f)
-        if main is None and persons:
-            best = int(np.argmax([np.nansum(a[:, 2]) for a in persons]))
+        if main is None and any(_seen(a).any() for a in persons):
+            best = int(np.argmax([np.where(_seen(a), a[:, 2], 0).sum() for a in persons]))
             main = next(t for t in range(len(tracks)) if tracks[t][f] == best)
     return tracks, main
 
@@ -155,7 +163,7 @@ def read_openpose(folder: str | os.PathLike, key: str | None = None):
     dup = [a for a, b in zip(numbers, numbers[1:]) if a == b]
     if dup:
         raise _err(folder, f"two files for frame {dup[0]}; expected one '*{SUFFIX}' file a frame (one video's output)")
-    docs, people = [], []
+    docs, people, follow = [], [], []
     width = 0
     for p in files:
         try:
@@ -164,21 +172,35 @@ def read_openpose(folder: str | os.PathLike, key: str | None = None):
             raise _err(p, f"not valid JSON ({e}), expected OpenPose's {{'people': [...]}}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("people"), list):
             raise _err(p, "expected OpenPose's JSON object with a 'people' list")
-        persons = []
+        persons, bodies = [], []
         for person in doc["people"]:
             if not isinstance(person, dict) or key not in person:
                 raise _err(p, f"expected every person to have {key!r}")
             a = _person(person[key], width, p, key)
-            if a.size == 0:  # OpenPose writes [] for an array it was not asked to estimate
-                raise _err(p, f"{key!r} is empty: OpenPose was run without it (face/hands need --face/--hand)")
             width = width or a.size
             persons.append(a)
+            body = person.get("pose_keypoints_2d") if key != "pose_keypoints_2d" else None
+            bodies.append(_person(body, 0, p, "pose_keypoints_2d") if isinstance(body, list) else None)
         docs.append(doc)
         people.append(persons)
-    if not width:
+        follow.append(bodies)
+    if not any(people):
         raise _err(folder, f"nobody is detected in any of the {len(files)} frames")
+    if not width:
+        raise _err(folder, f"nobody has {key!r} in any of the {len(files)} frames" +
+                   ("" if key == "pose_keypoints_2d" else " (OpenPose was run without it? --face/--hand)"))
     k = width // 3
-    tracks, main = _tracks(people)
+    people = [[a if a.size else np.zeros((k, 3)) for a in persons] for persons in people]  # []: nothing detected
+    # people are followed by their body where every person has one and some of it is seen: a hand or a face alone
+    # is often missed (one person's hands out of view would start a new track every frame)
+    sizes = {b.shape for bodies in follow for b in bodies if b is not None and b.size}
+    by_body = (len(sizes) == 1 and all(b is not None for bodies in follow for b in bodies)
+               and any(_seen(b).any() for bodies in follow for b in bodies if b.size))
+    n = next(iter(sizes))[0] if by_body else k
+    tracks, main = _tracks([[b if b.size else np.zeros((n, 3)) for b in bodies] for bodies in follow] if by_body
+                           else people)
+    if main is None:
+        raise _err(folder, f"nobody is detected in any of the {len(files)} frames")
     chosen = tracks[main]
     arr = np.full((len(files), k, 3), np.nan, np.float32)
     for f, (persons, i) in enumerate(zip(people, chosen)):
@@ -211,13 +233,15 @@ def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool 
         raise _err(target, "already exists; pass --overwrite to replace it" if target.is_dir() else
                    "is a file, expected a folder for OpenPose output")
     src = meta.get("source")
-    inside = src is not None and target.resolve() in (Path(src).resolve(), *Path(src).resolve().parents)
-    if inside:
-        raise _err(target, f"holds the input {src}; refusing to replace it, name another output folder")
-    if target.exists():  # replaced whole: only a folder of OpenPose files (an earlier output), never anything else
-        other = sorted(p.name for p in target.iterdir() if not (p.is_file() and p.name.endswith(SUFFIX)))
+    if src is not None:
+        s, t = Path(src).resolve(), target.resolve()
+        if t == s or t in s.parents or s in t.parents:
+            raise _err(target, f"is, holds or lies inside the input {src}; name an output folder elsewhere")
+    if target.exists():  # replaced whole: only an earlier output of this clip (its file names), never anything else
+        names = set(meta["files"])
+        other = sorted(p.name for p in target.iterdir() if not (p.is_file() and p.name in names))
         if other:
-            raise _err(target, f"holds other files than OpenPose's ({', '.join(other[:3])}"
+            raise _err(target, f"holds files that are not this clip's OpenPose frames ({', '.join(other[:3])}"
                                f"{', ...' if len(other) > 3 else ''}); refusing to replace it, name another folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
@@ -229,11 +253,16 @@ def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool 
                 i = track[f]
                 if i < 0:
                     continue
+                if not doc["people"][i][key]:  # [] as read: nothing there to filter
+                    continue
                 old = meta["people"][f][i]  # (k, 3) as read: null -> NaN
                 new = np.where(np.isfinite(pts[f, b]) & (old[:, 2:] > 0), pts[f, b], old[:, :2])
                 doc["people"][i][key] = [float(v) if np.isfinite(v) else None
                                          for v in np.column_stack([new, old[:, 2]]).ravel()]
             (tmp / name).write_text(json.dumps(doc), encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a folder the user made would not be
         old_dir = None
         if target.exists():
             old_dir = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -38,6 +38,7 @@ and exits with status 2.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -48,6 +49,8 @@ import numpy as np
 from streamssm.io.pose_files import SUPPORTED_EXTENSIONS, PoseData, read_pose, write_pose
 
 __all__ = ["run_pose", "mean_acceleration", "image_size"]
+
+log = logging.getLogger("streamssm")
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")  # same list as streamssm.io.video (not imported: needs av)
 DEFAULT_FPS = 30.0
@@ -225,6 +228,12 @@ def _run_pose(args) -> int:
     conf = None if data.meta.get("visibility") else data.confidence  # visibility is not a weight (module docstring)
     ts = _timestamps(data, inp, fps, seconds=args.fps is None)
     image = image_size(data)
+    if image is not None and np.nanmax(np.abs(np.where(np.isfinite(data.points[..., :2]), data.points[..., :2],
+                                                       np.nan)), initial=0.0) > 4:
+        log.warning("%s: gives an image size (%gx%g) but its x, y reach past 4: taken as pixels, not as x, y "
+                    "normalised by that size", inp, *image)
+        image = None
+        data.meta.pop("image_size")  # nor does the output claim it
     openpose_out = data.meta.get("format") == "openpose" and out.suffix == ""
     t0 = time.perf_counter()
     if image is not None:
@@ -258,8 +267,10 @@ def _run_pose(args) -> int:
         raw, y = raw[..., :2] * px, y[..., :2] * px
         what = ("x, y in pixels" if image != (1.0, 1.0) else "x, y") + (" (z filtered apart)" if d == 3 else "")
     people = len(data.meta["tracks"]) if data.meta.get("format") == "openpose" else 1
-    who = (f"{people} people followed, figures for the main one; " if openpose_out else
-           f"the main of {people} people followed; " if people > 1 else "")
+    folk = f"{people} {'person' if people == 1 else 'people'} followed"
+    seen = int(np.isfinite(data.points).all(-1).any(-1).sum())
+    who = (f"{folk}, figures for the main one; " if openpose_out else
+           f"the main one of {folk}, seen in {seen} of {t} frames; " if people > 1 else "")
     print(f"{inp.name} -> {out}: {t} frames, {k} keypoints, {what}, {fps:g} fps ({fps_from}), "
           f"filtered in {seconds:.2f} s ({1e3 * seconds / t:.2f} ms/frame); {who}{_accel_text(raw, y, valid)}"
           f"{_gap_text(ts, fps, filt.max_gap)}")

@@ -158,11 +158,59 @@ def test_output_folder_is_replaced_only_when_it_is_openpose_output(openpose, tmp
     folder, _, _ = openpose
     (tmp_path / "notes.txt").write_text("mine")
     r = _cli(folder, "-o", tmp_path, "--overwrite", cwd=tmp_path)  # the folder holding the input
-    assert r.returncode == 2 and "holds the input" in r.stderr, r.stderr
+    assert r.returncode == 2 and "holds or lies inside the input" in r.stderr, r.stderr
+    r = _cli(folder, "-o", folder / "sub", cwd=tmp_path)
+    assert r.returncode == 2 and "holds or lies inside the input" in r.stderr, r.stderr
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     r = _cli(folder, "-o", other, "--overwrite", cwd=tmp_path)
-    assert r.returncode == 2 and "holds other files than OpenPose's (keep.txt)" in r.stderr, r.stderr
+    assert r.returncode == 2 and "not this clip's OpenPose frames (keep.txt)" in r.stderr, r.stderr
+    raw = tmp_path / "another_clip"  # raw OpenPose output of another clip: not an earlier output of this one
+    raw.mkdir()
+    (raw / "other_000000000000_keypoints.json").write_text("{}")
+    r = _cli(folder, "-o", raw, "--overwrite", cwd=tmp_path)
+    assert r.returncode == 2 and "other_000000000000_keypoints.json" in r.stderr, r.stderr
     assert (other / "keep.txt").read_text() == "mine" and (tmp_path / "notes.txt").read_text() == "mine"
     assert len(list(folder.iterdir())) == T
+
+
+def test_nulls_and_missing_hands_do_not_split_people(tmp_path):
+    """A ``null`` coordinate with a positive confidence is not seen (it made the distance NaN and started a new track
+    every time: 14 tracks for 2 people); a person whose hand array is ``[]`` or all undetected is still one person,
+    followed by the body (one track a frame, 5333 tracks, for 8 people over 2000 frames)."""
+    a, b = _track(0, (100, 100)), _track(1, (700, 120))
+    folder = tmp_path / "op"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for t in range(40):
+        people = []
+        for who, pts in (("a", a[t]), ("b", b[t])):
+            body = np.column_stack([pts, np.full(K, 0.9)]).ravel().tolist()
+            if t % 5 == 0 and who == "a":
+                body[0] = body[1] = None  # the nose's x, y null, its confidence 0.9
+            hand = [] if (who == "b" and t % 2) else np.column_stack(
+                [pts[4] + rng.normal(0, 5, (21, 2)), np.full(21, 0.0 if t % 3 == 0 else 0.7)]).ravel().tolist()
+            people.append({"pose_keypoints_2d": body, "hand_left_keypoints_2d": hand})
+        (folder / f"c_{t:012d}_keypoints.json").write_text(json.dumps({"people": people}))
+    assert len(read_pose(folder).meta["tracks"]) == 2
+    hands = read_pose(folder, key="hand_left_keypoints_2d")
+    assert len(hands.meta["tracks"]) == 2 and hands.points.shape == (40, 21, 2)
+    out = tmp_path / "out"
+    r = _cli(folder, "-o", out, "--key", "hand_left_keypoints_2d", cwd=tmp_path)
+    assert r.returncode == 0 and "2 people followed" in r.stdout, r.stderr
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    for t in range(40):
+        src = json.loads((folder / f"c_{t:012d}_keypoints.json").read_text())
+        got = json.loads((out / f"c_{t:012d}_keypoints.json").read_text())
+        if t % 2:
+            assert got["people"][1]["hand_left_keypoints_2d"] == []  # [] stays []
+        assert got["people"][0]["pose_keypoints_2d"] == src["people"][0]["pose_keypoints_2d"]  # not the key's
+
+
+def _umask() -> int:
+    import os
+
+    m = os.umask(0)
+    os.umask(m)
+    return m

@@ -198,3 +198,19 @@ def test_millisecond_timestamps_are_warned_about(tmp_path):
     r = _cli(tmp_path / "ms.npz", "-o", tmp_path / "o.npz", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "29 of the 29 steps between frames are gaps over max_gap" in r.stderr and "milliseconds?" in r.stderr
+
+
+def test_pixels_under_an_image_size_line_are_taken_as_pixels(tmp_path):
+    """A hand-written csv in pixels with '# fps=30 width=1280 height=720': x, y past 4 cannot be normalised by that
+    size, so they are filtered as pixels, with a warning (they were scaled by 1280 and 720, the wrong aspect)."""
+    rng = np.random.default_rng(0)
+    rows = [f"{f},{j},{400 + 30 * j + rng.normal()},{300 + 20 * j + rng.normal()}" for f in range(20) for j in range(5)]
+    body = "frame,joint,x,y\n" + "\n".join(rows) + "\n"
+    (tmp_path / "tagged.csv").write_text("# fps=30 width=1280 height=720\n" + body)
+    (tmp_path / "plain.csv").write_text("# fps=30\n" + body)
+    r = _cli(tmp_path / "tagged.csv", "-o", tmp_path / "a.csv", cwd=tmp_path)
+    assert r.returncode == 0 and "taken as pixels" in r.stderr, r.stderr
+    assert _cli(tmp_path / "plain.csv", "-o", tmp_path / "b.csv", cwd=tmp_path).returncode == 0
+    a, b = read_pose(tmp_path / "a.csv"), read_pose(tmp_path / "b.csv")
+    np.testing.assert_allclose(a.points, b.points, atol=1e-4)
+    assert "image_size" not in a.meta  # the output does not claim the size either
