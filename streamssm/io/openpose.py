@@ -257,8 +257,10 @@ def write_openpose(target: str | os.PathLike, data, meta: dict, overwrite: bool 
                     continue
                 old = meta["people"][f][i]  # (k, 3) as read: null -> NaN
                 new = np.where(np.isfinite(pts[f, b]) & (old[:, 2:] > 0), pts[f, b], old[:, :2])
-                doc["people"][i][key] = [float(v) if np.isfinite(v) else None
-                                         for v in np.column_stack([new, old[:, 2]]).ravel()]
+                # x, y to 1/1000 px (float32's digits would make the file a quarter larger); confidences as read
+                xy = [[round(float(v), 3) if np.isfinite(v) else None for v in row] for row in new]
+                doc["people"][i][key] = [v for (x, y), c in zip(xy, old[:, 2].tolist())
+                                         for v in (x, y, c if np.isfinite(c) else None)]
             (tmp / name).write_text(json.dumps(doc), encoding="utf-8")
         umask = os.umask(0)
         os.umask(umask)

@@ -197,6 +197,10 @@ def run_video(args: argparse.Namespace) -> int:
                              + " with a rate of their own")
         if not args.output:
             raise ValueError("video: -o OUTPUT is required (a video file, or a folder/ for PNG frames)")
+        if (args.crf, args.preset) != (18, "ultrafast") and (args.output.endswith(("/", os.sep))
+                                                             or not Path(args.output).suffix):
+            log.warning("%s: --crf/--preset set a video encoder; PNG frames are lossless and take neither",
+                        args.output)
         summary = filter_video(args.processed, args.output, original=args.original, side_by_side=args.side_by_side,
                                report=args.report, overwrite=args.overwrite, fps=args.fps, **limits, **common)
     print(summary.line())
