@@ -61,7 +61,10 @@ def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0, t: int
         span = w + 64  # room to pan 64 steps
         coarse = rng.uniform(0.1, 0.9, (b, c, h // 8 + 2, span // 8 + 2))
         scene = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)[:, :, :h, :span]  # blocks: edges
-        scene = 0.6 * scene + 0.4 * _box_blur(scene, 9) + rng.normal(0, 0.03, scene.shape)
+        from streamssm.video.model import _box  # the model's own box filter: shading to go with the edges
+
+        blurred = _box(torch.from_numpy(np.ascontiguousarray(scene)), 9).numpy()
+        scene = 0.6 * scene + 0.4 * blurred + rng.normal(0, 0.03, scene.shape)
         x0 = t % 64
         img = np.clip(scene[..., x0:x0 + w], 0, 1)
         gain = np.random.default_rng([seed, t]).uniform(0.9, 1.1, (b, c, 1, 1))
@@ -70,15 +73,6 @@ def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0, t: int
             out["original"] = img
     out["strength"] = np.ones(1)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
-
-
-def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
-    """Mean over a k x k window along the last two axes (edge-padded), numpy only."""
-    p = k // 2
-    a = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(p, p), (p, p)], mode="edge")
-    c = np.cumsum(np.cumsum(a, axis=-1), axis=-2)
-    c = np.pad(c, [(0, 0)] * (a.ndim - 2) + [(1, 0), (1, 0)])
-    return (c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]) / (k * k)
 
 
 def _wrapper(spec: StepSpec, model: nn.Module) -> nn.Module:

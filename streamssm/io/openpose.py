@@ -105,8 +105,8 @@ def _tracks(people: list[list[np.ndarray]]) -> tuple[list[list[int]], int]:
     main = None
     for f, persons in enumerate(people):
         live = [t for t in range(len(tracks)) if f - seen[t] <= MEMORY]
-        pairs = sorted((_distance(a, last[t]), j, t) for j, a in enumerate(persons) for t in live
-                       if np.isfinite(_distance(a, last[t])))
+        pairs = sorted(p for p in ((_distance(a, last[t]), j, t) for j, a in enumerate(persons) for t in live)
+                       if np.isfinite(p[0]))
         taken_p, taken_t = set(), set()
         for d, j, t in pairs:
             if j in taken_p or t in taken_t or not d <= FOLLOW * max(_size(last[t]), 1e-9):
