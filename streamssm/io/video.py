@@ -96,7 +96,7 @@ __all__ = [
     "to_rate",
 ]
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".ts")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _URL_RE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
 _LIVE_PREFIX = "live:"
@@ -834,7 +834,7 @@ def open_source(
 ) -> FrameSource:
     """Open a video file, image folder, camera index, capture URL or ``live:FILE`` as a :class:`FrameSource`.
 
-    ``spec`` forms: ``"clip.mp4"`` (mp4/avi/mov/mkv/webm, recognised by content, not extension),
+    ``spec`` forms: ``"clip.mp4"`` (mp4/m4v/avi/mov/mkv/webm/ts, recognised by content, not extension),
     ``"frames/"`` (png/jpg/jpeg/bmp/tif in natural order, timestamps from ``fps``, default 30),
     ``0`` or ``"0"`` (camera index; ``"/dev/video0"`` too), ``"rtsp://..."``/``"http://..."`` (PyAV with ``timeout``),
     ``"live:clip.mp4"`` (the file paced in real time like a camera).
@@ -846,7 +846,7 @@ def open_source(
     >>> open_source("/nonexistent.mp4")
     Traceback (most recent call last):
     ...
-    streamssm.io.video.VideoIOError: /nonexistent.mp4: no such file; expected a video file (.mp4/.avi/.mov/.mkv/.webm)
+    streamssm.io.video.VideoIOError: /nonexistent.mp4: no such file; expected a video file (.mp4/.m4v/.avi/.mov/.mkv/.webm/.ts)
     """
     limits = dict(max_resolution=max_resolution, max_frames=max_frames, max_duration=max_duration, on_limit=on_limit)
     if isinstance(spec, bool):
@@ -969,8 +969,11 @@ class _VideoSink(FrameSink):
         self.frames_written = 0
         self._closed = False
         # pts unit: a fraction of a frame, so VFR timing survives; AVI's muxer is constant-rate (a tick is a frame
-        # there: finer ticks would be stored as empty frames), so its frames are rounded to the frame grid
-        self._sub = 1 if path.suffix.lower() == ".avi" else TICKS_PER_FRAME
+        # there: finer ticks would be stored as empty frames), and MPEG-TS players take the frame rate from the
+        # H.264 stream's timing, which is the time base (16 ticks a frame read as 16 times the rate), so their
+        # frames are rounded to the frame grid
+        self._avi = path.suffix.lower() == ".avi"
+        self._sub = 1 if self._avi or path.suffix.lower() == ".ts" else TICKS_PER_FRAME
         self._tick = 1 / (rate * self._sub)
         self._last_pts = -self._sub
         self._rgb_frame = None
@@ -1043,9 +1046,13 @@ class _VideoSink(FrameSink):
         self._range = ColorRange.MPEG
         if self._sample_aspect is not None:  # the codec's field (H.264 VUI) and the stream's (Matroska/WebM)
             cc.sample_aspect_ratio = vs.sample_aspect_ratio = Fraction(self._sample_aspect).limit_denominator(65535)
+            if codec.startswith("libvpx") and self._sample_aspect != 1:
+                # VP8/VP9 streams have no aspect field, and PyAV does not set the container's (display size)
+                log.warning("%s: the pixel aspect ratio %s is not kept with %s (the output plays with square "
+                            "pixels); write .mp4 or .mkv to keep it", self.path, self._sample_aspect, codec)
         if codec in ("libx264", "libx264rgb", "libx265"):
             # AVI has no presentation times, so no B-frames there: its readers would have to guess their order
-            vs.options = {"crf": str(crf), "preset": preset, **({"bf": "0"} if self._sub == 1 else {})}
+            vs.options = {"crf": str(crf), "preset": preset, **({"bf": "0"} if self._avi else {})}
         elif codec.startswith("libvpx"):
             vs.options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
         cc.thread_count = 0
@@ -1438,7 +1445,7 @@ def open_sink(
     sample_aspect: Fraction | None = None,
     untagged: bool = False,
 ) -> FrameSink:
-    """Open a video file (mp4/avi/mov/mkv/webm) or PNG folder for writing; see the module docstring.
+    """Open a video file (mp4/m4v/avi/mov/mkv/webm/ts) or PNG folder for writing; see the module docstring.
 
     ``sample_aspect``: the pixel aspect ratio to tag (a source's ``sample_aspect``: an anamorphic clip plays at its
     display shape); PNG frames hold none. ``untagged``: the source had no colour-matrix tag (a source's

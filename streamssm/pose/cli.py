@@ -52,7 +52,7 @@ __all__ = ["run_pose", "mean_acceleration", "image_size"]
 
 log = logging.getLogger("streamssm")
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")  # same list as streamssm.io.video (not imported: needs av)
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".ts")  # same list as streamssm.io.video (not imported: needs av)
 DEFAULT_FPS = 30.0
 
 

@@ -102,7 +102,7 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     )
     s.add_argument("processed", nargs="?", metavar="PROCESSED", help="processed video file or image folder")
     s.add_argument("--original", metavar="ORIGINAL", help="the unprocessed frames (video or folder): guides the filter")
-    s.add_argument("-o", "--output", metavar="OUTPUT", help="video file (.mp4/.mkv/.mov/.avi/.webm) or folder/ for PNG frames")
+    s.add_argument("-o", "--output", metavar="OUTPUT", help="video file (.mp4/.m4v/.mkv/.mov/.avi/.webm/.ts) or folder/ for PNG frames")
     s.add_argument("--strength", type=float, default=1.0,
                    help="0 = processed unchanged, 1 = the calibrated correction and blend, higher = steadier (max 2)")
     s.add_argument("--ghost-res", type=float, default=None, metavar="R",
@@ -272,7 +272,12 @@ class RunSummary:
             s += f" -> {self.output}"
         if self.ewarp is not None:
             s += f"; E_warp {self.ewarp[0]:.5f} -> {self.ewarp[1]:.5f} ({self.report_note})"
+        elif self.report_note:
+            s += f"; {self.report_note}"
         return s
+
+
+NO_EWARP = "no E_warp: it needs two consecutive frames with unoccluded flow between them"
 
 
 class WarpReport:
@@ -605,8 +610,7 @@ def filter_video(
                          interrupted=interrupted)
     if rep is not None and not interrupted:
         res = rep.result(guided=I is not None)
-        if res is not None:
-            summary.ewarp, summary.report_note = res
+        summary.ewarp, summary.report_note = res if res is not None else (None, NO_EWARP)
     return summary
 
 
@@ -769,6 +773,5 @@ def run_sample(
                          interrupted=interrupted)
     if not interrupted:
         res = rep.result(guided=True)
-        if res is not None:
-            summary.ewarp, summary.report_note = res
+        summary.ewarp, summary.report_note = res if res is not None else (None, NO_EWARP)
     return summary

@@ -295,6 +295,32 @@ def test_avi_round_trip_and_its_gaps(tmp_path):
     assert np.allclose(np.sort(np.diff(got)), np.sort(np.diff(ts)), atol=1e-6)
 
 
+@pytest.mark.parametrize("ext", [".ts", ".m4v"])
+def test_transport_stream_and_m4v_round_trip(tmp_path, ext):
+    """MPEG-TS and .m4v outputs read back whole, at their rate (TS players take the rate from the H.264 stream's
+    timing: 1/16-frame ticks there read as 16 times the rate, and a complete file as truncated), gaps kept."""
+    rate = Fraction(30000, 1001)
+    pts = [i for i in range(32) if i not in (10, 11)]
+    out = tmp_path / f"out{ext}"
+    with open_sink(out, fps=rate, width=W, height=H) as sink:
+        for i, t in enumerate(pts):
+            sink.write(pattern(i), t / rate)
+    with av.open(str(out)) as c:  # 30 frames over 32 frame periods (mp4 counts the gap; TS reads the stream's)
+        assert abs(c.streams.video[0].average_rate / rate - 1) < 0.1
+    with open_source(out) as back:
+        frames = list(back)
+    assert [level(f.rgb) for f in frames] == list(range(30))
+    got = np.array([f.timestamp for f in frames])
+    assert np.allclose(got - got[0], (np.array(pts) - pts[0]) / float(rate), atol=1e-3)
+
+
+def test_webm_says_it_loses_the_pixel_aspect(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        with open_sink(tmp_path / "o.webm", fps=25, width=W, height=H, sample_aspect=Fraction(32, 27)) as sink:
+            sink.write(np.zeros((H, W, 3), np.uint8))
+    assert "pixel aspect ratio 32/27 is not kept" in caplog.text and "o.webm" in caplog.text
+
+
 def test_variable_rate_clip_through_avi_reads_back_whole(tmp_path):
     """A variable-rate clip (24 fps, a 0.5 s gap, 30 fps: nominal 120 fps) written to AVI, a constant-rate container,
     keeps its frame times as gaps, which AVI's index counts as frame slots (hundreds for 40 frames). Reading it back

@@ -122,6 +122,11 @@ def test_round_trip_keeps_count_size_fps_and_audio(tmp_path, clips, weights):
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_report_on_one_frame_says_why_there_is_no_score(tmp_path, clips, weights):
+    stdout = ok(cli(clips["tone"], "-o", tmp_path / "one.mp4", "--max-frames", "1", "--report", weights=weights))
+    assert "1 frames" in stdout and "no E_warp: it needs two consecutive frames" in stdout
+
+
 def test_audio_from_the_original_when_the_processed_has_none(tmp_path, clips, weights):
     """A per-frame tool often drops the sound: the output then takes the original's, which the frames pair with."""
     out = tmp_path / "out.mp4"
