@@ -17,6 +17,7 @@ _LAZY = {
     "PoseFilter": "streamssm.pose.filter",
     "VideoFilter": "streamssm.video.filter",
     "Stream": "streamssm.stream",
+    "FilterState": "streamssm.stream",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -26,3 +27,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'streamssm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -19,7 +19,66 @@ from torch import Tensor
 
 State = Tensor | tuple[Tensor, ...]
 
-__all__ = ["Stream", "State", "reset_state", "take_streams", "cat_streams"]
+__all__ = ["Stream", "State", "FilterState", "reset_state", "take_streams", "cat_streams"]
+
+
+class FilterState(tuple):
+    """A filter's snapshot (``PoseFilter.get_state()``, ``VideoFilter.get_state()``): the model's state tensors, a
+    tuple as the model's ``step(..., state=)`` takes it, with the stream's timeline beside them, so that a stream
+    restored elsewhere goes on where it stopped (its next timestamp checked for order and gaps):
+
+    - ``last_timestamp``: the last frame's time in seconds (None before the first, or if none were given);
+    - ``dims``: the pose points' D (2 or 3), None for video.
+
+    It pickles (``torch.save``; ``torch.load`` with ``weights_only=True`` once streamssm is imported) with both.
+    A plain tuple of the same tensors is accepted by ``set_state`` too: the timeline then starts at the next frame.
+    """
+
+    def __new__(cls, tensors: Sequence[Tensor] = (), last_timestamp: float | None = None, dims: int | None = None):
+        self = super().__new__(cls, tensors)
+        self.last_timestamp = None if last_timestamp is None else float(last_timestamp)
+        self.dims = None if dims is None else int(dims)
+        return self
+
+    def __reduce__(self):
+        return (FilterState, (tuple(self), self.last_timestamp, self.dims))
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(tuple(t.shape)) for t in self)
+        return f"FilterState({len(self)} tensors [{shapes}], last_timestamp={self.last_timestamp}, dims={self.dims})"
+
+
+torch.serialization.add_safe_globals([FilterState])
+
+
+def _describe(state: Any) -> str:
+    """What a bad ``set_state`` argument is: ``tuple of ndarray``, ``dict``, ..."""
+    if isinstance(state, (tuple, list)) and state:
+        kinds = sorted({type(s).__name__ for s in state})
+        hint = " (torch.from_numpy each)" if "ndarray" in kinds else ""
+        return f"{type(state).__name__} of {'/'.join(kinds)}{hint}"
+    return type(state).__name__
+
+
+def state_by_keyword(arg: Any, name: str) -> None:
+    """TypeError where a model's ``step`` got a state tuple in place of its second argument, ``name``:
+    ``model.step(x, state)`` instead of ``model.step(x, state=state)``."""
+    if isinstance(arg, (tuple, list)):
+        raise TypeError(f"step() got a tuple as its {name}: pass the state by keyword, step(x, state=state)")
+
+
+def as_reset_mask(mask: Any, batch: int) -> Tensor:
+    """A ``reset(mask)`` argument as a (B,) bool tensor; ValueError for the wrong length or for anything but booleans
+    (``reset([0, 2])`` would otherwise read the indices as True/False)."""
+    import numpy as np
+
+    m = mask if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
+    if m.dtype != torch.bool:
+        raise ValueError(f"reset mask must be booleans, one per stream, got {m.dtype} values {m.tolist()!r:.60}: "
+                         "to remove streams by index use drop_streams(), to restart some pass [True, False, ...]")
+    if tuple(m.shape) != (batch,):
+        raise ValueError(f"reset mask must have shape (B,)=({batch},), got {tuple(m.shape)}")
+    return m
 
 
 def _as_tuple(state: State) -> tuple[Tensor, ...]:
@@ -136,13 +195,15 @@ class Stream:
         return self.module.init_state(self.batch, *self.dims, self.device)
 
     def step(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        """Advance every stream by one step; returns the module's output. ``args``/``kwargs`` go to the module's
+        """Advance every stream by one step, without autograd (to train, call the module's ``step`` with the state
+        yourself); returns the module's output. ``args``/``kwargs`` go to the module's
         ``step`` after ``x`` (the video model's original frame, the pose model's confidence); the state is passed
         as ``state=`` where the module's ``step`` has that parameter, else second, as ``step(x, state)``."""
-        if self._state_kw:
-            y, self.state = self.module.step(x, *args, state=self.state, **kwargs)
-        else:
-            y, self.state = self.module.step(x, self.state, *args, **kwargs)
+        with torch.no_grad():  # inference: a state that kept its autograd graph would grow it every step
+            if self._state_kw:
+                y, self.state = self.module.step(x, *args, state=self.state, **kwargs)
+            else:
+                y, self.state = self.module.step(x, self.state, *args, **kwargs)
         return y
 
     def reset(self, mask: Tensor | Sequence[bool] | None = None) -> None:
@@ -150,10 +211,7 @@ class Stream:
         if mask is None:
             self.state = self._fresh()
             return
-        mask = torch.as_tensor(mask, dtype=torch.bool)
-        if mask.shape != (self.batch,):
-            raise ValueError(f"reset mask must have shape (B,)=({self.batch},), got {tuple(mask.shape)}")
-        self.state = reset_state(self.state, self._fresh(), mask)
+        self.state = reset_state(self.state, self._fresh(), as_reset_mask(mask, self.batch))
 
     def get_state(self) -> State:
         """A snapshot (copies): later steps do not change it."""

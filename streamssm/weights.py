@@ -39,7 +39,7 @@ def save_weights(path: str | Path, model: nn.Module, kind: str, config: dict, ex
 def read_weights(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(config, tensors, extra metadata) from a safetensors file; ValueError naming the file if it is
     not a streamssm ``kind`` weights file."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise ValueError(f"weights file {path} {what} (expected a .safetensors file)")

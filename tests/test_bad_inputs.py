@@ -271,6 +271,13 @@ CASES = [
     Case("api-pose-reset-mask-wrong-shape", lambda d: (lambda: (f := PoseFilter(device="cpu"), f.step(pts(t=2)),
                                                                  f.reset([True, False, True]))),
          ValueError, ("reset mask must have shape (B,)=(2,)", "(3,)")),
+    Case("api-pose-reset-mask-of-indices", lambda d: (lambda: (f := PoseFilter(device="cpu"), f.step(pts(t=2)),
+                                                                f.reset([0, 1]))),
+         ValueError, ("reset mask must be booleans", "drop_streams()")),
+    Case("api-pose-model-step-state-second", lambda d: (lambda: (m := PoseFilter(device="cpu").model,
+                                                                  m.step(torch.rand(1, 17, 2), m.step(
+                                                                      torch.rand(1, 17, 2))[1]))),
+         TypeError, ("as its confidence", "state=state")),
     # ---- Python API: VideoFilter -----------------------------------------------------------------
     Case("api-video-two-channel-frame", lambda d: lambda: VideoFilter(device="cpu").step(np.zeros((48, 64, 2), np.uint8)),
          ValueError, ("frame must be H x W x 3", "(48, 64, 2)")),

@@ -105,3 +105,46 @@ def test_stream_keeps_the_plain_step_x_state_contract():
     s = Stream(Acc(), batch=2)
     s.step(torch.ones(2))
     assert torch.equal(s.step(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_stream_steps_without_autograd(block):
+    """Stream is for inference: a state that kept its autograd graph would grow it every step (memory without
+    bound) and its outputs could not go to numpy."""
+    s = Stream(block, batch=2)
+    for _ in range(3):
+        y = s.step(torch.randn(2, 8))
+    assert not y.requires_grad and all(t.grad_fn is None for t in torch.utils._pytree.tree_leaves(s.state))
+
+
+def test_reset_mask_of_indices_is_refused(block):
+    s = Stream(block, batch=3)
+    with pytest.raises(ValueError, match="booleans, one per stream.*drop_streams"):
+        s.reset([0, 2])  # would read as [False, True, True]
+
+
+def test_filter_state_pickles_with_its_timeline(tmp_path):
+    import copy
+    import pickle
+
+    from streamssm.stream import FilterState
+
+    st = FilterState((torch.ones(2), torch.zeros(1, 3)), last_timestamp=1.5, dims=2)
+    torch.save(st, tmp_path / "s.pt")
+    for back in (torch.load(tmp_path / "s.pt"), pickle.loads(pickle.dumps(st)), copy.deepcopy(st)):
+        assert isinstance(back, FilterState) and isinstance(back, tuple)
+        assert (back.last_timestamp, back.dims, len(back)) == (1.5, 2, 2) and torch.equal(back[1], st[1])
+
+
+def test_model_step_with_the_state_second_says_to_pass_it_by_keyword():
+    from streamssm.export._spec import load_model
+
+    pose = load_model("pose")
+    x = torch.rand(1, 17, 2)
+    _, st = pose.step(x)
+    with pytest.raises(TypeError, match="as its confidence: pass the state by keyword"):
+        pose.step(x, st)
+    video = load_model("video")
+    frame = torch.rand(1, 3, 32, 32)
+    _, st = video.step(frame)
+    with pytest.raises(TypeError, match="as its original frame I: pass the state by keyword"):
+        video.step(frame, st)

@@ -22,7 +22,7 @@ from torch import Tensor
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
 from streamssm._args import Checked, as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
-from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
+from streamssm.stream import FilterState, _describe, as_reset_mask, cat_streams, kept_streams, reset_state, take_streams
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
 
 DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "pose.safetensors"
@@ -59,7 +59,7 @@ def check_magnitude(points: Any, what: str = "points") -> None:
 
 def load_pose_model(weights: str | Path | None = None, device: torch.device | str = "cpu", backend: str = "auto") -> PoseSSM:
     """Build a :class:`PoseSSM` from a safetensors file (default: the weights shipped in the package)."""
-    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    path = Path(weights).expanduser() if weights is not None else DEFAULT_WEIGHTS
     config, tensors, _ = read_weights(path, "pose")
     model = PoseSSM(build_config(PoseSSMConfig, config, path, backend=backend))
     load_into(model, tensors, path)
@@ -90,10 +90,12 @@ class PoseFilter:
     Args:
         weights: a ``.safetensors`` file from ``streamssm train pose``; default: shipped weights.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
-        strength: 0 returns the input, 1 the full learned correction (values up to 2 are accepted).
+        strength: 0 returns the input, 1 the full learned correction, in between a blend of the two. Above 1
+            (up to 2 is accepted) the correction is extrapolated: it overshoots rather than smoothing more.
         fps: frame rate of the stream (the filter adapts its time constants to it).
         compile: run :meth:`step` through ``torch.compile`` (same outputs to fp32 rounding; the first step of
-            each shape compiles for seconds; about 0.4 ms per 33-keypoint frame on one CPU core instead of ~2 ms).
+            each (B, K, D) compiles for seconds; about 0.4 ms per 33-keypoint frame on one CPU core against ~2 ms
+            for the eager PyTorch step). It replaces the native C step below, which is faster still on a CPU.
         native: on the CPU, run :meth:`step` through the fused C step of :mod:`streamssm.pose.native` (same
             outputs to fp32 rounding; built once with the system C compiler, about a second; one 33-keypoint
             frame: ~0.03 ms in C, ~0.26 ms through this method, against ~3 ms eager). ``None`` (default): when the device is the CPU, ``compile`` is off and it builds
@@ -103,8 +105,15 @@ class PoseFilter:
             module docstring). Shorter gaps are stepped over as missing frames.
 
     Points are (K, D) for one stream or (B, K, D) for B independent streams, D = 2 or 3, in any units
-    (pixels, normalised, metres, millimetres). NaN/inf coordinates or confidence 0 mark a keypoint
-    missing for that frame. numpy in, numpy out; torch in, torch out.
+    (pixels, metres, millimetres: the filter scales itself by the body's size) as long as every axis has the
+    same unit: image coordinates normalised by a non-square image's width and height (MediaPipe's landmarks)
+    are not, so multiply x by the width and y by the height first, and divide back after (``streamssm pose``
+    does this for MediaPipe files). NaN/inf coordinates or confidence 0 mark a keypoint missing for that
+    frame. ``confidence`` is a detector's score in [0, 1]; MediaPipe's visibility is not one (it moves low-
+    visibility joints that are well placed): leave it out, or use it only to mark missing keypoints.
+    numpy in, numpy out; torch in, torch out.
+
+    One filter object is not thread-safe; filters in separate threads are independent.
 
     Batches: B streams in one call never influence each other: for a given B, a stream's outputs are
     bit-identical whatever the other streams hold (tests/test_isolation.py). Against the same stream
@@ -234,10 +243,10 @@ class PoseFilter:
 
     def _check_stream(self, b: int, k: int, d: int) -> None:
         if self._shape is not None and self._shape != (b, k) and self.state is not None:
-            raise ValueError(
-                f"this stream has {self._shape[0]} stream(s) of {self._shape[1]} keypoints; got {b} x {k}. "
-                "The keypoint count cannot change mid-stream: call reset() first"
-            )
+            what = ("The keypoint count cannot change mid-stream: call reset() first" if self._shape[1] != k else
+                    "Streams are added with add_streams() and removed with drop_streams() (or reset() first)")
+            raise ValueError(f"this filter runs {self._shape[0]} stream(s) of {self._shape[1]} keypoints; got "
+                             f"{b} x {k}. {what}")
         if self._dims is not None and self._dims != d and self.state is not None:
             raise ValueError(f"this stream's keypoints are {self._dims}-D; got {d}-D. The dimension cannot change "
                              "mid-stream: call reset() first")
@@ -382,9 +391,7 @@ class PoseFilter:
             self._gap_restarts = 0
             return
         b, k = self._shape
-        mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
-        if mask.shape != (b,):
-            raise ValueError(f"reset mask must have shape (B,)=({b},), got {tuple(mask.shape)}")
+        mask = as_reset_mask(mask, b)
         fresh = self.model.init_state(b, k, self.device)
         self.state = reset_state(self.state, fresh, mask)
 
@@ -410,16 +417,23 @@ class PoseFilter:
         self.state = take_streams(self.state, keep)
         self._shape = (len(keep), k)
 
-    def get_state(self):
-        return None if self.state is None else tuple(s.clone() for s in self.state)
+    def get_state(self) -> FilterState | None:
+        """A snapshot of every stream (copies; None before the first frame): a
+        :class:`~streamssm.stream.FilterState`, the model's state tensors with the stream's last timestamp and
+        the points' D, for :meth:`set_state` here or in another process (it pickles; ``torch.save`` works)."""
+        if self.state is None:
+            return None
+        return FilterState((s.clone() for s in self.state), self._last_t, self._dims)
 
     def set_state(self, state) -> None:
-        """Restore a snapshot from :meth:`get_state` (shapes, dtype float32 and finiteness checked)."""
+        """Restore a snapshot from :meth:`get_state` (shapes, dtype float32 and finiteness checked). Its last
+        timestamp and D come with it (the next frame's are checked against them); a plain tuple of the state
+        tensors starts the timeline at the next frame."""
         if state is None:
             self.reset()
             return
         if not isinstance(state, (tuple, list)) or not state or not all(isinstance(s, Tensor) for s in state):
-            raise ValueError(f"pose state must be a tuple of tensors from get_state(), got {type(state).__name__}")
+            raise ValueError(f"pose state must be a tuple of tensors from get_state(), got {_describe(state)}")
         if state[0].dim() != 3:
             raise ValueError(f"pose state[0] must be (B, K, 3), got shape {tuple(state[0].shape)}")
         b, k = state[0].shape[:2]
@@ -430,5 +444,5 @@ class PoseFilter:
             if not torch.isfinite(s).all():
                 raise ValueError(f"pose state[{i}] contains NaN or inf: not a state this filter produced")
         self.state = tuple(s.to(self.device).clone() for s in state)
-        self._shape, self._dims = (b, k), None
-        self._last_t = None  # the restored stream's timeline starts at its next frame
+        self._shape, self._dims = (b, k), getattr(state, "dims", None)
+        self._last_t = getattr(state, "last_timestamp", None)  # a plain tuple: the timeline starts at the next frame

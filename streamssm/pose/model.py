@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamssm.ssm import RMSNorm, SSMBlock
+from streamssm.stream import state_by_keyword
 
 N_FEATURES = 12
 
@@ -270,6 +271,7 @@ class PoseSSM(nn.Module):
 
     def step(self, points: Tensor, confidence: Tensor | None = None, state=None, fps: float | Tensor = 30.0,
              strength: float = 1.0):
+        state_by_keyword(confidence, "confidence")
         y, state = self._run(points[:, None], None if confidence is None else confidence[:, None], state, fps,
                              strength, stepping=True)
         return y[:, 0], state

@@ -366,6 +366,13 @@ class CPUVideoStep:
     def __call__(self, P: Tensor, I: Tensor | None = None, state=None, strength: float = 1.0):
         return self.step(P, I, state, strength)
 
+    def __getstate__(self) -> dict:  # pickle/deepcopy: the cv2 module is looked up again on the other side
+        return {**self.__dict__, "cv": self.cv is not None}
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        self.cv = opencv_exact() if d["cv"] else None
+
     # ------------------------------------------------------------------------------------------- API
     def step(self, P: Tensor, I: Tensor | None = None, state=None, strength: float = 1.0
              ) -> tuple[Tensor, tuple[Tensor, ...]]:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from streamssm._args import Checked, as_ghost_res, as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
-from streamssm.stream import cat_streams, kept_streams, reset_state, take_streams
+from streamssm.stream import FilterState, _describe, as_reset_mask, cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
 from streamssm.video.model import VideoSSM, VideoSSMConfig
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
@@ -25,7 +25,7 @@ DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "video.safetensors"
 
 def load_video_model(weights: str | Path | None = None, device: torch.device | str = "cpu", backend: str = "auto") -> VideoSSM:
     """Build a :class:`VideoSSM` from a safetensors file (default: the weights shipped in the package)."""
-    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    path = Path(weights).expanduser() if weights is not None else DEFAULT_WEIGHTS
     config, tensors, _ = read_weights(path, "video")
     model = VideoSSM(build_config(VideoSSMConfig, config, path, backend=backend))
     load_into(model, tensors, path)
@@ -138,7 +138,7 @@ class VideoFilter:
             nearly all of them for more (``benchmarks/video_ghosting.py``). None: the weights' own setting.
 
     ``step(frame, original=None)``: numpy H x W x 3 uint8 RGB in and out (gray, RGBA, 16-bit and float
-    frames are converted; the output has the input's dtype), or torch (B, 3, H, W) float tensors in
+    frames are converted; the output is H x W x 3 RGB in the input's dtype), or torch (B, 3, H, W) float tensors in
     [0, 1], in and out, on the filter's device (B independent streams; NaN is read as 0 and values are
     clamped to [0, 1] on the device, without a host sync). With ``original`` (the frame the operator
     saw) the filter is guided; without it, it works on the processed frame alone. Guided, a change of the
@@ -148,6 +148,9 @@ class VideoFilter:
     frames after the fade; a repeated frame (a frame-rate conversion by repetition) is compared with the last
     frame that differed, not with its copy, though such clips still keep more exposure flicker than clips of
     distinct frames (``benchmarks/video_fade.py``).
+
+    One filter object is not thread-safe; filters in separate threads are independent. A filter pickles and
+    deep-copies (with its state); :meth:`get_state` is the smaller snapshot.
 
     Batches: for a given B, a stream's outputs are bit-identical whatever the other streams hold;
     against the stream run alone they agree to fp32 rounding (matmul/conv kernels pick their
@@ -246,8 +249,11 @@ class VideoFilter:
         """Filter one frame (see the class docstring for the accepted types).
 
         ``timestamp`` (s, optional): see ``max_gap``; must increase from frame to frame."""
-        if self._pipe is not None:
+        if self._pipe is not None or self._queued is not None:
             raise RuntimeError("a frame given to push() is still in flight: call flush() before step()")
+        return self._step(frame, original, timestamp)
+
+    def _step(self, frame: Any, original: Any, timestamp: float | None):
         if isinstance(frame, Tensor) or isinstance(original, Tensor):
             if not (isinstance(frame, Tensor) and (original is None or isinstance(original, Tensor))):
                 raise ValueError(f"frame and original must both be torch tensors (B, 3, H, W) or both numpy images, got "
@@ -332,7 +338,7 @@ class VideoFilter:
         before ``step``, ``reset`` or ``set_state``."""
         uint8 = _rgb_uint8_pair(frame, original)
         if self._pipe is None and not (self._cpu is not None and uint8):
-            out = self.step(frame, original, timestamp)
+            out = self._step(frame, original, timestamp)
             prev, self._queued = self._queued, out
             return prev
         f, o = frame, original
@@ -340,7 +346,8 @@ class VideoFilter:
             raise ValueError("push(): this pipelined stream takes H x W x 3 uint8 frames (and originals); "
                              f"got {getattr(f, 'dtype', type(f).__name__)} {getattr(f, 'shape', '')}: flush() first")
         _check_same_size(f, o)
-        gap = self._timestamp(timestamp, running=self._pipe is not None) if timestamp is not None else False
+        running = self._pipe is not None or self.state is not None  # a stream stepped before its first push runs
+        gap = self._timestamp(timestamp, running=running) if timestamp is not None else False
         h, w = f.shape[:2]
         if self._pipe is None:
             self._stream_key(1, h, w)
@@ -372,7 +379,9 @@ class VideoFilter:
     def filter(self, frames: Sequence[Any] | Iterable[Any], originals: Sequence[Any] | None = None, chunk: int = 32) -> list:
         """Filter a clip with the parallel scan, ``chunk`` frames at a time with the state carried
         (continuing from, and advancing, the current state): the same frames as :meth:`step`. (On the CPU
-        with ``fast``, frame by frame through the fast step, which is quicker there than the scan.)"""
+        with ``fast``, frame by frame through the fast step, which is quicker there than the scan.) It reads
+        every frame first and returns a list, so the whole clip, in and out, is in memory: for a long clip or a
+        decoder's generator call :meth:`step` (or :meth:`push`) frame by frame, as ``streamssm video`` does."""
         if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
             raise ValueError(f"chunk must be a positive whole number of frames, got {chunk!r}")
         frames = list(frames)
@@ -422,9 +431,7 @@ class VideoFilter:
             self.state, self._key, self._last_t = None, None, None
             return
         b, h, w = self.model.state_frame(self.state)
-        mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
-        if mask.shape != (b,):
-            raise ValueError(f"reset mask must have shape (B,)=({b},), got {tuple(mask.shape)}")
+        mask = as_reset_mask(mask, b)
         self.state = reset_state(self.state, self.model.init_state(b, h, w, self.device), mask)
 
     def add_streams(self, n: int = 1) -> None:
@@ -449,18 +456,29 @@ class VideoFilter:
         self.state = take_streams(self.state, keep)
         self._key = (len(keep), h, w)
 
-    def get_state(self):
-        return None if self.state is None else tuple(s.clone() for s in self.state)
+    def get_state(self) -> FilterState | None:
+        """A snapshot of every stream (copies; None before the first frame): a
+        :class:`~streamssm.stream.FilterState`, the model's state tensors with the stream's last timestamp, for
+        :meth:`set_state` here or in another process (it pickles; ``torch.save`` works). Not while a frame given to
+        :meth:`push` is in flight (RuntimeError: :meth:`flush` first), so a snapshot always follows the last
+        output returned."""
+        if self._pipe is not None or self._queued is not None:
+            raise RuntimeError("a frame given to push() is still in flight: call flush() before get_state()")
+        if self.state is None:
+            return None
+        return FilterState((s.clone() for s in self.state), self._last_t)
 
     def set_state(self, state) -> None:
-        """Restore a snapshot from :meth:`get_state` (shapes, dtype float32 and finiteness checked)."""
-        if self._pipe is not None:
+        """Restore a snapshot from :meth:`get_state` (shapes, dtype float32 and finiteness checked). Its last
+        timestamp comes with it (the next frame's is checked against it); a plain tuple of the state tensors
+        starts the timeline at the next frame."""
+        if self._pipe is not None or self._queued is not None:
             raise RuntimeError("a frame given to push() is still in flight: call flush() before set_state()")
         if state is None:
             self.reset()
             return
         if not isinstance(state, (tuple, list)) or len(state) <= 3 or not all(isinstance(s, Tensor) for s in state):
-            raise ValueError(f"video state must be a tuple of tensors from get_state(), got {type(state).__name__}")
+            raise ValueError(f"video state must be a tuple of tensors from get_state(), got {_describe(state)}")
         if state[3].dim() != 4:
             raise ValueError(f"video state[3] must be (B, 3, H, W), got shape {tuple(state[3].shape)}")
         b, h, w = self.model.state_frame(state)
@@ -475,4 +493,4 @@ class VideoFilter:
                 raise ValueError(f"video state[{i}] contains NaN or inf: not a state this filter produced")
         self.state = tuple(s.to(self.device).clone() for s in state)
         self._key = (b, h, w)
-        self._last_t = None  # the restored stream's timeline starts at its next frame
+        self._last_t = getattr(state, "last_timestamp", None)  # a plain tuple: the timeline starts at the next frame

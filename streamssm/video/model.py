@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamssm.ssm import RMSNorm, SSMBlock
+from streamssm.stream import state_by_keyword
 
 N_PARAMS = 12  # 3x3 A (minus identity) and b
 N_OUT = N_PARAMS + 1  # ... and the logit of the temporal blend weight
@@ -625,5 +626,6 @@ class VideoSSM(nn.Module):
         return self._run(P, I, state, reset, strength, stepping=False, blend=blend)
 
     def step(self, P: Tensor, I: Tensor | None = None, state=None, strength: float = 1.0):
+        state_by_keyword(I, "original frame I")
         O, state = self._run(P[:, None], None if I is None else I[:, None], state, None, strength, stepping=True)
         return O[:, 0], state

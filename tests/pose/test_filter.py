@@ -233,6 +233,29 @@ def test_get_set_state_snapshot_restore():
     np.testing.assert_array_equal(g.filter(x[12:]), a)
 
 
+def test_a_restored_snapshot_keeps_the_stream_timeline():
+    """A snapshot carries the last timestamp and D: after a restore the next frame is checked against them (a
+    9 s gap starts over as it would have in the original filter; a time going back or a new D is refused)."""
+    x = _poses(t=31)
+    f = _filt()
+    for i in range(30):
+        f.step(x[i], timestamp=i / 30)
+    snap = f.get_state()
+    assert snap.last_timestamp == pytest.approx(29 / 30) and snap.dims == x.shape[-1]
+    g = _filt()
+    g.set_state(snap)
+    np.testing.assert_array_equal(g.step(x[30], timestamp=10.0), f.step(x[30], timestamp=10.0))
+    np.testing.assert_allclose(g.step(x[30], timestamp=10.0 + 1 / 30), _filt().filter(x[30:31].repeat(2, 0))[1],
+                               rtol=1e-5, atol=1e-3)  # started over at 10 s
+    g.set_state(snap)
+    with pytest.raises(ValueError, match="does not come after"):
+        g.step(x[30], timestamp=0.5)
+    with pytest.raises(ValueError, match="dimension cannot change"):
+        g.step(np.concatenate([x[30], x[30][:, :1]], -1))
+    g.set_state(tuple(snap))  # a plain tuple of the tensors: the timeline starts at the next frame
+    g.step(x[30], timestamp=0.5)
+
+
 # ------------------------------------------------------------------------------- units
 
 @pytest.mark.parametrize("d", [2, 3])

@@ -338,8 +338,51 @@ def test_push_elsewhere_holds_back_one_step():
     """Off the CPU fast path (float frames here), push is step with the output held back one call."""
     f, ref = VideoFilter(device="cpu"), VideoFilter(device="cpu")
     xs = [np.random.default_rng(i).random((64, 96, 3)).astype(np.float32) for i in range(3)]
-    outs = [f.push(x) for x in xs] + [f.flush()]
+    outs = [f.push(x) for x in xs[:2]]
+    for call in (lambda: f.step(xs[2]), f.get_state, lambda: f.set_state(None)):
+        with pytest.raises(RuntimeError, match="flush"):  # as on the pipelined path: a frame is in flight
+            call()
+    outs += [f.push(xs[2]), f.flush()]
     want = [ref.step(x) for x in xs]
     assert outs[0] is None
     for a, b in zip(outs[1:], want):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_snapshots_follow_the_last_output_and_keep_the_timeline(fast):
+    """get_state after flush is the state after the last frame on both push paths; it carries the last
+    timestamp, so a restored stream refuses a time going back, and a first push after step() calls is checked
+    against them too."""
+    rng = np.random.default_rng(0)
+    xs = [rng.integers(0, 256, (48, 64, 3), np.uint8) for _ in range(4)]
+    f, ref = VideoFilter(device="cpu", fast=fast), VideoFilter(device="cpu", fast=fast)
+    f.step(xs[0], timestamp=0.0)
+    with pytest.raises(ValueError, match="does not come after"):
+        f.push(xs[1], timestamp=0.0)
+    f.push(xs[1], timestamp=0.04)
+    f.flush()
+    for i, x in enumerate(xs[:2]):
+        ref.step(x, timestamp=0.04 * i)
+    snap = f.get_state()
+    assert snap.last_timestamp == pytest.approx(0.04)
+    for a, b in zip(snap, ref.get_state()):
+        assert torch.equal(a, b)
+    g = VideoFilter(device="cpu", fast=fast)
+    g.set_state(snap)
+    with pytest.raises(ValueError, match="does not come after"):
+        g.step(xs[2], timestamp=0.04)
+    assert np.array_equal(g.step(xs[2], timestamp=0.08), ref.step(xs[2], timestamp=0.08))
+
+
+def test_video_filter_pickles_and_deep_copies():
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(1)
+    xs = [rng.integers(0, 256, (48, 64, 3), np.uint8) for _ in range(3)]
+    f = VideoFilter(device="cpu")
+    f.step(xs[0])
+    for g in (pickle.loads(pickle.dumps(f)), copy.deepcopy(f)):
+        assert (g._cpu.cv is None) == (f._cpu.cv is None)
+        assert np.array_equal(g.step(xs[1]), VideoFilter(device="cpu").filter(xs[:2])[1])
