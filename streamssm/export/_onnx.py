@@ -217,6 +217,7 @@ def _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp: Path,
             dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
         )
     proto = onnx.load(str(tmp))
+    _declare_shapes(proto, spec, axes, shape)
     for k, v in {**spec.to_metadata(), "streamssm.export_shape": "x".join(map(str, shape))}.items():
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = (f"streamssm video step ({'guided' if spec.guided else 'processed-only'} video)"
@@ -241,6 +242,26 @@ def _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp: Path,
                     f"dynamic_size=False"
                 ) from cause
     os.replace(tmp, out_path)
+
+
+def _declare_shapes(proto, spec: StepSpec, axes: dict[str, dict[int, str]], shape: tuple[int, ...]) -> None:
+    """Write every graph input's and output's shape as the spec has it: fixed dims as numbers (the tracer leaves
+    some outputs' channel counts as symbols like ``Gatheroutput_dim_1``), dynamic ones by their formula's name
+    (``height_div32``), so that a runner reading the graph sees which dims are tied to which."""
+    batch, sdims = shape[0], tuple(shape[1:])
+    fixed = {**spec.input_shapes(batch, *sdims), OUTPUT: spec.frame_shapes(batch, *sdims)[OUTPUT]}
+    fixed.update({state_out(i): s for i, s in enumerate(spec.state_shapes(batch, *sdims))})
+    for value in [*proto.graph.input, *proto.graph.output]:
+        want = fixed[value.name]
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(want):  # the tracer's own shapes disagree with the model's: leave them to the check
+            continue
+        for j, d in enumerate(dims):
+            name = axes.get(value.name, {}).get(j)
+            if name is not None:
+                d.dim_param = name
+            else:
+                d.dim_value = want[j]
 
 
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -301,8 +322,10 @@ class OnnxRunner:
 
     ``step(frame, second=None, *, strength=1.0, fps=30.0) -> output``: pose ``frame`` = points
     (b, k, d), ``second`` = confidence (b, k) or None (all 1); video ``frame`` = processed (b, 3, h, w),
-    ``second`` = original (required by a guided graph, refused by a processed-only one). The first step,
-    or a step whose size differs from the stream's, starts a fresh stream (:meth:`init_state`).
+    ``second`` = original (required by a guided graph, refused by a processed-only one). The first step starts a
+    fresh stream (:meth:`init_state`); video frames of another size start it over, with a warning; pose points of
+    another batch or keypoint count are refused (call :meth:`init_state` with the new size). A frame the checks
+    refuse leaves the stream as it was.
 
     >>> import os, tempfile
     >>> runner = OnnxRunner(export_onnx("pose", os.path.join(tempfile.mkdtemp(), "pose.onnx"), check=False))
@@ -332,6 +355,7 @@ class OnnxRunner:
                              f"({self.spec.input_names()}): re-export the graph with this version")
         first = self.session.get_inputs()[0].shape  # points / processed: a str (symbolic) size is free
         self._sizes_free = any(not isinstance(d, int) for d in first[1:])
+        self._fixed = [d if isinstance(d, int) else None for d in first]  # a --static-size graph's own sizes
         self._size: tuple[int, ...] | None = None
         self._state: list[np.ndarray] = []
         self._spare: list[np.ndarray] = []
@@ -351,6 +375,19 @@ class OnnxRunner:
         self._state = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
         self._spare = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
         self._size = (batch, *dims)
+
+    def _new_stream(self, size: tuple[int, ...]) -> None:
+        """A step of another size than the running stream's: the first step, or (video) a new resolution, which
+        starts the stream over with a warning as ``VideoFilter`` does. Pose: refused, as ``PoseFilter`` does (a
+        keypoint or stream count that changes is a mistake more often than a new stream): init_state() first."""
+        if self._size is not None:
+            old, new = "x".join(map(str, self._size)), "x".join(map(str, size))
+            if self.spec.kind == "pose":
+                raise ValueError(f"this stream is {old} (streams x keypoints); got {new}: call init_state"
+                                 f"({', '.join(map(str, size))}) to start a new stream of that size")
+            log.warning("%s: frames changed from %s to %s (batch x height x width): starting the stream over",
+                        self.path.name, old, new)
+        self.init_state(*size)
 
     def reset(self) -> None:
         """Zero the state (a fresh stream of the same size)."""
@@ -384,6 +421,11 @@ class OnnxRunner:
             fps_a = np.ascontiguousarray(np.broadcast_to(fps_a.astype(np.float32), (size[0],)))
             feeds = {"points": frame, "confidence": conf, "fps": fps_a}
         else:
+            raw = np.asarray(frame)
+            if raw.ndim == 4 and self._size != (raw.shape[0], *raw.shape[2:]) and raw.size \
+                    and np.issubdtype(raw.dtype, np.floating) and float(np.nanmax(raw, initial=0.0)) > 1.5:
+                log.warning("%s: processed frames reach %.4g: the graph takes floats in [0, 1] (divide 0..255 by "
+                            "255)", self.path.name, float(np.nanmax(raw)))
             frame = _video_frame(frame, "processed")
             if spec.guided != (second is not None):
                 raise ValueError("this graph is guided: pass the original frame" if spec.guided else
@@ -396,11 +438,16 @@ class OnnxRunner:
             if spec.guided:
                 feeds["original"] = _video_frame(second, "original")
         feeds["strength"] = np.full((1,), strength, np.float32)
-        if self._size != tuple(size):
-            self.init_state(*size)
         for name, shape in spec.frame_shapes(*size).items():
             if name in feeds and feeds[name].shape != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {feeds[name].shape}")
+        first = feeds[spec.frame_inputs[0]].shape
+        if any(f is not None and f != g for f, g in zip(self._fixed, first)):  # checked before the stream changes
+            want = "x".join("*" if f is None else str(f) for f in self._fixed)
+            raise ValueError(f"{spec.frame_inputs[0]} is {'x'.join(map(str, first))}, but {self.path.name} was exported "
+                             f"for {want} only (--static-size): re-export at this size")
+        if self._size != tuple(size):
+            self._new_stream(tuple(size))
 
         io = self.session.io_binding()
         for name, value in feeds.items():

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -59,6 +60,13 @@ class PoseStep(nn.Module):
         return (y, *new_state)
 
 
+def _sanitised(frame: Tensor) -> Tensor:
+    """In the graph, as :class:`~streamssm.video.filter.VideoFilter` does before its step: NaN -> 0 and everything
+    clamped to [0, 1] (inf -> 1, -inf -> 0), so that one bad pixel from any runner (C++, TensorRT) cannot poison the
+    state for good. ``x == x`` is False only for NaN (Equal/Where/Clip: ops every runtime has)."""
+    return torch.where(frame == frame, frame, torch.zeros_like(frame)).clamp(0.0, 1.0)
+
+
 class VideoStep(nn.Module):
     """One :meth:`VideoSSM.step` with the state as explicit graph inputs and outputs.
 
@@ -74,10 +82,11 @@ class VideoStep(nn.Module):
     def forward(self, processed: Tensor, *rest: Tensor):
         if self.guided:
             original, strength, *state = rest
+            original = _sanitised(original)
         else:
             original = None
             strength, *state = rest
-        out, new_state = self.model.step(processed, original, tuple(state), strength=strength)
+        out, new_state = self.model.step(_sanitised(processed), original, tuple(state), strength=strength)
         return (out, *new_state)
 
 
@@ -170,9 +179,31 @@ class StepSpec:
             raise ValueError(f"{self.kind} streams are sized by (batch, {', '.join(self.stream_dims)}), "
                              f"got dims {dims}")
 
+    def state_formulas(self) -> list[list[int | str]]:
+        """Each state tensor's shape as Python expressions of ``batch`` and the stream dims (``keypoints``;
+        ``height``, ``width``), e.g. ``["batch", 18, "height//32", "width//32"]``: fitted to the model's
+        ``init_state`` at several sizes and checked at more (video: short sides of 64 px and up, where one
+        graph serves every size). What a runner in another language needs to allocate the state; every state
+        tensor starts as zeros."""
+        probes = _formula_probes(self.kind)
+        shapes = [self.state_shapes(*p) for p in probes]
+        out = []
+        for i in range(self.n_state):
+            dims: list[int | str] = []
+            for j in range(len(shapes[0][i])):
+                sig = tuple(sh[i][j] for sh in shapes)
+                dims.append(sig[0] if len(set(sig)) == 1 else _fit_formula(sig, probes, self.stream_dims))
+            out.append(dims)
+        return out
+
     # metadata ---------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, str]:
         return {
+            META_PREFIX + "state_shapes": json.dumps(self.state_formulas()),
+            META_PREFIX + "state_init": "zeros",
+            META_PREFIX + "layout": ("points (batch, keypoints, d) float32 in any one unit on every axis (pixels, "
+                                     "metres); NaN = missing" if self.kind == "pose" else
+                                     "frames (batch, 3, height, width) float32 RGB in [0, 1] (NaN read as 0)"),
             META_PREFIX + "model": self.kind,
             META_PREFIX + "config": json.dumps(self.config, sort_keys=True),
             META_PREFIX + "guided": json.dumps(self.guided),
@@ -193,6 +224,37 @@ class StepSpec:
         except (KeyError, json.JSONDecodeError) as e:
             raise ValueError(f"{source} has no streamssm metadata ({e}); export it with "
                              f"streamssm.export.export_onnx") from None
+
+
+def _formula_probes(kind: str) -> list[tuple[int, ...]]:
+    """(batch, *stream dims) at which :meth:`StepSpec.state_formulas` fits and checks: sizes that are not multiples
+    of the grid, and far apart (video: short sides from 64 px, the resolution-generic range)."""
+    if kind == "pose":
+        return [(1, 17), (2, 33), (3, 5), (5, 133), (4, 1)]
+    return [(1, 64, 64), (2, 72, 128), (3, 97, 65), (1, 144, 256), (2, 360, 641), (1, 719, 1281), (1, 1080, 1920)]
+
+
+def _fit_formula(sig: tuple[int, ...], probes: list[tuple[int, ...]], stream_dims: tuple[str, ...]) -> str:
+    """The expression of ``batch`` and the stream dims that gives ``sig`` at every probe: the dim itself, a floor
+    division by a power of two, or a product of two of those (a grid's cell count)."""
+    names = ("batch", *stream_dims)
+    terms: list[tuple[str, Any]] = [(n, lambda p, j=j: p[j]) for j, n in enumerate(names)]
+    for j, n in enumerate(stream_dims, 1):
+        terms += [(f"{n}//{q}", lambda p, j=j, q=q: p[j] // q) for q in (2, 4, 8, 16, 32, 64)]
+    cands = list(terms)
+    size_terms = [t for t in terms if t[0] != "batch"]
+    par = lambda t: f"({t})" if "//" in t else t  # noqa: E731 - "(h//32)*(w//32)": Python reads h//32*w//32 otherwise
+    cands += [(f"{par(a)}*{par(b)}", lambda p, f=f, g=g: f(p) * g(p)) for i, (a, f) in enumerate(size_terms)
+              for b, g in size_terms[i + 1 :]]
+    for text, f in cands:
+        if all(f(p) == v for p, v in zip(probes, sig)):
+            return text
+    raise ValueError(f"no formula of {names} gives the state size {sig} at {probes}")
+
+
+def formula_name(text: str) -> str:
+    """An ONNX dim name for a formula: ``height//32`` -> ``height_div32``, ``a*b`` -> ``a_times_b``."""
+    return text.replace("//", "_div").replace("*", "_times_").replace("(", "").replace(")", "")
 
 
 def dynamic_axes(spec: StepSpec, probes: list[tuple[int, ...]]) -> dict[str, dict[int, str]]:
@@ -218,7 +280,12 @@ def dynamic_axes(spec: StepSpec, probes: list[tuple[int, ...]]) -> dict[str, dic
             sig = tuple(s[j] for s in shapes)
             if len(set(sig)) == 1:
                 continue
-            ax[j] = names.setdefault(sig, f"{name}_dim{j}")
+            if sig not in names:
+                try:
+                    names[sig] = formula_name(_fit_formula(sig, probes, spec.stream_dims))
+                except ValueError:
+                    names[sig] = f"{name}_dim{j}"
+            ax[j] = names[sig]
         if ax:
             axes[name] = ax
             if out_name is not None:

@@ -243,9 +243,8 @@ def build_engine(
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = engine_path.with_name(f".{engine_path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(memoryview(plan))
-    os.replace(tmp, engine_path)
+    meta_path = Path(f"{engine_path}.json")
+    meta_tmp = meta_path.with_name(f".{meta_path.name}.partial")
     info = {
         **spec.to_metadata(),
         "tensorrt_module": trt.__name__,
@@ -257,7 +256,15 @@ def build_engine(
         "build_seconds": round(seconds, 3),
         "onnx": str(onnx_path),
     }
-    Path(f"{engine_path}.json").write_text(json.dumps(info, indent=1))
+    try:  # both written aside, then moved in, metadata first: an engine never lands without its settings
+        with open(tmp, "wb") as f:
+            f.write(memoryview(plan))
+        meta_tmp.write_text(json.dumps(info, indent=1))
+        os.replace(meta_tmp, meta_path)
+        os.replace(tmp, engine_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        meta_tmp.unlink(missing_ok=True)
     log.info("built %s in %.1f s with %s %s", engine_path, seconds, trt.__name__, info["tensorrt_version"])
     return engine_path
 

@@ -59,6 +59,14 @@ def _cmd_tensorrt(args: argparse.Namespace) -> int:
     if args.workspace_mb is not None and args.workspace_mb < 1:
         raise ValueError(f"--workspace-mb must be a positive number of MiB, got {args.workspace_mb}")
     _check_output(args, args.onnx)
+    from pathlib import Path
+
+    meta = Path(f"{args.output}.json")  # the engine's metadata file, written beside it: the same rules
+    if meta.is_dir():
+        raise ValueError(f"{meta}: is a directory; the engine's settings are written there (name another output)")
+    if meta.exists() and not args.overwrite:
+        raise FileExistsError(f"{meta}: already exists (the engine's settings go there); pass --overwrite to "
+                              "replace it")
     try:
         spec = read_onnx_spec(args.onnx)
         if args.model and args.model != spec.kind:

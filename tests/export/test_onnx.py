@@ -239,3 +239,94 @@ def test_cli_export_onnx(tmp_path):
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 18
     with pytest.raises(SystemExit):
         parser.parse_args(["export", "onnx", "--model", "pose", "-o", str(out), "--dims", "4"])
+
+
+def test_graph_declares_its_shapes_for_another_runtime(video_onnx, pose_onnx):
+    """What a runner in another language reads from the file: every fixed dim as a number (the output's 3 channels),
+    every size-dependent one named by its formula, and the state's shapes as formulas of batch/height/width that
+    give init_state's shapes at any size (64 px and up), all zeros at the start."""
+    import json
+
+    from streamssm.export._spec import StepSpec
+
+    for path, sizes in ((video_onnx, [(1, 64, 64), (2, 97, 130), (1, 720, 1280)]), (pose_onnx, [(1, 17), (3, 33)])):
+        proto = onnx.load(str(path))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        spec = StepSpec.from_metadata(meta)
+        dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in [*proto.graph.input, *proto.graph.output]}
+        if spec.kind == "video":
+            assert dims["output"] == ["batch", 3, "height", "width"]
+            assert dims["state_out_7"][1] == "height_div32_times_width_div32"
+        else:
+            assert dims["output"] == ["batch", "keypoints", 2]
+        assert all(not str(d).startswith(("Gather", "Reshape")) for v in dims.values() for d in v), dims
+        formulas = json.loads(meta["streamssm.state_shapes"])
+        assert meta["streamssm.state_init"] == "zeros"
+        for size in sizes:
+            env = dict(zip(("batch", *spec.stream_dims), size))
+            got = [tuple(d if isinstance(d, int) else eval(d, {}, env) for d in f) for f in formulas]
+            assert got == spec.state_shapes(*size), size
+
+
+def test_a_nan_pixel_cannot_poison_the_graph(video_onnx):
+    """Sanitised inside the graph (as VideoFilter does), so plain ONNX Runtime, TensorRT or a C++ runner cannot
+    carry one NaN pixel in the state for good."""
+    import onnxruntime as ort
+
+    from streamssm.export._spec import StepSpec
+
+    sess = ort.InferenceSession(str(video_onnx), providers=["CPUExecutionProvider"])
+    spec = StepSpec.from_metadata(sess.get_modelmeta().custom_metadata_map)
+    state = [np.zeros(s, np.float32) for s in spec.state_shapes(1, 72, 128)]
+    frame = np.random.default_rng(0).random((1, 3, 72, 128), np.float32)
+    for t in range(3):
+        x = frame.copy()
+        if t == 1:
+            x[0, :, 5, 5] = np.nan
+            x[0, :, 6, 6] = np.inf
+        feeds = {"processed": x, "strength": np.ones(1, np.float32), **{f"state_in_{i}": s for i, s in enumerate(state)}}
+        if spec.guided:
+            feeds["original"] = x
+        out, *state = sess.run(None, feeds)
+        assert np.isfinite(out).all() and all(np.isfinite(s).all() for s in state), t
+
+
+def test_runner_refuses_a_new_pose_size_and_keeps_the_stream(pose_onnx, tmp_path, caplog):
+    runner, ref = OnnxRunner(pose_onnx), OnnxRunner(pose_onnx)
+    frames = pose_frames(1, 17, 2, steps=4)
+    for f in frames[:2]:
+        runner.step(f["points"].numpy())
+        ref.step(f["points"].numpy())
+    with pytest.raises(ValueError, match=r"this stream is 1x17 .* got 1x18: call init_state\(1, 18\)"):
+        runner.step(np.zeros((1, 18, 2), np.float32))
+    np.testing.assert_array_equal(runner.step(frames[2]["points"].numpy()), ref.step(frames[2]["points"].numpy()))
+    small = export_onnx("video", tmp_path / "s.onnx", model=build_model(
+        "video", VideoSSMConfig(d_model=16, n_layers=1).to_dict()).eval(), shape=(1, 64, 96), dynamic_size=False,
+        check=False)
+    video = OnnxRunner(small)
+    x = np.random.default_rng(0).random((1, 3, 64, 96), np.float32)
+    video.step(x)
+    snap = video.get_state()
+    with pytest.raises(ValueError, match=r"exported for \*x3x64x96 only"):
+        video.step(np.zeros((1, 3, 72, 96), np.float32))
+    for a, b in zip(video.get_state(), snap):  # the refused frame left the stream as it was
+        np.testing.assert_array_equal(a, b)
+    with caplog.at_level("WARNING"):
+        video.step(x * 255)  # not a new stream: no range check, but a new one warns
+        OnnxRunner(small).step(x * 255)
+    assert caplog.text.count("divide 0..255 by 255") == 1
+
+
+def test_script_export_refuses_an_existing_output_with_a_message(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "p.onnx"
+    out.write_bytes(b"mine")
+    script = Path(__file__).resolve().parents[2] / "export" / "onnx_export.py"
+    r = subprocess.run([sys.executable, str(script), "onnx", "--model", "pose", "-o", str(out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "already exists; pass --overwrite" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == b"mine"

@@ -144,3 +144,27 @@ def test_the_input_graph_is_never_the_engine(trt, graphs):
     with pytest.raises(ValueError, match="is the input file"):
         build_engine(onnx_path, onnx_path)
     assert onnx_path.read_bytes() == before
+
+
+def test_engine_settings_file_is_never_overwritten_unasked(trt, graphs, tmp_path):
+    """``X.engine.json`` follows the engine's rules: an existing one needs --overwrite, a folder in its place is
+    refused before the build (it used to be written over, or to fail after the engine had landed)."""
+    import argparse
+
+    from streamssm.export.cli import add_export_parser
+
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers(dest="command", required=True))
+    onnx_path, _ = graphs["pose"]
+    engine = tmp_path / "p.engine"
+    meta = tmp_path / "p.engine.json"
+    meta.write_text('{"mine": 1}')
+    args = parser.parse_args(["export", "tensorrt", "--onnx", str(onnx_path), "-o", str(engine)])
+    with pytest.raises(FileExistsError, match="p.engine.json: already exists"):
+        args.func(args)
+    assert meta.read_text() == '{"mine": 1}' and not engine.exists()
+    meta.unlink()
+    meta.mkdir()
+    with pytest.raises(ValueError, match="p.engine.json: is a directory"):
+        args.func(args)
+    assert not engine.exists()
