@@ -444,8 +444,9 @@ class OnnxRunner:
         first = feeds[spec.frame_inputs[0]].shape
         if any(f is not None and f != g for f, g in zip(self._fixed, first)):  # checked before the stream changes
             want = "x".join("*" if f is None else str(f) for f in self._fixed)
-            raise ValueError(f"{spec.frame_inputs[0]} is {'x'.join(map(str, first))}, but {self.path.name} was exported "
-                             f"for {want} only (--static-size): re-export at this size")
+            got = "x".join(map(str, first))
+            raise ValueError(f"{spec.frame_inputs[0]} is {got}, but {self.path.name} was exported for {want} only "
+                             "(--static-size): re-export at this size")
         if self._size != tuple(size):
             self._new_stream(tuple(size))
 

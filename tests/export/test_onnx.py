@@ -285,7 +285,8 @@ def test_a_nan_pixel_cannot_poison_the_graph(video_onnx):
         if t == 1:
             x[0, :, 5, 5] = np.nan
             x[0, :, 6, 6] = np.inf
-        feeds = {"processed": x, "strength": np.ones(1, np.float32), **{f"state_in_{i}": s for i, s in enumerate(state)}}
+        feeds = {"processed": x, "strength": np.ones(1, np.float32)}
+        feeds.update({f"state_in_{i}": s for i, s in enumerate(state)})
         if spec.guided:
             feeds["original"] = x
         out, *state = sess.run(None, feeds)
