@@ -25,10 +25,31 @@ def _speed_range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise SystemExit(f"streamssm train: --speed must be MIN,MAX (two numbers), got {text!r}") from None
+        raise ValueError(f"--speed must be MIN,MAX (two numbers), got {text!r}") from None
     if not (0 < lo <= hi < 100):
-        raise SystemExit(f"streamssm train: --speed needs 0 < MIN <= MAX < 100, got {text!r}")
+        raise ValueError(f"--speed needs 0 < MIN <= MAX < 100, got {text!r}")
     return lo, hi
+
+
+# options that only one model's training reads: given to the other, they are refused rather than ignored
+POSE_ONLY = ("preset", "w_pos", "w_vel", "w_acc", "speed", "val_subjects")
+VIDEO_ONLY = ("workers", "w_temporal", "p_no_blend", "p_fade", "real_flow")
+
+
+def _data_files(args: argparse.Namespace) -> list:
+    """The files a training run reads (to refuse an -o that is one of them)."""
+    from pathlib import Path
+
+    if args.model == "video":
+        d = Path(args.data) if args.data else _default_videos()
+        exts = (".mp4", ".mov", ".mkv", ".avi", ".webm")  # what load_training_videos reads from a folder
+        return [f for f in d.iterdir() if f.suffix.lower() in exts] if d.is_dir() else [d]
+    try:
+        from streamssm.pose.data import bvh_dir
+
+        return list(bvh_dir(args.data).glob("*.bvh*"))
+    except ValueError:  # no data: said by the trainer, naming the folder
+        return []
 
 
 def _check_train_args(args: argparse.Namespace) -> None:
@@ -38,13 +59,25 @@ def _check_train_args(args: argparse.Namespace) -> None:
     import tempfile
     from pathlib import Path
 
+    other = VIDEO_ONLY if args.model == "pose" else POSE_ONLY
+    given = [n for n in other if getattr(args, n) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise ValueError(f"{flags}: for `streamssm train {'video' if args.model == 'pose' else 'pose'}`, not "
+                         f"{args.model} (see streamssm train --help)")
+    if args.speed is not None:
+        _speed_range(args.speed)
+    if args.init is not None and not Path(args.init).is_file():
+        raise ValueError(f"--init {args.init}: no such weights file (expected a .safetensors from streamssm train)")
     for name, lo, hi in (("steps", 1, None), ("batch", 1, None), ("workers", 0, None), ("minutes", 0, None),
-                         ("lr", 0, None), ("w_pos", 0, None), ("w_vel", 0, None), ("w_acc", 0, None),
-                         ("w_temporal", 0, None), ("p_no_blend", 0, 1), ("p_fade", 0, 1)):
+                         ("lr", 0, 1), ("w_pos", 0, None), ("w_vel", 0, None), ("w_acc", 0, None),
+                         ("w_temporal", 0, None), ("p_no_blend", 0, 1), ("p_fade", 0, 1), ("seed", 0, None),
+                         ("save_every", 1, None)):
         v = getattr(args, name)
         strict = name in ("minutes", "lr")  # a budget or a learning rate of 0 trains nothing
         if v is not None and not (math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v <= hi)):
-            want = (f"in [{lo}, {hi}]" if hi is not None else f"{'above' if strict else 'at least'} {lo}")
+            want = (f"in {'(' if strict else '['}{lo}, {hi}]" if hi is not None
+                    else f"{'above' if strict else 'at least'} {lo}")
             raise ValueError(f"--{name.replace('_', '-')} must be {want}, got {v}")
     out = Path(args.output)
     if not args.output or out.name in ("", ".", ".."):
@@ -68,6 +101,13 @@ def _check_train_args(args: argparse.Namespace) -> None:
     if out.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{out}: already exists; pass --resume to continue training it, or --overwrite to "
                               "start over and replace it")
+    from streamssm.train._checkpoint import optimizer_path
+
+    for f in _data_files(args) + ([Path(args.init)] if args.init else []):
+        for written in (out, optimizer_path(out)):
+            if written.exists() and f.exists() and written.samefile(f):
+                raise ValueError(f"{out}: would write over the training input {f} (--overwrite never replaces an "
+                                 "input); choose another output path")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -118,11 +158,15 @@ def _train(args: argparse.Namespace) -> int:
         for name in ("steps", "batch", "w_pos", "w_vel", "w_acc", "lr"):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
+        if args.save_every is not None:
+            cfg.val_every = args.save_every
         if args.speed is not None:
             cfg.speed = _speed_range(args.speed)
-        train_pose(args.output, cfg, PoseSSMConfig.preset(args.preset, backend="torch"),
+        if args.val_subjects:
+            cfg.val_subjects = tuple(v.strip() for v in args.val_subjects.split(",") if v.strip())
+        train_pose(args.output, cfg, PoseSSMConfig.preset(args.preset or "tiny", backend="torch"),
                    resume=args.output if args.resume else None, data_dir=args.data,
-                   progress=not args.no_progress, device=str(resolve_device(args.device)))
+                   progress=not args.no_progress, device=str(resolve_device(args.device)), init=args.init)
         return 0
     from streamssm.train.video import VideoTrainConfig, train_video
 
@@ -142,15 +186,22 @@ def _train(args: argparse.Namespace) -> int:
         cfg.real_flow = True
     if args.p_fade is not None:
         cfg.p_fade = args.p_fade
+    if args.lr is not None:
+        cfg.lr = args.lr
+    if args.save_every is not None:
+        cfg.save_every = args.save_every
     videos = args.data or str(_default_videos())
-    train_video(args.output, videos, cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+    train_video(args.output, videos, cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
+                init=args.init)
     return 0
 
 
 def _default_videos():
-    from pathlib import Path
+    """``$STREAMSSM_DATA/videos``, as pose training reads ``$STREAMSSM_DATA/pose``; else the checkout's
+    ``../shared/data/videos``."""
+    from streamssm.pose.data import default_data_dir
 
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "videos"
+    return default_data_dir() / "videos"
 
 
 def _cmd_pose(args: argparse.Namespace) -> int:
@@ -170,24 +221,41 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train the pose or video filter")
     s.add_argument("model", choices=["pose", "video"])
     s.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors); resumed if it exists and --resume")
-    s.add_argument("--data", default=None, help="pose: the data folder holding pose/cmu; video: a folder of videos or a cache .npz")
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--minutes", type=float, default=None, help="wall-clock budget; a checkpoint is saved when it runs out")
-    s.add_argument("--batch", type=int, default=None)
+    s.add_argument("--data", default=None,
+                   help="pose: a folder of BVH clips named SUBJECT_CLIP.bvh.gz (or one holding them in cmu/ or "
+                        "pose/cmu/); video: a folder of videos, a video or a cache .npz (default: $STREAMSSM_DATA, "
+                        "else the checkout's ../shared/data)")
+    s.add_argument("--steps", type=int, default=None, help="steps of the whole run (default: pose 8000, video 4000; "
+                   "with --tiny 20 / 10)")
+    s.add_argument("--minutes", type=float, default=None,
+                   help="this run's wall-clock budget; a checkpoint is saved when it runs out (pose: the learning "
+                        "rate's schedule ends with it, counting the earlier pieces of a resumed run)")
+    s.add_argument("--batch", type=int, default=None, help="clips a step (default: pose 16, video 16 per process)")
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: pose 5e-3, video 2e-3)")
+    s.add_argument("--save-every", type=int, default=None,
+                   help="steps between checkpoints (default 250; pose validates there too); Ctrl-C and SIGTERM also "
+                        "save one, after the step under way")
+    s.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start from these weights at step 0 with a fresh optimiser (fine-tuning; video: a finished "
+                        "file such as the shipped one has its calibration undone first)")
     s.add_argument("--workers", type=int, default=None, help="video: data-loader processes (default 8; 0 with --tiny)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--resume", action="store_true", help="continue from --output if it exists")
+    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    s.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --output if it exists (weights, optimiser and, for pose, the random "
+                        "streams: the same run as an uninterrupted one); a new run if not")
     s.add_argument("--overwrite", action="store_true", help="start over, replacing an existing --output")
     s.add_argument("--tiny", action="store_true", help="a few small steps (tests, smoke runs)")
-    s.add_argument("--preset", default="tiny", choices=["base", "small", "tiny"],
+    s.add_argument("--preset", default=None, choices=["base", "small", "tiny"],
                    help="pose: network size (tiny: the shipped size, the one the native CPU step runs at 100k+ stream-steps/s)")
-    s.add_argument("--lr", type=float, default=None, help="pose: peak learning rate")
     s.add_argument("--w-pos", type=float, default=None, help="pose: loss weight of position error")
     s.add_argument("--w-vel", type=float, default=None, help="pose: loss weight of velocity error")
     s.add_argument("--w-acc", type=float, default=None, help="pose: loss weight of acceleration error")
     s.add_argument("--speed", default=None, metavar="MIN,MAX",
                    help="pose: playback speed range of the training clips, log-uniform (default 0.8,1.25)")
+    s.add_argument("--val-subjects", default=None, metavar="S1,S2",
+                   help="pose: subjects held out for validation (file-name prefixes before the first '_'; default "
+                        "CMU's 006,131 where the data has them, else the last subject)")
     s.add_argument("--w-temporal", type=float, default=None, help="video: loss weight of the temporal term (default 4)")
     s.add_argument("--p-no-blend", type=float, default=None,
                    help="video: share of batches trained with the temporal blend off (default 0)")

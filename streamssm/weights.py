@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,18 @@ PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 # A config is checked before the model is built from it: a hostile file could otherwise ask for a
 # d_model of 10^9 and exhaust memory before the tensor shapes are ever compared.
 MAX_CONFIG_INT = 8192
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for every thread meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def save_weights(path: str | Path, model: nn.Module, kind: str, config: dict, extra: dict | None = None) -> Path:
@@ -32,6 +45,7 @@ def save_weights(path: str | Path, model: nn.Module, kind: str, config: dict, ex
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.partial")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600: the mode any new file gets here (0644 usually)
     tmp.replace(path)
     return path
 

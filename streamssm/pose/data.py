@@ -47,6 +47,8 @@ __all__ = [
     "PoseDataset",
     "default_data_dir",
     "load_clips",
+    "bvh_dir",
+    "subjects_in",
     "resample",
     "body_size",
     "sample_batch",
@@ -103,6 +105,24 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
+def bvh_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of BVH clips under ``data_dir`` (default :func:`default_data_dir`): its ``pose/cmu``, its ``cmu``,
+    or the folder itself, the first that holds ``*.bvh``/``*.bvh.gz`` files. ValueError naming ``data_dir`` if none
+    does."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    for d in (data_dir / "pose" / "cmu", data_dir / "cmu", data_dir):
+        if d.is_dir() and any(d.glob("*.bvh*")):
+            return d
+    raise ValueError(f"{data_dir}: no BVH files found in it, in its cmu/ or in its pose/cmu/ (expected *.bvh or "
+                     "*.bvh.gz motion-capture clips, named SUBJECT_CLIP.bvh.gz as CMU's are)")
+
+
+def subjects_in(data_dir: str | os.PathLike | None = None) -> list[str]:
+    """The subjects of the BVH clips under ``data_dir`` (:func:`bvh_dir`): each file name's part before the first
+    ``_`` (CMU's ``006_01.bvh.gz`` -> ``006``), sorted."""
+    return sorted({f.name.split("_")[0] for f in bvh_dir(data_dir).glob("*.bvh*")})
+
+
 def body_size(points: np.ndarray) -> np.ndarray:
     """Median over time of the keypoint bounding-box diagonal; (..., t, k, d) -> (...). NaN-aware."""
     with warnings.catch_warnings():
@@ -138,10 +158,7 @@ def load_clips(
 ) -> list[Clip]:
     """Load (and cache) ``pose/cmu/*.bvh.gz`` under ``data_dir`` as keypoint clips, optionally only
     the given ``subjects`` (file-name prefixes such as ``"006"``) and without ``exclude``."""
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    files = sorted((data_dir / "pose" / "cmu").glob("*.bvh*"))
-    if not files:
-        raise ValueError(f"{data_dir / 'pose' / 'cmu'}: no BVH files found, expected *.bvh.gz clips")
+    files = sorted(bvh_dir(data_dir).glob("*.bvh*"))
     cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "streamssm" / "pose"
     cache.mkdir(parents=True, exist_ok=True)
     clips = []

@@ -1,15 +1,20 @@
-"""The optimiser's half of a training checkpoint, shared by the pose and video trainers.
+"""What the pose and video trainers share: the optimiser's half of a checkpoint, stopping on request, and the
+checks that no non-finite weights are ever saved.
 
 The weights go to ``<out>.safetensors`` (:func:`streamssm.weights.save_weights`, with the step in their metadata);
-the optimiser state goes beside them to ``<out>.opt.pt`` as ``{"step", "optimizer"}``, written first, atomically,
-so that a run stopped between the two saves leaves an optimiser one save ahead of the weights, which
-:func:`load_optimizer` notices and says.
+the optimiser state goes beside them to ``<out>.opt.pt`` as ``{"step", "optimizer", ...}``, written first,
+atomically, so that a run stopped between the two saves leaves an optimiser one save ahead of the weights, which
+:func:`load_optimizer` notices and says. The rest of the dict is the trainer's own (its random generators' state
+and the time it has trained), so that a resumed run goes on as the uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import signal
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -19,27 +24,76 @@ def optimizer_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".opt.pt")
 
 
-def save_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int) -> None:
-    """Write ``opt``'s state for the checkpoint ``weights`` at ``step`` (temp + rename)."""
+def save_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int, **extra: Any) -> None:
+    """Write ``opt``'s state (and ``extra``) for the checkpoint ``weights`` at ``step`` (temp + rename; the folder
+    is made if it is missing, as the weights' writer does)."""
     path = optimizer_path(weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    torch.save({"step": step, "optimizer": opt.state_dict()}, tmp)
+    torch.save({"step": step, "optimizer": opt.state_dict(), **extra}, tmp)
     tmp.replace(path)
 
 
 def load_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int, log: Callable[[str], None] | None,
-                   map_location=None) -> bool:
-    """Load the optimiser state saved beside the checkpoint ``weights`` (whose weights are at ``step``) into ``opt``;
-    False when there is none. A state from another step (a stop between the two saves) is loaded with a warning to
-    ``log`` (None: silent); a plain state dict (files from before session 16) is taken as it is."""
+                   map_location=None) -> dict:
+    """Load the optimiser state saved beside the checkpoint ``weights`` (whose weights are at ``step``) into ``opt``
+    and return the rest of what was saved with it (``{}`` when there is none: a fresh optimiser, said to ``log``).
+
+    A state one save ahead of the weights (a stop between the two saves) is loaded with a warning; one behind
+    them, or one that does not fit this model, is refused (ValueError naming the file): it comes from another run.
+    A plain state dict (files from before session 16) is taken as it is. ``log`` None: silent."""
     path = optimizer_path(weights)
     if not path.exists():
-        return False
+        if log is not None:
+            log(f"warning: no optimiser state beside {weights} ({path.name}): resuming with a fresh optimiser")
+        return {}
     saved = torch.load(path, map_location=map_location, weights_only=True)
-    if "optimizer" in saved:
+    rest: dict = {}
+    if isinstance(saved, dict) and "optimizer" in saved:
+        if saved["step"] < step:
+            raise ValueError(f"{path} holds the optimiser of step {saved['step']}, behind {weights}'s weights "
+                             f"(step {step}): it is from another run; delete it to resume with a fresh optimiser")
         if saved["step"] != step and log is not None:
             log(f"warning: {path} holds the optimiser of step {saved['step']}, {weights} the weights of step {step} "
                 "(a run stopped between the two saves): resuming with that optimiser state")
+        rest = {k: v for k, v in saved.items() if k not in ("optimizer", "step")}
         saved = saved["optimizer"]
-    opt.load_state_dict(saved)
-    return True
+    try:
+        opt.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: an optimiser state that does not fit this model ({e}); delete it to resume "
+                         "with a fresh optimiser") from None
+    return rest
+
+
+def check_finite(model: torch.nn.Module, loss: torch.Tensor, step: int, out: str | Path) -> None:
+    """RuntimeError at the first non-finite loss or weight (a learning rate too high, bad data): a run that has
+    diverged stops there, and its last checkpoint (written before) is kept, never replaced by NaN weights."""
+    if not math.isfinite(float(loss)) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise RuntimeError(f"training diverged at step {step} (non-finite loss or weights): lower --lr, or check the "
+                           f"data; {out} keeps the last checkpoint saved before it")
+
+
+class StopRequest:
+    """Within the block, Ctrl-C and SIGTERM (a cluster's preemption) only set :attr:`requested`; the training loop
+    checks it after each step, saves a checkpoint and stops, so no step is cut in half. A second Ctrl-C stops at
+    once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

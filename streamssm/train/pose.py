@@ -4,6 +4,7 @@ parallel scan. ``streamssm train pose --minutes 25 -o pose.safetensors`` (CPU, 2
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamssm.pose.data import PoseDataset
+from streamssm.pose.data import VAL_SUBJECTS, PoseDataset, subjects_in
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
 from streamssm.pose.noise import add_noise
-from streamssm.train._checkpoint import load_optimizer, save_optimizer
+from streamssm.train._checkpoint import StopRequest, check_finite, load_optimizer, save_optimizer
 from streamssm.weights import load_into, read_weights, save_weights
 
 
@@ -33,6 +34,7 @@ class PoseTrainConfig:
     val_every: int = 250
     layout: str = "body17"
     speed: tuple[float, float] = (0.8, 1.25)  # playback speed range (log-uniform): wider = faster motions seen
+    val_subjects: tuple[str, ...] | None = None  # file-name prefixes held out; None: VAL_SUBJECTS, else the last one
 
 
 def make_batch(ds: PoseDataset, rng: np.random.Generator, batch: int, length: int,
@@ -59,47 +61,88 @@ def pose_loss(y: torch.Tensor, clean: torch.Tensor, size: torch.Tensor, cfg: Pos
     return cfg.w_pos * pos + cfg.w_vel * vel + cfg.w_acc * acc
 
 
+def validation_subjects(data_dir, wanted: tuple[str, ...] | None, log=print) -> tuple[str, ...]:
+    """The subjects (file-name prefixes before the first ``_``) held out for validation: ``wanted``, else
+    :data:`VAL_SUBJECTS` where the data has them, else the last subject in name order (said to ``log``).
+    ValueError naming the folder when fewer than two subjects leave nothing to train or to validate on."""
+    present = subjects_in(data_dir)
+    if wanted:
+        missing = [s for s in wanted if s not in present]
+        if missing:
+            raise ValueError(f"--val-subjects {','.join(missing)}: no clip of the data is named so (its subjects, "
+                             f"the file-name part before the first '_': {', '.join(present[:12])})")
+        val = tuple(wanted)
+    else:
+        val = tuple(s for s in VAL_SUBJECTS if s in present)
+        if not val and len(present) >= 2:
+            val = (present[-1],)
+            log(f"validation on subject {val[0]} (the data has none of {', '.join(VAL_SUBJECTS)}; "
+                "choose with --val-subjects)")
+    if not val or len(val) == len(present):
+        raise ValueError(f"{data_dir}: pose training needs clips of at least two subjects (the file-name part before "
+                         f"the first '_', e.g. 002_01.bvh.gz): some to train on, one held out for validation; "
+                         f"found {len(present)} ({', '.join(present[:12])})")
+    return val
+
+
 def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: PoseSSMConfig | None = None,
                resume: str | Path | None = None, data_dir=None, progress: bool = True, log=print,
-               device: str = "cpu") -> Path:
-    """Train and save ``out`` (safetensors); returns the path. Resumes weights from ``resume``.
+               device: str = "cpu", init: str | Path | None = None) -> Path:
+    """Train and save ``out`` (safetensors); returns the path. Resumes weights, optimiser and random state from
+    ``resume`` (a resumed run goes on as the uninterrupted one would), or starts from the weights ``init`` at
+    step 0 (fine-tuning, a fresh optimiser).
 
     The batches are drawn on the CPU (numpy noise model) and moved to ``device``."""
     cfg = cfg or PoseTrainConfig()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("pose training runs in one process (it is small enough for one CPU core); torchrun is for "
+                         "`streamssm train video`: run `streamssm train pose` without it")
     torch.manual_seed(cfg.seed)
     model_cfg = model_cfg or PoseSSMConfig(backend="torch")
     model = PoseSSM(model_cfg)
-    start_step = 0
-    if resume and Path(resume).exists():
-        conf, tensors, extra = read_weights(resume, "pose")
-        if conf != model_cfg.to_dict():
-            raise ValueError(f"{resume}: its config {conf} differs from the requested {model_cfg.to_dict()}; "
-                             "resume with the same preset or write to a new file")
-        load_into(model, tensors, resume)
-        start_step = int(extra.get("step", 0))
-        log(f"resumed from {resume} at step {start_step}")
-    # a resumed run draws new batches (the resume step is in the seed), not the ones its first piece trained on
-    rng = np.random.default_rng([cfg.seed] + ([start_step] if start_step else []))
+    start_step, saved = 0, {}
+    for src in (resume, init):
+        if src and Path(src).exists():
+            conf, tensors, extra = read_weights(src, "pose")
+            if conf != model_cfg.to_dict():
+                raise ValueError(f"{src}: its config {conf} differs from the requested {model_cfg.to_dict()}; "
+                                 "use the same --preset, or write to a new file")
+            load_into(model, tensors, src)
+            start_step = int(extra.get("step", 0)) if src == resume else 0
+            log(f"resumed from {src} at step {start_step}" if src == resume else f"starting from the weights {src}")
+            break
+    else:
+        if resume:
+            log(f"no checkpoint at {resume} yet: starting a new run")
+    # the same random streams as the uninterrupted run: restored from the checkpoint (below) when it has them
+    rng = np.random.default_rng(cfg.seed)
     dev = torch.device(device)
     model.to(dev)
     to_dev = lambda batch: tuple(a.to(dev, non_blocking=True) for a in batch)  # noqa: E731
-    train_ds = PoseDataset.from_dir(data_dir, split="train", layout=cfg.layout)
-    val_ds = PoseDataset.from_dir(data_dir, split="val", layout=cfg.layout)
+    val_subjects = validation_subjects(data_dir, cfg.val_subjects, log)
+    train_ds = PoseDataset.from_dir(data_dir, split="train", layout=cfg.layout, val_subjects=val_subjects)
+    val_ds = PoseDataset.from_dir(data_dir, split="val", layout=cfg.layout, val_subjects=val_subjects)
     vrng = np.random.default_rng(12345)
     val = [to_dev(make_batch(val_ds, vrng, 16, 128)) for _ in range(4)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if start_step:
-        load_optimizer(resume, opt, start_step, log)
+        saved = load_optimizer(resume, opt, start_step, log)
+        if "rng" in saved:
+            rng.bit_generator.state = saved["rng"]
+            torch.set_rng_state(saved["torch_rng"])
+        else:  # a checkpoint from before session 18: new batches (the resume step in the seed), not replayed ones
+            rng = np.random.default_rng([cfg.seed, start_step])
+    trained_before = float(saved.get("elapsed", 0.0))  # seconds of the earlier pieces of this run
     total = cfg.steps
     if start_step >= total:
         log(f"{resume} is already at step {start_step} of {total}: nothing to train (raise --steps to go on)")
         return Path(out)
 
-    def lr_at(i):  # warm-up then cosine over the run: steps done or time spent, whichever is further along
+    def lr_at(i):  # warm-up then cosine over the run: steps done or time spent (every piece), whichever is further
         w = min(1.0, (i + 1) / 100)
         frac = min(i, total) / total
         if cfg.minutes:
-            frac = max(frac, min(1.0, (time.time() - t0) / (cfg.minutes * 60)))
+            frac = max(frac, min(1.0, (trained_before + time.time() - t0) / (cfg.minutes * 60)))
         return cfg.lr * w * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def validate():
@@ -122,30 +165,39 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     done = start_step
 
     def save(v: float) -> None:
-        save_optimizer(out, opt, done)  # first: the weights' step is the checkpoint's
+        # the optimiser first: the weights' step is the checkpoint's; with it the random streams, for a resume
+        save_optimizer(out, opt, done, rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
+                       elapsed=trained_before + time.time() - t0)
         save_weights(out, model, "pose", model_cfg.to_dict(), {"step": done, "val_loss": v})
 
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        noisy, conf, clean, fps, size = to_dev(make_batch(train_ds, rng, cfg.batch, cfg.length, cfg.speed))
-        y, _ = model(noisy, conf, fps=fps)
-        loss = pose_loss(y, clean, size, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        done = step + 1
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % cfg.val_every == 0 or step + 1 == total:
-            v = validate()
-            log(f"step {done}: train loss {loss.item():.3f}, val loss {v:.3f}")
-            save(v)
-            best = min(best, v)
-        if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
-            log(f"time budget of {cfg.minutes} min reached at step {done}; rerun with --resume to continue")
-            break
+    with StopRequest() as stop:
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            noisy, conf, clean, fps, size = to_dev(make_batch(train_ds, rng, cfg.batch, cfg.length, cfg.speed))
+            y, _ = model(noisy, conf, fps=fps)
+            loss = pose_loss(y, clean, size, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            # an all-NaN output scores a loss of 0 here (NaN joints are "not yet seen"): the weights tell
+            check_finite(model, loss.detach(), step + 1, out)
+            done = step + 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if done % cfg.val_every == 0 or done == total:
+                v = validate()
+                log(f"step {done}: train loss {loss.item():.3f}, val loss {v:.3f}")
+                save(v)
+                best = min(best, v)
+            if stop.requested:
+                save(validate())
+                log(f"{stop.requested}: stopped at step {done}; {out} holds it (rerun with --resume to continue)")
+                raise KeyboardInterrupt if stop.requested == "SIGINT" else SystemExit(143)
+            if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
+                log(f"time budget of {cfg.minutes} min reached at step {done}; rerun with --resume to continue")
+                break
     v = validate()
     save(v)
     log(f"saved {out} (step {done}, val loss {v:.3f}, {time.time() - t0:.0f} s)")

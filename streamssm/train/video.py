@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from streamssm.video.model import VideoSSM, VideoSSMConfig
-from streamssm.train._checkpoint import load_optimizer, save_optimizer
+from streamssm.train._checkpoint import StopRequest, check_finite, load_optimizer, save_optimizer
 from streamssm.weights import load_into, read_weights, save_weights
 
 
@@ -90,6 +90,15 @@ def without_faded(batch: dict) -> dict:
     if not bool(faded.any()) or bool(faded.all()):
         return batch
     return {k: v[~faded] for k, v in batch.items()}
+
+
+def _quiet_worker(_: int) -> None:
+    """A data-loader worker leaves Ctrl-C and SIGTERM to the training process, which finishes its step, saves and
+    shuts the workers down (a worker that died of the signal first failed the step under way instead)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _ClipStream(torch.utils.data.IterableDataset):
@@ -170,6 +179,9 @@ def calibrate_blend(src: str | Path, out: str | Path, conf_shift: float = 2.0, g
     a still camera under a flickering operator kept a quarter of its flicker, as MC-EMA's a=0.3 does; 2% with
     it, as uncalibrated)."""
     config, tensors, extra = read_weights(src, "video")
+    if "calibration" in extra:  # a second shift would stack on the first while the record kept only one
+        raise ValueError(f"{src}: its blend is calibrated already ({extra['calibration']}); calibrate the weights it "
+                         "was made from (or undo_finishing() first)")
     model = VideoSSM(VideoSSMConfig(**config))
     load_into(model, tensors, src)
     recalibrate_blend(model, conf_shift, gain, still_px)
@@ -224,6 +236,25 @@ def finish_processed_only(src: str | Path, out: str | Path, correction: bool = F
     extra = {**extra, "processed_only": {"correction": bool(correction), "gate_width": stored_gate_width(gate_width),
                                          "before": extra.get("processed_only", {}).get("before", before)}}
     return save_weights(out, model, "video", config, extra)
+
+
+def undo_finishing(src: str | Path) -> tuple[VideoSSM, dict]:
+    """The model of the video weights ``src`` as training left it: the blend calibration (:func:`calibrate_blend`)
+    and the processed-only finishing (:func:`finish_processed_only`) undone from their records in the file, so that
+    training can go on from them (``streamssm train video --init``); (model, its config). Whether the guided
+    correction is off (:func:`without_guided_correction`) stays as the file has it: it is part of the config."""
+    config, tensors, extra = read_weights(src, "video")
+    model = VideoSSM(VideoSSMConfig(**config))
+    load_into(model, tensors, src)
+    cal = extra.get("calibration")
+    if cal:
+        recalibrate_blend(model, -float(cal["conf_shift"]), 1.0 / float(cal["gain"]), 0.0)
+    po = extra.get("processed_only")
+    if po:
+        before = po.get("before", {})
+        set_processed_only(model, bool(before.get("correction", True)), float(before.get("gate_width", 0.25)))
+    kept = ("blend_gain", "still_px", "processed_correction")
+    return model, {**config, **{k: getattr(model.config, k) for k in kept}}
 
 
 def load_training_videos(videos: str | Path, short_side: int, max_frames: int | None = None) -> dict:
@@ -285,20 +316,35 @@ def _check_resumable(path: Path, conf: dict, extra: dict, model_cfg: VideoSSMCon
 
 
 def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, model_cfg: VideoSSMConfig | None = None,
-                resume: bool = True, device: str = "auto", progress: bool = True, log=print) -> Path:
+                resume: bool = True, device: str = "auto", progress: bool = True, log=print,
+                init: str | Path | None = None) -> Path:
+    """Train and save ``out`` (safetensors + ``.opt.pt``); returns the path. ``resume``: go on from ``out`` if it
+    exists; ``init``: start at step 0 from the weights ``init`` (fine-tuning; finished weights are un-finished
+    first, :func:`undo_finishing`, and their config is the run's)."""
     cfg = cfg or VideoTrainConfig()
+    from streamssm._device import resolve_device
+
+    dev = resolve_device(device)  # checked before torchrun's process group is made: a message, not a traceback
     rank, world, local = _dist()
-    if device == "auto":
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    if device == "auto" and dev.type == "cuda":
+        dev = torch.device(f"cuda:{local}")
+    elif dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
-    model_cfg = model_cfg or VideoSSMConfig()
-    model = VideoSSM(model_cfg).to(dev)
     out = Path(out)
+    if init is not None:  # fine-tuning: the file's config is the run's (a resume of it too)
+        model, conf = undo_finishing(init)
+        model_cfg = VideoSSMConfig(**conf)
+        model = model.to(dev)
+        if rank == 0 and not (resume and out.exists()):
+            log(f"starting from the weights {init} (as trained: their finishing undone)")
+    else:
+        model_cfg = model_cfg or VideoSSMConfig()
+        model = VideoSSM(model_cfg).to(dev)
     start = 0
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume and out.exists():
@@ -308,6 +354,10 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         start = int(extra.get("step", 0))
         load_optimizer(out, opt, start, log if rank == 0 else None, map_location=dev)
         log(f"resumed {out} at step {start}") if rank == 0 else None
+        if start >= cfg.steps and rank == 0:
+            log(f"{out} is already at step {start} of {cfg.steps}: nothing to train (raise --steps to go on)")
+    elif resume and rank == 0:
+        log(f"no checkpoint at {out} yet: starting a new run")
     ddp = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -316,6 +366,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
     vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side)
     loader = torch.utils.data.DataLoader(
         _ClipStream(vids, cfg, rank, start=start), batch_size=None, num_workers=cfg.workers,
+        worker_init_fn=_quiet_worker,
         persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
         pin_memory=dev.type == "cuda",
     )
@@ -338,46 +389,63 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
     rng = np.random.default_rng([cfg.seed, rank, 999] + ([start] if start else []))
     amp = dev.type == "cuda"
     it = iter(loader)
-    while step < total:
-        batch = next(it)
-        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        guided = rng.random() >= cfg.p_unguided
-        if guided:
-            batch = without_faded(batch)
-        blend = bool(rng.random() >= cfg.p_no_blend)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            O, _ = ddp(batch["processed"], batch["original"] if guided else None, None, batch["cut_mask"], blend=blend)
-        loss, tmp = video_loss(O.float(), batch["target"], batch["flow"], batch["flow_valid"], cfg.w_temporal)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", tmp=f"{tmp.item():.4f}")
-        budget_hit = cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60
-        if world > 1 and cfg.minutes is not None:  # every rank stops at the same step, or the next one's
-            # gradient all-reduce waits forever for the rank that left (each rank's clock is its own). Agreed every
-            # BUDGET_SYNC steps (a collective and a device sync): the budget is overrun by a few steps at most
-            budget_hit = False
-            if step % BUDGET_SYNC == 0 or step == total:
-                import torch.distributed as dist
+    with StopRequest() as stop:
+        while step < total:
+            batch = next(it)
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            guided = rng.random() >= cfg.p_unguided
+            if guided:
+                batch = without_faded(batch)
+            blend = bool(rng.random() >= cfg.p_no_blend)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                O, _ = ddp(batch["processed"], batch["original"] if guided else None, None, batch["cut_mask"],
+                           blend=blend)
+            loss, tmp = video_loss(O.float(), batch["target"], batch["flow"], batch["flow_valid"], cfg.w_temporal)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            check_finite(model, loss.detach(), step, out)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", tmp=f"{tmp.item():.4f}")
+            budget_hit = cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60
+            stopping = stop.requested is not None
+            if world > 1:  # every rank stops at the same step, or the next one's gradient all-reduce waits
+                # forever for the rank that left (each rank's clock, and each rank's signal, is its own). Agreed
+                # every BUDGET_SYNC steps (a collective and a device sync): a stop is late by a few steps at most
+                budget_hit = stopping = False
+                if step % BUDGET_SYNC == 0 or step == total:
+                    import torch.distributed as dist
 
-                flag = torch.tensor([float(time.time() - t0 > cfg.minutes * 60)], device=dev)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                budget_hit = bool(flag.item())
-        if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit):
-            save_optimizer(out, opt, step)  # first: the weights' step is the checkpoint's
-            save_weights(out, model, "video", model_cfg.to_dict(), {"step": step, "loss": float(loss.item())})
-            if bar is None:
-                log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), {time.time() - t0:.0f} s")
-        if budget_hit:
-            if rank == 0:
-                log(f"time budget of {cfg.minutes} min reached at step {step}; rerun with --resume to continue")
-            break
+                    over = cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60
+                    flag = torch.tensor([float(over), float(stop.requested is not None)], device=dev)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    budget_hit, stopping = bool(flag[0].item()), bool(flag[1].item())
+            if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit or stopping):
+                save_optimizer(out, opt, step)  # first: the weights' step is the checkpoint's
+                save_weights(out, model, "video", model_cfg.to_dict(), {"step": step, "loss": float(loss.item())})
+                if bar is None:
+                    log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), {time.time() - t0:.0f} s")
+            if stopping:
+                if rank == 0:
+                    log(f"{stop.requested or 'a stop on another rank'}: stopped at step {step}; {out} holds it "
+                        "(rerun with --resume to continue)")
+                if bar is not None:
+                    bar.close()
+                if world > 1:
+                    import torch.distributed as dist
+
+                    dist.barrier()
+                    dist.destroy_process_group()
+                raise KeyboardInterrupt if stop.requested in (None, "SIGINT") else SystemExit(143)
+            if budget_hit:
+                if rank == 0:
+                    log(f"time budget of {cfg.minutes} min reached at step {step}; rerun with --resume to continue")
+                break
     if bar is not None:
         bar.close()
     if world > 1:

@@ -104,7 +104,8 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--original", metavar="ORIGINAL", help="the unprocessed frames (video or folder): guides the filter")
     s.add_argument("-o", "--output", metavar="OUTPUT", help="video file (.mp4/.m4v/.mkv/.mov/.avi/.webm/.ts) or folder/ for PNG frames")
     s.add_argument("--strength", type=float, default=1.0,
-                   help="0 = processed unchanged, 1 = the calibrated correction and blend, higher = steadier (max 2)")
+                   help="0 = processed unchanged, 1 = the weights' correction and blend (the shipped ones: "
+                        "calibrated), higher = steadier (max 2)")
     s.add_argument("--ghost-res", type=float, default=None, metavar="R",
                    help="ghost guard: cut the temporal blend where the flow misses (a thin or fast object leaves no "
                         "trail); 0.3 mild, 0.1 strong, 0 off (default: the weights', off)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import warnings
@@ -26,10 +27,19 @@ DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "video.safetensors"
 def load_video_model(weights: str | Path | None = None, device: torch.device | str = "cpu", backend: str = "auto") -> VideoSSM:
     """Build a :class:`VideoSSM` from a safetensors file (default: the weights shipped in the package)."""
     path = Path(weights).expanduser() if weights is not None else DEFAULT_WEIGHTS
-    config, tensors, _ = read_weights(path, "video")
+    config, tensors, extra = read_weights(path, "video")
     model = VideoSSM(build_config(VideoSSMConfig, config, path, backend=backend))
     load_into(model, tensors, path)
+    if "calibration" not in extra and "step" in extra:  # a training checkpoint, used as it is
+        _unfinished_warning(str(path))
     return model.to(device).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _unfinished_warning(path: str) -> None:
+    log.warning("%s: training weights, not finished (the shipped ones are: README, 'streamssm train'): strength 1 is "
+                "the blend as trained, not the calibrated one; finish them with streamssm.train.video."
+                "calibrate_blend and finish_processed_only for the README's figures", path)
 
 
 def frame_to_float(frame: Any, name: str = "frame") -> tuple[np.ndarray, np.dtype]:

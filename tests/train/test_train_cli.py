@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import streamssm.train.video as tv
 from streamssm import cli
@@ -68,3 +69,143 @@ def test_video_data_that_is_not_videos_is_named(tmp_path, capsys):
         err = capsys.readouterr().err
         assert str(data) in err and says in err
     assert not (tmp_path / "v.safetensors").exists()
+
+
+def _pose_data(tmp_path, shared_data, names, folder="mine"):
+    """A pose data folder of one's own: some of the real CMU clips under other names."""
+    d = tmp_path / folder
+    d.mkdir()
+    src = sorted((shared_data / "pose" / "cmu").glob("*.bvh.gz"))
+    for name, f in zip(names, src):
+        (d / name).write_bytes(f.read_bytes())
+    return d
+
+
+def test_pose_resume_is_the_uninterrupted_run(tmp_path, shared_data):
+    """A run stopped by Ctrl-C (it saves after the step under way) and resumed gives the very weights of the run
+    that was never stopped: the checkpoint holds the random streams (a resumed run used to draw new batches: +0.7%
+    validation loss, weights 3.6% apart)."""
+    import os
+    import signal
+
+    from streamssm.pose.model import PoseSSMConfig
+    from streamssm.train.pose import PoseTrainConfig, train_pose
+    from streamssm.weights import read_weights
+
+    cfg = lambda: PoseTrainConfig(steps=6, batch=4, length=32, val_every=2)  # noqa: E731
+    model = lambda: PoseSSMConfig.preset("tiny", backend="torch")  # noqa: E731
+    whole, pieces = tmp_path / "whole.safetensors", tmp_path / "pieces.safetensors"
+    train_pose(whole, cfg(), model(), data_dir=shared_data, progress=False, log=lambda m: None)
+
+    def ctrl_c(msg):
+        if msg.startswith("step 2:"):
+            os.kill(os.getpid(), signal.SIGINT)  # during step 2's validation: it stops when the step is done
+
+    with pytest.raises(KeyboardInterrupt):
+        train_pose(pieces, cfg(), model(), data_dir=shared_data, progress=False, log=ctrl_c)
+    assert read_weights(pieces, "pose")[2]["step"] == 2
+    train_pose(pieces, cfg(), model(), resume=pieces, data_dir=shared_data, progress=False, log=lambda m: None)
+    a, b = read_weights(whole, "pose")[1], read_weights(pieces, "pose")[1]
+    assert read_weights(pieces, "pose")[2]["step"] == 6
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pose_data_of_ones_own_and_its_validation_split(tmp_path, shared_data, capsys):
+    """Clips not named after CMU's held-out subjects: the last subject is held out (said), or --val-subjects picks;
+    one subject alone is refused naming the folder and the naming rule; output folders are made."""
+    d = _pose_data(tmp_path, shared_data, ["walk_01.bvh.gz", "walk_02.bvh.gz", "run_01.bvh.gz"])
+    out = tmp_path / "new" / "sub" / "p.safetensors"  # a folder that does not exist yet
+    assert cli.main(["train", "pose", "--tiny", "--steps", "2", "--data", str(d), "-o", str(out), "--no-progress"]) == 0
+    assert out.exists() and out.with_suffix(".opt.pt").exists()
+    assert "validation on subject walk" in capsys.readouterr().out
+    out2 = tmp_path / "p2.safetensors"
+    argv = ["train", "pose", "--tiny", "--steps", "2", "--data", str(d), "-o", str(out2), "--no-progress"]
+    assert cli.main(argv + ["--val-subjects", "run"]) == 0
+    assert cli.main(argv + ["--val-subjects", "jump", "--overwrite"]) == 2
+    assert "--val-subjects jump: no clip of the data is named so" in capsys.readouterr().err
+    one = _pose_data(tmp_path, shared_data, ["walk_01.bvh.gz"], folder="one")
+    assert cli.main(["train", "pose", "--tiny", "--data", str(one), "-o", str(tmp_path / "p3.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert str(one) in err and "at least two subjects" in err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["video", "--speed", "1,2"], "--speed: for `streamssm train pose`, not video"),
+    (["video", "--preset", "base"], "--preset: for `streamssm train pose`"),
+    (["pose", "--p-fade", "0.2", "--workers", "2"], "--workers, --p-fade: for `streamssm train video`, not pose"),
+    (["pose", "--seed", "-1"], "--seed must be at least 0"),
+    (["pose", "--lr", "1e38"], "--lr must be in (0, 1]"),
+    (["pose", "--speed", "1"], "--speed must be MIN,MAX"),
+    (["pose", "--init", "nowhere.safetensors"], "--init nowhere.safetensors: no such weights file"),
+    (["video", "--device", "foo"], "device must be 'auto', 'cpu' or 'cuda[:N]'"),
+])
+def test_train_options_are_checked_naming_them(tmp_path, capsys, args, says):
+    """An option for the other model is refused, not silently ignored; numbers and devices are checked with a
+    message (--device foo was a RuntimeError traceback for video), exit 2."""
+    assert cli.main(["train", *args[:1], "--tiny", "-o", str(tmp_path / "w.safetensors"), *args[1:],
+                     "--data", str(tmp_path), "--no-progress"]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_overwrite_never_replaces_a_training_input(tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"my footage")
+    assert cli.main(["train", "video", "--tiny", "--data", str(tmp_path), "-o", str(clip), "--overwrite"]) == 2
+    assert "would write over the training input" in capsys.readouterr().err and clip.read_bytes() == b"my footage"
+
+
+def test_pose_refuses_torchrun(monkeypatch, tmp_path, shared_data, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["train", "pose", "--tiny", "--data", str(shared_data), "-o", str(tmp_path / "p.safetensors"),
+                     "--no-progress"]) == 2
+    assert "pose training runs in one process" in capsys.readouterr().err
+
+
+def test_a_diverged_run_stops_and_keeps_its_checkpoint(tmp_path):
+    """A non-finite weight (or loss) stops training with a message; nothing NaN is saved over the checkpoint (an
+    all-NaN pose model scored a perfect 0 loss and was saved)."""
+    from streamssm.train._checkpoint import check_finite
+
+    m = torch.nn.Linear(2, 2)
+    check_finite(m, torch.tensor(1.0), 5, tmp_path / "w.safetensors")
+    with pytest.raises(RuntimeError, match="diverged at step 6 .* keeps the last checkpoint"):
+        check_finite(m, torch.tensor(float("nan")), 6, tmp_path / "w.safetensors")
+    with torch.no_grad():
+        m.weight[0, 0] = float("inf")
+    with pytest.raises(RuntimeError, match="diverged at step 7"):
+        check_finite(m, torch.tensor(1.0), 7, tmp_path / "w.safetensors")
+
+
+def test_stop_request_waits_for_the_step_and_a_second_ctrl_c_does_not():
+    import os
+    import signal
+
+    from streamssm.train._checkpoint import StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal: Ctrl-C now stops at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_video_init_undoes_the_finishing_exactly(tmp_path):
+    """--init starts from the shipped weights as training left them: finishing them again gives the shipped file
+    back (the calibration and processed-only records are what it undoes)."""
+    from streamssm.train.video import calibrate_blend, finish_processed_only, undo_finishing
+    from streamssm.video.filter import DEFAULT_WEIGHTS
+    from streamssm.weights import read_weights, save_weights
+
+    shipped_conf, shipped, extra = read_weights(DEFAULT_WEIGHTS, "video")
+    model, conf = undo_finishing(DEFAULT_WEIGHTS)
+    raw = save_weights(tmp_path / "raw.safetensors", model, "video", conf, {})
+    cal = extra["calibration"]
+    again = calibrate_blend(raw, tmp_path / "c.safetensors", cal["conf_shift"], cal["gain"], cal["still_px"])
+    po = extra["processed_only"]
+    again = finish_processed_only(again, tmp_path / "f.safetensors", po["correction"], po["gate_width"])
+    conf2, tensors2, _ = read_weights(again, "video")
+    assert conf2 == shipped_conf
+    for k, v in shipped.items():
+        assert torch.allclose(tensors2[k], v, atol=1e-6), k

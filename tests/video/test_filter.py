@@ -230,20 +230,23 @@ def test_calibrate_blend_scales_the_blend_and_records_it(tmp_path):
     records all three. Gain 0 with ``still_px`` off leaves the blend-free output; with no guided correction (the
     shipped weights), gain g at strength 1 is the same filter as gain 1 at strength g; the shift alone changes the
     output on a moving scene."""
-    from streamssm.train.video import calibrate_blend
-    from streamssm.weights import read_weights
+    from streamssm.train.video import calibrate_blend, undo_finishing
+    from streamssm.weights import read_weights, save_weights
 
-    base = load_video_model(None, "cpu", backend="torch")
+    with pytest.raises(ValueError, match="calibrated already"):  # a second calibration would stack on the first
+        calibrate_blend(DEFAULT_WEIGHTS, tmp_path / "twice.safetensors")
+    trained_model, trained_conf = undo_finishing(DEFAULT_WEIGHTS)  # the shipped weights as training left them
+    trained = save_weights(tmp_path / "trained.safetensors", trained_model, "video", trained_conf, {})
+    base = load_video_model(trained, "cpu", backend="torch")
     base.config.blend_gain, base.config.still_px = 1.0, 0.0  # strength s = gain s below
     P, I = _clip(steps=8, seed=3)
-    shipped, _, _ = read_weights(DEFAULT_WEIGHTS, "video")
     out = {}
     for name, shift, gain in [("off", 0.0, 0.0), ("half", 0.0, 0.5), ("shift", 1.0, 1.0)]:
-        path = calibrate_blend(DEFAULT_WEIGHTS, tmp_path / f"{name}.safetensors", conf_shift=shift, gain=gain,
+        path = calibrate_blend(trained, tmp_path / f"{name}.safetensors", conf_shift=shift, gain=gain,
                                still_px=0.0)
         config, tensors, extra = read_weights(path, "video")
         assert extra["calibration"] == {"conf_shift": shift, "gain": gain, "still_px": 0.0}
-        assert config["blend_gain"] == pytest.approx(shipped.get("blend_gain", 1.0) * gain)
+        assert config["blend_gain"] == pytest.approx(trained_conf["blend_gain"] * gain)
         assert torch.allclose(tensors["log_conf"], base.log_conf.detach() + shift)
         out[name] = load_video_model(path, "cpu", backend="torch")
         out[name].config.blend_gain = gain  # relative to gain 1, whatever the shipped file holds
