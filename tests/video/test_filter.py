@@ -609,3 +609,30 @@ def test_filter_returns_each_frame_in_its_own_dtype(fast):
     # H x W x 3 CPU tensors (torchvision.io.read_video's frames) still work, as numpy does
     clip = [torch.from_numpy(frames[0]), torch.from_numpy(frames[0])]
     assert [o.dtype for o in VideoFilter(device="cpu", fast=fast).filter(clip)] == [np.uint8, np.uint8]
+
+
+@pytest.mark.gpu
+def test_cuda_snapshot_keeps_its_timeline_and_moves_between_filters():
+    """On CUDA (the CUDA-graph step holds the state in static buffers): a FilterState snapshot carries the last
+    timestamp; restored into another filter the next frames match the original's; push() holds a frame back and
+    get_state() waits for flush() there too."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rng = np.random.default_rng(0)
+    xs = [rng.integers(0, 256, (72, 128, 3), np.uint8) for _ in range(5)]
+    f = VideoFilter(device="cuda")
+    for i in range(3):
+        f.step(xs[i], xs[i], timestamp=i / 25)
+    snap = f.get_state()
+    assert snap.last_timestamp == pytest.approx(2 / 25) and snap[0].is_cuda
+    g = VideoFilter(device="cuda")
+    g.set_state(snap)
+    with pytest.raises(ValueError, match="does not come after"):
+        g.step(xs[3], xs[3], timestamp=0.0)
+    for i in (3, 4):
+        assert np.array_equal(g.step(xs[i], xs[i], timestamp=i / 25), f.step(xs[i], xs[i], timestamp=i / 25))
+    h = VideoFilter(device="cuda")
+    assert h.push(xs[0], xs[0]) is None
+    with pytest.raises(RuntimeError, match="flush"):
+        h.get_state()
+    assert h.flush() is not None and h.get_state() is not None
