@@ -25,6 +25,7 @@ target lies inside frame ``t + 1``; across a cut the flow is zero and invalid. I
 """
 from __future__ import annotations
 
+import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,8 @@ import numpy as np
 
 from streamssm.metrics import compute_flows
 from streamssm.video.operators import OPERATORS, TRAIN_OPERATORS, make_operator
+
+log = logging.getLogger("streamssm")
 
 __all__ = ["load_videos", "build_cache", "load_cache", "VideoClipSampler", "ClipBatchSampler",
            "camera_path", "homography_flow"]
@@ -67,8 +70,22 @@ def _read_video(path: str | Path, short_side: int, max_frames: int | None, strid
 
 def load_videos(video_paths: Sequence[str | Path], short_side: int = 256, max_frames: int | None = None,
                 stride: int = 1) -> dict[str, np.ndarray]:
-    """Decode videos to ``{stem: (t, h, w, 3) uint8 RGB}``, downscaled (INTER_AREA) to ``short_side``."""
-    return {Path(p).stem: _read_video(p, short_side, max_frames, stride) for p in video_paths}
+    """Decode videos to ``{stem: (t, h, w, 3) uint8 RGB}``, downscaled (INTER_AREA) to ``short_side`` (two files of
+    one stem, ``clip.mp4`` and ``clip.mov``, are keyed by their whole names). A file that does not decode is left
+    out with a warning naming it; OSError naming them all if none decodes."""
+    paths = [Path(p) for p in video_paths]
+    stems = [p.stem for p in paths]
+    out, bad = {}, []
+    for p in paths:
+        try:
+            out[p.stem if stems.count(p.stem) == 1 else p.name] = _read_video(p, short_side, max_frames, stride)
+        except OSError as e:
+            bad.append(str(e))
+    if bad and not out:
+        raise OSError(f"no training video decodes: {'; '.join(bad[:5])}")
+    for why in bad:
+        log.warning("training without it: %s", why)
+    return out
 
 
 def build_cache(video_paths: Sequence[str | Path], out_path: str | Path, short_side: int = 256,

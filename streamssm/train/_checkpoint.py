@@ -66,6 +66,29 @@ def load_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int, l
     return rest
 
 
+# settings that may change between the pieces of one run (how long this piece runs, how often it saves)
+PER_PIECE = ("steps", "minutes", "save_every", "val_every", "workers")
+
+
+def train_settings(cfg: Any) -> dict:
+    """A trainer config (a dataclass) as the JSON-able dict a checkpoint records."""
+    import dataclasses
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def warn_changed_settings(path: str | Path, saved: dict | None, cfg: Any, log: Callable[[str], None] | None) -> None:
+    """Say which training settings a resume changes against those the checkpoint ``path`` recorded (learning rate,
+    batch, seed, loss weights...): allowed, but no longer the run that was started."""
+    if not saved or log is None:
+        return
+    now = train_settings(cfg)
+    diff = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(now) if k in saved and k not in PER_PIECE
+            and saved[k] != now[k]]
+    if diff:
+        log(f"warning: resuming {path} with other settings than it was trained with: {'; '.join(diff)}")
+
+
 def check_finite(model: torch.nn.Module, loss: torch.Tensor, step: int, out: str | Path) -> None:
     """RuntimeError at the first non-finite loss or weight (a learning rate too high, bad data): a run that has
     diverged stops there, and its last checkpoint (written before) is kept, never replaced by NaN weights."""

@@ -15,7 +15,8 @@ import torch
 from streamssm.pose.data import VAL_SUBJECTS, PoseDataset, subjects_in
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
 from streamssm.pose.noise import add_noise
-from streamssm.train._checkpoint import StopRequest, check_finite, load_optimizer, save_optimizer
+from streamssm.train._checkpoint import (StopRequest, check_finite, load_optimizer, save_optimizer, train_settings,
+                                         warn_changed_settings)
 from streamssm.weights import load_into, read_weights, save_weights
 
 
@@ -110,6 +111,8 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
             load_into(model, tensors, src)
             start_step = int(extra.get("step", 0)) if src == resume else 0
             log(f"resumed from {src} at step {start_step}" if src == resume else f"starting from the weights {src}")
+            if src == resume:
+                warn_changed_settings(src, extra.get("train"), cfg, log)
             break
     else:
         if resume:
@@ -168,7 +171,7 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
         # the optimiser first: the weights' step is the checkpoint's; with it the random streams, for a resume
         save_optimizer(out, opt, done, rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
                        elapsed=trained_before + time.time() - t0)
-        save_weights(out, model, "pose", model_cfg.to_dict(), {"step": done, "val_loss": v})
+        save_weights(out, model, "pose", model_cfg.to_dict(), {"step": done, "val_loss": v, "train": train_settings(cfg)})
 
     with StopRequest() as stop:
         for step in bar:

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from streamssm.video.model import VideoSSM, VideoSSMConfig
-from streamssm.train._checkpoint import StopRequest, check_finite, load_optimizer, save_optimizer
+from streamssm.train._checkpoint import (StopRequest, check_finite, load_optimizer, save_optimizer, train_settings,
+                                         warn_changed_settings)
 from streamssm.weights import load_into, read_weights, save_weights
 
 
@@ -354,6 +355,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         start = int(extra.get("step", 0))
         load_optimizer(out, opt, start, log if rank == 0 else None, map_location=dev)
         log(f"resumed {out} at step {start}") if rank == 0 else None
+        warn_changed_settings(out, extra.get("train"), cfg, log if rank == 0 else None)
         if start >= cfg.steps and rank == 0:
             log(f"{out} is already at step {start} of {cfg.steps}: nothing to train (raise --steps to go on)")
     elif resume and rank == 0:
@@ -427,7 +429,8 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
                     budget_hit, stopping = bool(flag[0].item()), bool(flag[1].item())
             if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit or stopping):
                 save_optimizer(out, opt, step)  # first: the weights' step is the checkpoint's
-                save_weights(out, model, "video", model_cfg.to_dict(), {"step": step, "loss": float(loss.item())})
+                record = {"step": step, "loss": float(loss.item()), "train": train_settings(cfg)}
+                save_weights(out, model, "video", model_cfg.to_dict(), record)
                 if bar is None:
                     log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), {time.time() - t0:.0f} s")
             if stopping:

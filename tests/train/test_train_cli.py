@@ -209,3 +209,30 @@ def test_video_init_undoes_the_finishing_exactly(tmp_path):
     assert conf2 == shipped_conf
     for k, v in shipped.items():
         assert torch.allclose(tensors2[k], v, atol=1e-6), k
+
+
+def test_training_videos_of_one_stem_both_count_and_a_bad_one_is_left_out(tmp_path, caplog):
+    from streamssm.train.video import load_training_videos
+    from tests._media import make_clip
+
+    make_clip(tmp_path / "clip.mp4", n=4)
+    make_clip(tmp_path / "clip.mov", n=5)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with caplog.at_level("WARNING"):
+        vids = load_training_videos(tmp_path, short_side=32)
+    assert sorted(vids) == ["clip.mov", "clip.mp4"] and len(vids["clip.mov"]) == 5
+    assert "notes.mp4" in caplog.text
+    (tmp_path / "clip.mp4").unlink()
+    (tmp_path / "clip.mov").unlink()
+    with pytest.raises(OSError, match="no training video decodes: .*notes.mp4"):
+        load_training_videos(tmp_path, short_side=32)
+
+
+def test_a_resume_with_other_settings_says_which(tmp_path, shared_data, capsys):
+    out = tmp_path / "p.safetensors"
+    argv = ["train", "pose", "--tiny", "--data", str(shared_data), "-o", str(out), "--no-progress"]
+    assert cli.main(argv + ["--steps", "2"]) == 0
+    assert cli.main(argv + ["--steps", "4", "--resume", "--lr", "1e-3", "--save-every", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "other settings than it was trained with: lr 0.005 -> 0.001" in said and "steps" not in said.split(
+        "trained with:")[1].splitlines()[0]
