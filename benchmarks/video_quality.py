@@ -40,7 +40,7 @@ from streamssm import baselines_video as bv  # noqa: E402
 from streamssm import metrics  # noqa: E402
 from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter  # noqa: E402
 from streamssm.video.operators import HELDOUT_OPERATORS, make_demo_operator, make_operator  # noqa: E402
-from streamssm.train.video import recalibrate_blend, set_processed_only  # noqa: E402
+from streamssm.train.video import undo_calibration, undo_processed_only  # noqa: E402
 from streamssm.weights import read_weights  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -226,22 +226,15 @@ def uncalibrated(weights=None) -> VideoFilter:
     """A CPU VideoFilter of ``weights`` (default: the shipped ones) with the blend calibration its file records
     (``streamssm.train.video.calibrate_blend``) taken off again."""
     f = VideoFilter(weights, device="cpu")
-    _, _, extra = read_weights(weights or DEFAULT_WEIGHTS, "video")
-    cal = extra.get("calibration")
-    if cal:
-        recalibrate_blend(f.model, -cal["conf_shift"], 1.0 / cal["gain"], 0.0)
+    undo_calibration(f.model, read_weights(weights or DEFAULT_WEIGHTS, "video")[2])
     return f
 
 
 def unfinished_processed_only(weights=None) -> VideoFilter | None:
     """A CPU VideoFilter of ``weights`` with the processed-only finishing its file records
     (``streamssm.train.video.finish_processed_only``) taken off again; None if it records none."""
-    rec = read_weights(weights or DEFAULT_WEIGHTS, "video")[2].get("processed_only")
-    if not rec:
-        return None
     f = VideoFilter(weights, device="cpu")
-    set_processed_only(f.model, rec["before"]["correction"], rec["before"]["gate_width"])
-    return f
+    return f if undo_processed_only(f.model, read_weights(weights or DEFAULT_WEIGHTS, "video")[2]) else None
 
 
 def scan_uint8(model, P: list, I: list | None = None, strength: float = 1.0) -> list[np.ndarray]:

@@ -42,8 +42,9 @@ def _data_files(args: argparse.Namespace) -> list:
 
     if args.model == "video":
         d = Path(args.data) if args.data else _default_videos()
-        exts = (".mp4", ".mov", ".mkv", ".avi", ".webm")  # what load_training_videos reads from a folder
-        return [f for f in d.iterdir() if f.suffix.lower() in exts] if d.is_dir() else [d]
+        from streamssm.io.video import VIDEO_EXTENSIONS  # what load_training_videos reads from a folder
+
+        return [f for f in d.iterdir() if f.suffix.lower() in VIDEO_EXTENSIONS] if d.is_dir() else [d]
     try:
         from streamssm.pose.data import bvh_dir
 
@@ -228,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="steps of the whole run (default: pose 8000, video 4000; "
                    "with --tiny 20 / 10)")
     s.add_argument("--minutes", type=float, default=None,
-                   help="this run's wall-clock budget; a checkpoint is saved when it runs out (pose: the learning "
-                        "rate's schedule ends with it, counting the earlier pieces of a resumed run)")
+                   help="wall-clock budget; a checkpoint is saved when it runs out. Video: this piece's (its "
+                        "schedule follows --steps); pose: the whole run's, counting the earlier pieces of a resumed "
+                        "run, as its learning-rate schedule does (resume with a larger --minutes to go on)")
     s.add_argument("--batch", type=int, default=None, help="clips a step (default: pose 16, video 16 per process)")
     s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: pose 5e-3, video 2e-3)")
     s.add_argument("--save-every", type=int, default=None,

@@ -30,7 +30,9 @@ class FilterState(tuple):
     - ``last_timestamp``: the last frame's time in seconds (None before the first, or if none were given);
     - ``dims``: the pose points' D (2 or 3), None for video.
 
-    It pickles (``torch.save``; ``torch.load`` with ``weights_only=True`` once streamssm is imported) with both.
+    It pickles (``torch.save``) with both; ``torch.load`` with ``weights_only=True`` (torch's default) takes it once
+    this module is imported (``from streamssm import FilterState``, or any filter: ``import streamssm`` alone
+    imports nothing).
     A plain tuple of the same tensors is accepted by ``set_state`` too: the timeline then starts at the next frame.
     """
 

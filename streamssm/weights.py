@@ -44,9 +44,12 @@ def save_weights(path: str | Path, model: nn.Module, kind: str, config: dict, ex
     meta.update({f"streamssm.{k}": json.dumps(v) for k, v in (extra or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.partial")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600: the mode any new file gets here (0644 usually)
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600: the mode any new file gets here (0644 usually)
+        tmp.replace(path)
+    finally:  # interrupted (a second Ctrl-C), a full disk: no temporary file left behind
+        tmp.unlink(missing_ok=True)
     return path
 
 

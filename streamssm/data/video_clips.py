@@ -74,11 +74,12 @@ def load_videos(video_paths: Sequence[str | Path], short_side: int = 256, max_fr
     one stem, ``clip.mp4`` and ``clip.mov``, are keyed by their whole names). A file that does not decode is left
     out with a warning naming it; OSError naming them all if none decodes."""
     paths = [Path(p) for p in video_paths]
-    stems = [p.stem for p in paths]
+    stems, names = [p.stem for p in paths], [p.name for p in paths]
     out, bad = {}, []
     for p in paths:
+        key = p.stem if stems.count(p.stem) == 1 else p.name if names.count(p.name) == 1 else str(p)
         try:
-            out[p.stem if stems.count(p.stem) == 1 else p.name] = _read_video(p, short_side, max_frames, stride)
+            out[key] = _read_video(p, short_side, max_frames, stride)
         except OSError as e:
             bad.append(str(e))
     if bad and not out:

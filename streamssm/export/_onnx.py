@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from streamssm._args import as_ghost_res, as_strength
 
-from ._spec import OUTPUT, PoseStep, StepSpec, VideoStep, build_model, dynamic_axes, load_model, state_in, state_out
+from ._spec import (OUTPUT, PoseStep, StepSpec, VideoStep, build_model, dynamic_axes, load_model, new_stream_size,
+                    state_in, state_out)
 
 log = logging.getLogger("streamssm")
 
@@ -376,19 +377,6 @@ class OnnxRunner:
         self._spare = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
         self._size = (batch, *dims)
 
-    def _new_stream(self, size: tuple[int, ...]) -> None:
-        """A step of another size than the running stream's: the first step, or (video) a new resolution, which
-        starts the stream over with a warning as ``VideoFilter`` does. Pose: refused, as ``PoseFilter`` does (a
-        keypoint or stream count that changes is a mistake more often than a new stream): init_state() first."""
-        if self._size is not None:
-            old, new = "x".join(map(str, self._size)), "x".join(map(str, size))
-            if self.spec.kind == "pose":
-                raise ValueError(f"this stream is {old} (streams x keypoints); got {new}: call init_state"
-                                 f"({', '.join(map(str, size))}) to start a new stream of that size")
-            log.warning("%s: frames changed from %s to %s (batch x height x width): starting the stream over",
-                        self.path.name, old, new)
-        self.init_state(*size)
-
     def reset(self) -> None:
         """Zero the state (a fresh stream of the same size)."""
         for s in self._state:
@@ -448,7 +436,8 @@ class OnnxRunner:
             raise ValueError(f"{spec.frame_inputs[0]} is {got}, but {self.path.name} was exported for {want} only "
                              "(--static-size): re-export at this size")
         if self._size != tuple(size):
-            self._new_stream(tuple(size))
+            new_stream_size(spec, self._size, tuple(size), self.path.name)
+            self.init_state(*size)
 
         io = self.session.io_binding()
         for name, value in feeds.items():

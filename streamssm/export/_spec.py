@@ -184,7 +184,8 @@ class StepSpec:
         ``height``, ``width``), e.g. ``["batch", 18, "height//32", "width//32"]``: fitted to the model's
         ``init_state`` at several sizes and checked at more (video: short sides of 64 px and up, where one
         graph serves every size). What a runner in another language needs to allocate the state; every state
-        tensor starts as zeros."""
+        tensor starts as zeros. A dim no such formula fits (a model of one's own) is None: size it by running
+        ``init_state``."""
         probes = _formula_probes(self.kind)
         shapes = [self.state_shapes(*p) for p in probes]
         out = []
@@ -192,7 +193,10 @@ class StepSpec:
             dims: list[int | str] = []
             for j in range(len(shapes[0][i])):
                 sig = tuple(sh[i][j] for sh in shapes)
-                dims.append(sig[0] if len(set(sig)) == 1 else _fit_formula(sig, probes, self.stream_dims))
+                try:
+                    dims.append(sig[0] if len(set(sig)) == 1 else _fit_formula(sig, probes, self.stream_dims))
+                except ValueError:  # a model of one's own whose sizes follow another rule: said, not guessed
+                    dims.append(None)
             out.append(dims)
         return out
 
@@ -226,6 +230,23 @@ class StepSpec:
                              f"streamssm.export.export_onnx") from None
 
 
+def new_stream_size(spec: StepSpec, old: tuple[int, ...] | None, new: tuple[int, ...], source: str) -> None:
+    """What a runner does when a step's size differs from its stream's (``old``; None: the first step), before
+    it starts a stream of size ``new``: video warns (frames of another size start the stream over, as
+    ``VideoFilter`` does); pose refuses (ValueError: a keypoint or stream count that changes is a mistake more
+    often than a new stream, as ``PoseFilter`` says; ``init_state`` starts one)."""
+    if old is None:
+        return
+    a, b = "x".join(map(str, old)), "x".join(map(str, new))
+    if spec.kind == "pose":
+        raise ValueError(f"this stream is {a} (streams x keypoints); got {b}: call init_state"
+                         f"({', '.join(map(str, new))}) to start a new stream of that size")
+    import logging
+
+    logging.getLogger("streamssm").warning("%s: frames changed from %s to %s (batch x height x width): starting the "
+                                           "stream over", source, a, b)
+
+
 def _formula_probes(kind: str) -> list[tuple[int, ...]]:
     """(batch, *stream dims) at which :meth:`StepSpec.state_formulas` fits and checks: sizes that are not multiples
     of the grid, and far apart (video: short sides from 64 px, the resolution-generic range)."""
@@ -238,14 +259,14 @@ def _fit_formula(sig: tuple[int, ...], probes: list[tuple[int, ...]], stream_dim
     """The expression of ``batch`` and the stream dims that gives ``sig`` at every probe: the dim itself, a floor
     division by a power of two, or a product of two of those (a grid's cell count)."""
     names = ("batch", *stream_dims)
+    divisors = range(2, 257)  # (h // a) // b == h // (a * b): one division covers a downsampling and a cell size
     terms: list[tuple[str, Any]] = [(n, lambda p, j=j: p[j]) for j, n in enumerate(names)]
     for j, n in enumerate(stream_dims, 1):
-        terms += [(f"{n}//{q}", lambda p, j=j, q=q: p[j] // q) for q in (2, 4, 8, 16, 32, 64)]
+        terms += [(f"{n}//{q}", lambda p, j=j, q=q: p[j] // q) for q in divisors]
     cands = list(terms)
-    size_terms = [t for t in terms if t[0] != "batch"]
-    par = lambda t: f"({t})" if "//" in t else t  # noqa: E731 - "(h//32)*(w//32)": Python reads h//32*w//32 otherwise
-    cands += [(f"{par(a)}*{par(b)}", lambda p, f=f, g=g: f(p) * g(p)) for i, (a, f) in enumerate(size_terms)
-              for b, g in size_terms[i + 1 :]]
+    if len(stream_dims) == 2:  # a grid's cell count: (height//q)*(width//q)
+        cands += [(f"({stream_dims[0]}//{q})*({stream_dims[1]}//{q})", lambda p, q=q: (p[1] // q) * (p[2] // q))
+                  for q in divisors]
     for text, f in cands:
         if all(f(p) == v for p, v in zip(probes, sig)):
             return text
@@ -269,6 +290,7 @@ def dynamic_axes(spec: StepSpec, probes: list[tuple[int, ...]]) -> dict[str, dic
         names.setdefault(tuple(p[1 + j] for p in probes), dname)
     per_probe_inputs = [spec.input_shapes(p[0], *p[1:]) for p in probes]
     per_probe_out = [spec.frame_shapes(p[0], *p[1:])[OUTPUT] for p in probes]
+    formulas = spec.state_formulas()
     axes: dict[str, dict[int, str]] = {}
 
     def visit(name: str, shapes: list[tuple[int, ...]], out_name: str | None = None):
@@ -280,12 +302,10 @@ def dynamic_axes(spec: StepSpec, probes: list[tuple[int, ...]]) -> dict[str, dic
             sig = tuple(s[j] for s in shapes)
             if len(set(sig)) == 1:
                 continue
-            if sig not in names:
-                try:
-                    names[sig] = formula_name(_fit_formula(sig, probes, spec.stream_dims))
-                except ValueError:
-                    names[sig] = f"{name}_dim{j}"
-            ax[j] = names[sig]
+            if name.startswith("state_in_") and isinstance(formulas[int(name.rsplit("_", 1)[1])][j], str):
+                ax[j] = formula_name(formulas[int(name.rsplit("_", 1)[1])][j])  # fitted and checked at 7 sizes
+            else:
+                ax[j] = names.setdefault(sig, f"{name}_dim{j}")
         if ax:
             axes[name] = ax
             if out_name is not None:

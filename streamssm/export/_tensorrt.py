@@ -23,7 +23,7 @@ import numpy as np
 
 from streamssm._args import as_strength
 
-from ._spec import OUTPUT, StepSpec, parse_shape, state_in, state_out
+from ._spec import OUTPUT, StepSpec, new_stream_size, parse_shape, state_in, state_out
 
 log = logging.getLogger("streamssm")
 
@@ -453,6 +453,7 @@ class TensorRTRunner:
                                  "this engine is processed-only: build a guided one to use an original frame")
             size = (frame.shape[0], *frame.shape[2:])
         if self._size != size:
+            new_stream_size(spec, self._size, size, self.engine_path.name)
             self.init_state(*size)
         inp = self._inputs
         for t in (frame, second):  # CUDA inputs are read on self.stream: keep the allocator from reusing them

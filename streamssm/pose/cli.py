@@ -47,12 +47,12 @@ from pathlib import Path
 import numpy as np
 
 from streamssm.io.pose_files import SUPPORTED_EXTENSIONS, PoseData, read_pose, write_pose
+from streamssm.io.video import VIDEO_EXTENSIONS  # PyAV itself is imported only to read a video
 
 __all__ = ["run_pose", "mean_acceleration", "image_size"]
 
 log = logging.getLogger("streamssm")
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".ts")  # same list as streamssm.io.video (not imported: needs av)
 DEFAULT_FPS = 30.0
 
 

@@ -153,7 +153,7 @@ class PoseFilter:
         self.max_gap = float(max_gap)
         self.state: tuple[Tensor, ...] | None = None
         self._shape: tuple[int, int] | None = None  # (B, K) of the running stream
-        self._dims: int | None = None  # and its D (None after set_state: the state does not hold it)
+        self._dims: int | None = None  # and its D (after set_state: the snapshot's, None from a plain tuple)
         self._last_t: float | None = None  # timestamp (s) of the last frame, when the caller gives them
         self._gap_restarts = 0  # frames in a row that each started over after a gap over max_gap (step)
 

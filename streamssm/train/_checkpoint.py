@@ -11,7 +11,6 @@ and the time it has trained), so that a resumed run goes on as the uninterrupted
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -30,8 +29,11 @@ def save_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int, *
     path = optimizer_path(weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    torch.save({"step": step, "optimizer": opt.state_dict(), **extra}, tmp)
-    tmp.replace(path)
+    try:
+        torch.save({"step": step, "optimizer": opt.state_dict(), **extra}, tmp)
+        tmp.replace(path)
+    finally:  # a second Ctrl-C during the save: no temporary file left behind
+        tmp.unlink(missing_ok=True)
 
 
 def load_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int, log: Callable[[str], None] | None,
@@ -66,7 +68,7 @@ def load_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int, l
     return rest
 
 
-# settings that may change between the pieces of one run (how long this piece runs, how often it saves)
+# settings that may change between the pieces of one run (how long it runs, how often it saves)
 PER_PIECE = ("steps", "minutes", "save_every", "val_every", "workers")
 
 
@@ -77,24 +79,39 @@ def train_settings(cfg: Any) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-def warn_changed_settings(path: str | Path, saved: dict | None, cfg: Any, log: Callable[[str], None] | None) -> None:
+def warn_changed_settings(path: str | Path, saved: dict | None, cfg: Any, log: Callable[[str], None] | None,
+                          per_piece: tuple[str, ...] = PER_PIECE) -> None:
     """Say which training settings a resume changes against those the checkpoint ``path`` recorded (learning rate,
-    batch, seed, loss weights...): allowed, but no longer the run that was started."""
+    batch, seed, loss weights...): allowed, but no longer the run that was started. ``per_piece``: those a piece
+    may change freely."""
     if not saved or log is None:
         return
     now = train_settings(cfg)
-    diff = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(now) if k in saved and k not in PER_PIECE
+    diff = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(now) if k in saved and k not in per_piece
             and saved[k] != now[k]]
     if diff:
         log(f"warning: resuming {path} with other settings than it was trained with: {'; '.join(diff)}")
 
 
-def check_finite(model: torch.nn.Module, loss: torch.Tensor, step: int, out: str | Path) -> None:
-    """RuntimeError at the first non-finite loss or weight (a learning rate too high, bad data): a run that has
-    diverged stops there, and its last checkpoint (written before) is kept, never replaced by NaN weights."""
-    if not math.isfinite(float(loss)) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        raise RuntimeError(f"training diverged at step {step} (non-finite loss or weights): lower --lr, or check the "
-                           f"data; {out} keeps the last checkpoint saved before it")
+class Diverged(ValueError):
+    """Training met a non-finite loss or weight (a ValueError: the command line says it in one line, exit 2)."""
+
+
+def finite(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor on the model's device: the loss and every weight finite (no host sync: the caller reads
+    it once, or all-reduces it first)."""
+    flags = [torch.isfinite(loss.detach()).all()] + [torch.isfinite(p).all() for p in model.parameters()]
+    return torch.stack([f.to(flags[-1].device) for f in flags]).all()
+
+
+def check_finite(ok: torch.Tensor | bool, step: int, out: str | Path, saved_step: int | None) -> None:
+    """:class:`Diverged` unless ``ok`` (:func:`finite`): a run that has diverged stops there, before any save, so its
+    last checkpoint is never replaced by NaN weights; ``saved_step``: this run's last checkpoint (None: none yet)."""
+    if not bool(ok):
+        kept = (f"{out} keeps this run's checkpoint of step {saved_step}" if saved_step is not None else
+                f"this run saved nothing ({out} is as it was before it)")
+        raise Diverged(f"training diverged at step {step} (non-finite loss or weights): lower --lr, or check the "
+                       f"data; {kept}")
 
 
 class StopRequest:
@@ -105,6 +122,17 @@ class StopRequest:
     def __init__(self):
         self.requested: str | None = None
         self._old: dict = {}
+
+    CODES = {None: 0, "SIGINT": 1, "SIGTERM": 2}  # for DDP ranks to agree on one (the largest wins)
+
+    @property
+    def code(self) -> int:
+        return self.CODES[self.requested]
+
+    @classmethod
+    def raise_for(cls, code: int):
+        """The exception a stop with ``code`` ends in, the same on every rank: Ctrl-C's or SIGTERM's (exit 143)."""
+        raise KeyboardInterrupt if code == 1 else SystemExit(143)
 
     def _handler(self, signum, frame):
         if self.requested is not None and signum == signal.SIGINT:

@@ -15,8 +15,8 @@ import torch
 from streamssm.pose.data import VAL_SUBJECTS, PoseDataset, subjects_in
 from streamssm.pose.model import PoseSSM, PoseSSMConfig
 from streamssm.pose.noise import add_noise
-from streamssm.train._checkpoint import (StopRequest, check_finite, load_optimizer, save_optimizer, train_settings,
-                                         warn_changed_settings)
+from streamssm.train._checkpoint import (StopRequest, check_finite, finite, load_optimizer, save_optimizer,
+                                         train_settings, warn_changed_settings)
 from streamssm.weights import load_into, read_weights, save_weights
 
 
@@ -79,7 +79,9 @@ def validation_subjects(data_dir, wanted: tuple[str, ...] | None, log=print) -> 
             val = (present[-1],)
             log(f"validation on subject {val[0]} (the data has none of {', '.join(VAL_SUBJECTS)}; "
                 "choose with --val-subjects)")
-    if not val or len(val) == len(present):
+    if val and len(val) == len(present):
+        raise ValueError(f"--val-subjects {','.join(val)}: that is every subject of the data, leaving none to train on")
+    if not val:
         raise ValueError(f"{data_dir}: pose training needs clips of at least two subjects (the file-name part before "
                          f"the first '_', e.g. 002_01.bvh.gz): some to train on, one held out for validation; "
                          f"found {len(present)} ({', '.join(present[:12])})")
@@ -112,7 +114,7 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
             start_step = int(extra.get("step", 0)) if src == resume else 0
             log(f"resumed from {src} at step {start_step}" if src == resume else f"starting from the weights {src}")
             if src == resume:
-                warn_changed_settings(src, extra.get("train"), cfg, log)
+                warn_changed_settings(src, extra.get("train"), cfg, log, per_piece=("steps", "val_every"))
             break
     else:
         if resume:
@@ -166,12 +168,15 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     t0 = time.time()
     best = float("inf")
     done = start_step
+    saved_step = None  # this run's last checkpoint
 
     def save(v: float) -> None:
+        nonlocal saved_step
         # the optimiser first: the weights' step is the checkpoint's; with it the random streams, for a resume
         save_optimizer(out, opt, done, rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
                        elapsed=trained_before + time.time() - t0)
         save_weights(out, model, "pose", model_cfg.to_dict(), {"step": done, "val_loss": v, "train": train_settings(cfg)})
+        saved_step = done
 
     with StopRequest() as stop:
         for step in bar:
@@ -185,7 +190,7 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             # an all-NaN output scores a loss of 0 here (NaN joints are "not yet seen"): the weights tell
-            check_finite(model, loss.detach(), step + 1, out)
+            check_finite(finite(model, loss), step + 1, out, saved_step)
             done = step + 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -197,9 +202,11 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
             if stop.requested:
                 save(validate())
                 log(f"{stop.requested}: stopped at step {done}; {out} holds it (rerun with --resume to continue)")
-                raise KeyboardInterrupt if stop.requested == "SIGINT" else SystemExit(143)
-            if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
-                log(f"time budget of {cfg.minutes} min reached at step {done}; rerun with --resume to continue")
+                StopRequest.raise_for(stop.code)
+            # the budget counts the earlier pieces of a resumed run, as the schedule does: the run never stopped
+            if cfg.minutes is not None and trained_before + time.time() - t0 > cfg.minutes * 60:
+                log(f"time budget of {cfg.minutes} min reached at step {done}; rerun with --resume and a larger "
+                    "--minutes to continue")
                 break
     v = validate()
     save(v)

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from streamssm.video.model import VideoSSM, VideoSSMConfig
-from streamssm.train._checkpoint import (StopRequest, check_finite, load_optimizer, save_optimizer, train_settings,
-                                         warn_changed_settings)
+from streamssm.train._checkpoint import (StopRequest, check_finite, finite, load_optimizer, save_optimizer,
+                                         train_settings, warn_changed_settings)
 from streamssm.weights import load_into, read_weights, save_weights
 
 
@@ -185,9 +185,11 @@ def calibrate_blend(src: str | Path, out: str | Path, conf_shift: float = 2.0, g
                          "was made from (or undo_finishing() first)")
     model = VideoSSM(VideoSSMConfig(**config))
     load_into(model, tensors, src)
+    before = float(model.config.still_px)
     recalibrate_blend(model, conf_shift, gain, still_px)
     config = {**config, "blend_gain": float(model.config.blend_gain), "still_px": model.config.still_px}
-    extra = {**extra, "calibration": {"conf_shift": conf_shift, "gain": gain, "still_px": still_px}}
+    extra = {**extra, "calibration": {"conf_shift": conf_shift, "gain": gain, "still_px": still_px,
+                                      "still_px_before": before}}
     return save_weights(out, model, "video", config, extra)
 
 
@@ -239,6 +241,29 @@ def finish_processed_only(src: str | Path, out: str | Path, correction: bool = F
     return save_weights(out, model, "video", config, extra)
 
 
+def undo_calibration(model: VideoSSM, extra: dict) -> bool:
+    """In place: the blend calibration a weights file records (its ``extra``, :func:`calibrate_blend`) taken off
+    ``model`` again; False if it records none. ``still_px`` goes back to the value recorded before (0 for files
+    calibrated before session 18, which did not record it: the trained value then)."""
+    cal = extra.get("calibration")
+    if not cal:
+        return False
+    still_before = float(cal.get("still_px_before", 0.0))
+    recalibrate_blend(model, -float(cal["conf_shift"]), 1.0 / float(cal["gain"]), still_before)
+    return True
+
+
+def undo_processed_only(model: VideoSSM, extra: dict) -> bool:
+    """In place: the processed-only finishing a weights file records (:func:`finish_processed_only`) taken off
+    ``model`` again (its "before"); False if it records none."""
+    po = extra.get("processed_only")
+    if not po:
+        return False
+    before = po["before"]
+    set_processed_only(model, bool(before["correction"]), float(before["gate_width"]))
+    return True
+
+
 def undo_finishing(src: str | Path) -> tuple[VideoSSM, dict]:
     """The model of the video weights ``src`` as training left it: the blend calibration (:func:`calibrate_blend`)
     and the processed-only finishing (:func:`finish_processed_only`) undone from their records in the file, so that
@@ -247,13 +272,8 @@ def undo_finishing(src: str | Path) -> tuple[VideoSSM, dict]:
     config, tensors, extra = read_weights(src, "video")
     model = VideoSSM(VideoSSMConfig(**config))
     load_into(model, tensors, src)
-    cal = extra.get("calibration")
-    if cal:
-        recalibrate_blend(model, -float(cal["conf_shift"]), 1.0 / float(cal["gain"]), 0.0)
-    po = extra.get("processed_only")
-    if po:
-        before = po.get("before", {})
-        set_processed_only(model, bool(before.get("correction", True)), float(before.get("gate_width", 0.25)))
+    undo_calibration(model, extra)
+    undo_processed_only(model, extra)
     kept = ("blend_gain", "still_px", "processed_correction")
     return model, {**config, **{k: getattr(model.config, k) for k in kept}}
 
@@ -275,9 +295,11 @@ def load_training_videos(videos: str | Path, short_side: int, max_frames: int | 
             raise ValueError(f"{p}: not a cache of training videos (expected arrays of (t, h, w, 3) uint8 frames; "
                              f"{'it holds none' if not cache else 'not: ' + ', '.join(bad[:5])})")
         return cache
-    files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi", ".webm")) if p.is_dir() else [p]
+    from streamssm.io.video import VIDEO_EXTENSIONS
+
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_EXTENSIONS) if p.is_dir() else [p]
     if not files:
-        raise ValueError(f"{p}: no video files found (expected .mp4/.mov/.mkv/.avi/.webm)")
+        raise ValueError(f"{p}: no video files found (expected {'/'.join(VIDEO_EXTENSIONS)})")
     return load_videos(files, short_side=short_side, max_frames=max_frames)
 
 
@@ -391,6 +413,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
     rng = np.random.default_rng([cfg.seed, rank, 999] + ([start] if start else []))
     amp = dev.type == "cuda"
     it = iter(loader)
+    saved_step = None  # this run's last checkpoint
     with StopRequest() as stop:
         while step < total:
             batch = next(it)
@@ -410,12 +433,15 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
-            check_finite(model, loss.detach(), step, out)
+            # the weights are the same on every rank (all-reduced gradients), so every rank stops at the same step;
+            # one flag, one host sync a step
+            check_finite(finite(model, loss), step, out, saved_step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", tmp=f"{tmp.item():.4f}")
             budget_hit = cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60
-            stopping = stop.requested is not None
+            code = stop.code
+            stopping = code > 0
             if world > 1:  # every rank stops at the same step, or the next one's gradient all-reduce waits
                 # forever for the rank that left (each rank's clock, and each rank's signal, is its own). Agreed
                 # every BUDGET_SYNC steps (a collective and a device sync): a stop is late by a few steps at most
@@ -424,18 +450,21 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
                     import torch.distributed as dist
 
                     over = cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60
-                    flag = torch.tensor([float(over), float(stop.requested is not None)], device=dev)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    budget_hit, stopping = bool(flag[0].item()), bool(flag[1].item())
+                    flag = torch.tensor([float(over), float(stop.code)], device=dev)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # SIGTERM on any rank wins over Ctrl-C
+                    budget_hit, code = bool(flag[0].item()), int(flag[1].item())
+                    stopping = code > 0
             if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit or stopping):
                 save_optimizer(out, opt, step)  # first: the weights' step is the checkpoint's
                 record = {"step": step, "loss": float(loss.item()), "train": train_settings(cfg)}
                 save_weights(out, model, "video", model_cfg.to_dict(), record)
+                saved_step = step
                 if bar is None:
                     log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), {time.time() - t0:.0f} s")
             if stopping:
                 if rank == 0:
-                    log(f"{stop.requested or 'a stop on another rank'}: stopped at step {step}; {out} holds it "
+                    what = {1: "SIGINT", 2: "SIGTERM"}[code] + ("" if stop.requested else " (on another rank)")
+                    log(f"{what}: stopped at step {step}; {out} holds it "
                         "(rerun with --resume to continue)")
                 if bar is not None:
                     bar.close()
@@ -444,7 +473,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
 
                     dist.barrier()
                     dist.destroy_process_group()
-                raise KeyboardInterrupt if stop.requested in (None, "SIGINT") else SystemExit(143)
+                StopRequest.raise_for(code)
             if budget_hit:
                 if rank == 0:
                     log(f"time budget of {cfg.minutes} min reached at step {step}; rerun with --resume to continue")

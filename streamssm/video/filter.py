@@ -159,8 +159,9 @@ class VideoFilter:
     frame that differed, not with its copy, though such clips still keep more exposure flicker than clips of
     distinct frames (``benchmarks/video_fade.py``).
 
-    One filter object is not thread-safe; filters in separate threads are independent. A filter pickles and
-    deep-copies (with its state); :meth:`get_state` is the smaller snapshot.
+    One filter object is not thread-safe; filters in separate threads are independent. On the CPU, outside
+    :meth:`push`, a filter pickles and deep-copies (with its state); :meth:`get_state` is the smaller snapshot, and
+    the one that moves between devices and processes anywhere.
 
     Batches: for a given B, a stream's outputs are bit-identical whatever the other streams hold;
     against the stream run alone they agree to fp32 rounding (matmul/conv kernels pick their
@@ -369,6 +370,8 @@ class VideoFilter:
             self._pipe.restart()
         self._pipe.strength = self.strength
         out = self._pipe.push_uint8(f, o)
+        if out is None and self._queued is not None:  # a float frame pushed before: its output is the one due now
+            out, self._queued = self._queued, None
         self.frames_seen += 1
         self.state = self._pipe.state  # the state after the output returned (None until the first one)
         return out
@@ -432,6 +435,8 @@ class VideoFilter:
     def reset(self, mask: Any = None) -> None:
         """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
         state is untouched, bit for bit). A frame still in flight from :meth:`push` is dropped."""
+        if mask is not None and self.state is not None and self._pipe is None:
+            mask = as_reset_mask(mask, self.model.state_frame(self.state)[0])  # checked before anything is dropped
         if self._pipe is not None:
             pipe, self._pipe = self._pipe, None
             pipe.close()
@@ -441,7 +446,6 @@ class VideoFilter:
             self.state, self._key, self._last_t = None, None, None
             return
         b, h, w = self.model.state_frame(self.state)
-        mask = as_reset_mask(mask, b)
         self.state = reset_state(self.state, self.model.init_state(b, h, w, self.device), mask)
 
     def add_streams(self, n: int = 1) -> None:

@@ -331,3 +331,14 @@ def test_script_export_refuses_an_existing_output_with_a_message(tmp_path):
                        text=True)
     assert r.returncode == 2 and "already exists; pass --overwrite" in r.stderr and "Traceback" not in r.stderr
     assert out.read_bytes() == b"mine"
+
+
+def test_a_model_with_another_cell_size_exports_with_its_formulas(tmp_path):
+    """The state formulas are fitted, not assumed: a grid of 24-px cells exports (it failed when only powers of
+    two were tried) and its metadata says height//24."""
+    import json
+
+    model = build_model("video", VideoSSMConfig(d_model=16, n_layers=1, cell_px=24).to_dict()).eval()
+    path = export_onnx("video", tmp_path / "c24.onnx", model=model, shape=(1, 96, 128), check=True)
+    formulas = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["streamssm.state_shapes"])
+    assert formulas[0] == ["batch", 18, "height//24", "width//24"]

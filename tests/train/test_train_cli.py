@@ -162,19 +162,27 @@ def test_pose_refuses_torchrun(monkeypatch, tmp_path, shared_data, capsys):
     assert "pose training runs in one process" in capsys.readouterr().err
 
 
-def test_a_diverged_run_stops_and_keeps_its_checkpoint(tmp_path):
-    """A non-finite weight (or loss) stops training with a message; nothing NaN is saved over the checkpoint (an
-    all-NaN pose model scored a perfect 0 loss and was saved)."""
-    from streamssm.train._checkpoint import check_finite
+def test_a_diverged_run_stops_and_keeps_its_checkpoint(tmp_path, shared_data, capsys):
+    """A non-finite weight (or loss) stops training with a one-line message before any save: nothing NaN is saved
+    over the checkpoint (an all-NaN pose model scored a perfect 0 loss and was saved); the message says what is
+    kept."""
+    from streamssm.train._checkpoint import Diverged, check_finite, finite
 
     m = torch.nn.Linear(2, 2)
-    check_finite(m, torch.tensor(1.0), 5, tmp_path / "w.safetensors")
-    with pytest.raises(RuntimeError, match="diverged at step 6 .* keeps the last checkpoint"):
-        check_finite(m, torch.tensor(float("nan")), 6, tmp_path / "w.safetensors")
+    assert bool(finite(m, torch.tensor(1.0)))
+    assert not bool(finite(m, torch.tensor(float("nan"))))
     with torch.no_grad():
         m.weight[0, 0] = float("inf")
-    with pytest.raises(RuntimeError, match="diverged at step 7"):
-        check_finite(m, torch.tensor(1.0), 7, tmp_path / "w.safetensors")
+    with pytest.raises(Diverged, match="diverged at step 7 .* keeps this run's checkpoint of step 5"):
+        check_finite(finite(m, torch.tensor(1.0)), 7, tmp_path / "w.safetensors", 5)
+    out = tmp_path / "p.safetensors"
+    argv = ["train", "pose", "--tiny", "--data", str(shared_data), "-o", str(out), "--no-progress"]
+    assert cli.main(argv + ["--steps", "2"]) == 0
+    before = out.read_bytes()
+    assert cli.main(argv + ["--steps", "30", "--resume", "--lr", "1", "--w-pos", "1e38"]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step" in err and "Traceback" not in err
+    assert out.read_bytes() == before or "keeps this run's checkpoint" in err
 
 
 def test_stop_request_waits_for_the_step_and_a_second_ctrl_c_does_not():
@@ -209,6 +217,9 @@ def test_video_init_undoes_the_finishing_exactly(tmp_path):
     assert conf2 == shipped_conf
     for k, v in shipped.items():
         assert torch.allclose(tensors2[k], v, atol=1e-6), k
+    model3, conf3 = undo_finishing(again)  # and undone once more: the trained model, still_px included
+    assert conf3 == conf and all(torch.allclose(a, b, atol=1e-6) for a, b in
+                                 zip(model3.state_dict().values(), model.state_dict().values()))
 
 
 def test_training_videos_of_one_stem_both_count_and_a_bad_one_is_left_out(tmp_path, caplog):

@@ -386,3 +386,19 @@ def test_video_filter_pickles_and_deep_copies():
     for g in (pickle.loads(pickle.dumps(f)), copy.deepcopy(f)):
         assert (g._cpu.cv is None) == (f._cpu.cv is None)
         assert np.array_equal(g.step(xs[1]), VideoFilter(device="cpu").filter(xs[:2])[1])
+
+
+def test_a_float_push_then_a_uint8_push_loses_no_frame():
+    """The first push held a float frame's output back; the next, uint8, starts the CPU pipeline, which has no output
+    yet: the held one is returned then (it was lost, and flush() left get_state() refusing)."""
+    rng = np.random.default_rng(3)
+    xs = [rng.random((48, 64, 3)).astype(np.float32)] + [rng.integers(0, 256, (48, 64, 3), np.uint8) for _ in range(3)]
+    f, ref = VideoFilter(device="cpu"), VideoFilter(device="cpu")
+    outs = [f.push(x) for x in xs] + [f.flush()]
+    want = [ref.step(x) for x in xs]
+    assert outs[0] is None and len([o for o in outs if o is not None]) == 4
+    for a, b in zip(outs[1:], want):
+        assert np.abs(a.astype(np.float64) - b.astype(np.float64)).max() <= 1
+    assert f.get_state() is not None
+    with pytest.raises(ValueError, match="booleans"):
+        f.reset([0])  # a bad mask is refused before anything is dropped

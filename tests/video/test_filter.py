@@ -245,7 +245,7 @@ def test_calibrate_blend_scales_the_blend_and_records_it(tmp_path):
         path = calibrate_blend(trained, tmp_path / f"{name}.safetensors", conf_shift=shift, gain=gain,
                                still_px=0.0)
         config, tensors, extra = read_weights(path, "video")
-        assert extra["calibration"] == {"conf_shift": shift, "gain": gain, "still_px": 0.0}
+        assert extra["calibration"] == {"conf_shift": shift, "gain": gain, "still_px": 0.0, "still_px_before": 0.0}
         assert config["blend_gain"] == pytest.approx(trained_conf["blend_gain"] * gain)
         assert torch.allclose(tensors["log_conf"], base.log_conf.detach() + shift)
         out[name] = load_video_model(path, "cpu", backend="torch")
