@@ -7,8 +7,8 @@
     serve(app, port=7860)                  # blocks; Ctrl-C stops it
 
 Endpoints (for ``gradio_client``): ``/deflicker`` (video tab), ``/smooth_pose`` (pose tab),
-``/webcam_frame`` (one webcam frame through the per-session filter; ``/webcam`` is the same step
-as the browser's stream event, which ``gradio_client`` cannot call).
+``/webcam_frame`` (one webcam frame through the per-session filter; the browser's stream event runs the same
+step, left out of the API listing: ``gradio_client`` cannot consume a stream).
 
 How the web layer keeps its promises:
 
@@ -53,7 +53,7 @@ from streamssm.demo.jobs import (
     check_upload,
     luminance_figure,
     run_pose_job,
-    run_video_job,
+    iter_video_job,
     trajectory_figure,
 )
 
@@ -139,8 +139,15 @@ def build_app(limits: Limits = Limits(), *, device: str = "auto", default_frames
                     orig = (SAMPLE_VIDEO, SAMPLE_VIDEO.name)
                 else:
                     raise DemoError("upload a video, or tick 'use the bundled sample clip'")
-            res = run_video_job(work, video=orig, processed=proc, operator=operator, strength=strength,
-                                max_frames=int(frames or default_frames), limits=limits, device=device)
+            job = iter_video_job(work, video=orig, processed=proc, operator=operator, strength=strength,
+                                 max_frames=int(frames or default_frames), limits=limits, device=device)
+            while True:  # a progress line at each step; a cancelled request is not iterated further: work stops
+                try:
+                    msg = next(job)
+                except StopIteration as done:
+                    res = done.value
+                    break
+                yield gr.update(), gr.update(), f"*{msg} ...*", gr.update()
             yield str(res.video), luminance_figure(res.luma), res.summary, res.metrics
 
     def pose_fn(pose_file, use_sample, joint, strength, min_cutoff, beta):
@@ -152,6 +159,8 @@ def build_app(limits: Limits = Limits(), *, device: str = "auto", default_frames
                 pose, background = (SAMPLE_POSE, SAMPLE_POSE.name), SAMPLE_VIDEO
             else:
                 raise DemoError("upload a pose file (.npz / .csv / .json), or tick 'use the bundled sample'")
+            if min_cutoff is None or beta is None:
+                raise DemoError("One Euro's min_cutoff and beta need numbers (the boxes are empty)")
             res = run_pose_job(work, pose=pose, joint=None if joint == AUTO_JOINT else joint, strength=strength,
                                min_cutoff=float(min_cutoff), beta=float(beta), limits=limits, device=device,
                                background=background)
@@ -216,7 +225,8 @@ def build_app(limits: Limits = Limits(), *, device: str = "auto", default_frames
                 cam_out = gr.Image(type="numpy", label="[processed | filtered]", interactive=False, elem_id="cam-out")
             session = gr.State(None, time_to_live=limits.webcam_seconds * 5)
             cam.stream(webcam_fn, [cam, cam_op, cam_strength, session], [cam_out, session], api_name="webcam",
-                       stream_every=0.2, time_limit=limits.webcam_seconds, concurrency_limit=concurrency)
+                       stream_every=0.2, time_limit=limits.webcam_seconds, concurrency_limit=concurrency,
+                       api_visibility="undocumented")  # the browser's; gradio_client cannot consume a stream
             # The same step as a plain event: gradio_client cannot consume stream events (it has no
             # 'process_streaming' message), so API users send frames one call at a time here.
             one_frame = gr.Button("Filter one frame", visible=False)
@@ -231,7 +241,9 @@ def build_app(limits: Limits = Limits(), *, device: str = "auto", default_frames
                                             "(frame,joint,x,y[,z][,confidence]) or .json", file_count="single",
                                       elem_id="pose-in")
                     joint = gr.Dropdown([AUTO_JOINT], value=AUTO_JOINT, allow_custom_value=True, label="Joint to plot")
-                    pose_strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="streamssm strength")
+                    pose_strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05,
+                                              label="streamssm strength (1 = trained; above 1 overshoots, it does "
+                                                    "not smooth more)")
                     with gr.Accordion("One Euro baseline", open=False):
                         min_cutoff = gr.Number(ONE_EURO_DEFAULTS["min_cutoff"], label="min_cutoff (Hz)")
                         beta = gr.Number(ONE_EURO_DEFAULTS["beta"], label="beta")
@@ -300,16 +312,22 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.work_px < 64:
         raise ValueError(f"--work-px must be at least 64 (the video filter needs frames of 32 px a side), got "
                          f"{args.work_px}")
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be a TCP port, 0 to 65535, got {args.port}")
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be a TCP port, 1 to 65535, got {args.port}")
+    from streamssm._device import resolve_device
+
+    resolve_device(args.device)  # at start, not as every request's failure
     limits = Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, max_frames=args.max_frames,
                     work_px=args.work_px)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_app(limits, device=args.device, default_frames=min(48, args.max_frames),
                     concurrency=args.concurrency, queue_size=args.queue_size)
-    print(f"streamssm demo: http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     with _sigterm_as_ctrl_c():
-        serve(app, host=args.host, port=args.port, share=args.share, block=True)
+        _, _, share_url = serve(app, host=args.host, port=args.port, share=args.share, block=False, quiet=True)
+        # said once the port is ours (a port in use raised above, before any address was printed)
+        public = f", public link {share_url}" if share_url else ""
+        print(f"streamssm demo: http://{args.host}:{args.port}{public} (Ctrl-C to stop)", flush=True)
+        app.block_thread()
     app.streamssm_space.close()  # also at exit; explicit so a caller that goes on gets the disk back
     return 0
 

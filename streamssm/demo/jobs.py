@@ -80,8 +80,8 @@ class Limits:
     webcam_seconds: int = 120  # one webcam stream is cut after this long
 
     @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1e6)
+    def max_upload_bytes(self) -> int:  # MB as Gradio's own message counts them (1024 x 1024 bytes)
+        return int(self.max_upload_mb * 2**20)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,7 +285,17 @@ def _check_strength(strength: float) -> float:
     return s
 
 
-def run_video_job(
+def run_video_job(work: Path, **kw) -> VideoJobResult:
+    """:func:`iter_video_job` run to its end: the result."""
+    job = iter_video_job(work, **kw)
+    while True:
+        try:
+            next(job)
+        except StopIteration as done:
+            return done.value
+
+
+def iter_video_job(
     work: Path,
     *,
     video: tuple[Path, str],
@@ -297,7 +307,9 @@ def run_video_job(
     device: str = "auto",
     filter_factory: Callable | None = None,
 ) -> VideoJobResult:
-    """Filter one clip and score it.
+    """Filter one clip and score it: a generator that yields a progress line between steps (every 16 frames while
+    filtering) and returns the :class:`VideoJobResult`. Closing it (a request the user cancelled: Gradio stops
+    iterating) stops the work at the next step, so a cancelled job does not run on beside the next one.
 
     ``video``: (path, name) of the original clip. ``processed``: (path, name) of its per-frame
     processed version (the "pair" mode: the filter is guided by ``video``); without it ``operator``
@@ -311,6 +323,7 @@ def run_video_job(
     n = int(max_frames)
     if not (2 <= n <= limits.max_frames):
         raise DemoError(f"frames must be between 2 and {limits.max_frames}, got {max_frames}")
+    yield f"reading {video[1]}"
     orig = read_clip(*video, limits, n)
     notes = []
     consistent = None
@@ -334,10 +347,13 @@ def run_video_job(
         left = f"processed ({operator})"
     t = len(P)
     filt = (filter_factory or make_video_filter)(device=device, strength=strength)
-    t0 = time.perf_counter()
-    O = filt.filter(P, I, chunk=16)
-    seconds = time.perf_counter() - t0
-
+    O, seconds = [], 0.0
+    for s0 in range(0, t, 16):  # in pieces, the state carried: the same frames as one call
+        yield f"filtering frame {s0 + 1} of {t}"
+        t0 = time.perf_counter()
+        O += filt.filter(P[s0:s0 + 16], I[s0:s0 + 16], chunk=16)
+        seconds += time.perf_counter() - t0
+    yield "scoring (optical flow)"
     flows = compute_flows(I)
     e_before, e_after = warp_error(P, flows=flows), warp_error(O, flows=flows)
     metrics: dict[str, float | int | str] = {
@@ -355,6 +371,7 @@ def run_video_job(
     w, h = orig.size
     out = work / "deflickered.mp4"
     label = _labeller(left, "streamssm filtered", w)
+    yield "writing the video"
     try:
         with open_sink(out, fps=orig.rate, width=2 * w, height=h, crf=23) as sink:
             for p, o in zip(P, O, strict=True):
@@ -369,14 +386,16 @@ def run_video_job(
              f"filtered **{e_after:.5f}**{change}",
              f"**PSNR** filtered vs processed: {metrics['psnr_filtered_vs_processed_db']:.1f} dB "
              "(how much of the operator's look is kept)"]
-    if consistent is not None:
+    if consistent is not None and np.isfinite(metrics["psnr_processed_vs_consistent_db"]):
         lines.append(f"**PSNR** vs the operator with its parameters held fixed: processed "
                      f"{metrics['psnr_processed_vs_consistent_db']:.1f} dB → filtered "
                      f"{metrics['psnr_filtered_vs_consistent_db']:.1f} dB")
+    elif consistent is not None:  # clahe: nothing to hold fixed, its flicker is its own per-frame statistics
+        lines.append(f"({operator} has no parameters to hold fixed: no steadier version of it to compare with)")
     sw, sh = orig.source_size
     scaled = f" (downscaled from {sw}x{sh})" if (sw, sh) != (w, h) else ""
     of = f" of {orig.frame_count}" if orig.frame_count and orig.frame_count > t else ""
-    lines.append(f"{t}{of} frames, {w}x{h}{scaled}, {float(orig.rate):.3g} fps; filter {seconds:.2f} s "
+    lines.append(f"{orig.label}: {t}{of} frames, {w}x{h}{scaled}, {float(orig.rate):.4g} fps; filter {seconds:.2f} s "
                  f"({1e3 * seconds / t:.0f} ms/frame)" + "".join(f"; {n_}" for n_ in notes))
     return VideoJobResult(out, luma, metrics, "  \n".join(lines))
 
@@ -509,6 +528,13 @@ def run_pose_job(
         raise DemoError(f"{label}: {t} frames x {k} keypoints; this demo takes up to {limits.max_pose_frames} "
                         f"frames and {limits.max_keypoints} keypoints (use `streamssm pose` for big files)")
     fps = float(data.fps) if data.fps and np.isfinite(data.fps) and data.fps > 0 else 30.0
+    said = [] if fps == data.fps else ["the file gives no frame rate: 30 fps assumed"]
+    numbers = data.meta.get("frame_numbers")
+    if numbers is not None and len(numbers) == t:
+        steps = np.diff(np.asarray(numbers, np.float64))
+        if (steps > 1).any():
+            said.append(f"{int((steps > 1).sum())} gap(s) in the file's frame numbers: shown here as consecutive "
+                        "frames (`streamssm pose` steps over them)")
     image = image_size(data)
     if image not in (None, (1.0, 1.0)):
         # MediaPipe's x, y are normalised separately by width and height: pixels make them isotropic
@@ -536,6 +562,9 @@ def run_pose_job(
     if joint not in (None, ""):
         js = str(joint)
         j = names.index(js) if js in names else int(js) if js.isdigit() and int(js) < k else None
+        if j is None:
+            raise DemoError(f"joint {js!r}: not one of this file's joints ({', '.join(names[:12])}"
+                            f"{', ...' if k > 12 else ''}) nor an index below {k}")
     if j is None:  # the joint whose raw track jitters most: where the difference is easiest to see
         acc = np.linalg.norm(pts[2:] - 2 * pts[1:-1] + pts[:-2], axis=-1)
         j = int(np.nanargmax(np.where(np.isfinite(acc), acc, 0).mean(0)))
@@ -554,8 +583,8 @@ def run_pose_job(
                f"streamssm {1e3 * seconds / t:.2f} ms/frame; One Euro min_cutoff {min_cutoff:g}, beta {beta:g}")
     video = work / "skeleton.mp4"
     notes = _render_skeletons(video, methods, j, _edges(k), fps, limits, image, background)
-    if notes:
-        summary += "  \n" + notes
+    for note in [*said, *([notes] if notes else [])]:
+        summary += "  \n" + note
     return PoseJobResult(video, names[j], names, curves, units, fps, metrics, summary)
 
 

@@ -110,7 +110,7 @@ def test_an_unexpected_failure_is_reported_and_the_app_goes_on(client, monkeypat
     def boom(*args, **kwargs):
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(demo_app, "run_video_job", boom)
+    monkeypatch.setattr(demo_app, "iter_video_job", boom)
     msg = _app_error(client, None, None, True, MODE_OPERATOR, "gamma_jitter", 1.0, TEST_FRAMES, api_name="/deflicker")
     assert "the server failed on this input (RuntimeError: injected failure); the app is still running" in msg
     monkeypatch.undo()

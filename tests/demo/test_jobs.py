@@ -119,3 +119,27 @@ def test_sample_pose_asset_reads():
     assert d.points.shape == (96, 33, 3) and d.fps == 24.0 and d.meta["format"] == "npz-mediapipe"
     assert np.isfinite(d.points).all()
     assert SAMPLE_POSE.stat().st_size < 300_000
+
+
+def test_a_closed_video_job_stops_its_work(tmp_path):
+    """A request the user cancels is not iterated further (Gradio): closing the job at its first progress line
+    stops it there, so it does not run on beside the next one (cancelled jobs used to run to their end, beyond
+    --concurrency); run to its end it gives the result, the clip named in its summary."""
+    from streamssm.demo.jobs import iter_video_job, make_video_filter, run_video_job
+
+    seen = []
+
+    def counting(**kw):
+        f = make_video_filter(device="cpu", strength=kw["strength"])
+        real = f.filter
+        f.filter = lambda P, I, chunk: (seen.append(len(P)), real(P, I, chunk=chunk))[1]
+        return f
+
+    kw = dict(video=(SAMPLE_VIDEO, "my clip.mp4"), operator="gamma_jitter", max_frames=48, filter_factory=counting)
+    job = iter_video_job(tmp_path, **kw)
+    while not next(job).startswith("filtering frame 17"):
+        pass
+    job.close()
+    assert seen == [16] and not (tmp_path / "deflickered.mp4").exists()
+    res = run_video_job(tmp_path, **kw)
+    assert sum(seen) == 16 + 48 and res.video.exists() and "my clip.mp4: 48" in res.summary
