@@ -290,7 +290,8 @@ def main(argv=None):
         )
     body = (
         "## Pose filter quality (causal, 30 fps)\n\n"
-        f"`python benchmarks/pose_quality.py` on {machine('cpu')}. {args.streams} streams x {args.frames} frames per case "
+        f"`python benchmarks/pose_quality.py --streams {args.streams} --frames {args.frames}` on {machine('cpu')}. "
+        f"{args.streams} streams x {args.frames} frames per case "
         "(half 2-D, half 3-D, 17 keypoints); errors in % of body size (bbox diagonal). Baselines tuned by grid search "
         "for the lowest MPJPE on a separate draw of the held-out subjects, given each stream's true body size.\n\n"
         + "\n\n".join(sections)

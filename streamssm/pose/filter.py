@@ -98,7 +98,8 @@ class PoseFilter:
             for the eager PyTorch step). It replaces the native C step below, which is faster still on a CPU.
         native: on the CPU, run :meth:`step` through the fused C step of :mod:`streamssm.pose.native` (same
             outputs to fp32 rounding; built once with the system C compiler, about a second; one 33-keypoint
-            frame: ~0.03 ms in C, ~0.26 ms through this method, against ~3 ms eager). ``None`` (default): when the device is the CPU, ``compile`` is off and it builds
+            frame: ~0.01 ms in C, ~0.05 ms through this method, against ~0.6 ms eager; benchmarks/pose_speed.py).
+            ``None`` (default): when the device is the CPU, ``compile`` is off and it builds
             (otherwise the PyTorch step, with one log line saying why); ``True``: required; ``False``: off.
             :meth:`filter` always runs the parallel scan.
         max_gap: seconds; with timestamps, a longer gap between frames starts the streams over (see the
