@@ -94,7 +94,7 @@ class PoseFilter:
             (up to 2 is accepted) the correction is extrapolated: it overshoots rather than smoothing more.
         fps: frame rate of the stream (the filter adapts its time constants to it).
         compile: run :meth:`step` through ``torch.compile`` (same outputs to fp32 rounding; the first step of
-            each (B, K, D) compiles for seconds; about 0.4 ms per 33-keypoint frame on one CPU core against ~2 ms
+            each (B, K, D) compiles for seconds; about 0.12 ms per 33-keypoint frame on one CPU core against ~0.6 ms
             for the eager PyTorch step). It replaces the native C step below, which is faster still on a CPU.
         native: on the CPU, run :meth:`step` through the fused C step of :mod:`streamssm.pose.native` (same
             outputs to fp32 rounding; built once with the system C compiler, about a second; one 33-keypoint
