@@ -141,6 +141,8 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is signal.SIG_IGN:  # ignored by whoever started us (a background job): it stays
+                continue
             with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
                 self._old[sig] = signal.signal(sig, self._handler)
         return self

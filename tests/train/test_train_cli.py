@@ -101,8 +101,12 @@ def test_pose_resume_is_the_uninterrupted_run(tmp_path, shared_data):
         if msg.startswith("step 2:"):
             os.kill(os.getpid(), signal.SIGINT)  # during step 2's validation: it stops when the step is done
 
-    with pytest.raises(KeyboardInterrupt):
-        train_pose(pieces, cfg(), model(), data_dir=shared_data, progress=False, log=ctrl_c)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_pose(pieces, cfg(), model(), data_dir=shared_data, progress=False, log=ctrl_c)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert read_weights(pieces, "pose")[2]["step"] == 2
     train_pose(pieces, cfg(), model(), resume=pieces, data_dir=shared_data, progress=False, log=lambda m: None)
     a, b = read_weights(whole, "pose")[1], read_weights(pieces, "pose")[1]
@@ -191,12 +195,19 @@ def test_stop_request_waits_for_the_step_and_a_second_ctrl_c_does_not():
 
     from streamssm.train._checkpoint import StopRequest
 
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested == "SIGTERM"
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # a second signal: Ctrl-C now stops at once
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested == "SIGTERM"
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)  # a second signal: Ctrl-C now stops at once
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with StopRequest():  # a SIGINT ignored by whoever started the process stays ignored
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_video_init_undoes_the_finishing_exactly(tmp_path):
