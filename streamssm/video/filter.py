@@ -105,6 +105,17 @@ def float_to_frame(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return x.astype(dtype, order="C")
 
 
+def _image_tensor(frame: Any) -> bool:
+    """A CPU tensor laid out as a numpy image (H x W or H x W x {1, 3, 4}), which step() takes as one."""
+    return (isinstance(frame, Tensor) and not frame.is_cuda and
+            (frame.dim() == 2 or (frame.dim() == 3 and frame.shape[-1] in (1, 3, 4))))
+
+
+def _as_numpy(frame: Tensor) -> np.ndarray:
+    t = frame.detach()
+    return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+
+
 def _rgb_uint8(frame: Any) -> bool:
     """An H x W x 3 uint8 numpy frame (what the CPU fast path takes as it is)."""
     return (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
@@ -148,7 +159,8 @@ class VideoFilter:
             nearly all of them for more (``benchmarks/video_ghosting.py``). None: the weights' own setting.
 
     ``step(frame, original=None)``: numpy H x W x 3 uint8 RGB in and out (gray, RGBA, 16-bit and float
-    frames are converted; the output is H x W x 3 RGB in the input's dtype), or torch (B, 3, H, W) float tensors in
+    frames are converted; the output is H x W x 3 RGB in the input's dtype; a CPU tensor in that layout is taken as
+    numpy and comes back a tensor, in step() and filter() alike), or torch (B, 3, H, W) float tensors in
     [0, 1], in and out, on the filter's device (B independent streams; NaN is read as 0 and values are
     clamped to [0, 1] on the device, without a host sync). With ``original`` (the frame the operator
     saw) the filter is guided; without it, it works on the processed frame alone. Guided, a change of the
@@ -265,6 +277,9 @@ class VideoFilter:
         return self._step(frame, original, timestamp)
 
     def _step(self, frame: Any, original: Any, timestamp: float | None):
+        if _image_tensor(frame) and (original is None or _image_tensor(original)):  # H x W x 3 on the CPU: as numpy
+            out = self._step(_as_numpy(frame), None if original is None else _as_numpy(original), timestamp)
+            return torch.from_numpy(out)
         if isinstance(frame, Tensor) or isinstance(original, Tensor):
             if not (isinstance(frame, Tensor) and (original is None or isinstance(original, Tensor))):
                 raise ValueError(f"frame and original must both be torch tensors (B, 3, H, W) or both numpy images, got "
@@ -430,7 +445,9 @@ class VideoFilter:
                 I = torch.from_numpy(np.stack(ii)).permute(0, 3, 1, 2)[None].to(self.device)
             O = self._run(P, I, parallel=True)[0].permute(0, 2, 3, 1).cpu().numpy()
             out += [float_to_frame(o, d) for o, (_, d) in zip(O, ps)]  # each frame in its own dtype, as step()
-        return out
+        # as step(): a tensor frame comes back a tensor
+        return [torch.from_numpy(o) if isinstance(f, Tensor) and isinstance(o, np.ndarray) else o
+                for o, f in zip(out, frames)]
 
     def reset(self, mask: Any = None) -> None:
         """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'

@@ -606,9 +606,9 @@ def test_filter_returns_each_frame_in_its_own_dtype(fast):
     assert all(f.step(x).flags["C_CONTIGUOUS"] for x in frames + [gray, rgba])
     with pytest.raises(ValueError, match="filter\\(\\) takes H x W x 3 frames"):
         VideoFilter(device="cpu", fast=fast).filter([torch.rand(1, 3, 64, 64)])
-    # H x W x 3 CPU tensors (torchvision.io.read_video's frames) still work, as numpy does
+    # H x W x 3 CPU tensors (torchvision.io.read_video's frames) still work, as numpy does, and come back tensors
     clip = [torch.from_numpy(frames[0]), torch.from_numpy(frames[0])]
-    assert [o.dtype for o in VideoFilter(device="cpu", fast=fast).filter(clip)] == [np.uint8, np.uint8]
+    assert [o.dtype for o in VideoFilter(device="cpu", fast=fast).filter(clip)] == [torch.uint8, torch.uint8]
 
 
 @pytest.mark.gpu
@@ -636,3 +636,17 @@ def test_cuda_snapshot_keeps_its_timeline_and_moves_between_filters():
     with pytest.raises(RuntimeError, match="flush"):
         h.get_state()
     assert h.flush() is not None and h.get_state() is not None
+
+
+def test_an_image_shaped_cpu_tensor_is_taken_as_numpy_and_comes_back_a_tensor():
+    """H x W x 3 CPU tensors: step() took them as a wrong (B, 3, H, W) layout while filter() took them as images and
+    returned numpy; both now read them as images and give tensors back, the same frames as numpy."""
+    rng = np.random.default_rng(0)
+    xs = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    want = VideoFilter(device="cpu").filter(xs)
+    f = VideoFilter(device="cpu")
+    stepped = [f.step(torch.from_numpy(x)) for x in xs]
+    scanned = VideoFilter(device="cpu").filter([torch.from_numpy(x) for x in xs])
+    for a, b, w in zip(stepped, scanned, want):
+        assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == torch.uint8
+        assert np.array_equal(a.numpy(), w) and np.array_equal(b.numpy(), w)
