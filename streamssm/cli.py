@@ -33,7 +33,7 @@ def _speed_range(text: str) -> tuple[float, float]:
 
 # options that only one model's training reads: given to the other, they are refused rather than ignored
 POSE_ONLY = ("preset", "w_pos", "w_vel", "w_acc", "speed", "val_subjects")
-VIDEO_ONLY = ("workers", "w_temporal", "p_no_blend", "p_fade", "real_flow")
+VIDEO_ONLY = ("workers", "w_temporal", "p_no_blend", "p_fade", "real_flow", "max_frames")
 
 
 def _data_files(args: argparse.Namespace) -> list:
@@ -73,7 +73,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
     for name, lo, hi in (("steps", 1, None), ("batch", 1, None), ("workers", 0, None), ("minutes", 0, None),
                          ("lr", 0, 1), ("w_pos", 0, None), ("w_vel", 0, None), ("w_acc", 0, None),
                          ("w_temporal", 0, None), ("p_no_blend", 0, 1), ("p_fade", 0, 1), ("seed", 0, None),
-                         ("save_every", 1, None)):
+                         ("save_every", 1, None), ("max_frames", 1, None)):
         v = getattr(args, name)
         strict = name in ("minutes", "lr")  # a budget or a learning rate of 0 trains nothing
         if v is not None and not (math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v <= hi)):
@@ -191,6 +191,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg.lr = args.lr
     if args.save_every is not None:
         cfg.save_every = args.save_every
+    if args.max_frames is not None:
+        cfg.max_frames = args.max_frames
     videos = args.data or str(_default_videos())
     train_video(args.output, videos, cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
                 init=args.init)
@@ -241,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from these weights at step 0 with a fresh optimiser (fine-tuning; video: a finished "
                         "file such as the shipped one has its calibration undone first)")
     s.add_argument("--workers", type=int, default=None, help="video: data-loader processes (default 8; 0 with --tiny)")
+    s.add_argument("--max-frames", type=int, default=None,
+                   help="video: frames decoded from each training video (all are held in memory, at a 288-px short "
+                        "side: ~0.45 MB a 16:9 frame); default: every frame")
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     s.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
     s.add_argument("--resume", action="store_true",

@@ -53,6 +53,7 @@ class VideoTrainConfig:
     seed: int = 0
     save_every: int = 250
     short_side: int = 288
+    max_frames: int | None = None  # frames decoded per training video (all are held in memory); None: every one
 
 
 BUDGET_SYNC = 10  # steps between the DDP ranks' agreements on the --minutes budget
@@ -387,7 +388,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side)
+    vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side, cfg.max_frames)
     loader = torch.utils.data.DataLoader(
         _ClipStream(vids, cfg, rank, start=start), batch_size=None, num_workers=cfg.workers,
         worker_init_fn=_quiet_worker,

@@ -258,3 +258,13 @@ def test_a_resume_with_other_settings_says_which(tmp_path, shared_data, capsys):
     said = capsys.readouterr().out
     assert "other settings than it was trained with: lr 0.005 -> 0.001" in said and "steps" not in said.split(
         "trained with:")[1].splitlines()[0]
+
+
+def test_video_max_frames_reaches_the_loader(monkeypatch, tmp_path, capsys):
+    seen = {}
+    monkeypatch.setattr(tv, "train_video", lambda out, videos, cfg, **kw: seen.update(cfg=cfg))
+    assert cli.main(["train", "video", "-o", str(tmp_path / "v.safetensors"), "--data", str(tmp_path),
+                     "--max-frames", "40"]) == 0
+    assert seen["cfg"].max_frames == 40
+    assert cli.main(["train", "pose", "-o", str(tmp_path / "p.safetensors"), "--max-frames", "40"]) == 2
+    assert "--max-frames: for `streamssm train video`" in capsys.readouterr().err
