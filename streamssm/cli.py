@@ -146,6 +146,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise
 
 
+def _override(cfg, args: argparse.Namespace, names: tuple[str, ...], **renamed: str) -> None:
+    """Set on the trainer's ``cfg`` each option in ``names`` (and ``renamed``: option -> field) that was given."""
+    for name, field in [*((n, n) for n in names), *renamed.items()]:
+        if getattr(args, name) is not None:
+            setattr(cfg, field, getattr(args, name))
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.model == "pose":
         from streamssm._device import resolve_device
@@ -156,11 +163,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.tiny:
             cfg = PoseTrainConfig(steps=args.steps or 20, batch=4, length=32, val_every=10, seed=args.seed,
                                   minutes=args.minutes)
-        for name in ("steps", "batch", "w_pos", "w_vel", "w_acc", "lr"):
-            if getattr(args, name) is not None:
-                setattr(cfg, name, getattr(args, name))
-        if args.save_every is not None:
-            cfg.val_every = args.save_every
+        _override(cfg, args, ("steps", "batch", "w_pos", "w_vel", "w_acc", "lr"), save_every="val_every")
         if args.speed is not None:
             cfg.speed = _speed_range(args.speed)
         if args.val_subjects:
@@ -175,24 +178,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.tiny:  # a few small steps; the options below still apply
         cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
                                short_side=128, seed=args.seed, minutes=args.minutes)
-    if args.workers is not None:
-        cfg.workers = args.workers
-    if args.batch is not None:
-        cfg.batch = args.batch
-    if args.w_temporal is not None:
-        cfg.w_temporal = args.w_temporal
-    if args.p_no_blend is not None:
-        cfg.p_no_blend = args.p_no_blend
+    _override(cfg, args, ("workers", "batch", "w_temporal", "p_no_blend", "p_fade", "lr", "save_every", "max_frames"))
     if args.real_flow:
         cfg.real_flow = True
-    if args.p_fade is not None:
-        cfg.p_fade = args.p_fade
-    if args.lr is not None:
-        cfg.lr = args.lr
-    if args.save_every is not None:
-        cfg.save_every = args.save_every
-    if args.max_frames is not None:
-        cfg.max_frames = args.max_frames
     videos = args.data or str(_default_videos())
     train_video(args.output, videos, cfg, resume=args.resume, device=args.device, progress=not args.no_progress,
                 init=args.init)

@@ -297,15 +297,18 @@ def compare_with_torch(path: str | Path, model: nn.Module, batch: int, *dims: in
     return worst
 
 
-def _video_frame(x, name: str) -> np.ndarray:
+def _video_frame(x, name: str, sanitise: bool = True) -> np.ndarray:
     """A (B, 3, H, W) float frame in [0, 1] as contiguous float32, NaN/inf sanitised as :class:`VideoFilter` does (one
-    NaN would otherwise poison the state for good); ValueError naming ``name`` for another layout or an integer
-    array (uint8 0..255 would be taken for [0, 1] values and saturate)."""
+    NaN would otherwise poison the state for good) unless the graph does it itself (``sanitise=False``: graphs
+    exported since session 18); ValueError naming ``name`` for another layout or an integer array (uint8 0..255
+    would be taken for [0, 1] values and saturate)."""
     a = np.asarray(x)
     if a.ndim != 4 or a.shape[1] != 3 or 0 in a.shape:
         raise ValueError(f"{name} frames must be (B, 3, H, W), got {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
         raise ValueError(f"{name} frames must be floating point in [0, 1], got {a.dtype} (divide uint8 by 255)")
+    if not sanitise:
+        return np.ascontiguousarray(a, np.float32)
     # one copy a frame (this runs per step): the sanitised array is clipped in place
     a = np.nan_to_num(np.asarray(a, np.float32, order="C"), copy=True, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(a, 0.0, 1.0, out=a)
@@ -349,7 +352,10 @@ class OnnxRunner:
             # PyTorch one ran 5x slower on 2 cores). spinning=True for a process that only runs ORT.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), opts, providers=providers or ["CPUExecutionProvider"])
-        self.spec = StepSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.spec = StepSpec.from_metadata(meta, self.path)
+        # graphs that clean their frames themselves say so; older ones' frames are cleaned here
+        self._graph_sanitises = meta.get("streamssm.sanitises_frames") == "true"
         names = [i.name for i in self.session.get_inputs()]
         if names != self.spec.input_names():
             raise ValueError(f"{self.path}: inputs {names} do not match what the installed streamssm model needs "
@@ -414,7 +420,7 @@ class OnnxRunner:
                     and np.issubdtype(raw.dtype, np.floating) and float(np.nanmax(raw, initial=0.0)) > 1.5:
                 log.warning("%s: processed frames reach %.4g: the graph takes floats in [0, 1] (divide 0..255 by "
                             "255)", self.path.name, float(np.nanmax(raw)))
-            frame = _video_frame(frame, "processed")
+            frame = _video_frame(frame, "processed", not self._graph_sanitises)
             if spec.guided != (second is not None):
                 raise ValueError("this graph is guided: pass the original frame" if spec.guided else
                                  "this graph is processed-only: export with guided=True to use an original frame")
@@ -424,7 +430,7 @@ class OnnxRunner:
                                  "side of at least 64 px (export at the size you run, with --static-size, for smaller)")
             feeds = {"processed": frame}
             if spec.guided:
-                feeds["original"] = _video_frame(second, "original")
+                feeds["original"] = _video_frame(second, "original", not self._graph_sanitises)
         feeds["strength"] = np.full((1,), strength, np.float32)
         for name, shape in spec.frame_shapes(*size).items():
             if name in feeds and feeds[name].shape != shape:

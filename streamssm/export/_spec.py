@@ -205,6 +205,7 @@ class StepSpec:
         return {
             META_PREFIX + "state_shapes": json.dumps(self.state_formulas()),
             META_PREFIX + "state_init": "zeros",
+            META_PREFIX + "sanitises_frames": json.dumps(self.kind == "video"),  # VideoStep: NaN -> 0, clamp
             META_PREFIX + "layout": ("points (batch, keypoints, d) float32 in any one unit on every axis (pixels, "
                                      "metres); NaN = missing" if self.kind == "pose" else
                                      "frames (batch, 3, height, width) float32 RGB in [0, 1] (NaN read as 0)"),

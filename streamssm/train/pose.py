@@ -104,21 +104,22 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     model_cfg = model_cfg or PoseSSMConfig(backend="torch")
     model = PoseSSM(model_cfg)
     start_step, saved = 0, {}
-    for src in (resume, init):
-        if src and Path(src).exists():
-            conf, tensors, extra = read_weights(src, "pose")
-            if conf != model_cfg.to_dict():
-                raise ValueError(f"{src}: its config {conf} differs from the requested {model_cfg.to_dict()}; "
-                                 "use the same --preset, or write to a new file")
-            load_into(model, tensors, src)
-            start_step = int(extra.get("step", 0)) if src == resume else 0
-            log(f"resumed from {src} at step {start_step}" if src == resume else f"starting from the weights {src}")
-            if src == resume:
-                warn_changed_settings(src, extra.get("train"), cfg, log, per_piece=("steps", "val_every"))
-            break
-    else:
-        if resume:
-            log(f"no checkpoint at {resume} yet: starting a new run")
+    resuming = bool(resume) and Path(resume).exists()
+    if resume and not resuming:
+        log(f"no checkpoint at {resume} yet: starting a new run")
+    src = resume if resuming else init
+    if src:
+        conf, tensors, extra = read_weights(src, "pose")
+        if conf != model_cfg.to_dict():
+            raise ValueError(f"{src}: its config {conf} differs from the requested {model_cfg.to_dict()}; "
+                             "use the same --preset, or write to a new file")
+        load_into(model, tensors, src)
+        if resuming:
+            start_step = int(extra.get("step", 0))
+            log(f"resumed from {src} at step {start_step}")
+            warn_changed_settings(src, extra.get("train"), cfg, log, per_piece=("steps", "val_every"))
+        else:
+            log(f"starting from the weights {src}")
     # the same random streams as the uninterrupted run: restored from the checkpoint (below) when it has them
     rng = np.random.default_rng(cfg.seed)
     dev = torch.device(device)
@@ -172,6 +173,9 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
 
     def save(v: float) -> None:
         nonlocal saved_step
+        # never NaN weights over a checkpoint (an all-NaN output scores a loss of 0 here, NaN joints being "not yet
+        # seen": the weights tell); checked where it matters, not every step
+        check_finite(finite(model, torch.tensor(v)), done, out, saved_step)
         # the optimiser first: the weights' step is the checkpoint's; with it the random streams, for a resume
         save_optimizer(out, opt, done, rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
                        elapsed=trained_before + time.time() - t0)
@@ -189,8 +193,6 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            # an all-NaN output scores a loss of 0 here (NaN joints are "not yet seen"): the weights tell
-            check_finite(finite(model, loss), step + 1, out, saved_step)
             done = step + 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -414,7 +414,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
     rng = np.random.default_rng([cfg.seed, rank, 999] + ([start] if start else []))
     amp = dev.type == "cuda"
     it = iter(loader)
-    saved_step = None  # this run's last checkpoint
+    saved_step, stopped = None, 0  # this run's last checkpoint; the agreed stop request (StopRequest.code)
     with StopRequest() as stop:
         while step < total:
             batch = next(it)
@@ -434,9 +434,6 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
-            # the weights are the same on every rank (all-reduced gradients), so every rank stops at the same step;
-            # one flag, one host sync a step
-            check_finite(finite(model, loss), step, out, saved_step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", tmp=f"{tmp.item():.4f}")
@@ -455,26 +452,24 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # SIGTERM on any rank wins over Ctrl-C
                     budget_hit, code = bool(flag[0].item()), int(flag[1].item())
                     stopping = code > 0
-            if rank == 0 and (step % cfg.save_every == 0 or step == total or budget_hit or stopping):
-                save_optimizer(out, opt, step)  # first: the weights' step is the checkpoint's
-                record = {"step": step, "loss": float(loss.item()), "train": train_settings(cfg)}
-                save_weights(out, model, "video", model_cfg.to_dict(), record)
+            if step % cfg.save_every == 0 or step == total or budget_hit or stopping:
+                # never NaN weights over a checkpoint; checked on every rank (the weights are the same on each, so
+                # all stop together), at the saves rather than every step (a host sync)
+                check_finite(finite(model, loss), step, out, saved_step)
+                if rank == 0:
+                    save_optimizer(out, opt, step)  # first: the weights' step is the checkpoint's
+                    record = {"step": step, "loss": float(loss.item()), "train": train_settings(cfg)}
+                    save_weights(out, model, "video", model_cfg.to_dict(), record)
+                    if bar is None:
+                        log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), "
+                            f"{time.time() - t0:.0f} s")
                 saved_step = step
-                if bar is None:
-                    log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), {time.time() - t0:.0f} s")
             if stopping:
                 if rank == 0:
                     what = {1: "SIGINT", 2: "SIGTERM"}[code] + ("" if stop.requested else " (on another rank)")
-                    log(f"{what}: stopped at step {step}; {out} holds it "
-                        "(rerun with --resume to continue)")
-                if bar is not None:
-                    bar.close()
-                if world > 1:
-                    import torch.distributed as dist
-
-                    dist.barrier()
-                    dist.destroy_process_group()
-                StopRequest.raise_for(code)
+                    log(f"{what}: stopped at step {step}; {out} holds it (rerun with --resume to continue)")
+                stopped = code
+                break
             if budget_hit:
                 if rank == 0:
                     log(f"time budget of {cfg.minutes} min reached at step {step}; rerun with --resume to continue")
@@ -486,4 +481,6 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
 
         dist.barrier()
         dist.destroy_process_group()
+    if stopped:
+        StopRequest.raise_for(stopped)
     return out
