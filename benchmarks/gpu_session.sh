@@ -21,6 +21,7 @@
 #   bash benchmarks/gpu_session.sh realtime2        # e2e, the compiled 2160p row alone, the pose step's kernel profile
 #   bash benchmarks/gpu_session.sh gputests         # every gpu-marked test (~260 s)
 #   bash benchmarks/gpu_session.sh latency9         # the 1080p video latency rows, compiled included (~6 min)
+#   bash benchmarks/gpu_session.sh latency19        # the whole latency table, every size, batches 1 and 8 (~10 min)
 #   bash benchmarks/gpu_session.sh thr9             # GPU file-to-file throughput (RESULTS section), compiled 1080p row
 #   bash benchmarks/gpu_session.sh s11              # every gpu test, then the file-to-file throughput (~8 min)
 #   bash benchmarks/gpu_session.sh bound10          # video_bound.py's optimum on the GPU (~7 min; RESULTS section)
@@ -90,6 +91,11 @@ case "${1:-bench}" in
     timeout 420 python3 benchmarks/latency.py --time-budget 360 --video-weights streamssm/weights/video.safetensors \
       --sizes 1080p --batches 1 --pose-batches 1000 --no-write --out "$OUT/lat.md" > "$OUT/latency.log" 2>&1
     grep -A14 "Video step, ms" "$OUT/latency.log"; grep -m3 "Error" "$OUT/latency.log"
+    ;;
+  latency19)  # session 19: the whole latency table again (every size, batches 1 and 8; RESULTS section to merge)
+    timeout 585 python3 benchmarks/latency.py --time-budget 545 --video-weights streamssm/weights/video.safetensors \
+      --out "$OUT/latency.md" > "$OUT/latency.log" 2>&1
+    echo "rc $?"; grep -A40 "Video step, ms" "$OUT/latency.log" | head -60; grep -m3 "Error" "$OUT/latency.log"
     ;;
   thr9)  # session 9: the GPU file-to-file throughput (RESULTS section to merge), then the compiled 1080p row again
     timeout 250 python3 benchmarks/video_throughput.py --device cuda --clip .data/videos/edgetam_05_default_juggle.mp4 \
