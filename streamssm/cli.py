@@ -33,7 +33,7 @@ def _speed_range(text: str) -> tuple[float, float]:
 
 # options that only one model's training reads: given to the other, they are refused rather than ignored
 POSE_ONLY = ("preset", "w_pos", "w_vel", "w_acc", "speed", "val_subjects")
-VIDEO_ONLY = ("workers", "w_temporal", "p_no_blend", "p_fade", "real_flow", "max_frames")
+VIDEO_ONLY = ("workers", "w_temporal", "p_no_blend", "p_fade", "real_flow", "max_frames", "frame_cache")
 
 
 def _data_files(args: argparse.Namespace) -> list:
@@ -80,6 +80,16 @@ def _check_train_args(args: argparse.Namespace) -> None:
             want = (f"in {'(' if strict else '['}{lo}, {hi}]" if hi is not None
                     else f"{'above' if strict else 'at least'} {lo}")
             raise ValueError(f"--{name.replace('_', '-')} must be {want}, got {v}")
+    fc = getattr(args, "frame_cache", None)
+    if fc is not None:
+        fcp = Path(fc).expanduser()
+        if fcp.exists() and not fcp.is_dir():
+            raise ValueError(f"--frame-cache {fc}: is a file; expected a folder for the decoded frames (made if new)")
+        up = next((u for u in [fcp, *fcp.parents] if u.exists()), None)
+        if up is not None and not up.is_dir():
+            raise ValueError(f"--frame-cache {fc}: {up} is a file, not a folder; expected a folder for the frames")
+        if up is not None and not os.access(up, os.W_OK):
+            raise ValueError(f"--frame-cache {fc}: cannot write in {up}; choose another folder")
     out = Path(args.output)
     if not args.output or out.name in ("", ".", ".."):
         raise ValueError(f"-o {args.output!r}: expected a weights file name such as video.safetensors")
@@ -178,7 +188,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.tiny:  # a few small steps; the options below still apply
         cfg = VideoTrainConfig(steps=args.steps or 10, batch=2, length=6, sizes=(64, 96), workers=0, save_every=5,
                                short_side=128, seed=args.seed, minutes=args.minutes)
-    _override(cfg, args, ("workers", "batch", "w_temporal", "p_no_blend", "p_fade", "lr", "save_every", "max_frames"))
+    _override(cfg, args, ("workers", "batch", "w_temporal", "p_no_blend", "p_fade", "lr", "save_every", "max_frames",
+                          "frame_cache"))
     if args.real_flow:
         cfg.real_flow = True
     videos = args.data or str(_default_videos())
@@ -232,8 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "file such as the shipped one has its calibration undone first)")
     s.add_argument("--workers", type=int, default=None, help="video: data-loader processes (default 8; 0 with --tiny)")
     s.add_argument("--max-frames", type=int, default=None,
-                   help="video: frames decoded from each training video (all are held in memory, at a 288-px short "
-                        "side: ~0.45 MB a 16:9 frame); default: every frame")
+                   help="video: frames decoded from each training video (at a 288-px short side ~0.45 MB a 16:9 "
+                        "frame, held in memory unless --frame-cache); default: every frame")
+    s.add_argument("--frame-cache", default=None, metavar="DIR",
+                   help="video: keep the decoded training frames on disk in DIR (one .npy a video, memory-mapped; "
+                        "decoded once, reused by later runs and pieces with the same settings, shared by torchrun's "
+                        "processes) instead of in memory; default: in memory")
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     s.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
     s.add_argument("--resume", action="store_true",

@@ -25,8 +25,14 @@ target lies inside frame ``t + 1``; across a cut the flow is zero and invalid. I
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
+import mmap
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -46,40 +52,194 @@ __all__ = ["load_videos", "build_cache", "load_cache", "VideoClipSampler", "Clip
 # --------------------------------------------------------------------------------------------------
 # loading and caching
 # --------------------------------------------------------------------------------------------------
-def _read_video(path: str | Path, short_side: int, max_frames: int | None, stride: int) -> np.ndarray:
+def _frames_of(path: str | Path, short_side: int, max_frames: int | None, stride: int) -> Iterator[np.ndarray]:
+    """Decoded RGB frames of ``path``, every ``stride``-th, downscaled (INTER_AREA) to ``short_side``."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise OSError(f"cannot open video {path}")
-    frames, i = [], 0
-    while max_frames is None or len(frames) < max_frames:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        if i % stride == 0:
-            h, w = bgr.shape[:2]
-            s = short_side / min(h, w)
-            if s != 1.0:
-                bgr = cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        i += 1
-    cap.release()
+    n, i = 0, 0
+    try:
+        while max_frames is None or n < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if i % stride == 0:
+                h, w = bgr.shape[:2]
+                s = short_side / min(h, w)
+                if s != 1.0:
+                    bgr = cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+                n += 1
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            i += 1
+    finally:
+        cap.release()
+
+
+def _read_video(path: str | Path, short_side: int, max_frames: int | None, stride: int) -> np.ndarray:
+    frames = list(_frames_of(path, short_side, max_frames, stride))
     if not frames:
         raise OSError(f"no frames decoded from {path}")
+    if len({f.shape for f in frames}) > 1:
+        raise OSError(f"{path}: its frame size changes mid-video; expected one size throughout")
     return np.stack(frames)
 
 
+# --- the frame cache: decoded frames kept on disk, one .npy a video, read through a memory map
+CACHE_VERSION = 1
+_NPY_HEADER = 128  # bytes; a multiple of 64 as the .npy format asks, room for any (t, h, w, 3) shape
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A version-1.0 .npy header for a C-ordered uint8 array of ``shape``, padded to exactly :data:`_NPY_HEADER`
+    bytes, so that it can be written last, over a placeholder, once the frame count is known."""
+    d = ("{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (tuple(shape),)).encode("latin1")
+    n = _NPY_HEADER - 10
+    return b"\x93NUMPY\x01\x00" + n.to_bytes(2, "little") + d + b" " * (n - len(d) - 1) + b"\n"
+
+
+class CachedFrames(np.memmap):
+    """A video's frames in the frame cache: a read-only memory map, which pickles as its file name (a data-loader
+    worker started by spawn or forkserver reopens the file instead of receiving a copy of every frame)."""
+
+    def __reduce__(self):
+        if isinstance(self.base, mmap.mmap) and self.filename is not None:  # the whole file, not a view of it
+            return (_open_cached, (self.filename,))
+        return np.asarray(self).__reduce__()
+
+
+def _open_cached(path: str | Path) -> CachedFrames:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8 or fortran or shape[0] < 1:
+        raise OSError(f"{path}: not a frame-cache file ((t, h, w, 3) uint8 expected, got {shape} {dtype})")
+    if os.path.getsize(path) != offset + math.prod(shape):
+        raise OSError(f"{path}: {os.path.getsize(path)} bytes, not the {offset + math.prod(shape)} its header says")
+    return CachedFrames(path, dtype=np.uint8, mode="r", offset=offset, shape=shape)
+
+
+def cache_file(path: str | Path, cache_dir: str | Path, short_side: int, max_frames: int | None, stride: int) -> Path:
+    """Where :func:`load_videos` keeps ``path``'s decoded frames in ``cache_dir``: its name carries a hash of the
+    file (resolved path, size, modification time) and of the decoding settings, so an edited video or other
+    settings decode anew."""
+    p = Path(path)
+    st = p.stat()
+    ident = json.dumps([CACHE_VERSION, str(p.resolve()), st.st_size, st.st_mtime_ns, short_side, max_frames, stride])
+    return Path(cache_dir) / f"{p.stem[:80]}-{hashlib.sha1(ident.encode()).hexdigest()[:16]}.npy"
+
+
+def _decode_to_cache(path: Path, dest: Path, short_side: int, max_frames: int | None, stride: int) -> None:
+    """Decode ``path`` into ``dest`` one frame at a time (memory holds a frame, not the video); written under a
+    temporary name and renamed when complete, so an interrupted decode leaves no cache file behind."""
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+    shape, n = None, 0
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"\0" * _NPY_HEADER)
+            for fr in _frames_of(path, short_side, max_frames, stride):
+                if shape is None:
+                    shape = fr.shape
+                elif fr.shape != shape:
+                    raise OSError(f"{path}: its frame size changes mid-video (frame {n}: {fr.shape[1]}x{fr.shape[0]}, "
+                                  f"first {shape[1]}x{shape[0]}); expected one size throughout")
+                f.write(np.ascontiguousarray(fr).data)
+                n += 1
+            if n == 0:
+                raise OSError(f"no frames decoded from {path}")
+            f.seek(0)
+            f.write(_npy_header((n, *shape)))
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def _locked(lock: Path):
+    """An exclusive lock on ``lock`` where the OS offers one (POSIX): processes that build the same cache file at
+    once (DDP ranks) wait for the first instead of each decoding it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; the rename keeps each file whole either way
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _cached_video(path: Path, cache_dir: Path, short_side: int, max_frames: int | None, stride: int) -> CachedFrames:
+    dest = cache_file(path, cache_dir, short_side, max_frames, stride)
+    with _locked(dest.with_name(dest.name + ".lock")):
+        if dest.exists():
+            try:
+                return _open_cached(dest)
+            except (OSError, ValueError) as e:  # damaged outside this code (a rename is atomic): decode it again
+                log.warning("frame cache: %s is unreadable (%s); decoding %s again", dest, e, path)
+        t0 = time.monotonic()
+        _decode_to_cache(path, dest, short_side, max_frames, stride)
+        a = _open_cached(dest)
+        log.info("frame cache: decoded %s to %s (%d frames, %.0f MB, %.0f s)", path, dest, len(a), a.nbytes / 1e6,
+                 time.monotonic() - t0)
+        return a
+
+
+def _memory_estimate(paths: Sequence[Path], short_side: int, max_frames: int | None, stride: int) -> tuple[float, float]:
+    """(bytes the decoded videos would take in memory, from their containers' frame counts; bytes of memory
+    available, 0 where the OS does not say)."""
+    need = 0.0
+    for p in paths:
+        cap = cv2.VideoCapture(str(p))
+        if cap.isOpened():
+            w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+            n = max(0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT)) / stride
+            if max_frames is not None:
+                n = min(n, max_frames)
+            if w > 0 and h > 0:
+                s = short_side / min(w, h)
+                need += n * round(w * s) * round(h * s) * 3
+        cap.release()
+    try:
+        avail = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        avail = 0.0
+    return need, avail
+
+
 def load_videos(video_paths: Sequence[str | Path], short_side: int = 256, max_frames: int | None = None,
-                stride: int = 1) -> dict[str, np.ndarray]:
+                stride: int = 1, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """Decode videos to ``{stem: (t, h, w, 3) uint8 RGB}``, downscaled (INTER_AREA) to ``short_side`` (two files of
     one stem, ``clip.mp4`` and ``clip.mov``, are keyed by their whole names). A file that does not decode is left
-    out with a warning naming it; OSError naming them all if none decodes."""
+    out with a warning naming it; OSError naming them all if none decodes.
+
+    ``cache_dir``: keep the decoded frames on disk there instead of in memory (:class:`CachedFrames`, one ``.npy`` a
+    video, decoded once and reused by later runs with the same settings; the OS caches the pages that fit in
+    memory, and processes reading one cache share them). Without it every frame is held in memory: a warning says
+    so when that would take more than half of the memory available."""
     paths = [Path(p) for p in video_paths]
     stems, names = [p.stem for p in paths], [p.name for p in paths]
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir).expanduser()
+        if cache_dir.exists() and not cache_dir.is_dir():
+            raise OSError(f"{cache_dir}: not a folder; expected a folder for the frame cache")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        need, avail = _memory_estimate(paths, short_side, max_frames, stride)
+        if avail and need > avail / 2:
+            log.warning("decoding the %d training videos holds ~%.1f GB of frames in memory (%.1f GB available): "
+                        "--frame-cache DIR keeps them on disk instead, --max-frames N caps the frames a video",
+                        len(paths), need / 1e9, avail / 1e9)
     out, bad = {}, []
     for p in paths:
         key = p.stem if stems.count(p.stem) == 1 else p.name if names.count(p.name) == 1 else str(p)
         try:
-            out[key] = _read_video(p, short_side, max_frames, stride)
+            out[key] = (_read_video(p, short_side, max_frames, stride) if cache_dir is None else
+                        _cached_video(p, cache_dir, short_side, max_frames, stride))
         except OSError as e:
             bad.append(str(e))
     if bad and not out:

@@ -69,7 +69,7 @@ def load_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int, l
 
 
 # settings that may change between the pieces of one run (how long it runs, how often it saves)
-PER_PIECE = ("steps", "minutes", "save_every", "val_every", "workers")
+PER_PIECE = ("steps", "minutes", "save_every", "val_every", "workers", "frame_cache")
 
 
 def train_settings(cfg: Any) -> dict:

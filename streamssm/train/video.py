@@ -19,6 +19,7 @@ Checkpoints (weights + optimiser) let a run resume, so it can go in pieces of a 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -53,7 +54,8 @@ class VideoTrainConfig:
     seed: int = 0
     save_every: int = 250
     short_side: int = 288
-    max_frames: int | None = None  # frames decoded per training video (all are held in memory); None: every one
+    max_frames: int | None = None  # frames decoded per training video; None: every one
+    frame_cache: str | None = None  # keep the decoded frames on disk in this folder (load_videos); None: in memory
 
 
 BUDGET_SYNC = 10  # steps between the DDP ranks' agreements on the --minutes budget
@@ -279,8 +281,10 @@ def undo_finishing(src: str | Path) -> tuple[VideoSSM, dict]:
     return model, {**config, **{k: getattr(model.config, k) for k in kept}}
 
 
-def load_training_videos(videos: str | Path, short_side: int, max_frames: int | None = None) -> dict:
-    """A folder of videos, a list of files, or a cache .npz -> {name: (t, h, w, 3) uint8}."""
+def load_training_videos(videos: str | Path, short_side: int, max_frames: int | None = None,
+                         frame_cache: str | Path | None = None) -> dict:
+    """A folder of videos, a list of files, or a cache .npz -> {name: (t, h, w, 3) uint8}; ``frame_cache``: a folder
+    where the decoded frames are kept on disk (:func:`streamssm.data.video_clips.load_videos`)."""
     from streamssm.data.video_clips import load_cache, load_videos
 
     p = Path(videos)
@@ -295,13 +299,18 @@ def load_training_videos(videos: str | Path, short_side: int, max_frames: int | 
         if not cache or bad:
             raise ValueError(f"{p}: not a cache of training videos (expected arrays of (t, h, w, 3) uint8 frames; "
                              f"{'it holds none' if not cache else 'not: ' + ', '.join(bad[:5])})")
+        if frame_cache is not None:
+            logging.getLogger("streamssm").warning("--frame-cache %s: unused, %s is a .npz of decoded frames, read "
+                                                   "into memory", frame_cache, p)
         return cache
     from streamssm.io.video import VIDEO_EXTENSIONS
 
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_EXTENSIONS) if p.is_dir() else [p]
     if not files:
         raise ValueError(f"{p}: no video files found (expected {'/'.join(VIDEO_EXTENSIONS)})")
-    return load_videos(files, short_side=short_side, max_frames=max_frames)
+    if frame_cache is not None and Path(frame_cache).exists() and not Path(frame_cache).is_dir():
+        raise ValueError(f"--frame-cache {frame_cache}: not a folder; expected a folder for the decoded frames")
+    return load_videos(files, short_side=short_side, max_frames=max_frames, cache_dir=frame_cache)
 
 
 def _dist():
@@ -388,7 +397,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side, cfg.max_frames)
+    vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side, cfg.max_frames, cfg.frame_cache)
     loader = torch.utils.data.DataLoader(
         _ClipStream(vids, cfg, rank, start=start), batch_size=None, num_workers=cfg.workers,
         worker_init_fn=_quiet_worker,

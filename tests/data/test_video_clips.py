@@ -164,3 +164,66 @@ def test_fade_clips_are_flagged_and_left_out_of_guided_batches(videos):
     assert kept["processed"].flatten().tolist() == [1.0, 3.0] and not bool(kept["faded"].any())
     for same in (torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)):
         assert without_faded({"processed": b["processed"], "faded": same})["processed"].shape[0] == 4
+
+
+def test_frame_cache_is_the_decode_kept_on_disk(tmp_path, monkeypatch):
+    """--frame-cache: the same frames as decoding into memory, memory-mapped from one .npy a video; a second load
+    decodes nothing; an edited video (new modification time) or other settings decode anew."""
+    import os
+    import pickle
+
+    import streamssm.data.video_clips as vc
+
+    paths = _video_paths(2)
+    cache = tmp_path / "cache"
+    a = load_videos(paths, short_side=96, max_frames=6, cache_dir=cache)
+    b = load_videos(paths, short_side=96, max_frames=6)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert isinstance(a[k], vc.CachedFrames) and a[k].shape == b[k].shape and np.array_equal(a[k], b[k])
+        again = pickle.loads(pickle.dumps(a[k]))  # a spawned data-loader worker gets the file name, not the frames
+        assert len(pickle.dumps(a[k])) < 1000 and np.array_equal(again, b[k])
+    files = sorted(cache.glob("*.npy"))
+    assert len(files) == 2 and all(np.load(f).shape[0] == 6 for f in files)
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(vc, "_frames_of", no_decode)
+    c = load_videos(paths, short_side=96, max_frames=6, cache_dir=cache)
+    assert all(np.array_equal(c[k], b[k]) for k in b)
+    monkeypatch.undo()
+    link = tmp_path / paths[0].name  # "edited": a copy of the file with another modification time
+    link.write_bytes(paths[0].read_bytes())
+    os.utime(link, ns=(1, 1))
+    load_videos([link], short_side=96, max_frames=6, cache_dir=cache)
+    load_videos([paths[0]], short_side=64, max_frames=6, cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 4
+
+
+def test_frame_cache_keeps_no_partial_file(tmp_path, monkeypatch):
+    """A decode that fails midway (here: the frame size changes) leaves no cache file, and says which video."""
+    import streamssm.data.video_clips as vc
+
+    (path,) = _video_paths(1)
+
+    def frames(*a, **k):
+        yield np.zeros((8, 10, 3), np.uint8)
+        yield np.zeros((8, 12, 3), np.uint8)
+
+    monkeypatch.setattr(vc, "_frames_of", frames)
+    with pytest.raises(OSError, match=f"no training video decodes: {path}: its frame size changes mid-video"):
+        load_videos([path], short_side=96, cache_dir=tmp_path)
+    assert [f.name for f in tmp_path.iterdir() if not f.name.endswith(".lock")] == []
+
+
+def test_decoding_into_memory_warns_when_it_would_not_fit(caplog, monkeypatch):
+    import streamssm.data.video_clips as vc
+
+    paths = _video_paths(2)
+    need, _ = vc._memory_estimate(paths, 96, 6, 1)
+    assert need == sum(v.nbytes for v in load_videos(paths, short_side=96, max_frames=6).values())
+    monkeypatch.setattr(vc, "_memory_estimate", lambda *a: (3e9, 4e9))
+    with caplog.at_level("WARNING"):
+        load_videos(paths[:1], short_side=96, max_frames=2)
+    assert "~3.0 GB of frames in memory (4.0 GB available): --frame-cache DIR" in caplog.text

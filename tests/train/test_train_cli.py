@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -268,3 +269,35 @@ def test_video_max_frames_reaches_the_loader(monkeypatch, tmp_path, capsys):
     assert seen["cfg"].max_frames == 40
     assert cli.main(["train", "pose", "-o", str(tmp_path / "p.safetensors"), "--max-frames", "40"]) == 2
     assert "--max-frames: for `streamssm train video`" in capsys.readouterr().err
+
+
+def test_video_frame_cache_reaches_the_loader_and_is_checked(monkeypatch, tmp_path, capsys):
+    seen = {}
+    monkeypatch.setattr(tv, "train_video", lambda out, videos, cfg, **kw: seen.update(cfg=cfg))
+    argv = ["train", "video", "-o", str(tmp_path / "v.safetensors"), "--data", str(tmp_path)]
+    assert cli.main(argv + ["--frame-cache", str(tmp_path / "frames")]) == 0
+    assert seen["cfg"].frame_cache == str(tmp_path / "frames")
+    (tmp_path / "notes.txt").write_text("mine")
+    seen.clear()
+    assert cli.main(argv + ["--frame-cache", str(tmp_path / "notes.txt")]) == 2 and not seen
+    assert "--frame-cache" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"
+    assert cli.main(argv + ["--frame-cache", str(tmp_path / "notes.txt" / "sub")]) == 2 and not seen
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_video_training_reads_its_frames_from_the_cache(tmp_path):
+    """A tiny run with --frame-cache decodes each video once into the folder; its resume reuses the files."""
+    from tests._media import make_clip
+
+    data = tmp_path / "videos"
+    data.mkdir()
+    make_clip(data / "clip.mp4", n=8, size=(160, 128))
+    frames = tmp_path / "frames"
+    argv = ["train", "video", "--tiny", "--data", str(data), "-o", str(tmp_path / "v.safetensors"), "--no-progress",
+            "--frame-cache", str(frames)]
+    assert cli.main(argv + ["--steps", "1"]) == 0
+    (npy,) = frames.glob("*.npy")
+    made = npy.stat().st_mtime_ns
+    assert cli.main(argv + ["--steps", "2", "--resume"]) == 0
+    assert [f.name for f in frames.glob("*.npy")] == [npy.name] and npy.stat().st_mtime_ns == made
+    assert np.load(npy).shape[0] == 8
