@@ -79,6 +79,19 @@ def _plausible_fps(fps: float) -> float:
     return fps
 
 
+def _as_fps(value: Any) -> float | tuple[float, ...]:
+    """``fps``: one positive frame rate, or one per stream (a sequence of B of them, kept as a tuple)."""
+    if isinstance(value, (str, bytes)) or np.ndim(value) == 0:
+        return _plausible_fps(as_positive(value, "fps", "frames per second"))
+    try:
+        vals = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"fps must be a number, or one per stream (a sequence of numbers), got {value!r:.60}") from None
+    if vals.ndim != 1 or vals.size == 0:
+        raise ValueError(f"fps must be a number, or one per stream (a 1-D sequence), got shape {vals.shape}")
+    return tuple(_plausible_fps(as_positive(v, f"fps[{i}]", "frames per second")) for i, v in enumerate(vals))
+
+
 def _writable(a: np.ndarray) -> np.ndarray:
     """``a``, copied if it is read-only (torch.from_numpy warns on those; the filter never writes its input)."""
     return a if a.flags.writeable else a.copy()
@@ -92,7 +105,9 @@ class PoseFilter:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
         strength: 0 returns the input, 1 the full learned correction, in between a blend of the two. Above 1
             (up to 2 is accepted) the correction is extrapolated: it overshoots rather than smoothing more.
-        fps: frame rate of the stream (the filter adapts its time constants to it).
+        fps: frame rate of the stream (the filter adapts its time constants to it); or one per stream, a
+            sequence of B rates, for a batch of recordings at different rates run together, frame ``i`` of each
+            in one call (no timestamps then: one clock cannot run at several frame rates).
         compile: run :meth:`step` through ``torch.compile`` (same outputs to fp32 rounding; the first step of
             each (B, K, D) compiles for seconds; about 0.12 ms per 33-keypoint frame on one CPU core against ~0.6 ms
             for the eager PyTorch step). It replaces the native C step below, which is faster still on a CPU.
@@ -134,8 +149,8 @@ class PoseFilter:
     """
 
     strength = Checked(as_strength, "0 returns the input, 1 the shipped smoothing, up to 2; checked when set.")
-    fps = Checked(lambda v: _plausible_fps(as_positive(v, "fps", "frames per second")),
-                  "The stream's frame rate (the filter's time constants are in frames of it); checked when set.")
+    fps = Checked(_as_fps, "The streams' frame rate (the filter's time constants are in frames of it), or one per "
+                           "stream (a sequence of B, kept as a tuple); checked when set.")
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0, fps: float = 30.0,
                  backend: str = "auto", max_gap: float = 1.0, compile: bool = False, native: bool | None = None):
@@ -213,6 +228,19 @@ class PoseFilter:
             c = c.to(self.device, torch.float32)
         return p.to(self.device, torch.float32), c, is_torch, dtype
 
+    def _model_fps(self, b: int, timed: bool) -> float | Tensor:
+        """The ``fps`` argument of the model for a batch of ``b`` streams: the number, or a (b,) tensor."""
+        fps = self.fps
+        if not isinstance(fps, tuple):
+            return fps
+        if timed:
+            raise ValueError(f"timestamps with one fps per stream ({len(fps)} rates): one clock cannot run at several "
+                             "frame rates; leave the timestamps out (each call is the next frame of every stream), "
+                             "or use a filter per frame rate")
+        if len(fps) != b:
+            raise ValueError(f"fps has {len(fps)} values (one per stream), but the frame has {b} stream(s)")
+        return torch.tensor(fps, dtype=torch.float32, device=self.device)
+
     def _gap(self, t: Any) -> tuple[float, int]:
         """(timestamp, frame periods since the previous frame; 1 for the first) after validating ``t``."""
         t = as_timestamp(t)
@@ -276,15 +304,16 @@ class PoseFilter:
             p = p[None]
             c = None if c is None else c[None]
         b, k, d = p.shape
+        fps = self._model_fps(b, timestamp is not None)
         self._check_stream(b, k, d)
         if timestamp is not None:
             t, periods = self._gap(timestamp)
             if periods <= self.max_gap * self.fps:
                 self._gap_restarts = 0
             self._step_over(periods - 1, b, k, d)
-        else:
-            t = None if self._last_t is None else self._last_t + 1.0 / self.fps
-        y, self.state = self._step(p, c, self.state, fps=self.fps, strength=self.strength)
+        else:  # no timeline at several frame rates
+            t = None if self._last_t is None or isinstance(fps, Tensor) else self._last_t + 1.0 / fps
+        y, self.state = self._step(p, c, self.state, fps=fps, strength=self.strength)
         self._last_t = t
         return self._out(y[0] if single else y, is_torch, dtype, points)
 
@@ -301,25 +330,27 @@ class PoseFilter:
         t, b, k, d = p.shape
         if t == 0:
             raise ValueError("sequence is empty (T = 0 frames)")
+        fps = self._model_fps(b, timestamps is not None)
         self._check_stream(b, k, d)
         if timestamps is None:
-            y = self._scan(p, c)
+            y = self._scan(p, c, fps)
             if self._last_t is not None:
-                self._last_t += t / self.fps
+                self._last_t = None if isinstance(fps, Tensor) else self._last_t + t / fps
         else:
             y = self._scan_timed(p, c, self._timeline(timestamps, t))
         return self._out(y[:, 0] if single else y, is_torch, dtype, sequence)
 
-    def _scan(self, p: Tensor, c: Tensor | None) -> Tensor:
+    def _scan(self, p: Tensor, c: Tensor | None, fps: float | Tensor | None = None) -> Tensor:
         """(T, B, K, D) -> (T, B, K, D) with the parallel scan, advancing the state; in chunks of
         :data:`SCAN_KEYPOINT_FRAMES` keypoint-frames with the state carried, so memory stays bounded
         whatever T (the API, the CLI and the demo all go through here)."""
         t, b, k, _ = p.shape
         n = max(1, SCAN_KEYPOINT_FRAMES // (b * k))
+        fps = self.fps if fps is None else fps
         outs = []
         for s in range(0, t, n):
             y, self.state = self.model(p[s : s + n].transpose(0, 1), None if c is None else c[s : s + n].transpose(0, 1),
-                                       self.state, fps=self.fps, strength=self.strength)
+                                       self.state, fps=fps, strength=self.strength)
             outs.append(y.transpose(0, 1))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -396,13 +427,25 @@ class PoseFilter:
         fresh = self.model.init_state(b, k, self.device)
         self.state = reset_state(self.state, fresh, mask)
 
-    def add_streams(self, n: int = 1) -> None:
-        """Append ``n`` fresh streams (indices B .. B+n-1); the running ones keep their state."""
+    def add_streams(self, n: int = 1, fps: Any = None) -> None:
+        """Append ``n`` fresh streams (indices B .. B+n-1); the running ones keep their state. ``fps``: the new
+        streams' frame rate (one, or ``n`` of them), needed when the filter has one per stream; given to a filter
+        with one rate for all that differs from it, it makes the filter's ``fps`` one per stream."""
         if not (isinstance(n, (int, np.integer)) and n >= 1):
             raise ValueError(f"add_streams: n must be a positive integer, got {n!r}")
         if self.state is None:
             raise ValueError("add_streams: no stream is running yet (the first step sets B and K)")
         b, k = self._shape
+        if fps is not None or isinstance(self.fps, tuple):
+            if fps is None:
+                raise ValueError(f"add_streams: this filter has one fps per stream; give the new streams' fps= (one "
+                                 f"rate, or {n} of them)")
+            new = _as_fps(fps)
+            new = new if isinstance(new, tuple) else (new,) * int(n)
+            if len(new) != n:
+                raise ValueError(f"add_streams: fps has {len(new)} values for {n} new stream(s)")
+            old = self.fps if isinstance(self.fps, tuple) else (self.fps,) * b
+            self.fps = old + new if len(set(old + new)) > 1 else new[0]
         self.state = cat_streams(self.state, self.model.init_state(int(n), k, self.device))
         self._shape = (b + int(n), k)
 
@@ -412,6 +455,8 @@ class PoseFilter:
             raise ValueError("drop_streams: no stream is running yet")
         b, k = self._shape
         keep = kept_streams(index, b)
+        if isinstance(self.fps, tuple) and len(self.fps) == b:  # the dropped streams' rates go with them
+            self.fps = tuple(self.fps[i] for i in keep) or self.fps[0]
         if not keep:
             self.reset()
             return

@@ -350,3 +350,51 @@ def test_coordinates_that_would_overflow_are_refused():
     for big in (x * np.float32(1e17), torch.from_numpy(x * np.float32(1e17))):
         with pytest.raises(ValueError, match="coordinates up to .* beyond 1e\\+18"):
             PoseFilter(device="cpu", fps=FPS).filter(big)
+
+
+# ----------------------------------------------------------------------------- one fps per stream
+
+@pytest.mark.parametrize("native", [True, False])
+def test_one_fps_per_stream_is_each_stream_at_its_own_rate(native):
+    """fps=(24, 60, 30): stream i filtered as it would be alone at its rate, stepping (native C step or PyTorch)
+    and scanning alike; the rate matters (60 differs from 24)."""
+    rates = (24.0, 60.0, 30.0)
+    x = _poses(t=18, b=3, k=12, d=2, seed=3)
+    f = PoseFilter(device="cpu", fps=rates, native=native)
+    assert f.fps == rates
+    y_step = np.stack([f.step(p) for p in x])
+    y_scan = PoseFilter(device="cpu", fps=list(rates)).filter(x)
+    assert_rel_close(_t(y_step), _t(y_scan), what="per-stream fps: step vs filter")
+    for i, r in enumerate(rates):
+        alone = PoseFilter(device="cpu", fps=r).filter(x[:, i])
+        assert_rel_close(_t(y_scan[:, i]), _t(alone), what=f"stream {i} at {r} fps")
+    assert not np.allclose(y_scan[:, 1], PoseFilter(device="cpu", fps=24.0).filter(x[:, 1]))
+
+
+def test_one_fps_per_stream_follows_added_and_dropped_streams():
+    x = _poses(t=6, b=2, k=12, d=2, seed=4)
+    f = PoseFilter(device="cpu", fps=30.0)
+    f.step(x[0])
+    with pytest.raises(ValueError, match="fps has 2 values for 1 new stream"):
+        f.add_streams(1, fps=[60, 50])
+    f.add_streams(1, fps=60)  # a different rate makes the rates per stream
+    assert f.fps == (30.0, 30.0, 60.0)
+    with pytest.raises(ValueError, match="one fps per stream; give the new streams' fps="):
+        f.add_streams(1)
+    f.step(np.concatenate([x[1], x[1][:1]]))
+    f.drop_streams(0)
+    assert f.fps == (30.0, 60.0)
+    f.step(x[2])
+
+
+@pytest.mark.parametrize(("fps", "call", "says"), [
+    ((30, 60), lambda f, x: f.step(x[0], timestamp=0.0), "one clock cannot run at several frame rates"),
+    ((30, 60), lambda f, x: f.filter(x, timestamps=np.arange(len(x)) / 30), "one clock cannot run"),
+    ((30, 60, 25), lambda f, x: f.step(x[0]), "fps has 3 values \\(one per stream\\), but the frame has 2"),
+    ((30, -1), None, "fps\\[1\\] must be a positive number"),
+    ([[30, 60]], None, "1-D sequence"),
+])
+def test_one_fps_per_stream_misuse_is_named(fps, call, says):
+    x = _poses(t=4, b=2, k=12, d=2)
+    with pytest.raises(ValueError, match=says):
+        call(PoseFilter(device="cpu", fps=fps), x) if call else PoseFilter(device="cpu", fps=fps)
