@@ -21,8 +21,11 @@ with one global gain for the frame instead, the first version tried); processed-
 that skips repeated frames (``streamssm.video.model.fade_reference``, session 13), the fade gain (session 11) and its
 flow guide's brightness match (``streamssm.video.model.match_brightness``, session 8); and processed-only as
 trained, with the weights' processed-only finishing (``streamssm.train.video.finish_processed_only``, session 14:
-the colour correction off, a wider blend gate) undone. CPU, shipped weights, the reference scan. Writes the
-section "video_fade" of benchmarks/RESULTS.md.
+the colour correction off, a wider blend gate) undone; and both modes with the exposure lock on
+(``VideoFilter(exposure_lock=0.3)``, ``streamssm.video.model.exposure_gain``, session 19; off in the shipped weights).
+The jitter table also scores the issue's baselines on the clips of distinct frames: motion-compensated EMA (guided,
+and on P alone) and ffmpeg's deflicker. CPU, shipped weights, the reference scan. Writes the section "video_fade" of
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from streamssm import metrics  # noqa: E402
 from streamssm.train.video import set_processed_only  # noqa: E402
 from streamssm.video.filter import DEFAULT_WEIGHTS, load_video_model  # noqa: E402
 from streamssm.weights import read_weights  # noqa: E402
-from video_quality import DATA, read_folder, read_video, scan_uint8  # noqa: E402
+from streamssm.baselines_video import mc_ema  # noqa: E402
+from video_quality import DATA, ffmpeg_deflicker, read_folder, read_video, scan_uint8  # noqa: E402
 
 
 def fade(frames: list[np.ndarray], n: int, left_half: bool = False, start: float = 0.3) -> list[np.ndarray]:
@@ -67,6 +71,8 @@ def ratios(O: list[np.ndarray], P: list[np.ndarray], cols: slice = slice(None)) 
 
 
 JITTERS, JITTER_FRAMES = (0.02, 0.08), 48  # exposure jitter: log-normal sigmas per frame, clip length
+LOCK = 0.3  # the exposure lock's rows (``VideoFilter(exposure_lock=0.3)``, off in the shipped weights)
+LOCKED_G, LOCKED_P = f"guided, exposure lock {LOCK}", f"processed-only, exposure lock {LOCK}"
 
 
 def jitter(frames: list[np.ndarray], sigma: float, seed: int = 0) -> list[np.ndarray]:
@@ -127,6 +133,7 @@ def main(argv=None):
     rec = read_weights(args.weights or DEFAULT_WEIGHTS, "video")[2].get("processed_only")
     trained = (rec["before"]["correction"], rec["before"]["gate_width"]) if rec else None
     po = [("processed-only", False, shipped_gain, True, follow, tol),
+          (LOCKED_P, False, shipped_gain, True, follow, tol),
           *([("processed-only, as trained (before session 14's finish_processed_only)", False, shipped_gain, True,
               follow, tol)] if trained else []),
           ("processed-only, a repeated frame compared with its copy (before session 13)", False, shipped_gain, True,
@@ -135,12 +142,14 @@ def main(argv=None):
 
     def finish(mode: str):  # the weights' processed-only finishing, or (the "as trained" rows) the one before it
         set_processed_only(model, *(trained if mode.startswith("processed-only, as trained") else finished))
+        cfg.exposure_lock = LOCK if mode in (LOCKED_G, LOCKED_P) else 0.0
 
     rows, flick = [], []
     try:
         for name, P in clips.items():
             for mode, guided, gain, match, fo, rt in [
                     ("guided (original = P: the fade is in the original too)", True, shipped_gain, True, follow, tol),
+                    (LOCKED_G, True, shipped_gain, True, follow, tol),
                     ("guided, guide gain off (before session 9)", True, no_gain, True, follow, tol),
                     ("guided, one global gain for the frame (tried in session 9)", True, global_gain, True, follow,
                      tol),
@@ -164,15 +173,25 @@ def main(argv=None):
                 T = shown(frames, times, n)  # the frames before the jitter, repeated as the jittered ones are
                 Ps = [shown(jitter(frames, sigma), times, n) for sigma in JITTERS]  # the jitter repeats with its frame
                 for mode, guided, _, _, fo, rt in [("guided (original: the frames before the jitter)", True, None, True,
-                                                    follow, tol), *po]:
+                                                    follow, tol), (LOCKED_G, True, None, True, follow, tol), *po]:
                     cfg.fade_follow, vm.REPEAT_TOL = fo, rt
                     finish(mode)
-                    left = [metrics.luminance_flicker(scan_uint8(model, P, T if guided else None), T, P) for P in Ps]
-                    flick.append([clip + shown_as, mode, *(f"{x:.3f}" for x in left)])
+                    outs = [scan_uint8(model, P, T if guided else None) for P in Ps]
+                    flick.append([clip + shown_as, mode, *(f"{metrics.luminance_flicker(O, T, P):.3f} / "
+                                                           f"{metrics.psnr(O, T):.1f}" for O, P in zip(outs, Ps))])
                     print(" | ".join(flick[-1]), flush=True)
+                if times == (1,):  # the issue's baselines, on the clips of distinct frames
+                    for mode, fn in [("MC-EMA a=0.3 (DIS flow on the original)", lambda P: mc_ema(P, T)),
+                                     ("MC-EMA a=0.3 on P alone (DIS flow on P)", lambda P: mc_ema(P, P)),
+                                     ("ffmpeg deflicker (looks 5 frames ahead: not causal)", ffmpeg_deflicker)]:
+                        outs = [fn(P) for P in Ps]
+                        flick.append([clip, mode, *(f"{metrics.luminance_flicker(O, T, P):.3f} / "
+                                                    f"{metrics.psnr(O, T):.1f}" for O, P in zip(outs, Ps))])
+                        print(" | ".join(flick[-1]), flush=True)
     finally:
         vm.match_brightness, vm.guide_gain, cfg.fade_follow, vm.REPEAT_TOL = shipped, shipped_gain, follow, tol
         set_processed_only(model, *finished)
+        cfg.exposure_lock = 0.0
     body = (
         "## Video filter against a real fade, whole frame or half (no flicker)\n\n"
         f"`python benchmarks/video_fade.py --frames {args.frames} --fade {args.fade}` on {machine('cpu')}. "
@@ -187,10 +206,11 @@ def main(argv=None):
         + f"\n\nThe price, under a white exposure jitter ({' and '.join(f'{j:g}' for j in JITTERS)} log-brightness a "
         f"frame, {JITTER_FRAMES} frames, no fade): the share of the processed clip's frame-to-frame mean-luminance "
         "flicker left in the output (`metrics.luminance_flicker` against the frames before the jitter; 0: none, 1: "
-        "all of it). 'Shown twice' (or 'twice and three times in turn', as 24 to 60 fps by repetition): the clip's "
+        "all of it) / PSNR(O, T) in dB to those frames. 'Shown twice' (or 'twice and three times in turn', as 24 to "
+        "60 fps by repetition): the clip's "
         "first frames, each with its jitter, repeated so, to the same length (as when a processed clip is converted to "
         "a higher frame rate by repetition).\n\n"
-        + md_table(["input", "mode", *(f"flicker left, jitter {j:g}" for j in JITTERS)], flick)
+        + md_table(["input", "mode", *(f"flicker left / PSNR(O, T), jitter {j:g}" for j in JITTERS)], flick)
         + f"\n\nRun took {time.time() - t0:.0f} s."
     )
     print(body)

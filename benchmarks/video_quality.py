@@ -255,6 +255,8 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--strength", type=float, default=1.3,
                     help="also run streamssm guided at this strength (the user's knob; default 1.0 is the main row)")
+    ap.add_argument("--exposure-lock", type=float, default=0.3,
+                    help="also score the exposure lock at this weight (VideoFilter(exposure_lock=...); 0: not)")
     ap.add_argument("--uncalibrated", action=argparse.BooleanOptionalAction, default=True,
                     help="also run streamssm guided with the weights' blend calibration undone (calibrate_blend), "
                          "and processed-only with its finishing undone (finish_processed_only)")
@@ -286,6 +288,11 @@ def main(argv=None):
         res["**streamssm guided**"] = timed(lambda: f.filter(P, I), n)
         f.reset()
         res["**streamssm processed-only**"] = timed(lambda: f.filter(P), n)
+        if args.exposure_lock:
+            f = VideoFilter(args.weights, device="cpu", exposure_lock=args.exposure_lock)
+            res[f"streamssm guided, exposure lock {args.exposure_lock:g}"] = timed(lambda: f.filter(P, I), n)
+            f.reset()
+            res[f"streamssm processed-only, exposure lock {args.exposure_lock:g}"] = timed(lambda: f.filter(P), n)
         if args.strength != 1.0:
             f = VideoFilter(args.weights, device="cpu", strength=args.strength)
             res[f"streamssm guided, strength {args.strength:g}"] = timed(lambda: f.filter(P, I), n)

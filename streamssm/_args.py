@@ -42,6 +42,14 @@ def as_ghost_res(value: Any, name: str = "ghost_res") -> float:
     return g
 
 
+def as_exposure_lock(value: Any, name: str = "exposure_lock") -> float:
+    """The video filter's exposure lock: 0 (off) or the weight of a frame in its average, up to 1, or ValueError."""
+    a = as_number(value, name)
+    if not (0.0 <= a <= 1.0):  # also NaN
+        raise ValueError(f"{name} must be 0 (off) or a weight up to 1 such as 0.3 (lower: steadier), got {a}")
+    return a
+
+
 def as_positive(value: Any, name: str, unit: str) -> float:
     """A positive finite number (``fps``, ``max_gap``), or ValueError naming ``name``."""
     v = as_number(value, name, unit)

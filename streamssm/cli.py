@@ -252,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     s.add_argument("--seed", type=int, default=0, help="seed of the data and the initial weights (default 0)")
     s.add_argument("--resume", action="store_true",
-                   help="continue the run in --output if it exists (weights, optimiser and, for pose, the random "
-                        "streams: the same run as an uninterrupted one); a new run if not")
+                   help="continue the run in --output if it exists (weights, optimiser and the random streams: the "
+                        "same run as an uninterrupted one, with the same number of torchrun processes); a new run if "
+                        "not")
     s.add_argument("--overwrite", action="store_true", help="start over, replacing an existing --output")
     s.add_argument("--tiny", action="store_true", help="a few small steps (tests, smoke runs)")
     s.add_argument("--preset", default=None, choices=["base", "small", "tiny"],

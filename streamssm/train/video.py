@@ -106,11 +106,11 @@ def _quiet_worker(_: int) -> None:
 
 
 class _ClipStream(torch.utils.data.IterableDataset):
-    """Endless clips; each DataLoader worker (and each DDP rank) draws from its own seed."""
+    """Endless batches of clips, step ``k``'s drawn from the seed ``(seed, rank, k)`` alone: whichever DataLoader
+    worker draws it and however many there are, a run resumed at ``start`` gets the batches the uninterrupted run
+    would have (its weights are the same, bit for bit on a CPU); each DDP rank draws its own."""
 
     def __init__(self, videos, cfg: VideoTrainConfig, rank: int, operators=None, start: int = 0):
-        # start: the step a run resumes at, in the seed, so a resumed run draws new clips instead of replaying
-        # the ones its first piece trained on
         self.videos, self.cfg, self.rank, self.operators, self.start = videos, cfg, rank, operators, start
 
     def __iter__(self):
@@ -119,10 +119,13 @@ class _ClipStream(torch.utils.data.IterableDataset):
 
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
-        rng = np.random.default_rng([self.cfg.seed, self.rank, wid] + ([self.start] if self.start else []))
+        nw = info.num_workers if info is not None else 1
         sampler = VideoClipSampler(self.videos, operators=self.operators or TRAIN_OPERATORS,
                                    real_flow=self.cfg.real_flow, p_fade=self.cfg.p_fade)
+        k = self.start + wid  # the DataLoader takes the workers' batches in turn: step k's from worker k % nw
         while True:
+            rng = np.random.default_rng([self.cfg.seed, self.rank, k])  # step k's clips from k alone, whoever draws
+            k += nw
             size = int(rng.choice(self.cfg.sizes))
             batch = [sampler.sample_clip(rng, self.cfg.length, size) for _ in range(self.cfg.batch)]
             hw = (size, size)
@@ -420,7 +423,6 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
             bar = None
     t0 = time.time()
     step = start
-    rng = np.random.default_rng([cfg.seed, rank, 999] + ([start] if start else []))
     amp = dev.type == "cuda"
     it = iter(loader)
     saved_step, stopped = None, 0  # this run's last checkpoint; the agreed stop request (StopRequest.code)
@@ -430,6 +432,9 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
+            # the step's coin flips from the step alone (a resumed run makes the same ones), the same on every rank
+            # (DDP needs every rank to use the same parameters: the blend's are unused where it is off)
+            rng = np.random.default_rng([cfg.seed, 999, step])
             guided = rng.random() >= cfg.p_unguided
             if guided:
                 batch = without_faded(batch)

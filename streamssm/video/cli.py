@@ -51,7 +51,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from streamssm._args import as_ghost_res, as_positive, as_strength
+from streamssm._args import as_exposure_lock, as_ghost_res, as_positive, as_strength
 
 log = logging.getLogger("streamssm")
 
@@ -109,6 +109,10 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--ghost-res", type=float, default=None, metavar="R",
                    help="ghost guard: cut the temporal blend where the flow misses (a thin or fast object leaves no "
                         "trail); 0.3 mild, 0.1 strong, 0 off (default: the weights', off)")
+    s.add_argument("--exposure-lock", type=float, default=None, metavar="A",
+                   help="for a global brightness flicker (timelapse, old film): hold each frame's overall brightness "
+                        "near its running average, A the weight of a frame in it; 0.3 strong, 0.5 mild, 0 off "
+                        "(default: the weights', off). Processed-only it also slows a real fade")
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
     s.add_argument("--weights", default=None, help="video .safetensors (default: the weights shipped in the package)")
     s.add_argument("--side-by-side", action="store_true", help="write [processed | filtered] (double width)")
@@ -154,10 +158,13 @@ def run_video(args: argparse.Namespace) -> int:
     limits = _limits(args)
     if args.ghost_res is not None:
         as_ghost_res(args.ghost_res, "--ghost-res")
+    if args.exposure_lock is not None:
+        as_exposure_lock(args.exposure_lock, "--exposure-lock")
     if not 0 <= args.crf <= 51:
         raise ValueError(f"--crf must be from 0 (lossless) to 51 (smallest), got {args.crf}")
     common = dict(weights=args.weights, device=args.device, strength=args.strength, max_frames=args.max_frames,
-                  progress=not args.no_progress, ghost_res=args.ghost_res, crf=args.crf, preset=args.preset)
+                  progress=not args.no_progress, ghost_res=args.ghost_res, exposure_lock=args.exposure_lock,
+                  crf=args.crf, preset=args.preset)
 
     if args.webcam:
         _refuse(args, original="--original does not apply to --webcam",
@@ -363,13 +370,15 @@ class WarpReport:
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
-def _make_filter(weights, device: str, strength: float, max_gap: float = 1.0, ghost_res: float | None = None):
+def _make_filter(weights, device: str, strength: float, max_gap: float = 1.0, ghost_res: float | None = None,
+                 exposure_lock: float | None = None):
     from streamssm.video.filter import DEFAULT_WEIGHTS, VideoFilter
 
     if weights is None and not DEFAULT_WEIGHTS.is_file():
         raise ValueError(f"no video weights shipped at {DEFAULT_WEIGHTS}; pass --weights FILE.safetensors "
                          "(from `streamssm train video`)")
-    return VideoFilter(weights=weights, device=device, strength=strength, max_gap=max_gap, ghost_res=ghost_res)
+    return VideoFilter(weights=weights, device=device, strength=strength, max_gap=max_gap, ghost_res=ghost_res,
+                       exposure_lock=exposure_lock)
 
 
 def file_max_gap(rate) -> float:
@@ -523,6 +532,7 @@ def filter_video(
     max_duration: float | None = None,
     max_input_frames: int | None = None,
     ghost_res: float | None = None,
+    exposure_lock: float | None = None,
     crf: int = 18,
     preset: str = "ultrafast",
 ) -> RunSummary:
@@ -532,7 +542,7 @@ def filter_video(
     the limits ``max_resolution``/``max_duration``/``max_input_frames``) before the model is loaded.
     ``max_frames``: filter only the first N frames. ``filt``: an existing
     :class:`~streamssm.video.filter.VideoFilter` (reset first) instead of building one from
-    ``weights``/``device``/``strength``/``ghost_res`` (:class:`~streamssm.video.filter.VideoFilter`).
+    ``weights``/``device``/``strength``/``ghost_res``/``exposure_lock`` (:class:`~streamssm.video.filter.VideoFilter`).
     ``crf``/``preset``: the encoder's quality and speed (:func:`~streamssm.io.open_sink`).
     Ctrl-C returns a summary with ``interrupted=True``; any other error propagates after the output
     has been finalised with the frames written so far (``summary.output``/the message say where: see
@@ -569,7 +579,8 @@ def filter_video(
                             "paired one by one and the output keeps the processed video's rate", P.path,
                             float(P.rate), I.path, float(I.rate))
         if filt is None:
-            filt = _make_filter(weights, device, strength, max_gap=file_max_gap(P.rate), ghost_res=ghost_res)
+            filt = _make_filter(weights, device, strength, max_gap=file_max_gap(P.rate), ghost_res=ghost_res,
+                                exposure_lock=exposure_lock)
         try:
             check_frame_size(P.height, P.width, filt.model.config)
         except ValueError as e:
@@ -630,6 +641,7 @@ def run_webcam(
     preview: bool | None = None,
     max_resolution: tuple[int, int] | None = DEFAULT_MAX_RESOLUTION,
     ghost_res: float | None = None,
+    exposure_lock: float | None = None,
     crf: int = 18,
     preset: str = "ultrafast",
 ) -> RunSummary:
@@ -662,7 +674,7 @@ def run_webcam(
         stack.enter_context(sigterm_as_exception())
         src = stack.enter_context(open_source(spec, max_frames=max_frames, on_limit="stop",
                                               max_resolution=max_resolution))
-        filt = _make_filter(weights, device, strength, ghost_res=ghost_res)
+        filt = _make_filter(weights, device, strength, ghost_res=ghost_res, exposure_lock=exposure_lock)
         if record:
             width = src.width * (2 if side_by_side else 1)
             sink = stack.enter_context(ThreadedSink(open_sink(record, fps=src.rate, width=width, height=src.height,
@@ -736,6 +748,7 @@ def run_sample(
     overwrite: bool = False,
     progress: bool = True,
     ghost_res: float | None = None,
+    exposure_lock: float | None = None,
     crf: int = 18,
     preset: str = "ultrafast",
 ) -> RunSummary:
@@ -752,7 +765,7 @@ def run_sample(
     with _note_kept_frames(lambda: sink, output), contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_as_exception())
         src = stack.enter_context(open_source(str(SAMPLE), max_frames=max_frames, on_limit="stop"))
-        filt = _make_filter(weights, device, strength, ghost_res=ghost_res)
+        filt = _make_filter(weights, device, strength, ghost_res=ghost_res, exposure_lock=exposure_lock)
         sink = stack.enter_context(ThreadedSink(open_sink(output, fps=src.rate, width=2 * src.width, height=src.height,
                                                           overwrite=overwrite, protected=[str(SAMPLE)], crf=crf,
                                                           preset=preset)))

@@ -66,8 +66,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamssm.video.model import (FLOW_SHARP, N_PARAMS, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
-                                   fade_gain, fade_reference, flow_shape, grid_shape, guide_gain, lk_solve,
-                                   match_brightness, prev_was_guided)
+                                   exposure_gain, fade_gain, fade_reference, flow_shape, grid_shape, guide_gain,
+                                   lk_solve, match_brightness, prev_was_guided)
 
 log = logging.getLogger("streamssm")
 
@@ -487,8 +487,10 @@ class CPUVideoStep:
                                       fresh[:, 0])
         fading = blend and I is None and cfg.fade_follow > 0
         fade = (means[:, 3:6], ref) if fading else None
-        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, (ref, repeats),
-                      ssm_states, m.corrects(I is not None), fade)
+        egain, level = exposure_gain(means[:, None], state[7], fresh, I is not None, state[2], cfg.exposure_lock)
+        egain = egain[:, 0, None, None, None] if cfg.exposure_lock > 0 else None
+        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, (ref, repeats, level),
+                      ssm_states, m.corrects(I is not None), fade, egain)
 
     def _tail(self, f: "_Front", prev: Tensor | None, out_u8: np.ndarray | None) -> Tensor:
         """The full-resolution rest of a step: correction, warp of the previous output ``prev``, gate, blend.
@@ -523,6 +525,8 @@ class CPUVideoStep:
                 Oc = torch.addcmul(P[:, :, sl], Sa, wa).addcmul_(Sc, wc).clamp_(0.0, 1.0)
             else:  # P + 0: the reference adds exact zeros
                 Oc = P[:, :, sl].clamp(0.0, 1.0)
+            if f.egain is not None:  # the exposure lock (exposure_gain)
+                Oc.mul_(f.egain).clamp_(0.0, 1.0)
             Os = O[:, :, sl]
             if not blend:
                 Os.copy_(Oc)
@@ -562,10 +566,12 @@ class _Front(NamedTuple):
     keep4: Tensor  # (b, 1, 1, 1)
     fixed: tuple
     g: Tensor
-    ref: tuple  # the fade gain's reference (b, 3, gh, gw) and repeat count (b, 1, gh, gw) (``fade_reference``)
+    ref: tuple  # the fade gain's reference (b, 3, gh, gw), repeat count (b, 1, gh, gw) (``fade_reference``) and the
+    # exposure lock's average (b,) (``exposure_gain``): the state's after the output
     ssm_states: tuple
     correct: bool  # False: dA = db = 0 exactly (``VideoSSM.corrects``), so the tail skips the correction
     fade: tuple | None  # processed-only: cell means (b, 3, gh, gw) of P_t and the fade gain's reference; None: none
+    egain: Tensor | None  # (b, 1, 1, 1): the exposure lock's gain of the frame; None: the lock is off
 
     def state_with(self, O: Tensor) -> tuple[Tensor, ...]:
         """The full new state once the output ``O`` is known (the layout of ``VideoSSM.init_state``)."""

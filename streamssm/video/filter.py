@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamssm._args import Checked, as_ghost_res, as_positive, as_strength, as_timestamp
+from streamssm._args import Checked, as_exposure_lock, as_ghost_res, as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import FilterState, _describe, as_reset_mask, cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
@@ -157,6 +157,12 @@ class VideoFilter:
             no trail of copies; 0 (the weights' default): off; above about 1 it changes nothing. 0.3 removes
             three fifths of the trails of clean 720p footage (two fifths at 640 px) for little flicker left, 0.1
             nearly all of them for more (``benchmarks/video_ghosting.py``). None: the weights' own setting.
+        exposure_lock: for a global brightness flicker (a timelapse, old film, an operator whose overall gain
+            jitters): each whole frame is scaled towards a running average of its brightness -- guided, of its
+            brightness over the original's, so the original's own fades and exposure changes come through;
+            processed-only, of its own, so a real fade comes through late -- before the blend, which leaves such
+            flicker wherever the content moves (:func:`~streamssm.video.model.exposure_gain`). The weight of a frame
+            in the average: 0.3 is strong, 0.5 mild, 0 (the weights' default) off. None: the weights' own setting.
 
     ``step(frame, original=None)``: numpy H x W x 3 uint8 RGB in and out (gray, RGBA, 16-bit and float
     frames are converted; the output is H x W x 3 RGB in the input's dtype; a CPU tensor in that layout is taken as
@@ -192,14 +198,17 @@ class VideoFilter:
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0,
                  half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True,
-                 ghost_res: float | None = None):
+                 ghost_res: float | None = None, exposure_lock: float | None = None):
         self.strength = strength  # checked (Checked), before any work
         max_gap = as_positive(max_gap, "max_gap", "seconds")
         ghost_res = None if ghost_res is None else as_ghost_res(ghost_res)
+        exposure_lock = None if exposure_lock is None else as_exposure_lock(exposure_lock)
         self.device = resolve_device(device)
         self.model = load_video_model(weights, self.device, backend)
         if ghost_res is not None:
             self.model.config.ghost_res = ghost_res
+        if exposure_lock is not None:
+            self.model.config.exposure_lock = exposure_lock
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.max_gap = float(max_gap)
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None

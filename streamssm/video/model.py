@@ -28,6 +28,10 @@ Why this design (and where it departs from Lai et al. 2018, who run a ConvLSTM o
   previous output is brightened (or darkened) to make most of it up (:func:`fade_gain`), per cell. "A frame ago"
   is the last frame that differed from this one (:func:`fade_reference`): a repeated frame is no second look.
   A picture held for several frames is compared with its copy again.
+* **Exposure lock** (``config.exposure_lock``, off in the shipped weights): the blend leaves a global brightness
+  flicker wherever the content moves, since it blends little there; the lock scales each whole frame towards a running
+  average of its brightness (guided: of its brightness over the original's, so that the original's own changes come
+  through) before the blend (:func:`exposure_gain`).
 * **Scene cuts** are detected from the guide's coarse thumbnail (correlation between consecutive
   frames) and reset the stream's state exactly, in the step and in the parallel scan alike.
 * **Motion.** The state is per cell and holds operator parameters, which are spatially smooth, so
@@ -39,7 +43,8 @@ and cell means), ``prev_thumb (b, 3, gh, gw)``, ``has_prev (b,)`` (0: no previou
 2: it was guided, so ``prev_luma`` is the original's), ``prev_out (b, 3, H, W)``, ``prev_luma (b, 1, hf, wf)``
 (the flow's luminance of the previous guide), ``prev_ref (b, 3, gh, gw)`` and ``prev_repeats (b, 1, gh, gw)`` (the
 processed cell means the fade gain compares with and how many times in a row the picture was repeated,
-:func:`fade_reference`), then one SSM state ``(b, gh*gw, h, p, n)`` per layer. It depends on the grid size, so a
+:func:`fade_reference`), ``prev_level (b,)`` (the exposure lock's average, :func:`exposure_gain`), then one SSM state
+``(b, gh*gw, h, p, n)`` per layer. It depends on the grid size, so a
 resolution change starts over.
 """
 
@@ -80,6 +85,7 @@ class VideoSSMConfig:
     ghost_res: float = 0.0  # flow residual at which a ghost guard cuts the blend to 1/e (blend_confidence); 0: off
     fade_follow: float = 1.0  # processed-only: share of a lasting brightness lag made up a frame (fade_gain); 0: off
     fade_shrink: float = 0.15  # ... a lag (log brightness) well under this is taken for flicker and mostly left
+    exposure_lock: float = 0.0  # weight of the current frame in the exposure lock's average (exposure_gain); 0: off
     eps: float = 1e-3  # ridge of the local affine fit (variance units, [0, 1] colour)
     cut_corr: float = 0.3  # consecutive-thumbnail correlation under which a frame is a scene cut
     backend: str = "auto"
@@ -308,6 +314,33 @@ def prev_was_guided(state) -> Tensor:
     return state[2] > 1.5
 
 
+def exposure_gain(means: Tensor, level_prev: Tensor, fresh: Tensor, guided: bool, mode_prev: Tensor,
+                  alpha: float) -> tuple[Tensor, Tensor]:
+    """The exposure lock: a gain for each whole frame that takes out the fast part of a global brightness flicker,
+    which the per-pixel blend leaves wherever the content moves (it blends little there).
+
+    A frame's level is its log mean brightness over the cells (``means`` (b, t, 6, gh, gw): the guide's cell means,
+    then P's), guided minus the original's, so that the level is the operator's gain and a fade or an exposure change
+    of the original is no flicker; processed-only P's own, so a lasting change of brightness is followed only as
+    fast as the average moves. The average runs from ``level_prev`` (b,) (the state's) as ``level <- level + alpha
+    (r - level)``; ``fresh`` (b, t) frames (a stream's first, a cut) and a frame whose mode differs from the one
+    before it (``mode_prev`` (b,): the state's ``has_prev``, 2 guided, 1 processed-only) start it at their own.
+    Returns the gains (b, t) = exp(average - level of the frame) (1 with ``alpha`` 0: off) and the last average (b,).
+    ``alpha`` 1 follows every frame: gain 1, as off.
+    """
+    r = _log_luma(means[:, :, 3:6].mean((-2, -1), keepdim=True).flatten(0, 1))[:, 0, 0, 0].reshape(fresh.shape)
+    if guided:
+        r = r - _log_luma(means[:, :, :3].mean((-2, -1), keepdim=True).flatten(0, 1))[:, 0, 0, 0].reshape(fresh.shape)
+    changed = (mode_prev <= 1.5) if guided else (mode_prev > 1.5)  # the mode of the frame before differs
+    first = torch.cat([fresh[:, :1] | changed[:, None], fresh[:, 1:]], 1)
+    on = alpha > 0
+    level, gains = level_prev, []
+    for i in range(r.shape[1]):  # off: the average is the level itself, ready for a lock switched on mid-stream
+        level = torch.where(first[:, i], r[:, i], level + (alpha if on else 1.0) * (r[:, i] - level))
+        gains.append(torch.exp(level - r[:, i]) if on else torch.ones_like(level))
+    return torch.stack(gains, 1), level
+
+
 def _luma(x: Tensor) -> Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
@@ -392,7 +425,7 @@ class VideoSSM(nn.Module):
         self.log_conf = nn.Parameter(torch.tensor(-2.3))  # exp(-2.3) ~ 0.1
 
     # ----------------------------------------------------------------------------------- state
-    N_FIXED = 7
+    N_FIXED = 8
 
     def init_state(self, batch: int, h: int, w: int, device=None) -> tuple[Tensor, ...]:
         """A fresh state for ``batch`` streams of h x w frames (all zeros, float32)."""
@@ -400,7 +433,7 @@ class VideoSSM(nn.Module):
         _, hf, wf = flow_shape(h, w, self.config)
         z = lambda *s: torch.zeros(*s, device=device, dtype=torch.float32)  # noqa: E731
         fixed = (z(batch, N_PARAMS + 6, gh, gw), z(batch, 3, gh, gw), z(batch), z(batch, 3, h, w), z(batch, 1, hf, wf),
-                 z(batch, 3, gh, gw), z(batch, 1, gh, gw))
+                 z(batch, 3, gh, gw), z(batch, 1, gh, gw), z(batch))
         return fixed + tuple(z(batch, gh * gw, blk.ssm.nheads, blk.ssm.headdim, blk.ssm.d_state) for blk in self.blocks)
 
     def state_frame(self, state) -> tuple[int, int, int]:
@@ -578,6 +611,11 @@ class VideoSSM(nn.Module):
         coef = coef.permute(0, 1, 4, 2, 3).flatten(0, 1).to(P.dtype)
         Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
         Oc, beta = Oc.reshape(P.shape), beta.reshape(b, t, 1, h, w)
+        with torch.autocast(P.device.type, enabled=False):
+            egain, level = exposure_gain(means.float(), state[7], fresh, I is not None, state[2],
+                                         self.config.exposure_lock)
+        if self.config.exposure_lock > 0:
+            Oc = (Oc * egain[:, :, None, None, None].to(P.dtype)).clamp(0.0, 1.0)
 
         # motion-compensated temporal blending at full resolution: flow of the guide from frame t to t-1 (all
         # frames at once), then a short recurrence. Blend off (the ablation): no flow, the corrected frames as they are
@@ -616,7 +654,7 @@ class VideoSSM(nn.Module):
             prev = Oc[:, i] + wgt * (wp - Oc[:, i])
             outs.append(prev)
         O = torch.stack(outs, 1)
-        fixed = fixed + (prev.float(), g[:, -1].float(), ref, repeats)
+        fixed = fixed + (prev.float(), g[:, -1].float(), ref, repeats, level)
         return O, fixed + ssm_states
 
     def forward(self, P: Tensor, I: Tensor | None = None, state=None, reset: Tensor | None = None, strength: float = 1.0,

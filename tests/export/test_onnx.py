@@ -257,7 +257,8 @@ def test_graph_declares_its_shapes_for_another_runtime(video_onnx, pose_onnx):
                 for v in [*proto.graph.input, *proto.graph.output]}
         if spec.kind == "video":
             assert dims["output"] == ["batch", 3, "height", "width"]
-            assert dims["state_out_7"][1] == "height_div32_times_width_div32"
+            assert dims["state_out_8"][1] == "height_div32_times_width_div32"  # the first SSM state
+            assert dims["state_out_7"] == ["batch"]  # the exposure lock's level
         else:
             assert dims["output"] == ["batch", "keypoints", 2]
         assert all(not str(d).startswith(("Gather", "Reshape")) for v in dims.values() for d in v), dims

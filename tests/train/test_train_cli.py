@@ -301,3 +301,26 @@ def test_video_training_reads_its_frames_from_the_cache(tmp_path):
     assert cli.main(argv + ["--steps", "2", "--resume"]) == 0
     assert [f.name for f in frames.glob("*.npy")] == [npy.name] and npy.stat().st_mtime_ns == made
     assert np.load(npy).shape[0] == 8
+
+
+def test_video_resume_is_the_uninterrupted_run(tmp_path):
+    """Video training stopped (its --minutes ran out after step 1) and resumed, with another number of data-loader
+    workers, gives the very weights of the run never stopped: step k's clips and coin flips come from k alone (a
+    resumed run used to draw new ones: weights 6e-4 apart)."""
+    from streamssm.data.video_clips import load_videos
+    from streamssm.train.video import VideoTrainConfig, train_video
+    from streamssm.weights import read_weights
+    from tests._media import make_clip
+
+    vids = load_videos([make_clip(tmp_path / "clip.mp4", n=10, size=(160, 128))], short_side=96)
+    cfg = lambda **kw: VideoTrainConfig(**{**dict(steps=4, batch=2, length=5, sizes=(64,), workers=0,  # noqa: E731
+                                                  save_every=100, p_unguided=0.5, p_no_blend=0.5), **kw})
+    whole, pieces = tmp_path / "whole.safetensors", tmp_path / "pieces.safetensors"
+    quiet = dict(progress=False, log=lambda m: None, device="cpu")
+    train_video(whole, vids, cfg(), resume=False, **quiet)
+    train_video(pieces, vids, cfg(minutes=1e-6), resume=False, **quiet)
+    assert read_weights(pieces, "video")[2]["step"] == 1
+    train_video(pieces, vids, cfg(workers=2), resume=True, **quiet)
+    (_, a, ea), (_, b, eb) = read_weights(whole, "video"), read_weights(pieces, "video")
+    assert ea["step"] == eb["step"] == 4
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -92,6 +92,27 @@ def test_fast_step_matches_reference_shipped_weights(shipped, guided, opencv):
     assert_states(sf, sr)
 
 
+@pytest.mark.parametrize("guided", [True, False])
+def test_fast_step_matches_reference_with_the_exposure_lock(shipped, guided):
+    """The exposure lock (``exposure_gain``, one function for both) on: two streams, a cut in the clip, a mode switch
+    mid-stream; the level it keeps in the state is bit-identical."""
+    import copy
+
+    model = copy.deepcopy(shipped)
+    model.config.exposure_lock = 0.3
+    frames = scene_clip(2, 77, 131, steps=9, seed=2, cut=6)
+    frames = [(P, I) if t != 4 else (P, None) for t, (P, I) in enumerate(frames)]  # one processed-only frame
+    fast = CPUVideoStep(model)
+    sr = sf = None
+    with torch.no_grad():
+        for P, I in frames:
+            Or, sr = model.step(P, I if guided else None, sr, 1.0)
+            Of, sf = fast.step(P, I if guided else None, sf, 1.0)
+            assert float((Of - Or).abs().max()) <= FAST_TOL
+    assert_states(sf, sr)
+    assert float(sr[7].abs().max()) > 0  # the level is in use
+
+
 @pytest.mark.parametrize("opencv", CV_MODES)
 def test_fast_step_batch_strength_odd_size(opencv):
     """Two streams, strength 0.7, an odd frame size (grid and flow sizes that do not divide it)."""
