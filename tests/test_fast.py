@@ -215,6 +215,23 @@ def test_gpu_graph_fp32_equals_eager(backend):
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("guided", [True, False])
+def test_gpu_graph_with_the_exposure_lock_equals_eager(guided):
+    """The exposure lock (``exposure_gain``: a short recurrence over the clip, in the graph as any other op) captured
+    in the CUDA graph gives the eager step's outputs and level."""
+    m = video_model("torch", small=False).cuda()
+    m.config.exposure_lock = 0.3
+    frames = [(P * (1 + 0.1 * (-1) ** t), I) for t, (P, I) in enumerate(clip(2, 96, 160))]  # a global flicker
+    want, want_state = eager_video(m, frames, guided, device="cuda")
+    fast = FastVideoStep(m, 96, 160, batch=2, guided=guided, dtype=torch.float32, compile=False)
+    for t, ((P, I), O) in enumerate(zip(frames, want)):
+        assert_rel_close(fast.step(P.cuda(), I.cuda() if guided else None), O, tol=1e-5, what=f"locked step {t}")
+    assert fast._runner.graph is not None and float(want_state[7].abs().max()) > 0
+    assert_state_close(fast.get_state(), want_state, 1e-5, "locked graph fp32")
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_recapture_on_shape_change_and_reset():
     m = video_model("torch").cuda()
     fast = FastVideoStep(m, 64, 96, dtype=torch.float32, compile=False)
