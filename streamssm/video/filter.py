@@ -148,7 +148,7 @@ class VideoFilter:
             since the blended previous output no longer matches the scene. Shorter gaps (dropped
             frames) need nothing: the blend is motion-compensated and gated per pixel.
         fast: on the CPU, run each step with :class:`~streamssm.video.cpu_step.CPUVideoStep` (the same
-            math rearranged for the CPU, ~5x faster; equal to ``VideoSSM.step`` to fp32 rounding, 1e-4) and
+            math rearranged for the CPU, ~4x faster; equal to ``VideoSSM.step`` to fp32 rounding, 1e-4) and
             :meth:`filter` frame by frame with it; on CUDA, run ``step`` on single H x W x 3 uint8 frames
             through :class:`~streamssm.fast.FastVideoStep` (the same ``VideoSSM.step`` replayed as a CUDA graph,
             pinned-memory copies; no compilation); ``False``: the model's own step and parallel scan.

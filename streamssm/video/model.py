@@ -608,7 +608,8 @@ class VideoSSM(nn.Module):
         G = P if I is None else I
         feats, fresh, fixed, means = self._features(P, G, I is not None, state, reset)
         coef, ssm_states = self._network(feats, state[self.N_FIXED:], fresh, stepping, I is not None)
-        coef = coef.permute(0, 1, 4, 2, 3).flatten(0, 1).to(P.dtype)
+        # contiguous: bilinear upsampling of the permuted view took half of a 720p CPU step (200 -> 96 ms, same bits)
+        coef = coef.permute(0, 1, 4, 2, 3).flatten(0, 1).to(P.dtype).contiguous()
         Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
         Oc, beta = Oc.reshape(P.shape), beta.reshape(b, t, 1, h, w)
         with torch.autocast(P.device.type, enabled=False):
