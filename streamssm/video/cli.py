@@ -111,8 +111,9 @@ def add_video_parser(subparsers) -> argparse.ArgumentParser:
                         "trail); 0.3 mild, 0.1 strong, 0 off (default: the weights', off)")
     s.add_argument("--exposure-lock", type=float, default=None, metavar="A",
                    help="for a global brightness flicker (timelapse, old film): hold each frame's overall brightness "
-                        "near its running average, A the weight of a frame in it; 0.3 strong, 0.5 mild, 0 off "
-                        "(default: the weights', off). Processed-only it also slows a real fade")
+                        "near its running average; A is the weight of a new frame in it, smaller is steadier (0.05 "
+                        "very strong, 0.3 strong, 0.5 mild; 0 or 1: off; default: the weights', off). Guided it lets "
+                        "the original's fades through; processed-only it also slows a real fade or exposure change")
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
     s.add_argument("--weights", default=None, help="video .safetensors (default: the weights shipped in the package)")
     s.add_argument("--side-by-side", action="store_true", help="write [processed | filtered] (double width)")

@@ -487,8 +487,9 @@ class CPUVideoStep:
                                       fresh[:, 0])
         fading = blend and I is None and cfg.fade_follow > 0
         fade = (means[:, 3:6], ref) if fading else None
-        egain, level = exposure_gain(means[:, None], state[7], fresh, I is not None, state[2], cfg.exposure_lock)
-        egain = egain[:, 0, None, None, None] if cfg.exposure_lock > 0 else None
+        egain, level = exposure_gain(means[:, None], state[0][:, N_PARAMS:], state[7], fresh, I is not None, state[2],
+                                     cfg.exposure_lock)
+        egain = egain.pow(strength)[:, 0, None, None, None] if cfg.exposure_lock > 0 else None
         return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, (ref, repeats, level),
                       ssm_states, m.corrects(I is not None), fade, egain)
 

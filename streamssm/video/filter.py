@@ -158,11 +158,14 @@ class VideoFilter:
             three fifths of the trails of clean 720p footage (two fifths at 640 px) for little flicker left, 0.1
             nearly all of them for more (``benchmarks/video_ghosting.py``). None: the weights' own setting.
         exposure_lock: for a global brightness flicker (a timelapse, old film, an operator whose overall gain
-            jitters): each whole frame is scaled towards a running average of its brightness -- guided, of its
-            brightness over the original's, so the original's own fades and exposure changes come through;
-            processed-only, of its own, so a real fade comes through late -- before the blend, which leaves such
-            flicker wherever the content moves (:func:`~streamssm.video.model.exposure_gain`). The weight of a frame
-            in the average: 0.3 is strong, 0.5 mild, 0 (the weights' default) off. None: the weights' own setting.
+            jitters): each whole frame is scaled towards a running average of its brightness, before the blend,
+            which leaves such flicker wherever the content moves (:func:`~streamssm.video.model.exposure_gain`).
+            Guided, the average is of its brightness over the original's, and it lets go while the original's own
+            brightness moves (a fade, an exposure change), so those come through. Processed-only it is of the
+            frame's own brightness: a real fade or exposure change comes through late, and the first frame after a
+            start or a cut sets the reference. The value is the weight of a new frame in the average, in [0, 1]:
+            smaller is steadier (0.05 very strong, 0.3 strong, 0.5 mild), 1 follows every frame, 0 (the weights'
+            default) is off; scaled with ``strength`` like the rest (strength 0 returns P). None: the weights' own.
 
     ``step(frame, original=None)``: numpy H x W x 3 uint8 RGB in and out (gray, RGBA, 16-bit and float
     frames are converted; the output is H x W x 3 RGB in the input's dtype; a CPU tensor in that layout is taken as
@@ -196,6 +199,17 @@ class VideoFilter:
     strength = Checked(as_strength, "0 returns the processed frame, 1 the calibrated filter, up to 2 (class "
                        "docstring); checked when set.")
 
+    @property
+    def exposure_lock(self) -> float:
+        """The exposure lock's weight (class docstring), the model's ``config.exposure_lock``; checked when set, and
+        taken up by the next frame (the running stream keeps its state)."""
+        return self.model.config.exposure_lock
+
+    @exposure_lock.setter
+    def exposure_lock(self, value) -> None:
+        self.model.config.exposure_lock = as_exposure_lock(value)
+        self._graph = None  # a CUDA graph holds the setting it was captured with: captured anew, the state carried
+
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0,
                  half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True,
                  ghost_res: float | None = None, exposure_lock: float | None = None):
@@ -207,14 +221,14 @@ class VideoFilter:
         self.model = load_video_model(weights, self.device, backend)
         if ghost_res is not None:
             self.model.config.ghost_res = ghost_res
-        if exposure_lock is not None:
-            self.model.config.exposure_lock = exposure_lock
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         self.max_gap = float(max_gap)
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
         self._use_graph = bool(fast) and self.device.type == "cuda"
         self._graph = None  # FastVideoStep of the running (h, w, guided) stream, made on first use
         self._graph_strength = self.strength  # the strength its device scalar holds
+        if exposure_lock is not None:
+            self.exposure_lock = exposure_lock
         self._pipe: CPUVideoPipeline | None = None  # push()/flush() on the CPU fast path
         self._queued = None  # push() elsewhere: the output held back one call
         self.state: tuple[Tensor, ...] | None = None
@@ -524,7 +538,9 @@ class VideoFilter:
         b, h, w = self.model.state_frame(state)
         ref = self.model.init_state(b, h, w, "meta")
         if len(state) != len(ref):
-            raise ValueError(f"video state must have {len(ref)} tensors, got {len(state)}")
+            raise ValueError(f"video state must have {len(ref)} tensors, got {len(state)} (a snapshot from another "
+                             "version of streamssm or of its weights' layers? the state layout changes with them: "
+                             "start the stream anew)")
         for i, (s, r) in enumerate(zip(state, ref)):
             if s.shape != r.shape or s.dtype != torch.float32:
                 raise ValueError(f"video state[{i}] is {tuple(s.shape)} {s.dtype}, expected {tuple(r.shape)} "

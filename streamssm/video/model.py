@@ -314,29 +314,43 @@ def prev_was_guided(state) -> Tensor:
     return state[2] > 1.5
 
 
-def exposure_gain(means: Tensor, level_prev: Tensor, fresh: Tensor, guided: bool, mode_prev: Tensor,
-                  alpha: float) -> tuple[Tensor, Tensor]:
+EXPOSURE_FADE = 0.02  # log brightness a frame: guided, an original changing faster than this releases the lock
+
+
+def exposure_gain(means: Tensor, prev_means: Tensor, level_prev: Tensor, fresh: Tensor, guided: bool,
+                  mode_prev: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     """The exposure lock: a gain for each whole frame that takes out the fast part of a global brightness flicker,
     which the per-pixel blend leaves wherever the content moves (it blends little there).
 
     A frame's level is its log mean brightness over the cells (``means`` (b, t, 6, gh, gw): the guide's cell means,
-    then P's), guided minus the original's, so that the level is the operator's gain and a fade or an exposure change
-    of the original is no flicker; processed-only P's own, so a lasting change of brightness is followed only as
-    fast as the average moves. The average runs from ``level_prev`` (b,) (the state's) as ``level <- level + alpha
-    (r - level)``; ``fresh`` (b, t) frames (a stream's first, a cut) and a frame whose mode differs from the one
-    before it (``mode_prev`` (b,): the state's ``has_prev``, 2 guided, 1 processed-only) start it at their own.
-    Returns the gains (b, t) = exp(average - level of the frame) (1 with ``alpha`` 0: off) and the last average (b,).
-    ``alpha`` 1 follows every frame: gain 1, as off.
-    """
-    r = _log_luma(means[:, :, 3:6].mean((-2, -1), keepdim=True).flatten(0, 1))[:, 0, 0, 0].reshape(fresh.shape)
+    then P's), guided minus the original's, so that the level is the operator's gain; processed-only P's own, so a
+    lasting change of brightness is followed only as fast as the average moves. The average runs from ``level_prev``
+    (b,) (the state's) as ``level <- level + a (r - level)`` with ``a = alpha``, except guided while the original's
+    own brightness moves by ``d`` (log, from ``prev_means`` (b, 6, gh, gw), the state's cell means of the frame
+    before the clip): there ``a = 1 - (1 - alpha) exp(-|d| / EXPOSURE_FADE)``, near 1 in a fade, so that an operator
+    whose gain depends on the brightness (a gamma, a tone curve) is followed through the original's fades and exposure
+    changes instead of being held to its old gain. ``fresh`` (b, t) frames (a stream's first, a cut) and a frame
+    whose mode differs from the one before it (``mode_prev`` (b,): the state's ``has_prev``, 2 guided, 1
+    processed-only) start the average at their own level. ``alpha`` in [0, 1]: 0 off, smaller steadier, 1 follows
+    every frame (as off). Returns the gains (b, t) = exp(average - level of the frame) (1 when off) and the last
+    average (b,). ValueError for an ``alpha`` outside [0, 1] (a config set by hand)."""
+    if not 0.0 <= alpha <= 1.0:  # also NaN
+        raise ValueError(f"exposure_lock must be 0 (off) or a weight up to 1 such as 0.3, got {alpha}")
+    flat = lambda m: _log_luma(m.mean((-2, -1), keepdim=True))[:, 0, 0, 0]  # noqa: E731  (n, 3, gh, gw) -> (n,)
+    r = flat(means[:, :, 3:6].flatten(0, 1)).reshape(fresh.shape)
+    g = flat(means[:, :, :3].flatten(0, 1)).reshape(fresh.shape)
+    on = alpha > 0
+    a = torch.full_like(r, alpha if on else 1.0)
     if guided:
-        r = r - _log_luma(means[:, :, :3].mean((-2, -1), keepdim=True).flatten(0, 1))[:, 0, 0, 0].reshape(fresh.shape)
+        r = r - g
+        if on:
+            d = g - torch.cat([flat(prev_means[:, :3])[:, None], g[:, :-1]], 1)
+            a = 1.0 - (1.0 - alpha) * torch.exp(-d.abs() / EXPOSURE_FADE)
     changed = (mode_prev <= 1.5) if guided else (mode_prev > 1.5)  # the mode of the frame before differs
     first = torch.cat([fresh[:, :1] | changed[:, None], fresh[:, 1:]], 1)
-    on = alpha > 0
     level, gains = level_prev, []
     for i in range(r.shape[1]):  # off: the average is the level itself, ready for a lock switched on mid-stream
-        level = torch.where(first[:, i], r[:, i], level + (alpha if on else 1.0) * (r[:, i] - level))
+        level = torch.where(first[:, i], r[:, i], level + a[:, i] * (r[:, i] - level))
         gains.append(torch.exp(level - r[:, i]) if on else torch.ones_like(level))
     return torch.stack(gains, 1), level
 
@@ -613,10 +627,10 @@ class VideoSSM(nn.Module):
         Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
         Oc, beta = Oc.reshape(P.shape), beta.reshape(b, t, 1, h, w)
         with torch.autocast(P.device.type, enabled=False):
-            egain, level = exposure_gain(means.float(), state[7], fresh, I is not None, state[2],
-                                         self.config.exposure_lock)
-        if self.config.exposure_lock > 0:
-            Oc = (Oc * egain[:, :, None, None, None].to(P.dtype)).clamp(0.0, 1.0)
+            egain, level = exposure_gain(means.float(), state[0][:, N_PARAMS:], state[7], fresh, I is not None,
+                                         state[2], self.config.exposure_lock)
+        if self.config.exposure_lock > 0:  # scaled by the strength as the rest: strength 0 returns P
+            Oc = (Oc * egain.pow(strength)[:, :, None, None, None].to(P.dtype)).clamp(0.0, 1.0)
 
         # motion-compensated temporal blending at full resolution: flow of the guide from frame t to t-1 (all
         # frames at once), then a short recurrence. Blend off (the ablation): no flow, the corrected frames as they are
