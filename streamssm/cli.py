@@ -88,8 +88,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
         up = next((u for u in [fcp, *fcp.parents] if u.exists()), None)
         if up is not None and not up.is_dir():
             raise ValueError(f"--frame-cache {fc}: {up} is a file, not a folder; expected a folder for the frames")
-        if up is not None and not os.access(up, os.W_OK):
-            raise ValueError(f"--frame-cache {fc}: cannot write in {up}; choose another folder")
+        if up is not None and up != fcp and not os.access(up, os.W_OK):  # an existing cache may be read-only
+            raise ValueError(f"--frame-cache {fc}: cannot make it in {up} (not writable); choose another folder")
     out = Path(args.output)
     if not args.output or out.name in ("", ".", ".."):
         raise ValueError(f"-o {args.output!r}: expected a weights file name such as video.safetensors")

@@ -35,6 +35,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from glob import escape as glob_escape
 from typing import Iterator, Sequence
 
 import cv2
@@ -130,27 +131,51 @@ def cache_file(path: str | Path, cache_dir: str | Path, short_side: int, max_fra
     return Path(cache_dir) / f"{p.stem[:80]}-{hashlib.sha1(ident.encode()).hexdigest()[:16]}.npy"
 
 
+class FrameCacheError(OSError):
+    """The frame cache cannot be written or read (a full disk, a read-only folder): unlike a video that does not
+    decode, which training leaves out with a warning, this stops it (a run must not quietly lose videos)."""
+
+
 def _decode_to_cache(path: Path, dest: Path, short_side: int, max_frames: int | None, stride: int) -> None:
     """Decode ``path`` into ``dest`` one frame at a time (memory holds a frame, not the video); written under a
-    temporary name and renamed when complete, so an interrupted decode leaves no cache file behind."""
+    temporary name and renamed when complete, so an interrupted decode leaves no cache file behind (one killed
+    outright leaves its ``.part``, removed by the next decode of the same file: :func:`_cached_video`)."""
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
     shape, n = None, 0
     try:
-        with open(tmp, "wb") as f:
-            f.write(b"\0" * _NPY_HEADER)
-            for fr in _frames_of(path, short_side, max_frames, stride):
+        frames = _frames_of(path, short_side, max_frames, stride)
+        try:
+            f = open(tmp, "wb")
+        except OSError as e:
+            raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for {path}") from e
+        with f:
+            for fr in frames:
                 if shape is None:
                     shape = fr.shape
                 elif fr.shape != shape:
                     raise OSError(f"{path}: its frame size changes mid-video (frame {n}: {fr.shape[1]}x{fr.shape[0]}, "
                                   f"first {shape[1]}x{shape[0]}); expected one size throughout")
-                f.write(np.ascontiguousarray(fr).data)
+                try:
+                    if n == 0:
+                        f.write(b"\0" * _NPY_HEADER)
+                    f.write(np.ascontiguousarray(fr).data)
+                except OSError as e:
+                    raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for "
+                                          f"{path}; free space there or choose another --frame-cache") from e
                 n += 1
             if n == 0:
                 raise OSError(f"no frames decoded from {path}")
-            f.seek(0)
-            f.write(_npy_header((n, *shape)))
-        os.replace(tmp, dest)
+            try:
+                f.seek(0)
+                f.write(_npy_header((n, *shape)))
+                f.flush()
+            except OSError as e:
+                raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for "
+                                      f"{path}; free space there or choose another --frame-cache") from e
+        try:
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for {path}") from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -175,12 +200,22 @@ def _locked(lock: Path):
 
 def _cached_video(path: Path, cache_dir: Path, short_side: int, max_frames: int | None, stride: int) -> CachedFrames:
     dest = cache_file(path, cache_dir, short_side, max_frames, stride)
-    with _locked(dest.with_name(dest.name + ".lock")):
-        if dest.exists():
+    if dest.exists():  # complete (renamed into place whole): read without the lock, so a read-only cache serves
+        with contextlib.suppress(OSError, ValueError):
+            return _open_cached(dest)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_locked(dest.with_name(dest.name + ".lock")))
+        except OSError as e:
+            raise FrameCacheError(f"{cache_dir}: cannot write the frame cache ({e.strerror or e}) for {path}") from e
+        if dest.exists():  # another process built it while this one waited
             try:
                 return _open_cached(dest)
             except (OSError, ValueError) as e:  # damaged outside this code (a rename is atomic): decode it again
                 log.warning("frame cache: %s is unreadable (%s); decoding %s again", dest, e, path)
+        for orphan in dest.parent.glob(glob_escape(dest.name) + ".*.part"):  # of a decode killed outright
+            with contextlib.suppress(OSError):
+                orphan.unlink()
         t0 = time.monotonic()
         _decode_to_cache(path, dest, short_side, max_frames, stride)
         a = _open_cached(dest)
@@ -204,11 +239,20 @@ def _memory_estimate(paths: Sequence[Path], short_side: int, max_frames: int | N
                 s = short_side / min(w, h)
                 need += n * round(w * s) * round(h * s) * 3
         cap.release()
+    return need, _available_memory()
+
+
+def _available_memory() -> float:
+    """Bytes of memory available to a new process (Linux's MemAvailable, which counts the page cache it can reclaim;
+    else the free pages; 0 where the OS says neither)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
     try:
-        avail = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):
-        avail = 0.0
-    return need, avail
+        return 0.0
 
 
 def load_videos(video_paths: Sequence[str | Path], short_side: int = 256, max_frames: int | None = None,
@@ -231,7 +275,8 @@ def load_videos(video_paths: Sequence[str | Path], short_side: int = 256, max_fr
     else:
         need, avail = _memory_estimate(paths, short_side, max_frames, stride)
         if avail and need > avail / 2:
-            log.warning("decoding the %d training videos holds ~%.1f GB of frames in memory (%.1f GB available): "
+            log.warning("decoding the %d training videos holds ~%.1f GB of frames in memory, in each process (%.1f GB "
+                        "available): "
                         "--frame-cache DIR keeps them on disk instead, --max-frames N caps the frames a video",
                         len(paths), need / 1e9, avail / 1e9)
     out, bad = {}, []
@@ -240,6 +285,8 @@ def load_videos(video_paths: Sequence[str | Path], short_side: int = 256, max_fr
         try:
             out[key] = (_read_video(p, short_side, max_frames, stride) if cache_dir is None else
                         _cached_video(p, cache_dir, short_side, max_frames, stride))
+        except FrameCacheError:
+            raise
         except OSError as e:
             bad.append(str(e))
     if bad and not out:

@@ -83,6 +83,8 @@ def _as_fps(value: Any) -> float | tuple[float, ...]:
     """``fps``: one positive frame rate, or one per stream (a sequence of B of them, kept as a tuple)."""
     if isinstance(value, (str, bytes)) or np.ndim(value) == 0:
         return _plausible_fps(as_positive(value, "fps", "frames per second"))
+    if any(isinstance(v, (bool, np.bool_)) for v in np.ravel(np.asarray(value, dtype=object))):
+        raise ValueError(f"fps must be numbers of frames per second, got {value!r:.60} (a bool among them)")
     try:
         vals = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -238,7 +240,7 @@ class PoseFilter:
                              "frame rates; leave the timestamps out (each call is the next frame of every stream), "
                              "or use a filter per frame rate")
         if len(fps) != b:
-            raise ValueError(f"fps has {len(fps)} values (one per stream), but the frame has {b} stream(s)")
+            raise ValueError(f"fps has {len(fps)} value(s), one per stream, but the frame has {b} stream(s)")
         return torch.tensor(fps, dtype=torch.float32, device=self.device)
 
     def _gap(self, t: Any) -> tuple[float, int]:
@@ -443,7 +445,7 @@ class PoseFilter:
             new = _as_fps(fps)
             new = new if isinstance(new, tuple) else (new,) * int(n)
             if len(new) != n:
-                raise ValueError(f"add_streams: fps has {len(new)} values for {n} new stream(s)")
+                raise ValueError(f"add_streams: fps has {len(new)} value(s) for {n} new stream(s)")
             old = self.fps if isinstance(self.fps, tuple) else (self.fps,) * b
             self.fps = old + new if len(set(old + new)) > 1 else new[0]
         self.state = cat_streams(self.state, self.model.init_state(int(n), k, self.device))
@@ -455,8 +457,8 @@ class PoseFilter:
             raise ValueError("drop_streams: no stream is running yet")
         b, k = self._shape
         keep = kept_streams(index, b)
-        if isinstance(self.fps, tuple) and len(self.fps) == b:  # the dropped streams' rates go with them
-            self.fps = tuple(self.fps[i] for i in keep) or self.fps[0]
+        if isinstance(self.fps, tuple) and len(self.fps) == b and keep:  # the dropped streams' rates go with them
+            self.fps = tuple(self.fps[i] for i in keep)
         if not keep:
             self.reset()
             return
@@ -466,7 +468,8 @@ class PoseFilter:
     def get_state(self) -> FilterState | None:
         """A snapshot of every stream (copies; None before the first frame): a
         :class:`~streamssm.stream.FilterState`, the model's state tensors with the stream's last timestamp and
-        the points' D, for :meth:`set_state` here or in another process (it pickles; ``torch.save`` works)."""
+        the points' D, for :meth:`set_state` here or in another process (it pickles; ``torch.save`` works). The
+        filter's settings (``fps``, one per stream or not, ``strength``) are not in it: the restoring filter's apply."""
         if self.state is None:
             return None
         return FilterState((s.clone() for s in self.state), self._last_t, self._dims)

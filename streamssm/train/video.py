@@ -19,6 +19,7 @@ Checkpoints (weights + optimiser) let a run resume, so it can go in pieces of a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -103,6 +104,18 @@ def _quiet_worker(_: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _workers_shut_down(it):
+    """Shut the data loader's workers down when training ends, an error included: they ignore SIGTERM
+    (:func:`_quiet_worker`), so the terminate() of Python's exit would leave the process waiting on them forever."""
+    try:
+        yield
+    finally:
+        shut = getattr(it, "_shutdown_workers", None)  # workers > 0: PyTorch's own clean shutdown of the iterator
+        if shut is not None:
+            shut()
 
 
 class _ClipStream(torch.utils.data.IterableDataset):
@@ -399,7 +412,9 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # a batch with the blend off (--p-no-blend) leaves the blend's parameters without a gradient on every rank
+        ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                      find_unused_parameters=cfg.p_no_blend > 0)
     vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side, cfg.max_frames, cfg.frame_cache)
     loader = torch.utils.data.DataLoader(
         _ClipStream(vids, cfg, rank, start=start), batch_size=None, num_workers=cfg.workers,
@@ -426,7 +441,7 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
     amp = dev.type == "cuda"
     it = iter(loader)
     saved_step, stopped = None, 0  # this run's last checkpoint; the agreed stop request (StopRequest.code)
-    with StopRequest() as stop:
+    with StopRequest() as stop, _workers_shut_down(it):
         while step < total:
             batch = next(it)
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}

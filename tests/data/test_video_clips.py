@@ -226,4 +226,36 @@ def test_decoding_into_memory_warns_when_it_would_not_fit(caplog, monkeypatch):
     monkeypatch.setattr(vc, "_memory_estimate", lambda *a: (3e9, 4e9))
     with caplog.at_level("WARNING"):
         load_videos(paths[:1], short_side=96, max_frames=2)
-    assert "~3.0 GB of frames in memory (4.0 GB available): --frame-cache DIR" in caplog.text
+    assert "~3.0 GB of frames in memory, in each process (4.0 GB available): --frame-cache DIR" in caplog.text
+
+
+def test_frame_cache_write_errors_stop_the_run_and_a_built_cache_reads_without_writing(tmp_path, monkeypatch):
+    """A cache that cannot be written (here: the disk full at the rename) stops loading with an error naming the
+    folder and the video, instead of training on fewer videos; a decode killed outright leaves a .part that the
+    next decode of that video removes; a cache already built is read even where nothing can be written."""
+    import errno
+
+    import streamssm.data.video_clips as vc
+
+    (path,) = _video_paths(1)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(vc.os, "replace", full)
+        with pytest.raises(vc.FrameCacheError, match=f"{cache}: cannot write the frame cache .*{path.name}"):
+            load_videos([path], short_side=64, max_frames=3, cache_dir=cache)
+    dest = vc.cache_file(path, cache, 64, 3, 1)
+    orphan = dest.with_name(dest.name + ".99999.part")
+    orphan.write_bytes(b"half a video")
+    load_videos([path], short_side=64, max_frames=3, cache_dir=cache)
+    assert dest.exists() and not orphan.exists()
+    with monkeypatch.context() as m:
+        m.setattr(vc, "_locked", full)  # a read-only folder: not even a lock file can be made
+        (a,) = load_videos([path], short_side=64, max_frames=3, cache_dir=cache).values()
+        assert a.shape[0] == 3
+        with pytest.raises(vc.FrameCacheError, match="cannot write the frame cache"):
+            load_videos([path], short_side=48, max_frames=3, cache_dir=cache)  # not built yet

@@ -375,7 +375,7 @@ def test_one_fps_per_stream_follows_added_and_dropped_streams():
     x = _poses(t=6, b=2, k=12, d=2, seed=4)
     f = PoseFilter(device="cpu", fps=30.0)
     f.step(x[0])
-    with pytest.raises(ValueError, match="fps has 2 values for 1 new stream"):
+    with pytest.raises(ValueError, match="fps has 2 value\\(s\\) for 1 new stream"):
         f.add_streams(1, fps=[60, 50])
     f.add_streams(1, fps=60)  # a different rate makes the rates per stream
     assert f.fps == (30.0, 30.0, 60.0)
@@ -390,9 +390,10 @@ def test_one_fps_per_stream_follows_added_and_dropped_streams():
 @pytest.mark.parametrize(("fps", "call", "says"), [
     ((30, 60), lambda f, x: f.step(x[0], timestamp=0.0), "one clock cannot run at several frame rates"),
     ((30, 60), lambda f, x: f.filter(x, timestamps=np.arange(len(x)) / 30), "one clock cannot run"),
-    ((30, 60, 25), lambda f, x: f.step(x[0]), "fps has 3 values \\(one per stream\\), but the frame has 2"),
+    ((30, 60, 25), lambda f, x: f.step(x[0]), "fps has 3 value\\(s\\), one per stream, but the frame has 2"),
     ((30, -1), None, "fps\\[1\\] must be a positive number"),
     ([[30, 60]], None, "1-D sequence"),
+    ([True, 30], None, "a bool among them"),
 ])
 def test_one_fps_per_stream_misuse_is_named(fps, call, says):
     x = _poses(t=4, b=2, k=12, d=2)

@@ -324,3 +324,31 @@ def test_video_resume_is_the_uninterrupted_run(tmp_path):
     (_, a, ea), (_, b, eb) = read_weights(whole, "video"), read_weights(pieces, "video")
     assert ea["step"] == eb["step"] == 4
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_video_training_error_with_loader_workers_exits(tmp_path):
+    """An error in training with data-loader workers ends the process: the workers ignore SIGTERM (a stop is the
+    trainer's), so Python's exit used to wait on them forever after the traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "boom.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from streamssm.data.video_clips import load_videos
+from streamssm.train.video import VideoTrainConfig, train_video
+from tests._media import make_clip
+
+vids = load_videos([make_clip({str(tmp_path / 'clip.mp4')!r}, n=10, size=(160, 128))], short_side=96)
+
+def log(m):
+    if m.startswith("step 2"):
+        raise RuntimeError("boom at the checkpoint")
+
+cfg = VideoTrainConfig(steps=4, batch=2, length=5, sizes=(64,), workers=2, save_every=2)
+train_video({str(tmp_path / 'v.safetensors')!r}, vids, cfg, resume=False, progress=False, log=log, device="cpu")
+""")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "boom at the checkpoint" in r.stderr, r.stderr[-2000:]
