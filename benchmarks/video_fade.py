@@ -73,6 +73,15 @@ def ratios(O: list[np.ndarray], P: list[np.ndarray], cols: slice = slice(None)) 
 JITTERS, JITTER_FRAMES = (0.02, 0.08), 48  # exposure jitter: log-normal sigmas per frame, clip length
 LOCK = 0.3  # the exposure lock's rows (``VideoFilter(exposure_lock=0.3)``, off in the shipped weights)
 LOCKED_G, LOCKED_P = f"guided, exposure lock {LOCK}", f"processed-only, exposure lock {LOCK}"
+# guided under an operator whose gain depends on the brightness, so that P/I moves with the original's fade: the
+# lock's release (``exposure_gain``'s EXPOSURE_FADE) at work; with P = I the lock's level is 0 and it does nothing
+GAMMA_G = "guided, a gamma operator (P = I^0.5: P/I changes in the fade)"
+GAMMA_G_LOCKED = f"{GAMMA_G}, exposure lock {LOCK}"
+
+
+def gamma(frame: np.ndarray) -> np.ndarray:
+    """The gamma operator of the rows above: P = 255 (I / 255)^0.5, uint8."""
+    return (255.0 * (frame.astype(np.float32) / 255.0) ** 0.5 + 0.5).astype(np.uint8)
 
 
 def jitter(frames: list[np.ndarray], sigma: float, seed: int = 0) -> list[np.ndarray]:
@@ -142,14 +151,16 @@ def main(argv=None):
 
     def finish(mode: str):  # the weights' processed-only finishing, or (the "as trained" rows) the one before it
         set_processed_only(model, *(trained if mode.startswith("processed-only, as trained") else finished))
-        cfg.exposure_lock = LOCK if mode in (LOCKED_G, LOCKED_P) else 0.0
+        cfg.exposure_lock = LOCK if mode.startswith((LOCKED_G, LOCKED_P)) or mode == GAMMA_G_LOCKED else 0.0
 
     rows, flick = [], []
     try:
         for name, P in clips.items():
             for mode, guided, gain, match, fo, rt in [
                     ("guided (original = P: the fade is in the original too)", True, shipped_gain, True, follow, tol),
-                    (LOCKED_G, True, shipped_gain, True, follow, tol),
+                    (LOCKED_G + " (inactive here: P = I)", True, shipped_gain, True, follow, tol),
+                    (GAMMA_G, True, shipped_gain, True, follow, tol),
+                    (GAMMA_G_LOCKED, True, shipped_gain, True, follow, tol),
                     ("guided, guide gain off (before session 9)", True, no_gain, True, follow, tol),
                     ("guided, one global gain for the frame (tried in session 9)", True, global_gain, True, follow,
                      tol),
@@ -159,9 +170,10 @@ def main(argv=None):
                 vm.match_brightness = shipped if match else (lambda prev, cur: prev)
                 vm.guide_gain, cfg.fade_follow, vm.REPEAT_TOL = gain, fo, rt
                 finish(mode)
-                O = scan_uint8(model, P, P if guided else None)
+                Pm = [gamma(x) for x in P] if mode in (GAMMA_G, GAMMA_G_LOCKED) else P  # the operator's frames
+                O = scan_uint8(model, Pm, P if guided else None)
                 for part, cols in regions.get(name, [("", slice(None))]):
-                    r = ratios(O, P, cols)
+                    r = ratios(O, Pm, cols)
                     rows.append([name + part, mode, f"{r.min():.3f}", f"{r.max():.3f}", f"{r[-1]:.3f}"])
                     print(" | ".join(rows[-1]), flush=True)
         vm.match_brightness, vm.guide_gain = shipped, shipped_gain

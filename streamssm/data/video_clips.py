@@ -34,8 +34,8 @@ import mmap
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from glob import escape as glob_escape
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import cv2
@@ -169,6 +169,8 @@ def _decode_to_cache(path: Path, dest: Path, short_side: int, max_frames: int | 
                 f.seek(0)
                 f.write(_npy_header((n, *shape)))
                 f.flush()
+                os.fsync(f.fileno())  # on disk before the rename makes it the cache file
+                f.close()  # a network file system may report a full disk only here
             except OSError as e:
                 raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for "
                                       f"{path}; free space there or choose another --frame-cache") from e
@@ -213,9 +215,10 @@ def _cached_video(path: Path, cache_dir: Path, short_side: int, max_frames: int 
                 return _open_cached(dest)
             except (OSError, ValueError) as e:  # damaged outside this code (a rename is atomic): decode it again
                 log.warning("frame cache: %s is unreadable (%s); decoding %s again", dest, e, path)
-        for orphan in dest.parent.glob(glob_escape(dest.name) + ".*.part"):  # of a decode killed outright
-            with contextlib.suppress(OSError):
-                orphan.unlink()
+        for orphan in dest.parent.glob(glob_escape(dest.name) + ".*.part"):  # of a decode killed outright: unwritten
+            with contextlib.suppress(OSError):  # for 10 minutes (a decode under way writes all the time)
+                if time.time() - orphan.stat().st_mtime > 600:
+                    orphan.unlink()
         t0 = time.monotonic()
         _decode_to_cache(path, dest, short_side, max_frames, stride)
         a = _open_cached(dest)
@@ -224,7 +227,8 @@ def _cached_video(path: Path, cache_dir: Path, short_side: int, max_frames: int 
         return a
 
 
-def _memory_estimate(paths: Sequence[Path], short_side: int, max_frames: int | None, stride: int) -> tuple[float, float]:
+def _memory_estimate(paths: Sequence[Path], short_side: int, max_frames: int | None,
+                     stride: int) -> tuple[float, float]:
     """(bytes the decoded videos would take in memory, from their containers' frame counts; bytes of memory
     available, 0 where the OS does not say)."""
     need = 0.0

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from streamssm._args import as_ghost_res, as_strength
+from streamssm._args import as_exposure_lock, as_ghost_res, as_strength
 
 from ._spec import (OUTPUT, PoseStep, StepSpec, VideoStep, build_model, dynamic_axes, load_model, new_stream_size,
                     state_in, state_out)
@@ -103,6 +103,7 @@ def export_onnx(
     dynamic_size: bool = True,
     check: bool = True,
     ghost_res: float | None = None,
+    exposure_lock: float | None = None,
 ) -> Path:
     """Export one step of the ``"pose"`` or ``"video"`` model to ONNX, state as explicit inputs/outputs.
 
@@ -123,6 +124,8 @@ def export_onnx(
             (other batch, and other k or h, w when dynamic); raise if the relative error > 1e-4.
         ghost_res: video only: the ghost guard baked into the graph
             (:class:`~streamssm.video.filter.VideoFilter`'s ``ghost_res``); None: the weights' setting.
+        exposure_lock: video only: the exposure lock baked into the graph (``VideoFilter``'s ``exposure_lock``);
+            None: the weights' setting.
 
     Returns:
         The path written. Graph interface and metadata: see :mod:`streamssm.export._spec`.
@@ -146,6 +149,10 @@ def export_onnx(
         if model_kind != "video":
             raise ValueError("ghost_res is for the video model (its temporal blend), not pose")
         model.config.ghost_res = as_ghost_res(ghost_res)
+    if exposure_lock is not None:
+        if model_kind != "video":
+            raise ValueError("exposure_lock is for the video model, not pose")
+        model.config.exposure_lock = as_exposure_lock(exposure_lock)
     config = {**model.config.to_dict(), "backend": "torch"}
     spec = StepSpec(model_kind, config, guided=bool(guided) and model_kind == "video", dims=dims)
     shape = tuple(shape or DEFAULT_EXPORT_SHAPE[model_kind])

@@ -30,6 +30,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
         raise ValueError("--dims is for --model pose (coordinates per keypoint), not video")
     if args.model == "pose" and args.ghost_res is not None:
         raise ValueError("--ghost-res is for --model video (the ghost guard of its temporal blend), not pose")
+    if args.model == "pose" and args.exposure_lock is not None:
+        raise ValueError("--exposure-lock is for --model video, not pose")
     args.dims = 2 if args.dims is None else args.dims
     from streamssm.export._onnx import _package_weights
 
@@ -45,7 +47,7 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     try:
         path = export_onnx(args.model, args.output, weights=args.weights, opset=args.opset, guided=args.guided,
                            dims=args.dims, shape=shape, dynamic_size=not args.static_size, check=not args.no_check,
-                           ghost_res=args.ghost_res)
+                           ghost_res=args.ghost_res, exposure_lock=args.exposure_lock)
     except (ImportError, RuntimeError) as e:  # missing extra, or a graph that failed its check: a message
         raise ValueError(str(e)) from e
     print(f"wrote {path}")
@@ -102,6 +104,9 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--ghost-res", type=float, default=None, metavar="R",
                    help="video: bake the ghost guard into the graph (as streamssm video --ghost-res; default: the "
                         "weights', off)")
+    o.add_argument("--exposure-lock", type=float, default=None, metavar="A",
+                   help="video: bake the exposure lock into the graph (as streamssm video --exposure-lock; default: "
+                        "the weights', off)")
     o.set_defaults(func=_cmd_onnx)
 
     t = sub.add_parser("tensorrt", help="build a TensorRT (or TensorRT-RTX) engine from an exported .onnx")

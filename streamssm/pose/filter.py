@@ -88,7 +88,8 @@ def _as_fps(value: Any) -> float | tuple[float, ...]:
     try:
         vals = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"fps must be a number, or one per stream (a sequence of numbers), got {value!r:.60}") from None
+        raise ValueError(f"fps must be a number, or one per stream (a sequence of numbers), got "
+                         f"{value!r:.60}") from None
     if vals.ndim != 1 or vals.size == 0:
         raise ValueError(f"fps must be a number, or one per stream (a 1-D sequence), got shape {vals.shape}")
     return tuple(_plausible_fps(as_positive(v, f"fps[{i}]", "frames per second")) for i, v in enumerate(vals))

@@ -324,8 +324,6 @@ def load_training_videos(videos: str | Path, short_side: int, max_frames: int | 
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_EXTENSIONS) if p.is_dir() else [p]
     if not files:
         raise ValueError(f"{p}: no video files found (expected {'/'.join(VIDEO_EXTENSIONS)})")
-    if frame_cache is not None and Path(frame_cache).exists() and not Path(frame_cache).is_dir():
-        raise ValueError(f"--frame-cache {frame_cache}: not a folder; expected a folder for the decoded frames")
     return load_videos(files, short_side=short_side, max_frames=max_frames, cache_dir=frame_cache)
 
 
@@ -415,7 +413,8 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         # a batch with the blend off (--p-no-blend) leaves the blend's parameters without a gradient on every rank
         ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                       find_unused_parameters=cfg.p_no_blend > 0)
-    vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side, cfg.max_frames, cfg.frame_cache)
+    vids = videos if isinstance(videos, dict) else load_training_videos(videos, cfg.short_side, cfg.max_frames,
+                                                                        cfg.frame_cache)
     loader = torch.utils.data.DataLoader(
         _ClipStream(vids, cfg, rank, start=start), batch_size=None, num_workers=cfg.workers,
         worker_init_fn=_quiet_worker,

@@ -315,6 +315,7 @@ def prev_was_guided(state) -> Tensor:
 
 
 EXPOSURE_FADE = 0.02  # log brightness a frame: guided, an original changing faster than this releases the lock
+EXPOSURE_JUMP = 0.3  # log brightness: a frame this far from the average starts it over (a light, no flicker)
 
 
 def exposure_gain(means: Tensor, prev_means: Tensor, level_prev: Tensor, fresh: Tensor, guided: bool,
@@ -331,9 +332,11 @@ def exposure_gain(means: Tensor, prev_means: Tensor, level_prev: Tensor, fresh: 
     whose gain depends on the brightness (a gamma, a tone curve) is followed through the original's fades and exposure
     changes instead of being held to its old gain. ``fresh`` (b, t) frames (a stream's first, a cut) and a frame
     whose mode differs from the one before it (``mode_prev`` (b,): the state's ``has_prev``, 2 guided, 1
-    processed-only) start the average at their own level. ``alpha`` in [0, 1]: 0 off, smaller steadier, 1 follows
-    every frame (as off). Returns the gains (b, t) = exp(average - level of the frame) (1 when off) and the last
-    average (b,). ValueError for an ``alpha`` outside [0, 1] (a config set by hand)."""
+    processed-only) start the average at their own level, and so does a frame more than ``EXPOSURE_JUMP`` from it (a
+    light switched off, an exposure step: not flicker, which would otherwise be brightened back ~2.7x and clipped).
+    ``alpha`` in [0, 1]: 0 off, smaller steadier, 1 follows every frame (as off). Returns the gains (b, t) =
+    exp(average - level of the frame) (1 when off) and the last average (b,). ValueError for an ``alpha`` outside
+    [0, 1] (a config set by hand)."""
     if not 0.0 <= alpha <= 1.0:  # also NaN
         raise ValueError(f"exposure_lock must be 0 (off) or a weight up to 1 such as 0.3, got {alpha}")
     flat = lambda m: _log_luma(m.mean((-2, -1), keepdim=True))[:, 0, 0, 0]  # noqa: E731  (n, 3, gh, gw) -> (n,)
@@ -350,7 +353,8 @@ def exposure_gain(means: Tensor, prev_means: Tensor, level_prev: Tensor, fresh: 
     first = torch.cat([fresh[:, :1] | changed[:, None], fresh[:, 1:]], 1)
     level, gains = level_prev, []
     for i in range(r.shape[1]):  # off: the average is the level itself, ready for a lock switched on mid-stream
-        level = torch.where(first[:, i], r[:, i], level + a[:, i] * (r[:, i] - level))
+        jump = (r[:, i] - level).abs() > EXPOSURE_JUMP if on else first[:, i]
+        level = torch.where(first[:, i] | jump, r[:, i], level + a[:, i] * (r[:, i] - level))
         gains.append(torch.exp(level - r[:, i]) if on else torch.ones_like(level))
     return torch.stack(gains, 1), level
 
@@ -622,7 +626,8 @@ class VideoSSM(nn.Module):
         G = P if I is None else I
         feats, fresh, fixed, means = self._features(P, G, I is not None, state, reset)
         coef, ssm_states = self._network(feats, state[self.N_FIXED:], fresh, stepping, I is not None)
-        # contiguous: bilinear upsampling of the permuted view took half of a 720p CPU step (200 -> 96 ms, same bits)
+        # contiguous: bilinear upsampling of the permuted view took half of a 720p CPU step (200 -> 96 ms; equal to
+        # fp32 rounding, ~1e-7)
         coef = coef.permute(0, 1, 4, 2, 3).flatten(0, 1).to(P.dtype).contiguous()
         Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
         Oc, beta = Oc.reshape(P.shape), beta.reshape(b, t, 1, h, w)

@@ -217,6 +217,37 @@ def test_ghost_guard_is_baked_into_the_video_graph(tmp_path):
         export_onnx("pose", tmp_path / "p.onnx", ghost_res=0.1)
 
 
+def test_exposure_lock_is_baked_into_the_video_graph(tmp_path):
+    """export_onnx(exposure_lock=) puts the lock in the graph: recorded in its metadata, and over a clip under a
+    global flicker the graph gives the PyTorch step's outputs with the lock, not those without."""
+    import copy
+    import json
+
+    import onnx
+
+    model = load_model("video")
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, (1, 3, 64, 160)).astype(np.float32)
+    frames = [np.clip(base[..., 3 * t: 3 * t + 128] * np.exp(rng.normal(0, 0.06)), 0, 1) for t in range(8)]
+    outs = {}
+    for a in (0.0, 0.3):
+        path = export_onnx("video", tmp_path / f"e{a}.onnx", model=model, shape=(1, 64, 128), exposure_lock=a)
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert json.loads(meta["streamssm.config"])["exposure_lock"] == a
+        runner = OnnxRunner(path)
+        outs[a] = [runner.step(np.ascontiguousarray(x)) for x in frames]
+    locked = copy.deepcopy(model)
+    locked.config.exposure_lock = 0.3
+    state = None
+    with torch.no_grad():
+        for t, x in enumerate(frames):
+            o, state = locked.step(torch.from_numpy(np.ascontiguousarray(x)), state=state)
+            assert np.abs(outs[0.3][t] - o.numpy()).max() < 1e-4, t
+    assert max(np.abs(a - b).max() for a, b in zip(outs[0.3], outs[0.0])) > 1e-2
+    with pytest.raises(ValueError, match="exposure_lock is for the video model"):
+        export_onnx("pose", tmp_path / "p.onnx", exposure_lock=0.3)
+
+
 def test_export_rejects_old_opset(tmp_path, pose_model):
     with pytest.raises(ValueError, match="opset"):
         export_onnx("pose", tmp_path / "p.onnx", model=pose_model, opset=13)
