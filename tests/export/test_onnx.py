@@ -192,13 +192,23 @@ def test_runner_refuses_what_would_poison_the_stream(tmp_path, pose_model):
     assert np.isfinite(video.step(np.full((1, 3, 64, 96), 0.5, np.float32))).all()
 
 
-def test_ghost_guard_is_baked_into_the_video_graph(tmp_path):
-    """export_onnx(ghost_res=) puts the guard in the graph (its metadata records it, and the check against PyTorch
-    with the guard passes), and the guarded graph cuts a passing bar's trail that the unguarded one leaves."""
+def _baked_runner(tmp_path, model, **setting) -> OnnxRunner:
+    """A video graph exported at 64 x 128 with one config setting baked in (``ghost_res=0.1``, ...), which its
+    metadata must record."""
     import json
 
     import onnx
 
+    (name, value), = setting.items()
+    path = export_onnx("video", tmp_path / f"{name}{value}.onnx", model=model, shape=(1, 64, 128), **setting)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["streamssm.config"])[name] == value
+    return OnnxRunner(path)
+
+
+def test_ghost_guard_is_baked_into_the_video_graph(tmp_path):
+    """export_onnx(ghost_res=) puts the guard in the graph (its metadata records it, and the check against PyTorch
+    with the guard passes), and the guarded graph cuts a passing bar's trail that the unguarded one leaves."""
     model = load_model("video")
     bar = []
     for t in range(8):
@@ -207,10 +217,7 @@ def test_ghost_guard_is_baked_into_the_video_graph(tmp_path):
         bar.append(img)
     worst = {}
     for g in (0.0, 0.1):
-        path = export_onnx("video", tmp_path / f"g{g}.onnx", model=model, shape=(1, 64, 128), ghost_res=g)
-        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-        assert json.loads(meta["streamssm.config"])["ghost_res"] == g
-        runner = OnnxRunner(path)
+        runner = _baked_runner(tmp_path, model, ghost_res=g)
         worst[g] = max(float(np.abs(runner.step(x) - x).max()) for x in bar)
     assert worst[0.0] > 0.1 and worst[0.1] < worst[0.0] / 2
     with pytest.raises(ValueError, match="ghost_res is for the video model"):
@@ -221,9 +228,6 @@ def test_exposure_lock_is_baked_into_the_video_graph(tmp_path):
     """export_onnx(exposure_lock=) puts the lock in the graph: recorded in its metadata, and over a clip under a
     global flicker the graph gives the PyTorch step's outputs with the lock, not those without."""
     import copy
-    import json
-
-    import onnx
 
     model = load_model("video")
     rng = np.random.default_rng(0)
@@ -231,10 +235,7 @@ def test_exposure_lock_is_baked_into_the_video_graph(tmp_path):
     frames = [np.clip(base[..., 3 * t: 3 * t + 128] * np.exp(rng.normal(0, 0.06)), 0, 1) for t in range(8)]
     outs = {}
     for a in (0.0, 0.3):
-        path = export_onnx("video", tmp_path / f"e{a}.onnx", model=model, shape=(1, 64, 128), exposure_lock=a)
-        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-        assert json.loads(meta["streamssm.config"])["exposure_lock"] == a
-        runner = OnnxRunner(path)
+        runner = _baked_runner(tmp_path, model, exposure_lock=a)
         outs[a] = [runner.step(np.ascontiguousarray(x)) for x in frames]
     locked = copy.deepcopy(model)
     locked.config.exposure_lock = 0.3
