@@ -234,6 +234,7 @@ def test_frame_cache_write_errors_stop_the_run_and_a_built_cache_reads_without_w
     folder and the video, instead of training on fewer videos; a decode killed outright leaves a .part that the
     next decode of that video removes; a cache already built is read even where nothing can be written."""
     import errno
+    import os
 
     import streamssm.data.video_clips as vc
 
@@ -251,6 +252,7 @@ def test_frame_cache_write_errors_stop_the_run_and_a_built_cache_reads_without_w
     dest = vc.cache_file(path, cache, 64, 3, 1)
     orphan = dest.with_name(dest.name + ".99999.part")
     orphan.write_bytes(b"half a video")
+    os.utime(orphan, (1, 1))  # unwritten for long: a decode killed outright (a fresh one may be under way)
     load_videos([path], short_side=64, max_frames=3, cache_dir=cache)
     assert dest.exists() and not orphan.exists()
     with monkeypatch.context() as m:
