@@ -264,6 +264,7 @@ class RunSummary:
     dropped: int = 0
     interrupted: bool = False
     fault: str | None = None  # a live source that stopped delivering frames
+    settings: str = ""  # the filter's settings that differ from the weights' defaults (:func:`settings_of`)
 
     @property
     def fps(self) -> float:
@@ -271,6 +272,8 @@ class RunSummary:
 
     def line(self) -> str:
         s = f"streamssm: {self.frames} frames {self.width}x{self.height} in {self.seconds:.1f} s ({self.fps:.1f} fps)"
+        if self.settings:
+            s += f", {self.settings}"
         if self.latencies_ms:
             lat = np.asarray(self.latencies_ms)
             s += (f", latency median {np.median(lat):.1f} ms (p95 {np.percentile(lat, 95):.1f} ms) per frame"
@@ -287,6 +290,16 @@ class RunSummary:
 
 
 NO_EWARP = "no E_warp: it needs two consecutive frames with unoccluded flow between them"
+
+
+def settings_of(filt) -> str:
+    """The settings of a :class:`~streamssm.video.filter.VideoFilter` a run summary names, those that are on: a
+    strength other than 1, the exposure lock, the ghost guard ("" when none is)."""
+    cfg = filt.model.config
+    parts = [f"strength {filt.strength:g}"] if filt.strength != 1.0 else []
+    parts += [f"exposure lock {cfg.exposure_lock:g}"] if 0 < cfg.exposure_lock < 1 else []
+    parts += [f"ghost guard {cfg.ghost_res:g}"] if cfg.ghost_res > 0 else []
+    return ", ".join(parts)
 
 
 class WarpReport:
@@ -620,7 +633,7 @@ def filter_video(
             sink.close(partial=True)  # finalised here as incomplete; the ExitStack's close is then a no-op
     seconds = time.perf_counter() - t0
     summary = RunSummary(sink.frames_written, seconds, width, P.height, sink.final_path or output,
-                         interrupted=interrupted)
+                         interrupted=interrupted, settings=settings_of(filt))
     if rep is not None and not interrupted:
         res = rep.result(guided=I is not None)
         summary.ewarp, summary.report_note = res if res is not None else (None, NO_EWARP)
@@ -707,7 +720,7 @@ def run_webcam(
     kept = (sink.final_path if sink is not None else None) or record
     return RunSummary(len(latencies), seconds, src.width, src.height, kept, latencies_ms=latencies,
                       latency_of="operator + filter" if operator is not None else "filter",
-                      dropped=getattr(src, "dropped", 0), fault=src.fault)
+                      dropped=getattr(src, "dropped", 0), fault=src.fault, settings=settings_of(filt))
 
 
 def _demo_operator(name: str):
@@ -785,7 +798,7 @@ def run_sample(
             sink.close(partial=True)
     seconds = time.perf_counter() - t0
     summary = RunSummary(sink.frames_written, seconds, 2 * src.width, src.height, sink.final_path or output,
-                         interrupted=interrupted)
+                         interrupted=interrupted, settings=settings_of(filt))
     if not interrupted:
         res = rep.result(guided=True)
         summary.ewarp, summary.report_note = res if res is not None else (None, NO_EWARP)

@@ -366,6 +366,10 @@ def test_sample_end_to_end(tmp_path, weights):
     src = probe(SAMPLE)
     assert info["frames"] == 8 and info["size"] == (2 * src["size"][0], src["size"][1]) and info["rate"] == src["rate"]
     assert "E_warp" in stdout and "flow from originals" in stdout
+    assert "exposure lock" not in stdout  # off: the summary names only the settings that are on
+    stdout = ok(cli("--sample", "-o", tmp_path / "locked.mp4", "--max-frames", 4, "--exposure-lock", 0.3,
+                    "--strength", 1.2, weights=weights))
+    assert "fps), strength 1.2, exposure lock 0.3 ->" in stdout
 
 
 def test_cpu_pipelined_run_equals_sequential(tmp_path, clips, weights, monkeypatch):
