@@ -295,10 +295,12 @@ NO_EWARP = "no E_warp: it needs two consecutive frames with unoccluded flow betw
 def settings_of(filt) -> str:
     """The settings of a :class:`~streamssm.video.filter.VideoFilter` a run summary names, those that are on: a
     strength other than 1, the exposure lock, the ghost guard ("" when none is)."""
-    cfg = filt.model.config
-    parts = [f"strength {filt.strength:g}"] if filt.strength != 1.0 else []
-    parts += [f"exposure lock {cfg.exposure_lock:g}"] if 0 < cfg.exposure_lock < 1 else []
-    parts += [f"ghost guard {cfg.ghost_res:g}"] if cfg.ghost_res > 0 else []
+    strength = getattr(filt, "strength", 1.0)  # a caller's own filter object may hold none of these
+    cfg = getattr(getattr(filt, "model", None), "config", None)
+    lock, ghost = getattr(cfg, "exposure_lock", 0.0), getattr(cfg, "ghost_res", 0.0)
+    parts = [f"strength {strength:g}"] if strength != 1.0 else []
+    parts += [f"exposure lock {lock:g}"] if 0 < lock < 1 else []
+    parts += [f"ghost guard {ghost:g}"] if ghost > 0 else []
     return ", ".join(parts)
 
 
