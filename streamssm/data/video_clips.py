@@ -54,11 +54,12 @@ __all__ = ["load_videos", "build_cache", "load_cache", "VideoClipSampler", "Clip
 # loading and caching
 # --------------------------------------------------------------------------------------------------
 def _frames_of(path: str | Path, short_side: int, max_frames: int | None, stride: int) -> Iterator[np.ndarray]:
-    """Decoded RGB frames of ``path``, every ``stride``-th, downscaled (INTER_AREA) to ``short_side``."""
+    """Decoded RGB frames of ``path``, every ``stride``-th, downscaled (INTER_AREA) to ``short_side``; OSError naming
+    the file if it does not open, or if its frame size changes mid-video."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise OSError(f"cannot open video {path}")
-    n, i = 0, 0
+    n, i, first = 0, 0, None
     try:
         while max_frames is None or n < max_frames:
             ok, bgr = cap.read()
@@ -66,6 +67,11 @@ def _frames_of(path: str | Path, short_side: int, max_frames: int | None, stride
                 break
             if i % stride == 0:
                 h, w = bgr.shape[:2]
+                if first is None:
+                    first = (w, h)
+                elif (w, h) != first:
+                    raise OSError(f"{path}: its frame size changes mid-video (frame {i}: {w}x{h}, first "
+                                  f"{first[0]}x{first[1]}); expected one size throughout")
                 s = short_side / min(h, w)
                 if s != 1.0:
                     bgr = cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
@@ -80,8 +86,6 @@ def _read_video(path: str | Path, short_side: int, max_frames: int | None, strid
     frames = list(_frames_of(path, short_side, max_frames, stride))
     if not frames:
         raise OSError(f"no frames decoded from {path}")
-    if len({f.shape for f in frames}) > 1:
-        raise OSError(f"{path}: its frame size changes mid-video; expected one size throughout")
     return np.stack(frames)
 
 
@@ -136,48 +140,44 @@ class FrameCacheError(OSError):
     decode, which training leaves out with a warning, this stops it (a run must not quietly lose videos)."""
 
 
+@contextlib.contextmanager
+def _cache_writes(folder: Path, path: Path):
+    """An OSError of the file system inside (a full disk, a read-only folder) as a :class:`FrameCacheError` naming
+    the cache ``folder`` and the video ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise FrameCacheError(f"{folder}: cannot write the frame cache ({e.strerror or e}) for {path}; free space "
+                              "there or choose another --frame-cache") from e
+
+
 def _decode_to_cache(path: Path, dest: Path, short_side: int, max_frames: int | None, stride: int) -> None:
     """Decode ``path`` into ``dest`` one frame at a time (memory holds a frame, not the video); written under a
     temporary name and renamed when complete, so an interrupted decode leaves no cache file behind (one killed
-    outright leaves its ``.part``, removed by the next decode of the same file: :func:`_cached_video`)."""
+    outright leaves its ``.part``, removed by the next decode of the same file: :func:`_cached_video`). The
+    decoder's errors (a video that does not decode) stay OSError; the file system's are FrameCacheError."""
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
     shape, n = None, 0
     try:
-        frames = _frames_of(path, short_side, max_frames, stride)
-        try:
+        with _cache_writes(dest.parent, path):
             f = open(tmp, "wb")
-        except OSError as e:
-            raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for {path}") from e
+            f.write(b"\0" * _NPY_HEADER)  # the header is written last, when the frame count is known
         with f:
-            for fr in frames:
-                if shape is None:
-                    shape = fr.shape
-                elif fr.shape != shape:
-                    raise OSError(f"{path}: its frame size changes mid-video (frame {n}: {fr.shape[1]}x{fr.shape[0]}, "
-                                  f"first {shape[1]}x{shape[0]}); expected one size throughout")
-                try:
-                    if n == 0:
-                        f.write(b"\0" * _NPY_HEADER)
+            for fr in _frames_of(path, short_side, max_frames, stride):
+                shape = fr.shape
+                with _cache_writes(dest.parent, path):
                     f.write(np.ascontiguousarray(fr).data)
-                except OSError as e:
-                    raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for "
-                                          f"{path}; free space there or choose another --frame-cache") from e
                 n += 1
             if n == 0:
                 raise OSError(f"no frames decoded from {path}")
-            try:
+            with _cache_writes(dest.parent, path):
                 f.seek(0)
                 f.write(_npy_header((n, *shape)))
                 f.flush()
                 os.fsync(f.fileno())  # on disk before the rename makes it the cache file
                 f.close()  # a network file system may report a full disk only here
-            except OSError as e:
-                raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for "
-                                      f"{path}; free space there or choose another --frame-cache") from e
-        try:
+        with _cache_writes(dest.parent, path):
             os.replace(tmp, dest)
-        except OSError as e:
-            raise FrameCacheError(f"{dest.parent}: cannot write the frame cache ({e.strerror or e}) for {path}") from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -206,10 +206,8 @@ def _cached_video(path: Path, cache_dir: Path, short_side: int, max_frames: int 
         with contextlib.suppress(OSError, ValueError):
             return _open_cached(dest)
     with contextlib.ExitStack() as held:
-        try:
+        with _cache_writes(cache_dir, path):
             held.enter_context(_locked(dest.with_name(dest.name + ".lock")))
-        except OSError as e:
-            raise FrameCacheError(f"{cache_dir}: cannot write the frame cache ({e.strerror or e}) for {path}") from e
         if dest.exists():  # another process built it while this one waited
             try:
                 return _open_cached(dest)

@@ -201,19 +201,35 @@ def test_frame_cache_is_the_decode_kept_on_disk(tmp_path, monkeypatch):
     assert len(list(cache.glob("*.npy"))) == 4
 
 
-def test_frame_cache_keeps_no_partial_file(tmp_path, monkeypatch):
-    """A decode that fails midway (here: the frame size changes) leaves no cache file, and says which video."""
+def test_frame_size_change_is_named_and_the_cache_keeps_no_partial_file(tmp_path, monkeypatch):
+    """A video whose frame size changes midway (a decoder giving 10 then 12 px wide frames here) is left out, named,
+    whether decoded into memory or into the cache, and the cache keeps no file of it."""
     import streamssm.data.video_clips as vc
 
     (path,) = _video_paths(1)
 
-    def frames(*a, **k):
-        yield np.zeros((8, 10, 3), np.uint8)
-        yield np.zeros((8, 12, 3), np.uint8)
+    class Capture:
+        def __init__(self, *a):
+            self.widths = iter([10, 12])
 
-    monkeypatch.setattr(vc, "_frames_of", frames)
-    with pytest.raises(OSError, match=f"no training video decodes: {path}: its frame size changes mid-video"):
-        load_videos([path], short_side=96, cache_dir=tmp_path)
+        def isOpened(self):
+            return True
+
+        def read(self):
+            w = next(self.widths, None)
+            return (w is not None), None if w is None else np.zeros((8, w, 3), np.uint8)
+
+        def get(self, prop):  # the memory estimate's frame count and size: unknown
+            return 0.0
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(vc.cv2, "VideoCapture", Capture)
+    for cache in (None, tmp_path):
+        with pytest.raises(OSError, match=f"no training video decodes: {path}: its frame size changes mid-video "
+                                          "\\(frame 1: 12x8, first 10x8\\)"):
+            load_videos([path], short_side=96, cache_dir=cache)
     assert [f.name for f in tmp_path.iterdir() if not f.name.endswith(".lock")] == []
 
 
