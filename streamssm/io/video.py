@@ -51,6 +51,9 @@ Design notes (why the code looks the way it does):
     (``<stem>.partial-2<ext>``, ... if that exists): an incomplete run never replaces a complete one;
   * zero frames written, or an output that cannot be finalised (disk full) -> nothing is left
     behind and the error says so. :attr:`FrameSink.final_path` says where the frames ended up.
+  * two runs writing the same output at once -> each writes its own hidden file (the second
+    ``.<stem>.partial-2<ext>``; each is locked while its run lasts), and a complete run whose output path was
+    taken while it ran (the other run finished first) goes beside it as ``<stem>.new<ext>``, with a warning.
 
   PNG frames are written to a temporary name and renamed one by one; with ``overwrite=True`` over
   a folder that already holds frames, the new frames go to a hidden ``.<name>.partial/`` staging
@@ -222,26 +225,62 @@ def _nominal_rate(vs) -> Fraction:
     return Fraction(guess) if guess and guess < 1000 else Fraction(30)
 
 
-def _probe(spec: str, frames: int) -> tuple[int, bool]:
+def _counts_ticks(vs) -> bool:
+    """An AVI stream (constant-rate: one slot a time-base tick) whose time base is finer than its frames, as when a
+    stream with a 1/600 or 1/90000 time base is copied into AVI: its header counts the ticks (800 "frames" for 40
+    real ones at 30 fps, empty slots between them) and its average rate is the tick rate (600). Then FFmpeg's
+    guessed rate is the frame rate, and the frame count is unknown (the duration still checks that the file is
+    whole)."""
+    tb, avg, guess = vs.time_base, vs.average_rate, vs.guessed_rate
+    return bool(tb and avg and guess and vs.frames and avg == 1 / tb and guess < 0.99 * avg)
+
+
+def _probe(spec: str, frames: int) -> tuple[int, bool, bool]:
     """From a second, short-lived opening of a video file, its first ``frames`` decoded frames: (the counter-clockwise
-    display rotation of the first, 0/90/180/270 degrees, from its display matrix: PyAV's ``VideoFrame.rotation``, 0
-    when there is none or PyAV is too old to tell; whether their timestamps strictly increase). The stream itself
-    exposes neither. A file that cannot be probed reads as (0, True): the main opening reports its errors."""
+    display rotation of the first, 0/90/180/270 degrees, and whether its picture is mirrored, from its display matrix
+    (:func:`_orientation`; 0 and False when there is none); whether their timestamps strictly increase). The stream
+    itself exposes neither. A file that cannot be probed reads as (0, False, True): the main opening reports its
+    errors."""
     import av
 
-    rotation, pts = 0, []
+    rotation, mirror, pts = 0, False, []
     try:
         with av.open(spec, "r") as c:
             for i, frame in enumerate(c.decode(video=0)):
                 if i == 0:
-                    rotation = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+                    rotation, mirror = _orientation(frame)
                 pts.append(frame.pts)
                 if i + 1 >= frames:
                     break
     except (av.FFmpegError, ValueError, OSError):
         pass
     known = [p for p in pts if p is not None]
-    return rotation, all(b > a for a, b in zip(known, known[1:]))
+    return rotation, mirror, all(b > a for a, b in zip(known, known[1:]))
+
+
+def _orientation(frame) -> tuple[int, bool]:
+    """A decoded frame's display matrix as (counter-clockwise rotation in degrees, 0/90/180/270; mirrored first).
+
+    The matrix M maps stored to shown coordinates (row vectors: ``[x' y'] = [x y] M``). A phone's portrait clip holds
+    a rotation; a front camera's or an editor's "flip" a mirror, M = F R with F = diag(-1, 1): the stored picture
+    flipped left to right (x -> -x), then turned by R. FFmpeg's rotation angle (PyAV's ``VideoFrame.rotation``) of a
+    mirrored M is not R's (a left-right flip reads as 180 degrees, which turns the picture upside down), so R's angle
+    is taken here, as FFmpeg's ``av_display_rotation_get`` would give it for R. No matrix (or an unreadable one):
+    PyAV's rotation, unmirrored."""
+    rotation = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4 * 90
+    try:
+        sd = next((x for x in frame.side_data if "DISPLAYMATRIX" in str(x.type)), None)
+        m = None if sd is None else np.frombuffer(bytes(sd), np.int32)
+    except (AttributeError, TypeError, ValueError):
+        m = None
+    if m is None or m.size != 9:
+        return rotation, False
+    a, b, c, d = (float(v) / 65536.0 for v in (m[0], m[1], m[3], m[4]))
+    if a * d - b * c >= 0:
+        return rotation, False
+    a, b = -a, -b  # R = F M: the first row of M negated
+    deg = -np.degrees(np.arctan2(b / (np.hypot(b, d) or 1.0), a / (np.hypot(a, c) or 1.0)))
+    return int(round(deg / 90.0)) % 4 * 90, True
 
 
 def _hdr_converter(spec: str, cc):
@@ -340,12 +379,12 @@ class FrameSource:
         if self._max_frames is not None and self.frame_count is not None and self.frame_count > self._max_frames:
             raise VideoIOError(
                 f"{self.path}: {self.frame_count} frames exceeds max_frames={self._max_frames} "
-                "(--max-input-frames on the command line; on_limit='stop' reads only the first frames)"
+                "(--max-input-frames on the command line; in Python, on_limit='stop' reads only the first frames)"
             )
         if self._max_duration is not None and duration is not None and duration > self._max_duration + 1e-6:
             raise VideoIOError(
                 f"{self.path}: duration {duration:.2f}s exceeds max_duration={self._max_duration}s "
-                "(--max-duration on the command line; on_limit='stop' reads only the beginning)"
+                "(--max-duration on the command line; in Python, on_limit='stop' reads only the beginning)"
             )
 
     def _limited(self, frames: Iterator[Frame]) -> Iterator[Frame]:
@@ -429,6 +468,8 @@ class _AVSource(FrameSource):
                 raise VideoIOError(f"{spec}: no such file; expected a video file ({'/'.join(VIDEO_EXTENSIONS)})")
             if p.is_dir():
                 raise VideoIOError(f"{spec}: is a directory; expected a video file")
+            if not p.is_file():  # a device (/dev/zero), a named pipe: no size to check, and no seeking
+                raise VideoIOError(f"{spec}: is not a regular file (a device or a pipe?); expected a video file")
             if p.stat().st_size == 0:
                 raise VideoIOError(f"{spec}: file is empty (0 bytes); expected a video file")
             if _sniff_text(p):
@@ -467,6 +508,8 @@ class _AVSource(FrameSource):
         self.audio = bool(c.streams.audio)
         # stream.frames comes from the index (mp4 stts) and is exact; 0 means "unknown" (mkv, webm, ts).
         self.frame_count = int(vs.frames) if vs.frames else None
+        if c.format.name == "avi" and _counts_ticks(vs):
+            self.rate, self.frame_count = Fraction(vs.guessed_rate), None
         # Stream-level duration first: the container's may include a longer audio track.
         self._stream_duration = _stream_duration(vs)
         self._duration = self._stream_duration
@@ -481,7 +524,7 @@ class _AVSource(FrameSource):
             # presentation times: with B-frames FFmpeg's guesses come out of order (6, 8, 7, ...), and such a file is
             # timed by frame index at its nominal rate (AVI is constant-rate by design); one whose guesses increase
             # keeps them (a capture's dropped frames show as gaps).
-            self.rotation, in_order = (0, True) if is_url else _probe(spec, 48 if avi else 1)
+            self.rotation, self.mirror, in_order = (0, False, True) if is_url else _probe(spec, 48 if avi else 1)
         except BaseException:
             c.close()
             raise
@@ -494,9 +537,9 @@ class _AVSource(FrameSource):
         if self.rotation % 180:
             self.width, self.height = self.height, self.width
             self.sample_aspect = None if self.sample_aspect is None else 1 / self.sample_aspect
-        if self.rotation:
-            log.info("%s: display rotation %d degrees: frames turned upright (%dx%d)", spec, self.rotation,
-                     self.width, self.height)
+        if self.rotation or self.mirror:
+            log.info("%s: display %srotation %d degrees: frames turned as shown (%dx%d)", spec,
+                     "mirror and " if self.mirror else "", self.rotation, self.width, self.height)
         self._hdr = _hdr_converter(spec, vs.codec_context)
         if self._hdr is None:
             _warn_depth(spec, vs.codec_context.pix_fmt)
@@ -542,6 +585,8 @@ class _AVSource(FrameSource):
                 rgb = _rgb24(frame)
             else:  # 16-bit code values: the transfer's curves need more than 8 bits
                 rgb = self._hdr(frame.to_ndarray(format="rgb48le"))
+            if self.mirror:
+                rgb = rgb[:, ::-1]
             rgb = np.ascontiguousarray(np.rot90(rgb, self.rotation // 90) if self.rotation else rgb)
             fr = Frame(rgb, t, n)
             n += 1
@@ -859,11 +904,15 @@ def open_source(
         return _CaptureSource(int(dev.group(1)), timeout=timeout, **limits)
     if s.startswith(_LIVE_PREFIX):
         target = s[len(_LIVE_PREFIX) :]
+        if not target.strip():
+            raise VideoIOError(f"'{s}': expected a video file after live: (as in live:clip.mp4)")
         if os.path.isdir(target):
             raise VideoIOError(f"{s}: {target} is a directory; live: expects a video file")
         return _LiveFileSource(target, **limits)
     if _URL_RE.match(s):
         return _AVSource(s, is_url=True, timeout=timeout, **limits)
+    if s.strip() == "-":
+        raise VideoIOError("-: reading a video from standard input is not supported; give a file, folder, URL or camera")
     p = Path(s).expanduser()
     if p.is_dir():
         if p.suffix.lower() in VIDEO_EXTENSIONS:
@@ -924,7 +973,9 @@ class FrameSink:
 
     def hold_last_until(self, end: float | None) -> None:
         """Show the last frame until ``end`` (s, on the frames' clock) when the output is closed complete: the
-        source's last frame was held longer than a frame period (a screen recording's). Default: nothing."""
+        source's last frame was held longer than a frame period (a screen recording's). Called once the whole source
+        was written (not after ``--max-frames``): a video sink then also warns if the sound runs on past the picture.
+        Default: nothing."""
 
     def close(self, partial: bool = False) -> None:  # pragma: no cover
         """Finalise. ``partial=True``: the run did not complete (see the module docstring)."""
@@ -944,19 +995,83 @@ class FrameSink:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and exc_type is not VideoIOError:
-            log.warning("%s: interrupted by %s; keeping the %d frames written", self.path, exc_type.__name__, self.frames_written)
+            log.warning("%s: stopped (%s); keeping the %d frames written", self.path, _stop_reason(exc_type),
+                        self.frames_written)
         self.close(partial=exc_type is not None)
         return False
 
 
-def _partial_name(path: Path) -> Path:
+def _stop_reason(exc_type) -> str:
+    """What stopped a run, in a user's words, for the sink's "stopped (...)" line (the error itself is reported by the
+    caller)."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "Ctrl-C"
+    if issubclass(exc_type, SystemExit):
+        return "a signal (SIGTERM or SIGHUP)"
+    if issubclass(exc_type, VideoIOError):
+        return "an input or output error"
+    return f"an error: {exc_type.__name__}"
+
+
+def _partial_name(path: Path, tag: str = "partial") -> Path:
     """``<stem>.partial<ext>`` beside ``path`` (``.partial-2``, ... when taken): where an incomplete run
-    goes when the output path holds a file that must not be replaced by it."""
+    goes when the output path holds a file that must not be replaced by it (``tag``: another word than partial)."""
     for i in range(1, 1000):
-        cand = path.with_name(f"{path.stem}.partial{'' if i == 1 else f'-{i}'}{path.suffix}")
+        cand = path.with_name(f"{path.stem}.{tag}{'' if i == 1 else f'-{i}'}{path.suffix}")
         if not cand.exists():
             return cand
-    raise VideoIOError(f"{path}: too many partial outputs beside it; remove some")
+    raise VideoIOError(f"{path}: too many {tag} outputs beside it; remove some")
+
+
+def _claim_temp(path: Path) -> tuple[Path, int]:
+    """The hidden file a video sink writes before its rename, ``.<stem>.partial<ext>`` beside ``path``, created and
+    held under an exclusive lock (``flock``) while the run lasts, with the open descriptor: a second run writing to
+    the same output at once takes ``.<stem>.partial-2<ext>`` instead of writing into the first one's file. One left
+    by a killed run holds no lock, and is reused. (Without ``fcntl``, on Windows: the first name not there.)"""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    for i in range(1, 1000):
+        tmp = path.with_name(f".{path.stem}.partial{'' if i == 1 else f'-{i}'}{path.suffix}")
+        if fcntl is None:
+            try:
+                return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another run's, under way
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        return tmp, fd
+    raise VideoIOError(f"{path}: too many runs writing it at once")
+
+
+def _move_into_place(tmp: Path, target: Path, replace: bool) -> Path:
+    """Rename the finished ``tmp`` onto ``target``; unless ``replace``, never over a file that appeared there while
+    the run was writing (another run's output, finished first): then beside it as ``<stem>.new<ext>``, with a
+    warning. Returns where the file went."""
+    if replace:
+        os.replace(tmp, target)
+        return target
+    try:
+        os.link(tmp, target)  # atomic, and refuses an existing target
+        os.unlink(tmp)
+        return target
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links (FAT, some network shares): not atomic
+        if not target.exists():
+            os.replace(tmp, target)
+            return target
+    keep = _partial_name(target, "new")
+    os.replace(tmp, keep)
+    log.warning("%s appeared while this run was writing it (another run?); it is kept, and this run's output goes "
+                "to %s", target, keep)
+    return keep
 
 
 class _VideoSink(FrameSink):
@@ -979,10 +1094,10 @@ class _VideoSink(FrameSink):
         self._rgb_frame = None
         self._last_frame = None  # the last encoded frame, shown again by hold_last_until
         self._hold_until: float | None = None
+        self._whole = False  # hold_last_until was called: the whole source was written
         self._sample_aspect = sample_aspect
         self._untagged = untagged
         self._existed = path.exists()  # an incomplete run must not replace it (module docstring)
-        self._tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         ext = path.suffix.lower()
         if ext == ".webm" and codec in ("libx264", "h264"):
             log.info("%s: WebM cannot hold H.264; encoding VP9 instead", path)
@@ -990,12 +1105,13 @@ class _VideoSink(FrameSink):
         try:
             # PyAV opens the file lazily (at the first packet); create it now so an unwritable
             # directory fails here, before any decoding work.
-            with open(self._tmp, "wb"):
-                pass
+            self._tmp, self._lock = _claim_temp(path)  # the lock is let go after the rename (or on _abort)
             self._out = av.open(str(self._tmp), "w")
         except (av.FFmpegError, OSError) as e:
-            with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
+            if getattr(self, "_lock", None) is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._tmp)
+                os.close(self._lock)
             raise VideoIOError(f"{path}: cannot create output file in {path.parent}: {e}") from e
         try:
             self._setup_video(codec, crf, preset)
@@ -1119,7 +1235,7 @@ class _VideoSink(FrameSink):
             raise self._write_error(e) from e
 
     def hold_last_until(self, end: float | None) -> None:
-        self._hold_until = end
+        self._hold_until, self._whole = end, True
 
     def _hold_last(self) -> None:
         """The last frame again, a frame period before the hold's end, so the file (and the audio carried up to
@@ -1158,7 +1274,7 @@ class _VideoSink(FrameSink):
             for packet in self._vs.encode(None):
                 self._out.mux(packet)
             if self._audio is not None:
-                self._audio.finish(self._video_end())
+                self._audio.finish(self._video_end(), complete=self._whole and not partial)
             self._out.close()
         except (av.FFmpegError, OSError) as e:
             self._abort()
@@ -1172,14 +1288,23 @@ class _VideoSink(FrameSink):
             target = _partial_name(target)
             log.warning("%s: run incomplete; the existing file is kept and the %d frames written go to %s",
                         self.path, self.frames_written, target)
-        os.replace(self._tmp, target)
-        self.final_path = str(target)
+        try:
+            self.final_path = str(_move_into_place(self._tmp, target, replace=self._existed))
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock)
+            self._lock = None
 
     def _abort(self) -> None:
         with contextlib.suppress(Exception):
             self._out.close()
         with contextlib.suppress(OSError):
             os.unlink(self._tmp)
+        self._unlock()
         if getattr(self, "_audio", None) is not None:
             self._audio.close()
 
@@ -1211,6 +1336,10 @@ class _AudioCarrier:
             return
         ia = self._in.streams.audio[0]
         self._ia = ia
+        lang = ia.metadata.get("language")
+        if len(self._in.streams.audio) > 1:
+            log.warning("%s: %s has %d audio tracks; only the first%s is kept", out_path, src,
+                        len(self._in.streams.audio), f" ({lang})" if lang else "")
         # Our output video starts at t=0 where the input's video started; shift audio the same way.
         vids = self._in.streams.video
         v0 = vids[0].start_time * vids[0].time_base if vids and vids[0].start_time is not None else 0
@@ -1241,6 +1370,9 @@ class _AudioCarrier:
             log.warning(
                 "%s: %s cannot hold %s audio; re-encoding it to %s", out_path, fmt, ia.codec_context.name, codec
             )
+        if lang:
+            self.stream.metadata["language"] = lang
+        self._src, self._out_path = src, out_path
         self._packets = self._in.demux(ia)
         self._placed = False  # re-encoding: the first samples are placed against the picture (_aligned)
 
@@ -1329,10 +1461,22 @@ class _AudioCarrier:
             out.append(f)
         return out
 
-    def finish(self, until: float) -> None:
+    def finish(self, until: float, complete: bool = True) -> None:
+        """Mux the rest up to ``until`` (the picture's end) and flush. ``complete``: the whole source was written, so
+        sound that runs on past the picture (cut off here, as the picture ends) gets a warning; a run that was
+        interrupted or asked for the first frames only has it cut silently."""
         if self._in is None:
             return
         self.pump(until)
+        if complete and self._pending is not None:
+            tb, end = self._ia.time_base, None
+            for p in [self._pending, *self._packets]:
+                if p.pts is not None:
+                    end = max(end or 0, (p.pts - self._shift + (p.duration or 0)) * tb)
+            if end is not None and end - until > 0.1:
+                log.warning("%s: the sound of %s runs %.2f s past the last frame; it is cut where the picture ends "
+                            "(%.2f s)", self._out_path, self._src, float(end - until), until)
+            self._pending = None
         if not self._copy:
             for rf in self._resampler.resample(None):
                 for q in self.stream.encode(rf):
@@ -1361,7 +1505,7 @@ class _PngFolderSink(FrameSink):
         if existing and not overwrite:
             raise VideoIOError(
                 f"{folder}: already holds {len(existing)} frame_*.png files; pass --overwrite "
-                "(overwrite=True) to replace them"
+                "(in Python: overwrite=True) to replace them"
             )
         if not folder.parent.is_dir():
             raise VideoIOError(f"{folder}: parent directory {folder.parent} does not exist")
@@ -1488,7 +1632,7 @@ def open_sink(
     if ext not in VIDEO_EXTENSIONS:
         raise VideoIOError(f"{s}: unknown output extension {ext!r}; expected one of {'/'.join(VIDEO_EXTENSIONS)} or a folder")
     if p.exists() and not overwrite:
-        raise VideoIOError(f"{s}: output already exists; pass --overwrite (overwrite=True) to replace it")
+        raise VideoIOError(f"{s}: output already exists; pass --overwrite (in Python: overwrite=True) to replace it")
     if not p.parent.is_dir():
         what = "is a file, not a directory" if p.parent.exists() else "does not exist"
         raise VideoIOError(f"{s}: output directory {p.parent} {what}")
@@ -1712,7 +1856,7 @@ class ThreadedSink:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            log.warning("%s: interrupted by %s; finishing the queued frames", self.sink.path, exc_type.__name__)
+            log.warning("%s: stopped (%s); finishing the queued frames", self.sink.path, _stop_reason(exc_type))
         try:
             self.close(partial=exc_type is not None)
         except Exception:

@@ -4,7 +4,7 @@ Three modes, one sub-command (:func:`add_video_parser` registers it, :func:`run_
 
 - ``streamssm video PROCESSED [--original ORIGINAL] -o OUTPUT`` -- a video file or image folder in,
   a video file (same frame count, size and frame rate, audio carried over from PROCESSED, or from ORIGINAL when
-  PROCESSED has none) or a PNG
+  PROCESSED has none: then timed by ORIGINAL, so the sound stays in sync where the two rates differ) or a PNG
   folder out. With ``--original`` (the frames the per-frame operator saw) the filter is guided.
 - ``streamssm video --webcam SPEC [--op NAME] [--record OUT.mp4]`` -- a camera index, capture URL or
   ``live:FILE``; an optional demo operator makes the flicker, a preview window shows it when a display
@@ -403,6 +403,29 @@ def file_max_gap(rate) -> float:
     return max(1.0, 3.0 / float(rate))
 
 
+def _output_clock(P, I, sound_of_original: bool, folder_fps: bool):
+    """Which source times the output frames (its rate and timestamps): the processed one, except where the sound is
+    the original's and the two rates differ (a per-frame tool that wrote 30 fps for a 29.97 fps original, or 25 for
+    30): there the original's, which the sound and the frames, paired one by one, follow, so the sound stays in sync.
+    None when the user set the processed folder's rate (``folder_fps``) to another one than the original's: then the
+    output keeps that rate, and the caller leaves the sound out (it would drift). Warns when the rates differ."""
+    if I is None or P.rate == I.rate:
+        return P
+    rates = f"{P.path} (processed) is {float(P.rate):.6g} fps, {I.path} (original) {float(I.rate):.6g} fps"
+    if sound_of_original and folder_fps:
+        log.warning("frame rates differ: %s; the output keeps the --fps rate and leaves out the original's sound, "
+                    "which would drift against it", rates)
+        return None
+    if sound_of_original:
+        log.warning("frame rates differ: %s; the frames are paired one by one and the output takes the original's "
+                    "timing, as its sound does", rates)
+        return I
+    if abs(float(P.rate) - float(I.rate)) > 0.01 * float(I.rate):
+        log.warning("frame rates differ: %s; the frames are paired one by one and the output keeps the processed "
+                    "video's rate", rates)
+    return P
+
+
 def _progress(total: int | None, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -590,24 +613,23 @@ def filter_video(
                                    f"{I.path} (original) is {I.width}x{I.height}; the original guides the filter "
                                    f"pixel for pixel: scale it to {P.width}x{P.height} (an upscaler's input, say), or "
                                    "leave out --original (processed-only)")
-            if abs(float(P.rate) - float(I.rate)) > 0.01 * float(I.rate):
-                log.warning("frame rates differ: %s (processed) is %.4g fps, %s (original) %.4g fps; the frames are "
-                            "paired one by one and the output keeps the processed video's rate", P.path,
-                            float(P.rate), I.path, float(I.rate))
+        # the sound of PROCESSED; a per-frame tool often drops it, and then the original's, which the frames pair with
+        audio = processed if P.audio else original if I is not None and I.audio else None
+        clock = _output_clock(P, I, audio == original and audio is not None, fps is not None and os.path.isdir(processed))
+        if clock is None:  # the user's --fps for the folder against the original's rate: its sound would drift
+            audio, clock = None, P
         if filt is None:
-            filt = _make_filter(weights, device, strength, max_gap=file_max_gap(P.rate), ghost_res=ghost_res,
+            filt = _make_filter(weights, device, strength, max_gap=file_max_gap(clock.rate), ghost_res=ghost_res,
                                 exposure_lock=exposure_lock)
         try:
             check_frame_size(P.height, P.width, filt.model.config)
         except ValueError as e:
             raise VideoIOError(f"{P.path}: {e}") from None
         filt.reset()
-        # the sound of PROCESSED; a per-frame tool often drops it, and then the original's, which the frames pair with
-        audio = processed if P.audio else original if I is not None and I.audio else None
         width = P.width * (2 if side_by_side else 1)
         from streamssm.io import ThreadedSink
 
-        sink = stack.enter_context(ThreadedSink(open_sink(output, fps=P.rate, width=width, height=P.height,
+        sink = stack.enter_context(ThreadedSink(open_sink(output, fps=clock.rate, width=width, height=P.height,
                                                           audio_from=audio, overwrite=overwrite,
                                                           protected=[processed] + ([original] if original else []),
                                                           sample_aspect=P.sample_aspect, untagged=P.untagged,
@@ -617,7 +639,8 @@ def filter_video(
         rep = WarpReport(total) if report else None
         src = stack.enter_context(prefetch(P))
         if I is not None:
-            pairs: Iterator = ((p, i.rgb) for p, i in paired(src, stack.enter_context(prefetch(I)), max_frames))
+            pairs: Iterator = ((p if clock is P else p._replace(timestamp=i.timestamp), i.rgb)
+                               for p, i in paired(src, stack.enter_context(prefetch(I)), max_frames))
         else:
             pairs = ((p, None) for p in src)
         if max_frames is not None:
@@ -629,7 +652,7 @@ def filter_video(
         try:
             _filter_loop(pairs, filt, sink, bar, side_by_side=side_by_side, report=rep, pipelined=pipelined)
             if max_frames is None or next(fed) < max_frames:  # the whole clip (prefetch may have reached its end
-                sink.hold_last_until(P.end)  # when cut short): a last frame held longer keeps its length
+                sink.hold_last_until(clock.end)  # when cut short): a last frame held longer keeps its length
         except KeyboardInterrupt:
             interrupted = True
             sink.close(partial=True)  # finalised here as incomplete; the ExitStack's close is then a no-op
@@ -688,8 +711,8 @@ def run_webcam(
     sink = None
     with _note_kept_frames(lambda: sink, record), contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_as_exception())
-        src = stack.enter_context(open_source(spec, max_frames=max_frames, on_limit="stop",
-                                              max_resolution=max_resolution))
+        # --max-frames counts the frames filtered (below), not the source's, which include those it dropped
+        src = stack.enter_context(open_source(spec, on_limit="stop", max_resolution=max_resolution))
         filt = _make_filter(weights, device, strength, ghost_res=ghost_res, exposure_lock=exposure_lock)
         if record:
             width = src.width * (2 if side_by_side else 1)
@@ -712,7 +735,7 @@ def run_webcam(
                 if sink is not None:
                     sink.write(np.concatenate([p, out], axis=1) if side_by_side else owned(out), fr.timestamp)
                 bar.update(1)
-                if not view.show(p, out):
+                if not view.show(p, out) or (max_frames is not None and len(latencies) >= max_frames):
                     break
         except KeyboardInterrupt:
             pass  # how a camera session ends

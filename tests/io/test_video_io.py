@@ -377,6 +377,37 @@ def test_display_rotation_is_applied(tmp_path, degrees):
     assert np.abs(rgb.astype(int) - want).mean() < 8
 
 
+@pytest.mark.parametrize("flip", ["left-right", "upside-down"])
+def test_display_mirror_is_applied_not_read_as_a_turn(tmp_path, flip):
+    """An mp4 whose track matrix mirrors the picture (a front camera's, an editor's flip): FFmpeg's rotation angle
+    reads a left-right mirror as 180 degrees, which used to turn the picture upside down. Made by writing the
+    mirror into the track header's matrix (ISO 14496-12 tkhd: nine big-endian 16.16 / 2.30 numbers)."""
+    import struct
+
+    path = tmp_path / "mirror.mp4"
+    img = np.zeros((H, W, 3), np.uint8)
+    img[: H // 4, : W // 4] = 255  # a white block in the stored frame's top-left corner
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 30)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+    data = bytearray(path.read_bytes())
+    at = data.index(b"tkhd") + 4 + 4 + 20 + 8 + 8  # type, version/flags, times/id/duration, reserved, layer..volume
+    assert struct.unpack(">9i", data[at : at + 36]) == (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+    a, d, tx, ty = (-65536, 65536, W << 16, 0) if flip == "left-right" else (65536, -65536, 0, H << 16)
+    data[at : at + 36] = struct.pack(">9i", a, 0, 0, 0, d, 0, tx, ty, 1 << 30)
+    path.write_bytes(bytes(data))
+    with open_source(path) as src:
+        assert (src.width, src.height) == (W, H)
+        rgb = next(iter(src)).rgb
+    want = img[:, ::-1] if flip == "left-right" else img[::-1]
+    assert np.abs(rgb.astype(int) - want).mean() < 8
+
+
 def _pq(nits):
     """SMPTE ST 2084's inverse EOTF, written out here from the standard (not imported) to check the reader's."""
     m1, m2, c1, c2, c3 = 0.1593017578125, 78.84375, 0.8359375, 18.8515625, 18.6875
@@ -565,6 +596,91 @@ def test_existing_output_refused_without_overwrite(tmp_path, clip):
         open_sink(folder, fps=30, width=W, height=H)
 
 
+def test_avi_counting_time_base_ticks_is_read_whole_at_its_frame_rate(tmp_path):
+    """A stream with a fine time base (1/90000) copied into AVI: the header then counts ticks (the muxer's 1/600:
+    400 'frames' for 20, 30 fps read as 600). It used to be called truncated (exit 2) and timed at 600 fps."""
+    path = tmp_path / "fine.avi"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mjpeg", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuvj420p"
+        vs.time_base = Fraction(1, 90000)
+        for i in range(20):
+            f = av.VideoFrame.from_ndarray(pattern(i), format="rgb24")
+            f.pts, f.time_base = i * 3000, Fraction(1, 90000)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+    with av.open(str(path)) as c:  # the file is what the test is about
+        assert c.streams.video[0].frames > 100 and c.streams.video[0].average_rate > 100
+    with open_source(path) as src:
+        assert (src.rate, src.frame_count) == (30, None)
+        frames = list(src)
+        assert [level(f.rgb) for f in frames] == list(range(20))
+        assert abs(frames[-1].timestamp - 19 / 30) < 1e-6 and abs(src.end - 20 / 30) < 1e-6
+
+
+def test_two_runs_writing_one_output_at_once_keep_both(tmp_path, clip, caplog):
+    """Two sinks open on one output path: each writes its own hidden file (they used to share one, and the second
+    run's rename failed or replaced the first's result), and the one finished second does not replace the first's:
+    it goes beside it as out.new.mp4, with a warning."""
+    out = tmp_path / "out.mp4"
+    a = open_sink(out, fps=30, width=W, height=H)
+    b = open_sink(out, fps=30, width=W, height=H)
+    assert sorted(p.name for p in tmp_path.glob(".out.*")) == [".out.partial-2.mp4", ".out.partial.mp4"]
+    for i in range(5):
+        a.write(pattern(i))
+    for i in range(3):
+        b.write(pattern(10 + i))
+    b.close()
+    a.close()
+    assert (b.final_path, a.final_path) == (str(out), str(tmp_path / "out.new.mp4"))
+    assert probe(out)[0] == 3 and probe(tmp_path / "out.new.mp4")[0] == 5
+    assert "appeared while this run was writing it" in caplog.text
+    assert not list(tmp_path.glob(".out.*"))
+    # a hidden file left by a killed run (no lock on it) is taken over, not skipped
+    (tmp_path / ".again.partial.mp4").write_bytes(b"left by a killed run")
+    copy_through(clip, tmp_path / "again.mp4")
+    assert probe(tmp_path / "again.mp4")[0] == 30 and not list(tmp_path.glob(".again.*"))
+
+
+def test_sound_past_the_picture_and_extra_tracks_are_named(tmp_path, caplog):
+    """A container whose sound runs on past the last frame, with two audio tracks: the output keeps the first
+    track (with its language) up to the picture's end, and warnings say what was left out."""
+    src = tmp_path / "two.mkv"
+    sr, n = 48000, 30
+    with av.open(str(src), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        tracks = [c.add_stream("aac", rate=sr, layout="mono") for _ in range(2)]
+        for t, lang in zip(tracks, ("eng", "fra")):
+            t.metadata["language"] = lang
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(pattern(i), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 30)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+        for t in tracks:
+            for s in range(0, 3 * sr, 1024):  # 3 s of sound under 1 s of picture
+                af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
+                c.mux(t.encode(af))
+            c.mux(t.encode(None))
+    out = tmp_path / "out.mkv"
+    with open_source(src) as source, open_sink(out, fps=30, width=W, height=H, audio_from=src) as sink:
+        for fr in source:
+            sink.write(fr.rgb)
+        sink.hold_last_until(source.end)  # the whole source was written
+    assert "has 2 audio tracks; only the first (eng) is kept" in caplog.text
+    assert "runs 2.0" in caplog.text and "past the last frame" in caplog.text
+    with av.open(str(out)) as c:
+        assert len(c.streams.audio) == 1 and c.streams.audio[0].metadata.get("language") == "eng"
+    assert probe(out)[-1]["duration"] < 1.1
+    caplog.clear()
+    with open_source(src) as source, open_sink(tmp_path / "first.mkv", fps=30, width=W, height=H,
+                                               audio_from=src) as sink:
+        sink.write(next(iter(source)).rgb)  # the first frame only, as --max-frames 1: the cut is asked for
+    assert "past the last frame" not in caplog.text
+
+
 def test_unwritable_output_refused_before_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -608,11 +724,22 @@ def _bad_inputs(tmp_path):
         "dir_as_file": (dir_as_file, "is a directory"),
         "live_dir": (f"live:{empty_dir}", "is a directory"),
         "zero_frames": (tmp_path / "zero.mkv", "no video data"),
+        "fifo": (_fifo(tmp_path / "pipe.mp4"), "not a regular file"),  # used to read as "empty (0 bytes)"
+        "stdin": ("-", "standard input is not supported"),  # used to read as "no such directory"
+        "live_nothing": ("live:", "expected a video file after live:"),  # used to read as ": is a directory"
     }
 
 
+def _fifo(path: Path) -> Path:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform (os.mkfifo)")
+    os.mkfifo(path)
+    return path
+
+
 @pytest.mark.parametrize(
-    "case", ["missing", "text", "noise", "empty_file", "empty_dir", "dir_as_file", "live_dir", "zero_frames"]
+    "case", ["missing", "text", "noise", "empty_file", "empty_dir", "dir_as_file", "live_dir", "zero_frames", "fifo",
+             "stdin", "live_nothing"]
 )
 def test_bad_input_names_the_path(tmp_path, case):
     spec, expected = _bad_inputs(tmp_path)[case]
