@@ -281,7 +281,8 @@ class RunSummary:
         if self.dropped:
             s += f", {self.dropped} frames dropped by the source (filter slower than real time)"
         if self.output:
-            s += f" -> {self.output}"
+            folder = os.path.isdir(self.output)  # a PNG folder, also when its name ends like a video file's
+            s += f" -> {self.output.rstrip('/' + os.sep)}/ (PNG frames)" if folder else f" -> {self.output}"
         if self.ewarp is not None:
             s += f"; E_warp {self.ewarp[0]:.5f} -> {self.ewarp[1]:.5f} ({self.report_note})"
         elif self.report_note:

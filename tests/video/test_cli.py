@@ -173,8 +173,9 @@ def test_image_folder_in_video_out(tmp_path, weights):
 
 
 def test_video_to_png_folder_side_by_side_doubles_width(tmp_path, clips, weights):
-    out = tmp_path / "pngs"
-    ok(cli(clips["plain"], "-o", f"{out}/", "--side-by-side", "--max-frames", 7, weights=weights))
+    out = tmp_path / "pngs.mp4"  # a trailing slash makes a folder, whatever the name: the summary says so
+    stdout = ok(cli(clips["plain"], "-o", f"{out}/", "--side-by-side", "--max-frames", 7, weights=weights))
+    assert f"-> {out}/ (PNG frames)" in stdout, stdout
     files = sorted(out.glob("frame_*.png"))
     assert len(files) == 7
     img = cv2.imread(str(files[3]))[:, :, ::-1]
