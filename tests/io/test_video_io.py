@@ -351,28 +351,35 @@ def test_out_of_order_timestamps_fall_back_to_the_rate(tmp_path, caplog):
     assert "back.mkv" in caplog.text and "nominal" in caplog.text
 
 
+CORNER = np.zeros((H, W, 3), np.uint8)
+CORNER[: H // 4, : W // 4] = 255  # a white block in the stored frame's top-left corner
+
+
+def _corner_clip(path: Path, degrees: int = 0) -> Path:
+    """Three frames of ``CORNER`` as H.264 in mp4, with a display rotation of ``degrees`` (PyAV >= 15 writes it)."""
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        if degrees:
+            if not hasattr(vs, "set_display_rotation"):
+                pytest.skip(f"PyAV {av.__version__} cannot write a display matrix (needs PyAV >= 15)")
+            vs.set_display_rotation(degrees)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(CORNER, format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 30)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+    return path
+
+
 @pytest.mark.parametrize("degrees", [90, 180, 270])
 def test_display_rotation_is_applied(tmp_path, degrees):
     """A phone clip stored landscape with a display rotation comes out upright (its frames turned as a player
     shows them; the size swapped for 90 and 270)."""
-    path = tmp_path / "rot.mp4"
-    img = np.zeros((H, W, 3), np.uint8)
-    img[: H // 4, : W // 4] = 255  # a white block in the stored frame's top-left corner
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=30)
-        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-        if not hasattr(vs, "set_display_rotation"):
-            pytest.skip(f"PyAV {av.__version__} cannot write a display matrix (needs PyAV >= 15)")
-        vs.set_display_rotation(degrees)
-        for i in range(3):
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 30)
-            c.mux(vs.encode(f))
-        c.mux(vs.encode(None))
-    with open_source(path) as src:
+    with open_source(_corner_clip(tmp_path / "rot.mp4", degrees)) as src:
         assert (src.width, src.height) == ((H, W) if degrees % 180 else (W, H))
         rgb = next(iter(src)).rgb
-    want = np.rot90(img, degrees // 90)  # counter-clockwise, as the display matrix says
+    want = np.rot90(CORNER, degrees // 90)  # counter-clockwise, as the display matrix says
     assert rgb.shape == want.shape
     assert np.abs(rgb.astype(int) - want).mean() < 8
 
@@ -384,17 +391,7 @@ def test_display_mirror_is_applied_not_read_as_a_turn(tmp_path, flip):
     mirror into the track header's matrix (ISO 14496-12 tkhd: nine big-endian 16.16 / 2.30 numbers)."""
     import struct
 
-    path = tmp_path / "mirror.mp4"
-    img = np.zeros((H, W, 3), np.uint8)
-    img[: H // 4, : W // 4] = 255  # a white block in the stored frame's top-left corner
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("libx264", rate=30)
-        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-        for i in range(3):
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 30)
-            c.mux(vs.encode(f))
-        c.mux(vs.encode(None))
+    path = _corner_clip(tmp_path / "mirror.mp4")
     data = bytearray(path.read_bytes())
     at = data.index(b"tkhd") + 4 + 4 + 20 + 8 + 8  # type, version/flags, times/id/duration, reserved, layer..volume
     assert struct.unpack(">9i", data[at : at + 36]) == (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
@@ -404,7 +401,7 @@ def test_display_mirror_is_applied_not_read_as_a_turn(tmp_path, flip):
     with open_source(path) as src:
         assert (src.width, src.height) == (W, H)
         rgb = next(iter(src)).rgb
-    want = img[:, ::-1] if flip == "left-right" else img[::-1]
+    want = CORNER[:, ::-1] if flip == "left-right" else CORNER[::-1]
     assert np.abs(rgb.astype(int) - want).mean() < 8
 
 
