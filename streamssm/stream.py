@@ -27,7 +27,8 @@ class FilterState(tuple):
     tuple as the model's ``step(..., state=)`` takes it, with the stream's timeline beside them, so that a stream
     restored elsewhere goes on where it stopped (its next timestamp checked for order and gaps):
 
-    - ``last_timestamp``: the last frame's time in seconds (None before the first, or if none were given);
+    - ``last_timestamp``: the last frame's time in seconds (None before the first, or if none were given; video:
+      also after a frame given without one);
     - ``dims``: the pose points' D (2 or 3), None for video.
 
     It pickles (``torch.save``) with both; ``torch.load`` with ``weights_only=True`` (torch's default) takes it once
@@ -69,16 +70,20 @@ def state_by_keyword(arg: Any, name: str) -> None:
         raise TypeError(f"step() got a tuple as its {name}: pass the state by keyword, step(x, state=state)")
 
 
-def as_reset_mask(mask: Any, batch: int) -> Tensor:
+def as_reset_mask(mask: Any, batch: int | None) -> Tensor:
     """A ``reset(mask)`` argument as a (B,) bool tensor; ValueError for the wrong length or for anything but booleans
-    (``reset([0, 2])`` would otherwise read the indices as True/False)."""
+    (``reset([0, 2])`` would otherwise read the indices as True/False). ``batch`` None: no stream is running yet (a
+    filter before its first frame), so only the length goes unchecked -- a mask refused mid-stream is refused there
+    too, rather than accepted because there was nothing to reset."""
     import numpy as np
 
     m = mask if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
     if m.dtype != torch.bool:
         raise ValueError(f"reset mask must be booleans, one per stream, got {m.dtype} values {m.tolist()!r:.60}: "
                          "to remove streams by index use drop_streams(), to restart some pass [True, False, ...]")
-    if tuple(m.shape) != (batch,):
+    if batch is None and m.dim() != 1:
+        raise ValueError(f"reset mask must have shape (B,), one boolean per stream, got {tuple(m.shape)}")
+    if batch is not None and tuple(m.shape) != (batch,):
         raise ValueError(f"reset mask must have shape (B,)=({batch},), got {tuple(m.shape)}")
     return m
 

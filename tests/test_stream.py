@@ -148,3 +148,26 @@ def test_model_step_with_the_state_second_says_to_pass_it_by_keyword():
     _, st = video.step(frame)
     with pytest.raises(TypeError, match="as its original frame I: pass the state by keyword"):
         video.step(frame, st)
+
+
+def test_filters_refuse_a_mask_of_indices_before_the_first_frame_too():
+    """VideoFilter().reset([0, 2, 5]) and PoseFilter().reset([0, 2, 5]) were accepted before the first frame (nothing
+    to reset) though refused mid-stream; refused either way now. Booleans are fine before the first frame (there is
+    no B yet to check their count against), as long as they are one row."""
+    import numpy as np
+
+    from streamssm import PoseFilter, VideoFilter
+    from streamssm.stream import as_reset_mask
+
+    for f in (VideoFilter(device="cpu"), PoseFilter(device="cpu")):
+        with pytest.raises(ValueError, match="booleans, one per stream.*drop_streams"):
+            f.reset([0, 2, 5])
+        with pytest.raises(ValueError, match="shape \\(B,\\), one boolean per stream"):
+            f.reset([[True, False]])
+        f.reset([True, False])
+        assert f.state is None
+    v = VideoFilter(device="cpu")
+    v.step(np.zeros((48, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="booleans"):
+        v.reset([0, 2, 5])
+    assert as_reset_mask([True, False], None).tolist() == [True, False]

@@ -100,6 +100,16 @@ def _writable(a: np.ndarray) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
+class _GivenFps(Checked):
+    """``PoseFilter.fps``: :class:`~streamssm._args.Checked`, and the value set (by the constructor or the caller) is
+    kept as ``_fps_given`` too: the rate the filter goes back to when every stream is dropped. :meth:`PoseFilter.
+    add_streams` and :meth:`PoseFilter.drop_streams` change the rates with the streams (``_fps``) and leave it."""
+
+    def __set__(self, obj, value) -> None:
+        super().__set__(obj, value)
+        obj._fps_given = obj._fps
+
+
 class PoseFilter:
     """Causal jitter removal for keypoint streams, one frame at a time or a whole sequence at once.
 
@@ -152,8 +162,8 @@ class PoseFilter:
     """
 
     strength = Checked(as_strength, "0 returns the input, 1 the shipped smoothing, up to 2; checked when set.")
-    fps = Checked(_as_fps, "The streams' frame rate (the filter's time constants are in frames of it), or one per "
-                           "stream (a sequence of B, kept as a tuple); checked when set.")
+    fps = _GivenFps(_as_fps, "The streams' frame rate (the filter's time constants are in frames of it), or one per "
+                             "stream (a sequence of B, kept as a tuple); checked when set.")
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", strength: float = 1.0, fps: float = 30.0,
                  backend: str = "auto", max_gap: float = 1.0, compile: bool = False, native: bool | None = None):
@@ -241,7 +251,8 @@ class PoseFilter:
                              "frame rates; leave the timestamps out (each call is the next frame of every stream), "
                              "or use a filter per frame rate")
         if len(fps) != b:
-            raise ValueError(f"fps has {len(fps)} value(s), one per stream, but the frame has {b} stream(s)")
+            raise ValueError(f"fps has {len(fps)} value(s), one per stream, but the frame has {b} stream(s): set the "
+                             "filter's fps for these streams (f.fps = ...)")
         return torch.tensor(fps, dtype=torch.float32, device=self.device)
 
     def _gap(self, t: Any) -> tuple[float, int]:
@@ -421,12 +432,13 @@ class PoseFilter:
     def reset(self, mask: Any = None) -> None:
         """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
         state is untouched, bit for bit)."""
+        if mask is not None:  # refused before the first frame as after it (only its length is unknown then)
+            mask = as_reset_mask(mask, None if self.state is None else self._shape[0])
         if mask is None or self.state is None:
             self.state, self._shape, self._dims, self._last_t = None, None, None, None
             self._gap_restarts = 0
             return
         b, k = self._shape
-        mask = as_reset_mask(mask, b)
         fresh = self.model.init_state(b, k, self.device)
         self.state = reset_state(self.state, fresh, mask)
 
@@ -448,21 +460,25 @@ class PoseFilter:
             if len(new) != n:
                 raise ValueError(f"add_streams: fps has {len(new)} value(s) for {n} new stream(s)")
             old = self.fps if isinstance(self.fps, tuple) else (self.fps,) * b
-            self.fps = old + new if len(set(old + new)) > 1 else new[0]
+            self._fps = old + new if len(set(old + new)) > 1 else new[0]  # checked; not the fps given (_GivenFps)
         self.state = cat_streams(self.state, self.model.init_state(int(n), k, self.device))
         self._shape = (b + int(n), k)
 
     def drop_streams(self, index: Any) -> None:
-        """Remove the streams at ``index`` (an int or a list); the others keep their state and order."""
+        """Remove the streams at ``index`` (an int or a list); the others keep their state and order, and with one
+        ``fps`` per stream their rates. Dropping every stream, one at a time or all at once alike, is :meth:`reset`
+        and puts ``fps`` back to the value given (to the constructor, or set since): the rates that came and went
+        with the streams belonged to them, and a new stream is not run at the last one's rate."""
         if self.state is None:
             raise ValueError("drop_streams: no stream is running yet")
         b, k = self._shape
         keep = kept_streams(index, b)
-        if isinstance(self.fps, tuple) and len(self.fps) == b and keep:  # the dropped streams' rates go with them
-            self.fps = tuple(self.fps[i] for i in keep)
         if not keep:
             self.reset()
+            self._fps = self._fps_given
             return
+        if isinstance(self.fps, tuple) and len(self.fps) == b:  # the dropped streams' rates go with them
+            self._fps = tuple(self.fps[i] for i in keep)  # checked; not the fps given (_GivenFps)
         self.state = take_streams(self.state, keep)
         self._shape = (len(keep), k)
 

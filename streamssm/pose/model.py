@@ -26,7 +26,10 @@ State (explicit, a flat tuple, first dim = stream b): ``prev_x (b,k,3)``, ``has_
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -101,6 +104,45 @@ def _ffill(x: Tensor, valid: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     while e.dim() < x.dim():
         e = e.unsqueeze(-1)
     return torch.where(e, out, torch.zeros_like(out)), ever
+
+
+def check_step_points(points: Any, confidence: Any = None, fps: Any = 30.0) -> None:
+    """TypeError/ValueError naming the argument unless :meth:`PoseSSM.step`'s inputs are what it takes: ``points`` a
+    (B, K, D) floating-point tensor, D = 2 or 3; ``confidence`` None or (B, K); ``fps`` positive (a number, or a
+    tensor of one or B rates). Without them a numpy array or a (K, D) frame failed deep inside the step, an integer
+    tensor came back integer (rounded), and fps 0 made the state NaN for good. Python checks of type, shape and
+    dtype; fps's values are read only from a number or a CPU tensor, and not while tracing or compiling (no device
+    sync, and a traced or exported graph gets no op from them)."""
+    if not isinstance(points, Tensor):
+        raise TypeError(f"points must be a torch tensor (B, K, D) of floats, got {type(points).__name__} "
+                        "(numpy: torch.from_numpy(a).float(); or use PoseFilter, which takes numpy)")
+    if points.dim() != 3 or points.shape[-1] not in (2, 3):
+        hint = ": one stream's frame is points[None]" if points.dim() == 2 and points.shape[-1] in (2, 3) else ""
+        raise ValueError(f"points must be (B, K, D) with D = 2 or 3, got shape {tuple(points.shape)}{hint}")
+    if not points.is_floating_point():
+        raise ValueError(f"points must be a floating-point tensor, got {points.dtype} (convert with points.float())")
+    if confidence is not None and (not isinstance(confidence, Tensor) or confidence.shape != points.shape[:2]):
+        got = tuple(confidence.shape) if isinstance(confidence, Tensor) else type(confidence).__name__
+        raise ValueError(f"confidence must be None or a tensor of shape (B, K)={tuple(points.shape[:2])}, got {got}")
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    if isinstance(fps, numbers.Real) and not isinstance(fps, bool):  # the common case: no tensor made
+        ok = math.isfinite(fps) and fps > 0
+    else:
+        try:
+            f = fps if isinstance(fps, Tensor) else torch.as_tensor(fps, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"fps must be a positive number of frames per second, or one per stream, got "
+                             f"{fps!r:.60}") from None
+        if f.dtype == torch.bool or f.numel() not in (1, points.shape[0]):
+            raise ValueError(f"fps must be one rate or one per stream ({points.shape[0]}), got {f.dtype} of shape "
+                             f"{tuple(f.shape)}")
+        if f.device.type != "cpu":
+            return
+        ok = bool(torch.isfinite(f).all() and (f > 0).all())
+    if not ok:
+        raise ValueError(f"fps must be a positive number of frames per second (or a tensor of them, one per stream), "
+                         f"got {fps!r:.60}")
 
 
 class PoseSSM(nn.Module):
@@ -272,6 +314,7 @@ class PoseSSM(nn.Module):
     def step(self, points: Tensor, confidence: Tensor | None = None, state=None, fps: float | Tensor = 30.0,
              strength: float = 1.0):
         state_by_keyword(confidence, "confidence")
+        check_step_points(points, confidence, fps)
         y, state = self._run(points[:, None], None if confidence is None else confidence[:, None], state, fps,
                              strength, stepping=True)
         return y[:, 0], state

@@ -58,6 +58,8 @@ True
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -66,20 +68,35 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamssm.video.model import (FLOW_SHARP, N_PARAMS, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
-                                   exposure_gain, fade_gain, fade_reference, flow_shape, grid_shape, guide_gain,
-                                   lk_solve, match_brightness, prev_was_guided)
+                                   check_step_frames, exposure_gain, fade_gain, fade_reference, flow_shape, grid_shape,
+                                   guide_gain, lk_solve, match_brightness, prev_was_guided)
 
 log = logging.getLogger("streamssm")
 
 __all__ = ["CPUVideoStep", "CPUVideoPipeline", "opencv_exact", "estimate_flow_fast", "box_mean", "pool_exact", "lerp_map"]
 
-_CONSTS: dict = {}  # small per-shape constants (index maps, window counts, kernels); never written after creation
+# per-shape constants (index maps, window counts, kernels), never written after creation, least recently used first.
+# Bounded: a frame size makes ~25 of them (its maps and its window counts at every flow pyramid level, ~4 MiB at
+# 720p), so a process that sees many sizes (a server, one filter per upload) would otherwise keep every size's for
+# good. _CONSTS_MAX holds the last ~8 sizes' worth: the steps of a few streams of different sizes still find theirs.
+_CONSTS: OrderedDict = OrderedDict()
+_CONSTS_MAX = 200
+_CONSTS_LOCK = threading.Lock()  # CPUVideoPipeline's worker threads look constants up too
 
 
 def _const(key, make):
-    v = _CONSTS.get(key)
-    if v is None:
-        v = _CONSTS[key] = make()
+    """The constant ``key``, made by ``make()`` on first use and kept in the bounded LRU ``_CONSTS``."""
+    with _CONSTS_LOCK:
+        v = _CONSTS.get(key)
+        if v is not None:
+            _CONSTS.move_to_end(key)
+            return v
+    v = make()  # outside the lock: make() may look up other constants (the strips read the lerp maps)
+    with _CONSTS_LOCK:
+        v = _CONSTS.setdefault(key, v)  # another thread may have made it meanwhile: one object for everyone
+        _CONSTS.move_to_end(key)
+        while len(_CONSTS) > _CONSTS_MAX:
+            _CONSTS.popitem(last=False)
     return v
 
 
@@ -376,11 +393,9 @@ class CPUVideoStep:
     # ------------------------------------------------------------------------------------------- API
     def step(self, P: Tensor, I: Tensor | None = None, state=None, strength: float = 1.0
              ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """P, I (b, 3, h, w) float in [0, 1] -> O (b, 3, h, w) float32, new state (as ``VideoSSM.step``)."""
-        if P.dim() != 4 or P.shape[1] != 3:
-            raise ValueError(f"processed frames must be (B, 3, H, W), got {tuple(P.shape)}")
-        if I is not None and I.shape != P.shape:
-            raise ValueError(f"original frames {tuple(I.shape)} must match processed frames {tuple(P.shape)}")
+        """P, I (b, 3, h, w) float in [0, 1] -> O (b, 3, h, w) float32, new state (as ``VideoSSM.step``, whose input
+        checks these are)."""
+        check_step_frames(P, I)
         P = P.float().contiguous()
         return self._step(P, None if I is None else I.float().contiguous(), state, strength, None)
 

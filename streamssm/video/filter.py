@@ -17,7 +17,7 @@ from streamssm._args import Checked, as_exposure_lock, as_ghost_res, as_positive
 from streamssm._device import resolve_device
 from streamssm.stream import FilterState, _describe, as_reset_mask, cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
-from streamssm.video.model import VideoSSM, VideoSSMConfig
+from streamssm.video.model import VideoSSM, VideoSSMConfig, check_frame_size
 from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
 
 log = logging.getLogger("streamssm")
@@ -111,9 +111,21 @@ def _image_tensor(frame: Any) -> bool:
             (frame.dim() == 2 or (frame.dim() == 3 and frame.shape[-1] in (1, 3, 4))))
 
 
-def _as_numpy(frame: Tensor) -> np.ndarray:
+def _image_in(frame: Any) -> Any:
+    """An image-shaped CPU tensor (:func:`_image_tensor`) as numpy, anything else as it is. bfloat16, which numpy
+    lacks, comes as float32 (its values exactly); :func:`_image_out` gives the output the tensor's dtype back."""
+    if not _image_tensor(frame):
+        return frame
     t = frame.detach()
-    return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _image_out(out: Any, frame: Any) -> Any:
+    """The output for ``frame`` as it came in: a tensor of its dtype for a tensor frame (float16 and bfloat16
+    included, in step() and filter() alike), numpy for numpy."""
+    if isinstance(frame, Tensor) and isinstance(out, np.ndarray):
+        return torch.from_numpy(out).to(frame.dtype)
+    return out
 
 
 def _rgb_uint8(frame: Any) -> bool:
@@ -146,7 +158,10 @@ class VideoFilter:
         max_gap: seconds; with timestamps (``step(..., timestamp=)``), a longer gap since the previous
             frame (a camera that stalled, a cut in a variable-frame-rate file) starts the streams over,
             since the blended previous output no longer matches the scene. Shorter gaps (dropped
-            frames) need nothing: the blend is motion-compensated and gated per pixel.
+            frames) need nothing: the blend is motion-compensated and gated per pixel. A frame given without a
+            timestamp (``step``/``push`` without one, every frame of :meth:`filter`) clears the last one: the next
+            timestamped frame is then checked neither for order nor for a gap (the time since the last timestamp
+            says nothing once untimed frames came in between).
         fast: on the CPU, run each step with :class:`~streamssm.video.cpu_step.CPUVideoStep` (the same
             math rearranged for the CPU, ~4x faster; equal to ``VideoSSM.step`` to fp32 rounding, 1e-4) and
             :meth:`filter` frame by frame with it; on CUDA, run ``step`` on single H x W x 3 uint8 frames
@@ -181,8 +196,12 @@ class VideoFilter:
     distinct frames (``benchmarks/video_fade.py``).
 
     One filter object is not thread-safe; filters in separate threads are independent. On the CPU, outside
-    :meth:`push`, a filter pickles and deep-copies (with its state); :meth:`get_state` is the smaller snapshot, and
+    :meth:`push`, a filter pickles and deep-copies (with its state; while :meth:`push` has a frame in the CPU
+    pipeline it is refused, RuntimeError: :meth:`flush` first); :meth:`get_state` is the smaller snapshot, and
     the one that moves between devices and processes anywhere.
+
+    A frame that is refused (ValueError: too small, a wrong type, dtype or size, a timestamp out of order) leaves
+    the filter as it was, so the stream goes on with the next frame as if it had not been given.
 
     Batches: for a given B, a stream's outputs are bit-identical whatever the other streams hold;
     against the stream run alone they agree to fp32 rounding (matmul/conv kernels pick their
@@ -236,6 +255,15 @@ class VideoFilter:
         self._last_t: float | None = None  # timestamp (s) of the last frame, when the caller gives them
         self.frames_seen = 0
 
+    def __getstate__(self) -> dict:
+        """pickle / deepcopy: refused while :meth:`push` has a frame in the CPU pipeline (its worker threads and the
+        frame in flight cannot be copied; TypeError "cannot pickle '_thread.RLock'" said neither why nor what to
+        do), as :meth:`get_state` is."""
+        if self._pipe is not None:
+            raise RuntimeError("a frame given to push() is still in flight: call flush() before pickling or copying "
+                               "the filter")
+        return self.__dict__
+
     # ------------------------------------------------------------------------------- plumbing
     def _stream_key(self, b: int, h: int, w: int) -> None:
         key = (b, h, w)
@@ -244,9 +272,11 @@ class VideoFilter:
             self.state = None
         self._key = key
 
-    def _run(self, P: Tensor, I: Tensor | None, parallel: bool) -> Tensor:
-        """P, I (B, T, 3, H, W) float on device -> O (same)."""
+    def _run(self, P: Tensor, I: Tensor | None, parallel: bool, timestamp: Any = None) -> Tensor:
+        """P, I (B, T, 3, H, W) float on device, checked but for their size -> O (same); ``timestamp``: the
+        (single) frame's, see :meth:`_admit`."""
         b, t, _, h, w = P.shape
+        self._admit(h, w, timestamp)
         self._stream_key(b, h, w)
         amp = self.half and self.device.type == "cuda"
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
@@ -273,9 +303,17 @@ class VideoFilter:
         # cost a host sync per frame)
         return torch.nan_to_num(frame.to(self.device, torch.float32), nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
 
-    def _timestamp(self, timestamp: Any, running: bool | None = None) -> bool:
-        """Validate ``timestamp`` (s); a gap over ``max_gap`` since the previous frame starts over (returns True).
-        ``running``: whether a stream is running (default: there is a state)."""
+    def _admit(self, h: int, w: int, timestamp: Any, running: bool | None = None) -> bool:
+        """The last checks of an h x w frame, otherwise checked already, all made before it changes anything, so
+        that a refused frame leaves the filter as it was (state, frame size, clock): its size (ValueError when it is
+        too small for the model), then its ``timestamp`` (s). A timestamp must come after the last frame's; a gap
+        over ``max_gap`` since it starts over (returns True). A frame without one clears the last timestamp, so
+        that the next timestamped frame is not compared with one from before it (which read the frames in between
+        as a gap). ``running``: whether a stream is running (default: there is a state)."""
+        check_frame_size(h, w, self.model.config)
+        if timestamp is None:
+            self._last_t = None
+            return False
         t = as_timestamp(timestamp)
         gap = False
         if self._last_t is not None and (self.state is not None if running is None else running):
@@ -301,8 +339,7 @@ class VideoFilter:
 
     def _step(self, frame: Any, original: Any, timestamp: float | None):
         if _image_tensor(frame) and (original is None or _image_tensor(original)):  # H x W x 3 on the CPU: as numpy
-            out = self._step(_as_numpy(frame), None if original is None else _as_numpy(original), timestamp)
-            return torch.from_numpy(out)
+            return _image_out(self._step(_image_in(frame), _image_in(original), timestamp), frame)
         if isinstance(frame, Tensor) or isinstance(original, Tensor):
             if not (isinstance(frame, Tensor) and (original is None or isinstance(original, Tensor))):
                 raise ValueError(f"frame and original must both be torch tensors (B, 3, H, W) or both numpy images, got "
@@ -311,9 +348,7 @@ class VideoFilter:
             I = None if original is None else self._tensor_in(original, "original")
             if I is not None and I.shape != P.shape:
                 raise ValueError(f"original {tuple(I.shape)} and processed {tuple(P.shape)} frames differ in size")
-            if timestamp is not None:
-                self._timestamp(timestamp)
-            O = self._run(P[:, None], None if I is None else I[:, None], parallel=False)[:, 0]
+            O = self._run(P[:, None], None if I is None else I[:, None], parallel=False, timestamp=timestamp)[:, 0]
             return O.to(frame.dtype)
         if self._cpu is not None and _rgb_uint8_pair(frame, original):
             return self._step_uint8(frame, original, timestamp)
@@ -326,17 +361,14 @@ class VideoFilter:
             i, _ = frame_to_float(original, "original")
             _check_same_size(p, i)
             I = torch.from_numpy(i).permute(2, 0, 1)[None, None].to(self.device)
-        if timestamp is not None:
-            self._timestamp(timestamp)
-        O = self._run(P, I, parallel=False)[0, 0]
+        O = self._run(P, I, parallel=False, timestamp=timestamp)[0, 0]
         return float_to_frame(O.permute(1, 2, 0).cpu().numpy(), dtype)
 
     def _step_uint8(self, frame: np.ndarray, original: np.ndarray | None, timestamp: float | None) -> np.ndarray:
         """:meth:`step` for H x W x 3 uint8 frames on the CPU fast path: converted to and from float inside the
         fast step (the same ``frame_to_float`` / ``float_to_frame`` arithmetic), strip by strip."""
         _check_same_size(frame, original)
-        if timestamp is not None:
-            self._timestamp(timestamp)
+        self._admit(frame.shape[0], frame.shape[1], timestamp)
         self._stream_key(1, frame.shape[0], frame.shape[1])
         with torch.no_grad():
             out, self.state = self._cpu.step_uint8(frame, original, self.state, self.strength)
@@ -350,9 +382,8 @@ class VideoFilter:
         from streamssm.fast import FastVideoStep
 
         _check_same_size(frame, original)
-        if timestamp is not None:
-            self._timestamp(timestamp)
         h, w = frame.shape[:2]
+        self._admit(h, w, timestamp)
         self._stream_key(1, h, w)
         guided = original is not None
         g = self._graph
@@ -396,8 +427,8 @@ class VideoFilter:
                              f"got {getattr(f, 'dtype', type(f).__name__)} {getattr(f, 'shape', '')}: flush() first")
         _check_same_size(f, o)
         running = self._pipe is not None or self.state is not None  # a stream stepped before its first push runs
-        gap = self._timestamp(timestamp, running=running) if timestamp is not None else False
         h, w = f.shape[:2]
+        gap = self._admit(h, w, timestamp, running=running)
         if self._pipe is None:
             self._stream_key(1, h, w)
             self._pipe = CPUVideoPipeline(self._cpu, self.state, self.strength)
@@ -432,7 +463,8 @@ class VideoFilter:
         (continuing from, and advancing, the current state): the same frames as :meth:`step`. (On the CPU
         with ``fast``, frame by frame through the fast step, which is quicker there than the scan.) It reads
         every frame first and returns a list, so the whole clip, in and out, is in memory: for a long clip or a
-        decoder's generator call :meth:`step` (or :meth:`push`) frame by frame, as ``streamssm video`` does."""
+        decoder's generator call :meth:`step` (or :meth:`push`) frame by frame, as ``streamssm video`` does.
+        Frames are checked a chunk at a time: a refused frame leaves the state after the chunks before its own."""
         if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
             raise ValueError(f"chunk must be a positive whole number of frames, got {chunk!r}")
         frames = list(frames)
@@ -452,7 +484,7 @@ class VideoFilter:
                              "VideoFilter.model(P, I, state) on (B, T, 3, H, W)")
         out = []
         for s in range(0, len(frames), chunk):
-            ps = [frame_to_float(f, f"frame {s + i}") for i, f in enumerate(frames[s : s + chunk])]
+            ps = [frame_to_float(_image_in(f), f"frame {s + i}") for i, f in enumerate(frames[s : s + chunk])]
             sizes = {p.shape for p, _ in ps}
             if len(sizes) != 1:
                 # a size change inside the chunk: fall back to frame-by-frame, which resets with a warning
@@ -462,21 +494,20 @@ class VideoFilter:
             P = torch.from_numpy(np.stack([p for p, _ in ps])).permute(0, 3, 1, 2)[None].to(self.device)
             I = None
             if originals is not None:
-                ii = [frame_to_float(f, f"original {s + i}")[0] for i, f in enumerate(originals[s : s + chunk])]
+                ii = [frame_to_float(_image_in(f), f"original {s + i}")[0]
+                      for i, f in enumerate(originals[s : s + chunk])]
                 if any(i.shape != ps[0][0].shape for i in ii):
                     raise ValueError(f"originals and processed frames differ in size near frame {s}")
                 I = torch.from_numpy(np.stack(ii)).permute(0, 3, 1, 2)[None].to(self.device)
             O = self._run(P, I, parallel=True)[0].permute(0, 2, 3, 1).cpu().numpy()
             out += [float_to_frame(o, d) for o, (_, d) in zip(O, ps)]  # each frame in its own dtype, as step()
-        # as step(): a tensor frame comes back a tensor
-        return [torch.from_numpy(o) if isinstance(f, Tensor) and isinstance(o, np.ndarray) else o
-                for o, f in zip(out, frames)]
+        return [_image_out(o, f) for o, f in zip(out, frames)]  # as step(): a tensor frame comes back a tensor
 
     def reset(self, mask: Any = None) -> None:
         """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
         state is untouched, bit for bit). A frame still in flight from :meth:`push` is dropped."""
-        if mask is not None and self.state is not None and self._pipe is None:
-            mask = as_reset_mask(mask, self.model.state_frame(self.state)[0])  # checked before anything is dropped
+        if mask is not None:  # checked before anything is dropped, and refused before the first frame as after it
+            mask = as_reset_mask(mask, None if self.state is None else self.model.state_frame(self.state)[0])
         if self._pipe is not None:
             pipe, self._pipe = self._pipe, None
             pipe.close()

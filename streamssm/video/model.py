@@ -51,6 +51,7 @@ resolution change starts over.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -109,6 +110,26 @@ def check_frame_size(h: int, w: int, cfg: VideoSSMConfig) -> None:
     if h < cfg.cell_px or w < cfg.cell_px:
         raise ValueError(f"frame is {w}x{h} pixels; the video filter needs at least {cfg.cell_px}x{cfg.cell_px} "
                          f"(one {cfg.cell_px}-pixel statistics cell)")
+
+
+def check_step_frames(P: Any, I: Any = None) -> None:
+    """TypeError/ValueError naming the argument unless ``P`` (and ``I``, when given) are (B, 3, H, W) floating-point
+    tensors of one shape, what :meth:`VideoSSM.step` takes (a numpy image, one frame without its B axis or a uint8
+    tensor failed deep inside it, or as a complaint about a (B, T, 3, H, W) layout step does not take). Python checks
+    of type, shape and dtype: no value is read (no device sync), and a traced or exported graph gets no op from them."""
+    for name, x in (("P (processed frames)", P), ("I (original frames)", I)):
+        if x is None and name[0] == "I":
+            continue
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch tensor (B, 3, H, W) float in [0, 1], got {type(x).__name__} "
+                            "(an H x W x 3 uint8 image a: torch.from_numpy(a).permute(2, 0, 1)[None] / 255)")
+        if x.dim() != 4 or x.shape[1] != 3:
+            hint = f": one frame is {name[0]}[None]" if x.dim() == 3 and x.shape[0] == 3 else ""
+            raise ValueError(f"{name} must be (B, 3, H, W), got {tuple(x.shape)}{hint}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be floating point in [0, 1], got {x.dtype} (uint8: divide by 255)")
+    if I is not None and I.shape != P.shape:
+        raise ValueError(f"original frames {tuple(I.shape)} must match processed frames {tuple(P.shape)}")
 
 
 def flow_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int]:
@@ -685,5 +706,6 @@ class VideoSSM(nn.Module):
 
     def step(self, P: Tensor, I: Tensor | None = None, state=None, strength: float = 1.0):
         state_by_keyword(I, "original frame I")
+        check_step_frames(P, I)
         O, state = self._run(P[:, None], None if I is None else I[:, None], state, None, strength, stepping=True)
         return O[:, 0], state

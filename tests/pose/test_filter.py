@@ -399,3 +399,57 @@ def test_one_fps_per_stream_misuse_is_named(fps, call, says):
     x = _poses(t=4, b=2, k=12, d=2)
     with pytest.raises(ValueError, match=says):
         call(PoseFilter(device="cpu", fps=fps), x) if call else PoseFilter(device="cpu", fps=fps)
+
+
+@pytest.mark.parametrize("order", ["one at a time", "together"])
+def test_dropping_every_stream_puts_fps_back_to_the_value_given(order):
+    """PoseFilter(fps=[24, 60]): dropping both streams one at a time left fps (60.0,), so a new unrelated stream ran
+    at 60 fps without a word, while drop_streams([0, 1]) left (24.0, 60.0). Either way the filter now starts over
+    with the fps it was given, and a stream of another count is told to set its own."""
+    x = _poses(t=3, b=2, k=12, d=2, seed=5)
+    f = PoseFilter(device="cpu", fps=[24, 60])
+    f.step(x[0])
+    if order == "together":
+        f.drop_streams([0, 1])
+    else:
+        f.drop_streams(0)
+        assert f.fps == (60.0,)  # the remaining stream keeps its own rate
+        f.step(x[1][1:])
+        f.drop_streams(0)
+    assert f.fps == (24.0, 60.0) and f.state is None
+    with pytest.raises(ValueError, match="fps has 2 value\\(s\\), one per stream, but the frame has 1 stream\\(s\\): "
+                                         "set the filter's fps"):
+        f.step(x[2][0])
+    f.step(x[2])  # two streams again: at the rates given
+    # a rate set since the constructor is the one given; rates added with streams go with them
+    g = PoseFilter(device="cpu", fps=24)
+    g.step(x[0][:1])
+    g.fps = 30
+    g.add_streams(1, fps=60)
+    assert g.fps == (30.0, 60.0)
+    g.drop_streams([1, 0])
+    assert g.fps == 30.0
+
+
+def test_model_step_checks_its_inputs_up_front():
+    """PoseSSM.step on numpy points, a (K, D) frame, integer points, a confidence of the wrong shape, or fps 0: an
+    error naming the argument and the expected (B, K, D) float tensor or positive fps, where it used to fail
+    inside (AttributeError, "not enough values to unpack"), return int32, or make the state NaN for good."""
+    model = PoseFilter(device="cpu").model
+    x = torch.rand(2, 17, 2) * 500
+    with pytest.raises(TypeError, match="points must be a torch tensor \\(B, K, D\\)"):
+        model.step(x.numpy())
+    with pytest.raises(ValueError, match="points must be \\(B, K, D\\) with D = 2 or 3, got shape \\(17, 2\\): one "
+                                         "stream's frame is points\\[None\\]"):
+        model.step(x[0])
+    with pytest.raises(ValueError, match="points must be a floating-point tensor, got torch.int32"):
+        model.step(x.int())
+    with pytest.raises(ValueError, match="confidence must be None or a tensor of shape \\(B, K\\)=\\(2, 17\\)"):
+        model.step(x, torch.ones(2, 16))
+    for fps in (0, -30.0, float("nan"), torch.tensor([30.0, 0.0]), [30.0, 0.0]):
+        with pytest.raises(ValueError, match="fps must be a positive number"):
+            model.step(x, fps=fps)
+    with pytest.raises(ValueError, match="fps must be one rate or one per stream \\(2\\)"):
+        model.step(x, fps=torch.tensor([30.0, 60.0, 24.0]))
+    y, st = model.step(x, fps=torch.tensor([30.0, 60.0]))  # valid: one rate per stream
+    assert y.dtype == torch.float32 and all(torch.isfinite(s).all() for s in st)

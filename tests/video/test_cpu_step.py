@@ -423,3 +423,48 @@ def test_a_float_push_then_a_uint8_push_loses_no_frame():
     assert f.get_state() is not None
     with pytest.raises(ValueError, match="booleans"):
         f.reset([0])  # a bad mask is refused before anything is dropped
+
+
+def test_pickling_during_push_says_to_flush_first():
+    """pickle / deepcopy while push() has a frame in the CPU pipeline failed with "cannot pickle '_thread.RLock'";
+    it now says why and what to do, as get_state() does, and works again after flush()."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(2)
+    xs = [rng.integers(0, 256, (48, 64, 3), np.uint8) for _ in range(3)]
+    f = VideoFilter(device="cpu")
+    f.push(xs[0])
+    f.push(xs[1])
+    for copier in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(RuntimeError, match="still in flight: call flush\\(\\) before pickling or copying"):
+            copier(f)
+    f.flush()
+    g = pickle.loads(pickle.dumps(f))
+    assert np.array_equal(g.step(xs[2]), VideoFilter(device="cpu").filter(xs)[2])
+
+
+def test_constant_cache_stays_bounded_over_many_frame_sizes(monkeypatch):
+    """The fast step's per-shape constants (index maps, window counts: ~4 MiB for a 720p size) were kept for every
+    frame size the process ever saw. The cache is a bounded LRU now: over many sizes it stays within its bound, and a
+    size whose constants were evicted is stepped as before (they are made again, the same)."""
+    from collections import OrderedDict
+
+    monkeypatch.setattr(C, "_CONSTS", OrderedDict())
+    monkeypatch.setattr(C, "_CONSTS_MAX", 60, raising=False)
+    step = CPUVideoStep(small_model())
+
+    def run(h, w):
+        state, outs = None, []
+        for P, I in scene_clip(1, h, w, steps=2, seed=h):
+            o, state = step.step(P, I, state)
+            outs.append(o)
+        return outs
+
+    first = run(40, 56)
+    per_size = len(C._CONSTS)
+    assert 10 <= per_size <= 60  # the flow ran (its window counts and maps are most of the entries)
+    for k in range(1, 8):
+        run(40 + 4 * k, 56 + 8 * k)
+        assert len(C._CONSTS) <= 60
+    assert all(torch.equal(a, b) for a, b in zip(run(40, 56), first))

@@ -706,3 +706,104 @@ def test_an_image_shaped_cpu_tensor_is_taken_as_numpy_and_comes_back_a_tensor():
     for a, b, w in zip(stepped, scanned, want):
         assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == torch.uint8
         assert np.array_equal(a.numpy(), w) and np.array_equal(b.numpy(), w)
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference", "float", "push"])
+def test_a_refused_frame_leaves_the_stream_as_it_was(mode):
+    """A frame too small for the model (16x16 after 96x64 ones) used to restart the stream for the size change (with
+    its warning), and only then be refused: the next valid frame started from nothing. Every check now comes before
+    any change, whatever the path (the CPU fast step, the reference step, float frames, the push pipeline), so after
+    refused frames -- too small, with a timestamp or without, or with an original of another size -- the outputs,
+    state and clock are an uninterrupted run's."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(5)]
+    if mode == "float":
+        xs = [x / 255.0 for x in xs]
+    fast = mode != "reference"
+
+    def feed(f, x, t):
+        return f.push(x, x, timestamp=t) if mode == "push" else f.step(x, x, timestamp=t)
+
+    ref = VideoFilter(device="cpu", fast=fast)
+    want = [feed(ref, x, i / 30) for i, x in enumerate(xs)]
+    f = VideoFilter(device="cpu", fast=fast)
+    got = [feed(f, x, i / 30) for i, x in enumerate(xs[:3])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "frame size changed ...; the filter starts over"
+        for t in (2.5 / 30, None):
+            with pytest.raises(ValueError, match="needs at least 32x32"):
+                feed(f, xs[3][:16, :16], t)
+        with pytest.raises(ValueError, match="same size|differ in size"):
+            f.push(xs[3], xs[3][:32], timestamp=2.5 / 30) if mode == "push" else f.step(xs[3], xs[3][:32], 2.5 / 30)
+    assert f._last_t == pytest.approx(2 / 30)  # the clock too: neither moved nor cleared by a refused frame
+    got += [feed(f, x, i / 30) for i, x in enumerate(xs[3:], 3)]
+    if mode == "push":
+        got.append(f.flush())
+        want.append(ref.flush())
+    for a, b in zip(got, want):
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("untimed", ["step", "filter", "push"])
+def test_frames_without_a_timestamp_leave_no_stale_clock(untimed):
+    """Frames given without a timestamp did not move the last one, so the next timestamped frame, 1/30 s after its
+    predecessor, was measured from the last timestamp before them: a gap over max_gap, and the stream started over.
+    An untimed frame now clears the clock: the stream goes on as if every frame had had its timestamp."""
+    rng = np.random.default_rng(1)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(8)]
+    ref = VideoFilter(device="cpu", max_gap=0.1)
+    want = [ref.step(x, timestamp=i / 30) for i, x in enumerate(xs)]
+    f = VideoFilter(device="cpu", max_gap=0.1)
+    got = [f.step(xs[0], timestamp=0.0)]
+    if untimed == "filter":
+        got += f.filter(xs[1:5])
+    elif untimed == "push":
+        got += [o for o in (f.push(x) for x in xs[1:5]) if o is not None] + [f.flush()]
+    else:
+        got += [f.step(x) for x in xs[1:5]]
+    assert f.get_state().last_timestamp is None
+    got += [f.step(x, timestamp=i / 30) for i, x in enumerate(xs[5:], 5)]  # 5/30 s after 0: over max_gap
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_half_precision_image_tensors_come_back_in_their_dtype(dtype, fast):
+    """H x W x 3 float16 / bfloat16 CPU tensors: step() returned float32, and filter() returned float16 or, for
+    bfloat16 (which numpy lacks), refused the frame as not an H x W x 3 array. Both now return the input's dtype,
+    the float32 frames' outputs rounded to it."""
+    rng = np.random.default_rng(2)
+    xs = [torch.from_numpy(rng.random((48, 64, 3), dtype=np.float32)).to(dtype) for _ in range(3)]
+    f = VideoFilter(device="cpu", fast=fast)
+    stepped = [f.step(x, x) for x in xs]
+    scanned = VideoFilter(device="cpu", fast=fast).filter(xs, xs)
+    x32 = [x.float().numpy() for x in xs]
+    g = VideoFilter(device="cpu", fast=fast)
+    want_step = [torch.from_numpy(g.step(x, x)).to(dtype) for x in x32]
+    want_scan = [torch.from_numpy(o).to(dtype) for o in VideoFilter(device="cpu", fast=fast).filter(x32, x32)]
+    for a, b, ws, wf in zip(stepped, scanned, want_step, want_scan):
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape == (48, 64, 3)
+        assert torch.equal(a, ws) and torch.equal(b, wf)
+
+
+def test_model_step_checks_its_inputs_up_front():
+    """VideoSSM.step (and the CPU fast step, whose checks they are) on a numpy image, one frame without its B axis,
+    a uint8 tensor, or originals of another size: an error naming the argument and the (B, 3, H, W) float tensor
+    expected, not an AttributeError, a complaint about a (B, T, 3, H, W) layout, or grid_sampler's
+    NotImplementedError."""
+    model = load_video_model(None, "cpu", backend="torch")
+    frame = torch.rand(1, 3, 64, 64)
+    for step in (model.step, CPUVideoStep(model).step):
+        with pytest.raises(TypeError, match="P \\(processed frames\\) must be a torch tensor \\(B, 3, H, W\\)"):
+            step(frame[0].permute(1, 2, 0).numpy())
+        with pytest.raises(ValueError, match="P \\(processed frames\\) must be \\(B, 3, H, W\\), got \\(3, 64, 64\\)"
+                                             ": one frame is P\\[None\\]"):
+            step(frame[0])
+        with pytest.raises(ValueError, match="P \\(processed frames\\) must be floating point.*torch.uint8"):
+            step((frame * 255).to(torch.uint8))
+        with pytest.raises(ValueError, match="I \\(original frames\\) must be floating point"):
+            step(frame, frame.to(torch.int32))
+        with pytest.raises(ValueError, match="original frames \\(1, 3, 64, 32\\) must match"):
+            step(frame, frame[..., :32])
