@@ -284,9 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True,
                    help=".npz/.csv/.json; a folder (no extension) from an OpenPose folder; a video from a video")
     s.add_argument("--fps", type=float, default=None, help="frame rate (default: from the file, else 30)")
-    s.add_argument("--strength", type=float, default=1.0)
-    s.add_argument("--weights", default=None)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--strength", type=float, default=1.0,
+                   help="0 = the input unchanged, 1 = the weights' smoothing, higher = smoother (max 2)")
+    s.add_argument("--weights", default=None,
+                   help="pose .safetensors (default: the weights shipped in the package)")
+    s.add_argument("--device", default="cpu", help="cpu (default: the native step is fastest there), cuda[:N] or auto")
     s.add_argument("--key", default=None, help=".npz: which array to filter: (t, k, 2|3) points or (t, k, 4|5) "
                    "MediaPipe landmarks (default landmarks_raw / points); OpenPose folder: pose_keypoints_2d "
                    "(default), face_keypoints_2d, hand_left_keypoints_2d or hand_right_keypoints_2d")

@@ -154,9 +154,11 @@ def export_onnx(
             raise ValueError("exposure_lock is for the video model, not pose")
         model.config.exposure_lock = as_exposure_lock(exposure_lock)
     config = {**model.config.to_dict(), "backend": "torch"}
-    spec = StepSpec(model_kind, config, guided=bool(guided) and model_kind == "video", dims=dims)
     shape = tuple(shape or DEFAULT_EXPORT_SHAPE[model_kind])
     batch, sdims = shape[0], tuple(shape[1:])
+    # a static graph's metadata gives its state's sizes as numbers, at this size (the formulas hold from 64 px)
+    spec = StepSpec(model_kind, config, guided=bool(guided) and model_kind == "video", dims=dims,
+                    static_size=None if dynamic_size else sdims)
     spec._check_dims(sdims)
 
     # dynamic axes from the state shapes the model itself gives at other stream sizes

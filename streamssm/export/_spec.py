@@ -96,19 +96,24 @@ class StepSpec:
     """Everything a runner or builder needs to know about one exported graph.
 
     ``dims`` (pose only) is the coordinate count d (2 or 3), fixed at export; ``guided`` (video only)
-    says whether the graph takes ``original``.
+    says whether the graph takes ``original``; ``static_size`` is the stream dims ((k,) or (h, w)) of a graph that
+    takes only those (``export_onnx(dynamic_size=False)``), None for a resolution-generic one.
     """
 
     kind: str
     config: dict
     guided: bool = False
     dims: int = 2
+    static_size: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"model kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "pose" and self.dims not in (2, 3):
             raise ValueError(f"pose dims must be 2 or 3, got {self.dims!r}")
+        if self.static_size is not None:
+            object.__setattr__(self, "static_size", tuple(int(d) for d in self.static_size))  # a JSON list too
+            self._check_dims(self.static_size)
 
     # names ------------------------------------------------------------------------------------
     @property
@@ -185,7 +190,13 @@ class StepSpec:
         ``init_state`` at several sizes and checked at more (video: short sides of 64 px and up, where one
         graph serves every size). What a runner in another language needs to allocate the state; every state
         tensor starts as zeros. A dim no such formula fits (a model of one's own) is None: size it by running
-        ``init_state``."""
+        ``init_state``.
+
+        A ``static_size`` graph gets numbers, those of its own size, and only ``batch`` as a name: its size may be
+        one the formulas do not cover (video under 64 px, where the flow runs at full size: ``height//2`` would be
+        wrong there)."""
+        if self.static_size is not None:
+            return self._static_formulas()
         probes = _formula_probes(self.kind)
         shapes = [self.state_shapes(*p) for p in probes]
         out = []
@@ -197,6 +208,20 @@ class StepSpec:
                     dims.append(sig[0] if len(set(sig)) == 1 else _fit_formula(sig, probes, self.stream_dims))
                 except ValueError:  # a model of one's own whose sizes follow another rule: said, not guessed
                     dims.append(None)
+            out.append(dims)
+        return out
+
+    def _static_formulas(self) -> list[list[int | str]]:
+        """:meth:`state_formulas` of a ``static_size`` graph: each dim a number, or ``batch`` where it follows the
+        batch."""
+        batches = (1, 2, 3)
+        shapes = [self.state_shapes(b, *self.static_size) for b in batches]
+        out = []
+        for i in range(self.n_state):
+            dims: list[int | str] = []
+            for j in range(len(shapes[0][i])):
+                sig = tuple(sh[i][j] for sh in shapes)
+                dims.append(sig[0] if len(set(sig)) == 1 else "batch" if sig == batches else None)
             out.append(dims)
         return out
 
@@ -215,6 +240,8 @@ class StepSpec:
             META_PREFIX + "dims": json.dumps(self.dims),
             META_PREFIX + "inputs": json.dumps(list(self.frame_inputs)),
             META_PREFIX + "n_state": json.dumps(self.n_state),
+            # the stream dims a --static-size graph takes ((k,) or (h, w)); null: any (video: short side >= 64)
+            META_PREFIX + "static_size": json.dumps(None if self.static_size is None else list(self.static_size)),
         }
 
     @classmethod
@@ -225,8 +252,9 @@ class StepSpec:
                 config=json.loads(meta[META_PREFIX + "config"]),
                 guided=json.loads(meta.get(META_PREFIX + "guided", "false")),
                 dims=json.loads(meta.get(META_PREFIX + "dims", "2")),
+                static_size=json.loads(meta.get(META_PREFIX + "static_size", "null")),  # older graphs: none
             )
-        except (KeyError, json.JSONDecodeError) as e:
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{source} has no streamssm metadata ({e}); export it with "
                              f"streamssm.export.export_onnx") from None
 

@@ -49,7 +49,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
                            dims=args.dims, shape=shape, dynamic_size=not args.static_size, check=not args.no_check,
                            ghost_res=args.ghost_res, exposure_lock=args.exposure_lock)
     except (ImportError, RuntimeError) as e:  # missing extra, or a graph that failed its check: a message
-        raise ValueError(str(e)) from e
+        # export_onnx's advice names its keyword; here the user types the option
+        raise ValueError(str(e).replace("dynamic_size=False", "--static-size")) from e
     print(f"wrote {path}")
     return 0
 

@@ -53,8 +53,9 @@ Converting between formats keeps the frame numbers, the joint names, the image s
 MediaPipe's visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from).
 A file's ``fps`` that is not a positive number reads as None, with ``meta["bad_fps"]`` saying what it was.
 
-Errors (empty file, missing keys or columns, inconsistent joint counts, unknown extension) raise
-``ValueError`` naming the file and what was expected. Writers write a temporary file in the target
+Errors (empty file, no frame or no keypoint, missing keys or columns, inconsistent joint counts, frame numbers or
+joint names that do not fit the points, unknown extension) raise ``ValueError`` naming the file and what was
+expected. Writers write a temporary file in the target
 folder and ``os.replace`` it into place, and refuse to overwrite the file the data was read from.
 """
 from __future__ import annotations
@@ -167,23 +168,46 @@ def read_pose(path: str | os.PathLike, key: str | None = None) -> PoseData:
         raise _err(path, f"is not UTF-8 text (a binary file?), expected {ext} pose data") from None
     except OSError as e:
         raise _err(path, f"cannot read ({e.strerror or e})") from None
+    _check_not_empty(path, data)
     data.meta["source"] = str(path.resolve())
     return data
+
+
+def _check_not_empty(path: Path, data: PoseData) -> None:
+    """ValueError naming the file when it holds no frame or no keypoint (an npz's (0, k, d) or (t, 0, d) array):
+    the filter would refuse it without saying which file."""
+    if data.num_frames == 0 or data.num_keypoints == 0:
+        key = data.meta.get("key")
+        what = (f"{key!r} has shape {data.points.shape}" if key else
+                f"{data.num_frames} frames x {data.num_keypoints} keypoints")
+        raise _err(path, f"no pose data: {what}, expected at least one frame and one keypoint")
 
 
 # ---------------------------------------------------------------------------------------------- npz
 
 def _read_npz(path: Path, key: str | None) -> PoseData:
+    import zipfile
+
+    # an .npz is a zip of .npy files; np.load takes anything else for a pickle, and its message then suggests
+    # loading it unsafely: never for a file of unknown origin
+    if not zipfile.is_zipfile(path):
+        raise _err(path, "is not a valid .npz (zip) file, expected numpy.savez output with a 'points' or "
+                         "'landmarks_raw' array")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile / format errors
+    except ValueError as e:  # an object array: it would need unpickling, which is never done
+        why = "it holds object arrays, which are never unpickled" if "pickle" in str(e).lower() else str(e)
+        raise _err(path, f"cannot read as .npz ({why}); expected arrays of numbers") from None
+    except Exception as e:  # zipfile / format errors: a damaged member, a zip that is not an npz
         raise _err(path, f"cannot read as .npz ({e})") from None
+    if key is not None and key not in arrays:
+        raise _err(path, f"key {key!r} (--key) is not in the file; it has {sorted(arrays)}")
     if key is None:
         key = "landmarks_raw" if "landmarks_raw" in arrays else "points" if "points" in arrays else None
-    if key is None or key not in arrays:
-        raise _err(path, f"expected key 'landmarks_raw' (MediaPipe layout) or 'points' (plain layout)"
-                         f"{'' if key is None else f' or {key!r}'}, found {sorted(arrays)}")
+    if key is None:
+        raise _err(path, f"expected key 'landmarks_raw' (MediaPipe layout) or 'points' (plain layout), found "
+                         f"{sorted(arrays)} (--key names another array)")
     arr = np.asarray(arrays[key])
     if key != "points" and not (arr.ndim == 3 and arr.shape[-1] in (2, 3)):  # MediaPipe-style
         if arr.ndim != 3 or arr.shape[-1] not in (4, 5):
@@ -207,11 +231,19 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
         raise _err(path, f"expected 'confidence' of shape {arr.shape[:2]}, got {conf.shape}")
     meta = {"format": "npz-plain", "key": key, "arrays": arrays,
             "visibility": str(arrays.get("confidence_kind", "")) == "visibility"}
+    # frame numbers and joint names that do not fit the points are refused, not dropped: a frame short means the
+    # file is not what its writer meant, and frames placed by the wrong numbers are filtered at the wrong times
     frames = arrays.get("frames")
-    if frames is not None and frames.shape == arr.shape[:1] and np.issubdtype(frames.dtype, np.number):
+    if frames is not None:
+        if frames.shape != arr.shape[:1] or not np.issubdtype(frames.dtype, np.number):
+            raise _err(path, f"'frames' has shape {frames.shape} ({frames.dtype}) for the {arr.shape[0]} frames of "
+                             f"{key!r}, expected one frame number per frame")
         meta["frame_numbers"] = frames.tolist()
     names = arrays.get("joint_names")
-    if names is not None and names.shape == arr.shape[1:2] and names.dtype.kind == "U":
+    if names is not None:
+        if names.shape != arr.shape[1:2] or names.dtype.kind != "U":
+            raise _err(path, f"'joint_names' has shape {names.shape} ({names.dtype}) for the {arr.shape[1]} keypoints "
+                             f"of {key!r}, expected one name (text) per keypoint")
         meta["joint_names"] = names.tolist()
     size = arrays.get("image_size")
     if size is not None:
@@ -448,7 +480,11 @@ def _read_json(path: Path) -> PoseData:
     if all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in nums):
         meta["frame_numbers"] = nums
     names = doc.get("joints")
-    if isinstance(names, list) and len(names) == arr.shape[1] and all(isinstance(n, str) for n in names):
+    if names is not None:
+        if not (isinstance(names, list) and len(names) == arr.shape[1] and all(isinstance(n, str) for n in names)):
+            got = f"{len(names)} entries" if isinstance(names, list) else type(names).__name__
+            raise _err(path, f"'joints' has {got} for {arr.shape[1]} keypoints, expected a list of one name (text) "
+                             "per keypoint")
         meta["joint_names"] = names
     size = doc.get("image_size")
     if size is not None:

@@ -11,6 +11,7 @@ and the time it has trained), so that a resumed run goes on as the uninterrupted
 from __future__ import annotations
 
 import contextlib
+import pickle
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -42,30 +43,60 @@ def load_optimizer(weights: str | Path, opt: torch.optim.Optimizer, step: int, l
     and return the rest of what was saved with it (``{}`` when there is none: a fresh optimiser, said to ``log``).
 
     A state one save ahead of the weights (a stop between the two saves) is loaded with a warning; one behind
-    them, or one that does not fit this model, is refused (ValueError naming the file): it comes from another run.
+    them, one that does not fit this model (another size: checked tensor by tensor here, since Adam itself only
+    fails at its first step, mid-training), or a file that is not an optimiser state at all (junk, truncated) is
+    refused (ValueError naming the file and saying to delete it): it comes from another run, or was damaged.
     A plain state dict (files from before session 16) is taken as it is. ``log`` None: silent."""
     path = optimizer_path(weights)
     if not path.exists():
         if log is not None:
             log(f"warning: no optimiser state beside {weights} ({path.name}): resuming with a fresh optimiser")
         return {}
-    saved = torch.load(path, map_location=map_location, weights_only=True)
+    fresh = "delete it to resume with a fresh optimiser, or start the run over (--overwrite instead of --resume)"
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # junk, a truncated zip, a pickle weights_only refuses: each raises its own type
+        # torch's unpickling errors advise loading with weights_only=False: never that, for a file of unknown origin
+        why = ("not a torch.save file of tensors" if isinstance(e, pickle.UnpicklingError) else
+               (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+        raise ValueError(f"{path}: not a readable optimiser state, junk or truncated ({why}); {fresh}") from None
     rest: dict = {}
     if isinstance(saved, dict) and "optimizer" in saved:
-        if saved["step"] < step:
-            raise ValueError(f"{path} holds the optimiser of step {saved['step']}, behind {weights}'s weights "
-                             f"(step {step}): it is from another run; delete it to resume with a fresh optimiser")
-        if saved["step"] != step and log is not None:
-            log(f"warning: {path} holds the optimiser of step {saved['step']}, {weights} the weights of step {step} "
+        saved_step = saved.get("step")
+        if not isinstance(saved_step, int) or isinstance(saved_step, bool):
+            raise ValueError(f"{path}: its step is {saved_step!r}, expected a whole number; {fresh}")
+        if saved_step < step:
+            raise ValueError(f"{path} holds the optimiser of step {saved_step}, behind {weights}'s weights "
+                             f"(step {step}): it is from another run; {fresh}")
+        if saved_step != step and log is not None:
+            log(f"warning: {path} holds the optimiser of step {saved_step}, {weights} the weights of step {step} "
                 "(a run stopped between the two saves): resuming with that optimiser state")
         rest = {k: v for k, v in saved.items() if k not in ("optimizer", "step")}
         saved = saved["optimizer"]
     try:
+        _check_fits(saved, opt)
         opt.load_state_dict(saved)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: an optimiser state that does not fit this model ({e}); delete it to resume "
-                         "with a fresh optimiser") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{path}: an optimiser state that does not fit this model ({e}); {fresh}") from None
     return rest
+
+
+def _check_fits(saved: Any, opt: torch.optim.Optimizer) -> None:
+    """ValueError unless the optimiser state dict ``saved`` has one entry per parameter of ``opt``, each of its
+    tensors (Adam's moments) of that parameter's shape. ``load_state_dict`` compares only the parameter counts, so
+    a state of a model of another width loaded, and Adam failed at its first step with a shape error."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) \
+            or not isinstance(saved.get("state"), dict):
+        raise ValueError(f"expected an optimiser state dict ({{'state', 'param_groups'}}), got {type(saved).__name__}")
+    ids = [i for g in saved["param_groups"] for i in g["params"]]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if len(ids) != len(params):
+        raise ValueError(f"it is for {len(ids)} parameters, this model has {len(params)}")
+    for n, (i, p) in enumerate(zip(ids, params)):
+        for name, v in saved["state"].get(i, {}).items():
+            if name != "step" and torch.is_tensor(v) and v.shape != p.shape:
+                raise ValueError(f"parameter {n}'s {name} is {tuple(v.shape)}, the parameter {tuple(p.shape)}: the "
+                                 "state of a model of another size")
 
 
 # settings that may change between the pieces of one run (how long it runs, how often it saves)

@@ -143,6 +143,12 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     if start_step >= total:
         log(f"{resume} is already at step {start_step} of {total}: nothing to train (raise --steps to go on)")
         return Path(out)
+    # the budget is the whole run's (below): one the earlier pieces spent already leaves nothing to train, and a
+    # step here would rewrite the checkpoint past its budget
+    if cfg.minutes is not None and trained_before >= cfg.minutes * 60:
+        log(f"{resume} has trained {trained_before / 60:.3g} min already, the whole --minutes {cfg.minutes:g} budget: "
+            f"nothing to train, it stays at step {start_step} (resume with a larger --minutes to go on)")
+        return Path(out)
 
     def lr_at(i):  # warm-up then cosine over the run: steps done or time spent (every piece), whichever is further
         w = min(1.0, (i + 1) / 100)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from streamssm.video.model import VideoSSM, VideoSSMConfig
 from streamssm.train._checkpoint import (StopRequest, check_finite, finite, load_optimizer, save_optimizer,
                                          train_settings, warn_changed_settings)
-from streamssm.weights import load_into, read_weights, save_weights
+from streamssm.weights import build_config, load_into, read_weights, save_weights
 
 
 @dataclass
@@ -153,6 +153,20 @@ class _ClipStream(torch.utils.data.IterableDataset):
             yield out
 
 
+def _not_the_input(src: str | Path, out: str | Path) -> Path:
+    """``out`` as a Path; ValueError naming it when it is the weights ``src`` (the same path, or a link to that
+    file): the finishing steps below write a finished copy and keep what they read, like every other writer here
+    (the training --output, the exporters, ``streamssm video``)."""
+    out = Path(out)
+    try:
+        same = out.exists() and Path(src).exists() and os.path.samefile(out, src)
+    except OSError:
+        same = False
+    if same or os.path.realpath(out) == os.path.realpath(src):
+        raise ValueError(f"{out}: is the input weights file ({src}); refusing to overwrite it, name another output")
+    return out
+
+
 def without_guided_correction(src: str | Path, out: str | Path) -> Path:
     """Copy video weights with ``guided_correction`` off: guided, the per-cell colour correction (dA, db) is not
     applied and only the learned, motion-compensated temporal blend remains; processed-only is unchanged. How
@@ -161,6 +175,7 @@ def without_guided_correction(src: str | Path, out: str | Path) -> Path:
     clean still scene ~7/255 away from its input (``tests/test_soak.py``); without it that scene passes through
     unchanged. Processed-only the correction stays here (it removes some global colour flicker on moving content);
     :func:`finish_processed_only` is the separate step that, for the shipped weights, switches it off there too."""
+    out = _not_the_input(src, out)
     config, tensors, extra = read_weights(src, "video")
     model = VideoSSM(VideoSSMConfig(**config))
     load_into(model, tensors, src)
@@ -198,6 +213,7 @@ def calibrate_blend(src: str | Path, out: str | Path, conf_shift: float = 2.0, g
     where the content moves. ``still_px`` keeps the long memory a still shot's flicker needs (with the gain alone
     a still camera under a flickering operator kept a quarter of its flicker, as MC-EMA's a=0.3 does; 2% with
     it, as uncalibrated)."""
+    out = _not_the_input(src, out)
     config, tensors, extra = read_weights(src, "video")
     if "calibration" in extra:  # a second shift would stack on the first while the record kept only one
         raise ValueError(f"{src}: its blend is calibrated already ({extra['calibration']}); calibrate the weights it "
@@ -249,6 +265,7 @@ def finish_processed_only(src: str | Path, out: str | Path, correction: bool = F
     occlusion mask): 0.381 / 35.7 dB there, against 0.383 / 34.7 for that EMA and 0.457 / 35.5 as trained. Training
     left a narrow gate (width 0.25), which refused the blend exactly where P flickers, and a per-cell colour
     correction that on the pairs cost 2.9 dB of PSNR(O, P) for a 0.025 lower ratio (at that gate)."""
+    out = _not_the_input(src, out)
     config, tensors, extra = read_weights(src, "video")
     model = VideoSSM(VideoSSMConfig(**config))
     load_into(model, tensors, src)
@@ -341,12 +358,12 @@ def _dist():
     return dist.get_rank(), world, local
 
 
-def _check_resumable(path: Path, conf: dict, extra: dict, model_cfg: VideoSSMConfig) -> None:
+def _check_resumable(path: Path, conf: dict, extra: dict, model_cfg: VideoSSMConfig, hint: str) -> None:
     """ValueError unless the weights at ``path`` can be resumed with this run's model config: a blend-calibrated
     file (:func:`calibrate_blend`, recorded in its ``extra``; its shifted ``log_conf`` would be trained over), a
     file with a finished processed-only mode (:func:`finish_processed_only`; likewise its gate) and a file saved with
-    another model config are refused. So a :func:`without_guided_correction` file is refused
-    unless the run's config has ``guided_correction`` off too (then training goes on consistently)."""
+    another model config are refused (``hint``: what to do instead). So a :func:`without_guided_correction` file is
+    refused unless the run's config has ``guided_correction`` off too (then training goes on consistently)."""
     if "calibration" in extra:
         raise ValueError(f"{path}: cannot resume training from blend-calibrated weights (calibrate_blend: "
                          f"{extra['calibration']}); resume the checkpoint they were made from, or train to a new --output")
@@ -359,15 +376,20 @@ def _check_resumable(path: Path, conf: dict, extra: dict, model_cfg: VideoSSMCon
             if k != "backend" and k in conf and conf[k] != want[k]]
     if diff:
         raise ValueError(f"{path}: cannot resume: its model config differs from this run's ({'; '.join(diff)}); "
-                         "train to a new --output, or resume with the config it was saved with")
+                         f"{hint}, or train to a new --output")
 
 
 def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, model_cfg: VideoSSMConfig | None = None,
                 resume: bool = True, device: str = "auto", progress: bool = True, log=print,
                 init: str | Path | None = None) -> Path:
     """Train and save ``out`` (safetensors + ``.opt.pt``); returns the path. ``resume``: go on from ``out`` if it
-    exists; ``init``: start at step 0 from the weights ``init`` (fine-tuning; finished weights are un-finished
-    first, :func:`undo_finishing`, and their config is the run's)."""
+    exists, with the model config it was saved with (``model_cfg`` None; one given must be the same); ``init``:
+    start at step 0 from the weights ``init`` (fine-tuning; finished weights are un-finished first,
+    :func:`undo_finishing`, and their config is the run's). A resume of a run started with ``init`` needs no
+    ``init``: the checkpoint holds that config.
+
+    The checkpoint records how many processes trained it (torchrun's ``WORLD_SIZE``): each draws its own batches,
+    so a resume with another count is another run from there on, and says so."""
     cfg = cfg or VideoTrainConfig()
     from streamssm._device import resolve_device
 
@@ -383,25 +405,38 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     out = Path(out)
+    checkpoint = read_weights(out, "video") if resume and out.exists() else None  # (config, tensors, extra)
     if init is not None:  # fine-tuning: the file's config is the run's (a resume of it too)
         model, conf = undo_finishing(init)
         model_cfg = VideoSSMConfig(**conf)
         model = model.to(dev)
-        if rank == 0 and not (resume and out.exists()):
+        hint = "resume without --init (a resume takes the checkpoint's own model config)"
+        if rank == 0 and checkpoint is None:
             log(f"starting from the weights {init} (as trained: their finishing undone)")
     else:
+        hint = "resume with model_cfg=None (the checkpoint's own model config)"
+        if model_cfg is None and checkpoint is not None:
+            # the run goes on with the model it trained: an --init run's config (guided correction off, the
+            # shipped blend's settings...) is in its checkpoint, not in the defaults
+            model_cfg = build_config(VideoSSMConfig, checkpoint[0], out)
         model_cfg = model_cfg or VideoSSMConfig()
         model = VideoSSM(model_cfg).to(dev)
     start = 0
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if resume and out.exists():
-        conf, tensors, extra = read_weights(out, "video")
-        _check_resumable(out, conf, extra, model_cfg)
+    if checkpoint is not None:
+        conf, tensors, extra = checkpoint
+        _check_resumable(out, conf, extra, model_cfg, hint)
         load_into(model, tensors, out)
         start = int(extra.get("step", 0))
         load_optimizer(out, opt, start, log if rank == 0 else None, map_location=dev)
         log(f"resumed {out} at step {start}") if rank == 0 else None
         warn_changed_settings(out, extra.get("train"), cfg, log if rank == 0 else None)
+        saved_world = extra.get("processes")  # None: a checkpoint from before it was recorded
+        if saved_world is not None and saved_world != world and rank == 0:
+            log(f"warning: {out} was trained by {saved_world} process{'es' if saved_world != 1 else ''}, resumed by "
+                f"{world}: each process draws its own batches (global batch {saved_world} x {cfg.batch} -> {world} x "
+                f"{cfg.batch}), so this is no longer the uninterrupted run; resume with torchrun --nproc_per_node="
+                f"{saved_world} for that")
         if start >= cfg.steps and rank == 0:
             log(f"{out} is already at step {start} of {cfg.steps}: nothing to train (raise --steps to go on)")
     elif resume and rank == 0:
@@ -486,7 +521,8 @@ def train_video(out: str | Path, videos, cfg: VideoTrainConfig | None = None, mo
                 check_finite(finite(model, loss), step, out, saved_step)
                 if rank == 0:
                     save_optimizer(out, opt, step)  # first: the weights' step is the checkpoint's
-                    record = {"step": step, "loss": float(loss.item()), "train": train_settings(cfg)}
+                    record = {"step": step, "loss": float(loss.item()), "train": train_settings(cfg),
+                              "processes": world}  # a resume with another count is another run: said then
                     save_weights(out, model, "video", model_cfg.to_dict(), record)
                     if bar is None:
                         log(f"step {step}: loss {loss.item():.4f} (temporal {tmp.item():.4f}), "

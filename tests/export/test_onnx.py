@@ -375,3 +375,90 @@ def test_a_model_with_another_cell_size_exports_with_its_formulas(tmp_path):
     path = export_onnx("video", tmp_path / "c24.onnx", model=model, shape=(1, 96, 128), check=True)
     formulas = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["streamssm.state_shapes"])
     assert formulas[0] == ["batch", 18, "height//24", "width//24"]
+
+
+def _readme_state_table() -> list[list[str]]:
+    """export/README.md's table of the state tensors: one row of cells per state index, in order."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "export" / "README.md").read_text()
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.strip().startswith("|")]
+    head = next(i for i, r in enumerate(rows) if r[0] == "state")
+    table = []
+    for r in rows[head + 2:]:
+        if not r[0].isdigit():
+            break
+        table.append(r)
+    assert [int(r[0]) for r in table] == list(range(len(table))), "state rows must be numbered 0, 1, 2, ..."
+    return table
+
+
+def _formula_text(cell: str) -> list:
+    """A README shape cell, ``(batch, (height//32)\\*(width//32), 4)``, as metadata writes it: numbers and formulas."""
+    inner = cell.replace("\\*", "*").strip()
+    assert inner.startswith("(") and inner.endswith(")"), cell
+    parts, depth, cur = [], 0, ""
+    for ch in inner[1:-1]:  # split on the top level's commas only
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return [int(p) if p.isdigit() else p for p in parts if p]
+
+
+def test_readme_state_table_is_the_exported_graphs(tmp_path, pose_onnx):
+    """export/README.md's state table has one row per state input of the graphs the shipped weights export (video
+    and pose), with the shapes their metadata gives: it listed 9 video states when the graph had 10."""
+    import json
+
+    table = _readme_state_table()
+    video = export_onnx("video", tmp_path / "v.onnx", shape=(1, 64, 96), check=False)
+    for path, col in ((video, 1), (pose_onnx, 3)):
+        proto = onnx.load(str(path))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        states = [i.name for i in proto.graph.input if i.name.startswith("state_in_")]
+        rows = [r for r in table if r[col]]
+        assert [f"state_in_{r[0]}" for r in rows] == states, (path.name, len(rows), len(states))
+        assert len(rows) == int(meta["streamssm.n_state"])
+        assert [_formula_text(r[col]) for r in rows] == json.loads(meta["streamssm.state_shapes"]), path.name
+
+
+def test_static_size_graph_metadata_gives_its_true_state_shapes(tmp_path):
+    """A --static-size graph at 48x48 (under 64 px the flow runs at full size): its metadata's state shapes are the
+    numbers the graph takes (state 4 is (batch, 1, 48, 48), not height//2), and zero states built from them alone
+    run in plain ONNX Runtime, at two batch sizes."""
+    import json
+
+    import onnxruntime as ort
+
+    model = build_model("video", VideoSSMConfig(d_model=16, n_layers=1).to_dict()).eval()
+    path = export_onnx("video", tmp_path / "s48.onnx", model=model, shape=(1, 48, 48), dynamic_size=False,
+                       check=False)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    formulas = json.loads(meta["streamssm.state_shapes"])
+    assert formulas[4] == ["batch", 1, 48, 48]
+    assert all(d == "batch" or isinstance(d, int) for f in formulas for d in f), formulas
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        feeds = {"processed": np.full((batch, 3, 48, 48), 0.5, np.float32), "strength": np.ones(1, np.float32)}
+        feeds.update({f"state_in_{i}": np.zeros([batch if d == "batch" else d for d in f], np.float32)
+                      for i, f in enumerate(formulas)})
+        out, *state = sess.run(None, feeds)
+        assert out.shape == (batch, 3, 48, 48)
+        assert [list(s.shape) for s in state] == [[batch if d == "batch" else d for d in f] for f in formulas]
+
+
+def test_cli_says_static_size_for_a_small_dynamic_graph(tmp_path, capsys):
+    """The exporter's refusal of a small resolution-generic graph names the command line's option, not the
+    Python keyword (it ended '... with dynamic_size=False')."""
+    from streamssm import cli
+
+    out = tmp_path / "v.onnx"
+    assert cli.main(["export", "onnx", "--model", "video", "-o", str(out), "--shape", "1x3x48x48"]) == 2
+    err = capsys.readouterr().err
+    assert "--static-size" in err and "dynamic_size" not in err, err
+    assert not out.exists()

@@ -1,4 +1,5 @@
 """Pose file readers and writers."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,54 @@ def test_image_size_survives_conversions(mp_file, tmp_path):
         write_pose(tmp_path / name, PoseData(like.points, like.confidence, like.fps, {}), like=like)
         like = read_pose(tmp_path / name)
         assert like.meta["image_size"] == (1280.0, 720.0), name
+
+
+def test_npz_that_is_not_a_zip_never_suggests_unsafe_loading(tmp_path):
+    """Text in an .npz was read by numpy as a pickle and refused with its advice to load it unsafely; a real .npz
+    holding object arrays is refused without that advice too."""
+    garbage = tmp_path / "g.npz"
+    garbage.write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"g\.npz: is not a valid \.npz \(zip\) file") as e:
+        read_pose(garbage)
+    objects = tmp_path / "o.npz"
+    np.savez(objects, points=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"o\.npz: cannot read as \.npz") as e2:
+        read_pose(objects)
+    for err in (e, e2):
+        assert "allow_pickle" not in str(err.value) and "unsafe" not in str(err.value), err.value
+
+
+@pytest.mark.parametrize("shape", [(0, 17, 2), (10, 0, 2)])
+def test_npz_without_frames_or_keypoints_is_named(tmp_path, shape):
+    """(0, 17, 2) and (10, 0, 2) points: the error names the file (the filter's 'sequence is empty (T = 0 frames)'
+    and 'points must have at least one keypoint' did not)."""
+    p = tmp_path / "e.npz"
+    np.savez(p, points=np.zeros(shape, np.float32))
+    with pytest.raises(ValueError, match=rf"e\.npz: no pose data: 'points' has shape \({shape[0]}, {shape[1]}, 2\)"):
+        read_pose(p)
+
+
+def test_npz_key_not_in_the_file_lists_its_keys(tmp_path):
+    p = tmp_path / "p2d.npz"
+    np.savez(p, points=np.zeros((3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"p2d\.npz: key 'nope' \(--key\) is not in the file; it has \['points'\]$"):
+        read_pose(p, key="nope")
+
+
+@pytest.mark.parametrize("name, write, says", [
+    ("f.npz", lambda p: np.savez(p, points=np.zeros((50, 17, 2), np.float32), frames=np.arange(49)),
+     r"f\.npz: 'frames' has shape \(49,\) \(int64\) for the 50 frames of 'points'"),
+    ("n.npz", lambda p: np.savez(p, points=np.zeros((5, 3, 2), np.float32), joint_names=np.array(["a", "b"])),
+     r"n\.npz: 'joint_names' has shape \(2,\) .* for the 3 keypoints"),
+    ("j.json", lambda p: p.write_text(json.dumps({"joints": ["a", "b"],
+                                                  "frames": [{"keypoints": [[1, 2]] * 5} for _ in range(4)]})),
+     r"j\.json: 'joints' has 2 entries for 5 keypoints"),
+    ("s.json", lambda p: p.write_text(json.dumps({"joints": "nose", "frames": [{"keypoints": [[1, 2]]}]})),
+     r"s\.json: 'joints' has str for 1 keypoints"),
+])
+def test_metadata_that_does_not_fit_the_points_is_refused(tmp_path, name, write, says):
+    """Frame numbers or joint names of another count were dropped silently (the frames then placed by the index)."""
+    p = tmp_path / name
+    write(p)
+    with pytest.raises(ValueError, match=says):
+        read_pose(p)

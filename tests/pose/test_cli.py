@@ -214,3 +214,20 @@ def test_pixels_under_an_image_size_line_are_taken_as_pixels(tmp_path):
     a, b = read_pose(tmp_path / "a.csv"), read_pose(tmp_path / "b.csv")
     np.testing.assert_allclose(a.points, b.points, atol=1e-4)
     assert "image_size" not in a.meta  # the output does not claim the size either
+
+
+def test_pose_file_errors_name_the_file(tmp_path):
+    """What the reader refuses reaches the user as one line naming the file: no frames (the filter's 'sequence is
+    empty (T = 0 frames)' named none), an --key the file lacks (with the keys it has), text in an .npz (without
+    numpy's advice to load it unsafely)."""
+    np.savez(tmp_path / "e.npz", points=np.zeros((0, 17, 2), np.float32))
+    np.savez(tmp_path / "p.npz", points=np.zeros((5, 17, 2), np.float32))
+    (tmp_path / "g.npz").write_text("garbage\n")
+    for args, says in [(["e.npz", "-o", "a.npz"], "e.npz: no pose data: 'points' has shape (0, 17, 2)"),
+                       (["p.npz", "-o", "x.csv", "--key", "nope"], "p.npz: key 'nope' (--key) is not in the file; "
+                                                                  "it has ['points']"),
+                       (["g.npz", "-o", "a.npz"], "g.npz: is not a valid .npz (zip) file")]:
+        r = _cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "unsafe" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz", "g.npz", "p.npz"]

@@ -352,3 +352,135 @@ train_video({str(tmp_path / 'v.safetensors')!r}, vids, cfg, resume=False, progre
 """)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "boom at the checkpoint" in r.stderr, r.stderr[-2000:]
+
+
+def _clip(tmp_path):
+    from tests._media import make_clip
+
+    return make_clip(tmp_path / "clip.mp4", n=10, size=(160, 128))
+
+
+def test_video_resume_of_a_fine_tuned_run(tmp_path, capsys):
+    """A run started with --init (the shipped weights: guided correction off) resumes with --resume alone: the
+    checkpoint's model config is the run's (it was refused: 'guided_correction: file False, this run True')."""
+    from streamssm.video.filter import DEFAULT_WEIGHTS
+    from streamssm.weights import read_weights
+
+    out = tmp_path / "ft.safetensors"
+    argv = ["train", "video", "--tiny", "--data", str(_clip(tmp_path)), "-o", str(out), "--no-progress"]
+    assert cli.main(argv + ["--steps", "1", "--init", str(DEFAULT_WEIGHTS)]) == 0
+    conf = read_weights(out, "video")[0]
+    assert conf["guided_correction"] is False
+    assert cli.main(argv + ["--steps", "2", "--resume"]) == 0, capsys.readouterr().err
+    assert "resumed" in capsys.readouterr().out
+    conf2, _, extra = read_weights(out, "video")
+    assert extra["step"] == 2 and conf2 == conf
+
+
+def test_video_resume_with_another_process_count_warns(tmp_path, capsys):
+    """The checkpoint records how many processes trained it; a resume by another number (a 2-process torchrun run
+    resumed in one process) says both counts: it draws other batches from there on."""
+    from streamssm.video.model import VideoSSM, VideoSSMConfig
+    from streamssm.weights import load_into, read_weights, save_weights
+
+    out = tmp_path / "v.safetensors"
+    argv = ["train", "video", "--tiny", "--data", str(_clip(tmp_path)), "-o", str(out), "--no-progress"]
+    assert cli.main(argv + ["--steps", "1"]) == 0
+    conf, tensors, extra = read_weights(out, "video")
+    assert extra["processes"] == 1
+    assert cli.main(argv + ["--steps", "2", "--resume"]) == 0
+    assert "process" not in capsys.readouterr().out  # the same count: nothing to say
+    model = VideoSSM(VideoSSMConfig(**conf))
+    load_into(model, read_weights(out, "video")[1], out)
+    save_weights(out, model, "video", conf, {**read_weights(out, "video")[2], "processes": 2})  # as torchrun's rank 0
+    assert cli.main(argv + ["--steps", "3", "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "trained by 2 processes, resumed by 1" in said and "--nproc_per_node=2" in said, said
+
+
+@pytest.mark.parametrize("what", ["junk", "truncated", "not-a-state", "another-size"])
+def test_a_bad_optimiser_file_is_refused_naming_it(tmp_path, what):
+    """Junk, a truncated file, something else saved there, or the state of a model of another size beside the
+    weights: one ValueError naming the .opt.pt and saying to delete it, before any step (a raw KeyError or
+    RuntimeError from torch.load, or from Adam at its first step, before)."""
+    from streamssm.train._checkpoint import load_optimizer, optimizer_path, save_optimizer
+
+    weights = tmp_path / "w.safetensors"
+    path = optimizer_path(weights)
+    small = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(small.parameters())
+    small(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    if what == "junk":
+        path.write_bytes(b"garbage\n")
+    elif what == "truncated":
+        save_optimizer(weights, opt, 5)
+        path.write_bytes(path.read_bytes()[:300])
+    elif what == "not-a-state":
+        torch.save({"step": 5, "optimizer": [1, 2, 3]}, path)
+    else:
+        big = torch.nn.Linear(5, 4)  # as many parameters, of other shapes: load_state_dict alone takes it
+        big_opt = torch.optim.AdamW(big.parameters())
+        big(torch.ones(1, 5)).sum().backward()
+        big_opt.step()
+        save_optimizer(weights, big_opt, 5)
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters())
+    with pytest.raises(ValueError, match=f"{path.name}.*delete it") as e:
+        load_optimizer(weights, fresh, 5, None)
+    assert str(path) in str(e.value)
+    if what == "another-size":
+        assert "another size" in str(e.value)
+
+
+def test_train_pose_with_a_junk_optimiser_file_says_so(tmp_path, shared_data, capsys):
+    out = tmp_path / "p.safetensors"
+    argv = ["train", "pose", "--tiny", "--data", str(shared_data), "-o", str(out), "--no-progress"]
+    assert cli.main(argv + ["--steps", "2"]) == 0
+    before = out.read_bytes()
+    (tmp_path / "p.opt.pt").write_bytes(b"garbage\n")
+    assert cli.main(argv + ["--steps", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "p.opt.pt: not a readable optimiser state" in err and "delete it" in err and "Traceback" not in err
+    assert out.read_bytes() == before
+
+
+def test_pose_resume_with_its_time_budget_spent_trains_nothing(tmp_path, shared_data, capsys):
+    """--minutes is the whole run's: a resume whose earlier pieces spent it stops at once, saying so, and leaves the
+    checkpoint as it was (it trained one step and rewrote the file)."""
+    from streamssm.weights import read_weights
+
+    out = tmp_path / "p.safetensors"
+    argv = ["train", "pose", "--tiny", "--data", str(shared_data), "-o", str(out), "--no-progress"]
+    assert cli.main(argv + ["--steps", "2"]) == 0
+    opt_file = tmp_path / "p.opt.pt"
+    saved = torch.load(opt_file, weights_only=True)
+    torch.save({**saved, "elapsed": 120.0}, opt_file)  # the earlier pieces trained 2 minutes
+    before = out.read_bytes()
+    assert cli.main(argv + ["--steps", "20", "--minutes", "1", "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "the whole --minutes 1 budget: nothing to train" in said, said
+    assert out.read_bytes() == before and read_weights(out, "pose")[2]["step"] == 2
+
+
+@pytest.mark.parametrize("finish", ["calibrate_blend", "finish_processed_only", "without_guided_correction"])
+def test_finishing_steps_refuse_to_write_over_their_input(tmp_path, finish):
+    """calibrate_blend(src, src) and its sibling finishing steps refuse, as every other writer does, instead of
+    replacing the weights they read (through a link to them too)."""
+    import shutil
+
+    import streamssm.train.video as tv
+    from streamssm.video.filter import DEFAULT_WEIGHTS
+
+    src = tmp_path / "w.safetensors"
+    shutil.copyfile(DEFAULT_WEIGHTS, src)
+    if finish == "calibrate_blend":  # the shipped file is calibrated already: a raw one to calibrate
+        model, conf = tv.undo_finishing(src)
+        from streamssm.weights import save_weights
+
+        save_weights(src, model, "video", conf, {})
+    (tmp_path / "link.safetensors").symlink_to(src)
+    before = src.read_bytes()
+    for out in (src, tmp_path / "link.safetensors"):
+        with pytest.raises(ValueError, match="is the input weights file"):
+            getattr(tv, finish)(src, out)
+    assert src.read_bytes() == before

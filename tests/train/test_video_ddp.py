@@ -32,6 +32,14 @@ def test_train_video_two_process_gloo_and_resume(tmp_path, shared_data):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "resumed" in r.stdout + r.stderr
     assert read_weights(out, "video")[2]["step"] == 6
+    assert read_weights(out, "video")[2]["processes"] == 2  # recorded: a resume by another count is said
+    # resumed in one process: allowed, but no longer the run that was started, and said with both counts
+    one = cmd[cmd.index("-m", cmd.index("--master_port=29517")):]
+    one[one.index("6")] = "7"
+    r = subprocess.run([sys.executable, *one, "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "trained by 2 processes, resumed by 1" in r.stdout + r.stderr
+    assert read_weights(out, "video")[2]["step"] == 7
 
 
 @pytest.mark.slow
