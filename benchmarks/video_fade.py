@@ -17,9 +17,11 @@ scored apart; and the still frame faded in from 10% (near black) instead of 30%.
 luminance of O over that of P: the lowest and highest over the clip and the last frame's (1 = follows the fade
 exactly). Each mode runs as shipped and with what changed how it follows brightness switched off -- guided, the
 guide's local brightness gain on the warped previous output (``streamssm.video.model.guide_gain``, session 9; also
-with one global gain for the frame instead, the first version tried); processed-only, the fade gain's reference
-that skips repeated frames (``streamssm.video.model.fade_reference``, session 13), the fade gain (session 11) and its
-flow guide's brightness match (``streamssm.video.model.match_brightness``, session 8); and processed-only as
+with one global gain for the frame instead, the first version tried) and, under a gamma and a histogram equalisation
+(operators whose output does not scale with their input), the exponent fitted to how the processed frames follow the
+original's brightness (``streamssm.video.model.guide_elasticity``, session 20); processed-only, the fade gain's
+reference that skips repeated frames (``streamssm.video.model.fade_reference``, session 13), the fade gain (session
+11) and its flow guide's brightness match (``streamssm.video.model.match_brightness``, session 8); and processed-only as
 trained, with the weights' processed-only finishing (``streamssm.train.video.finish_processed_only``, session 14:
 the colour correction off, a wider blend gate) undone; and both modes with the exposure lock on
 (``VideoFilter(exposure_lock=0.3)``, ``streamssm.video.model.exposure_gain``, session 19; off in the shipped weights).
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,11 +80,27 @@ LOCKED_G, LOCKED_P = f"guided, exposure lock {LOCK}", f"processed-only, exposure
 # lock's release (``exposure_gain``'s EXPOSURE_FADE) at work; with P = I the lock's level is 0 and it does nothing
 GAMMA_G = "guided, a gamma operator (P = I^0.5: P/I changes in the fade)"
 GAMMA_G_LOCKED = f"{GAMMA_G}, exposure lock {LOCK}"
+# and under an operator whose output hardly follows its input's brightness at all: per-channel histogram equalisation
+EQ_G = "guided, histogram equalisation (P hardly follows the fade)"
+FLAT = ", guide elasticity off (before session 20)"  # guide_gain not raised to guide_elasticity's exponent
 
 
 def gamma(frame: np.ndarray) -> np.ndarray:
     """The gamma operator of the rows above: P = 255 (I / 255)^0.5, uint8."""
     return (255.0 * (frame.astype(np.float32) / 255.0) ** 0.5 + 0.5).astype(np.uint8)
+
+
+def equalize(frame: np.ndarray) -> np.ndarray:
+    """The histogram equalisation of the rows above: OpenCV's equalizeHist on each RGB channel."""
+    return np.ascontiguousarray(np.stack([cv2.equalizeHist(np.ascontiguousarray(frame[..., c])) for c in range(3)], -1))
+
+
+OPERATORS = {GAMMA_G: gamma, GAMMA_G_LOCKED: gamma, GAMMA_G + FLAT: gamma, EQ_G: equalize, EQ_G + FLAT: equalize}
+
+
+def no_elasticity(means, prev_means, sums_prev, first):
+    """``guide_elasticity`` switched off: the exponent 1 on every frame (the guide's gain as it is), sums at 0."""
+    return torch.ones(first.shape), torch.zeros_like(sums_prev)
 
 
 def jitter(frames: list[np.ndarray], sigma: float, seed: int = 0) -> list[np.ndarray]:
@@ -137,6 +156,7 @@ def main(argv=None):
     model = load_video_model(args.weights, "cpu", backend="torch").eval()
     cfg = model.config
     shipped, shipped_gain, follow = vm.match_brightness, vm.guide_gain, cfg.fade_follow
+    shipped_elasticity = vm.guide_elasticity
     tol = vm.REPEAT_TOL
     finished = (cfg.processed_correction, float(model.log_gate[1].detach().exp()))
     rec = read_weights(args.weights or DEFAULT_WEIGHTS, "video")[2].get("processed_only")
@@ -161,6 +181,9 @@ def main(argv=None):
                     (LOCKED_G + " (inactive here: P = I)", True, shipped_gain, True, follow, tol),
                     (GAMMA_G, True, shipped_gain, True, follow, tol),
                     (GAMMA_G_LOCKED, True, shipped_gain, True, follow, tol),
+                    (GAMMA_G + FLAT, True, shipped_gain, True, follow, tol),
+                    (EQ_G, True, shipped_gain, True, follow, tol),
+                    (EQ_G + FLAT, True, shipped_gain, True, follow, tol),
                     ("guided, guide gain off (before session 9)", True, no_gain, True, follow, tol),
                     ("guided, one global gain for the frame (tried in session 9)", True, global_gain, True, follow,
                      tol),
@@ -169,14 +192,15 @@ def main(argv=None):
                      False, 0.0, tol)]:
                 vm.match_brightness = shipped if match else (lambda prev, cur: prev)
                 vm.guide_gain, cfg.fade_follow, vm.REPEAT_TOL = gain, fo, rt
+                vm.guide_elasticity = no_elasticity if mode.endswith(FLAT) else shipped_elasticity
                 finish(mode)
-                Pm = [gamma(x) for x in P] if mode in (GAMMA_G, GAMMA_G_LOCKED) else P  # the operator's frames
+                Pm = [OPERATORS[mode](x) for x in P] if mode in OPERATORS else P  # the operator's frames
                 O = scan_uint8(model, Pm, P if guided else None)
                 for part, cols in regions.get(name, [("", slice(None))]):
                     r = ratios(O, Pm, cols)
                     rows.append([name + part, mode, f"{r.min():.3f}", f"{r.max():.3f}", f"{r[-1]:.3f}"])
                     print(" | ".join(rows[-1]), flush=True)
-        vm.match_brightness, vm.guide_gain = shipped, shipped_gain
+        vm.match_brightness, vm.guide_gain, vm.guide_elasticity = shipped, shipped_gain, shipped_elasticity
         moving = read_video(DATA / "videos" / "edgetam_08_driving.mp4", JITTER_FRAMES, 640)
         n = JITTER_FRAMES
         for shown_as, times in [("", (1,)), (", every frame shown twice", (2,)),
@@ -202,6 +226,7 @@ def main(argv=None):
                         print(" | ".join(flick[-1]), flush=True)
     finally:
         vm.match_brightness, vm.guide_gain, cfg.fade_follow, vm.REPEAT_TOL = shipped, shipped_gain, follow, tol
+        vm.guide_elasticity = shipped_elasticity
         set_processed_only(model, *finished)
         cfg.exposure_lock = 0.0
     body = (

@@ -67,9 +67,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamssm.video.model import (FLOW_SHARP, N_PARAMS, VideoSSM, _grad, _luma, blend_confidence, check_frame_size,
-                                   check_step_frames, exposure_gain, fade_gain, fade_reference, flow_shape, grid_shape,
-                                   guide_gain, lk_solve, match_brightness, prev_was_guided)
+from streamssm.video.model import (FLOW_SHARP, N_PARAMS, VideoSSM, _grad, _luma, _restarts, blend_confidence,
+                                   check_frame_size, check_step_frames, exposure_gain, fade_gain, fade_reference,
+                                   flow_shape, grid_shape, guide_elasticity, guide_gain, lk_solve, match_brightness,
+                                   prev_was_guided)
 
 log = logging.getLogger("streamssm")
 
@@ -502,11 +503,17 @@ class CPUVideoStep:
                                       fresh[:, 0])
         fading = blend and I is None and cfg.fade_follow > 0
         fade = (means[:, 3:6], ref) if fading else None
-        egain, level = exposure_gain(means[:, None], state[0][:, N_PARAMS:], state[7], fresh, I is not None, state[2],
+        first, prev_means = _restarts(fresh, I is not None, state[2]), state[0][:, N_PARAMS:]
+        egain, level = exposure_gain(means[:, None], prev_means, state[7][:, 0], first, I is not None,
                                      cfg.exposure_lock)
         egain = egain.pow(strength)[:, 0, None, None, None] if cfg.exposure_lock > 0 else None
-        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, (ref, repeats, level),
-                      ssm_states, m.corrects(I is not None), fade, egain)
+        elast, sums = None, torch.zeros_like(state[7][:, 1:])
+        if I is not None:  # the exponent on the guide's gain (guide_elasticity); 1 everywhere: no pow (x^1 = x)
+            e, sums = guide_elasticity(means[:, None], prev_means, state[7][:, 1:], first)
+            elast = None if bool((e == 1.0).all()) else e[:, 0, None, None, None]
+        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g,
+                      (ref, repeats, torch.cat([level[:, None], sums], 1)), ssm_states, m.corrects(I is not None), fade,
+                      egain, elast)
 
     def _tail(self, f: "_Front", prev: Tensor | None, out_u8: np.ndarray | None) -> Tensor:
         """The full-resolution rest of a step: correction, warp of the previous output ``prev``, gate, blend.
@@ -549,8 +556,8 @@ class CPUVideoStep:
             else:
                 fs = fu[:, :, sl]
                 wp = _sample(prev, *_grid(xs, ys, fs[:, 0], fs[:, 1], h, w), cv)
-                if fs.shape[1] > 3:  # guided: follow the original's brightness change (guide_gain)
-                    wp.mul_(fs[:, 3:4]).clamp_(0.0, 1.0)
+                if fs.shape[1] > 3:  # guided: follow the original's brightness change (guide_gain, guide_elasticity)
+                    wp.mul_(fs[:, 3:4] if f.elast is None else fs[:, 3:4].pow(f.elast)).clamp_(0.0, 1.0)
                 elif fx is not None:  # processed-only: make up a persistent brightness lag (fade_gain)
                     wp.mul_(torch.mul(fx[:, :, a : a + 1], wa).addcmul_(fx[:, :, c : c + 1], wc)).clamp_(0.0, 1.0)
                 d = wp.sub_(Oc)  # warped previous output - corrected frame
@@ -583,11 +590,12 @@ class _Front(NamedTuple):
     fixed: tuple
     g: Tensor
     ref: tuple  # the fade gain's reference (b, 3, gh, gw), repeat count (b, 1, gh, gw) (``fade_reference``) and the
-    # exposure lock's average (b,) (``exposure_gain``): the state's after the output
+    # brightness records (b, 3) (``exposure_gain``'s average, ``guide_elasticity``'s sums): the state's after the output
     ssm_states: tuple
     correct: bool  # False: dA = db = 0 exactly (``VideoSSM.corrects``), so the tail skips the correction
     fade: tuple | None  # processed-only: cell means (b, 3, gh, gw) of P_t and the fade gain's reference; None: none
     egain: Tensor | None  # (b, 1, 1, 1): the exposure lock's gain of the frame; None: the lock is off
+    elast: Tensor | None = None  # (b, 1, 1, 1): guided, the exponent on the guide's gain; None: 1 (or processed-only)
 
     def state_with(self, O: Tensor) -> tuple[Tensor, ...]:
         """The full new state once the output ``O`` is known (the layout of ``VideoSSM.init_state``)."""

@@ -290,7 +290,7 @@ def test_graph_declares_its_shapes_for_another_runtime(video_onnx, pose_onnx):
         if spec.kind == "video":
             assert dims["output"] == ["batch", 3, "height", "width"]
             assert dims["state_out_8"][1] == "height_div32_times_width_div32"  # the first SSM state
-            assert dims["state_out_7"] == ["batch"]  # the exposure lock's level
+            assert dims["state_out_7"] == ["batch", 3]  # the exposure lock's level, the guide elasticity's sums
         else:
             assert dims["output"] == ["batch", "keypoints", 2]
         assert all(not str(d).startswith(("Gather", "Reshape")) for v in dims.values() for d in v), dims

@@ -141,6 +141,30 @@ def test_fast_step_processed_only_fade_batch(shipped, opencv):
 
 
 @pytest.mark.parametrize("opencv", CV_MODES)
+def test_fast_step_guided_fade_under_a_gamma(shipped, opencv):
+    """Guided, two streams: the originals fade (one in, one out) under a gamma operator, so the guide's gain is
+    raised to an exponent well away from 1 (``guide_elasticity``, one function for both); a cut and a
+    processed-only frame restart its sums. The fast step matches, and the sums it keeps are bit-identical."""
+    frames = scene_clip(2, 77, 131, steps=12, seed=4, cut=9)
+    ramp = torch.linspace(0.3, 1.0, 12)
+    frames = [(I ** 0.5, I) for I in (I * torch.stack([ramp[t], 1.3 - ramp[t]]).reshape(2, 1, 1, 1)
+                                      for t, (_, I) in enumerate(frames))]
+    frames = [(P, I) if t != 10 else (P, None) for t, (P, I) in enumerate(frames)]
+    fast = CPUVideoStep(shipped, opencv=opencv)
+    sr = sf = None
+    exps = []
+    with torch.no_grad():
+        for P, I in frames:
+            Or, sr = shipped.step(P, I, sr)
+            Of, sf = fast.step(P, I, sf)
+            assert float((Of - Or).abs().max()) <= FAST_TOL
+            sums = sr[7][:, 1:]
+            exps.append(((sums[:, 0] + 0.01) / (sums[:, 1] + 0.01)).tolist())
+    assert_states(sf, sr)
+    assert min(min(e) for e in exps[4:9]) < 0.75  # the gamma's 0.5, fitted over the fade
+
+
+@pytest.mark.parametrize("opencv", CV_MODES)
 def test_fast_step_processed_only_repeated_and_held_frames(shipped, opencv):
     """Processed-only, two streams: frames shown twice (stream 0) and thrice (stream 1), then one picture held for
     longer than ``HOLD_REPEATS``: the fade gain's reference and repeat count (``fade_reference``, the state's
