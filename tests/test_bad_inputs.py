@@ -214,7 +214,7 @@ def _video_set_state_nan():
     f = VideoFilter(device="cpu")
     f.step(np.zeros((48, 64, 3), np.uint8))
     st = list(f.get_state())
-    st[7] = st[7].clone()  # the first SSM state
+    st[7] = st[7].clone()  # the brightness records (prev_levels)
     st[7].view(-1)[0] = float("nan")
     f.set_state(tuple(st))
 

@@ -190,7 +190,9 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
 
     # an .npz is a zip of .npy files; np.load takes anything else for a pickle, and its message then suggests
     # loading it unsafely: never for a file of unknown origin
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:  # opened here: an unreadable file is a read error, not "not a zip"
+        is_zip = zipfile.is_zipfile(f)
+    if not is_zip:
         raise _err(path, "is not a valid .npz (zip) file, expected numpy.savez output with a 'points' or "
                          "'landmarks_raw' array")
     try:

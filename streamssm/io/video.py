@@ -53,7 +53,8 @@ Design notes (why the code looks the way it does):
     behind and the error says so. :attr:`FrameSink.final_path` says where the frames ended up.
   * two runs writing the same output at once -> each writes its own hidden file (the second
     ``.<stem>.partial-2<ext>``; each is locked while its run lasts), and a complete run whose output path was
-    taken while it ran (the other run finished first) goes beside it as ``<stem>.new<ext>``, with a warning.
+    taken while it ran (the other run finished first) goes beside it as ``<stem>.new<ext>``, with a warning --
+    unless both were told to replace an existing output (``overwrite=True``): then the last to finish does.
 
   PNG frames are written to a temporary name and renamed one by one; with ``overwrite=True`` over
   a folder that already holds frames, the new frames go to a hidden ``.<name>.partial/`` staging
@@ -1023,11 +1024,13 @@ def _partial_name(path: Path, tag: str = "partial") -> Path:
     raise VideoIOError(f"{path}: too many {tag} outputs beside it; remove some")
 
 
-def _claim_temp(path: Path) -> tuple[Path, int]:
+def _claim_temp(path: Path) -> tuple[Path, int | None]:
     """The hidden file a video sink writes before its rename, ``.<stem>.partial<ext>`` beside ``path``, created and
     held under an exclusive lock (``flock``) while the run lasts, with the open descriptor: a second run writing to
     the same output at once takes ``.<stem>.partial-2<ext>`` instead of writing into the first one's file. One left
-    by a killed run holds no lock, and is reused. (Without ``fcntl``, on Windows: the first name not there.)"""
+    by a killed run holds no lock, and is reused. Where there is no ``flock`` (Windows) or the file system refuses
+    it (some network shares): the first name not there, created and closed again (None: no lock; Windows cannot
+    rename a file held open)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -1036,16 +1039,32 @@ def _claim_temp(path: Path) -> tuple[Path, int]:
         tmp = path.with_name(f".{path.stem}.partial{'' if i == 1 else f'-{i}'}{path.suffix}")
         if fcntl is None:
             try:
-                return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             except FileExistsError:
                 continue
+            return tmp, None
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another run's, under way
+        except BlockingIOError:  # another run's, under way
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
+        except OSError:  # a file system without flock (ENOLCK, EOPNOTSUPP): the name, unlocked
+            os.close(fd)
+            with open(tmp, "wb"):  # emptied: one left by a killed run
+                pass
+            return tmp, None
+        try:
+            own, now = os.fstat(fd), os.stat(tmp)
+            if (own.st_ino, own.st_dev) != (now.st_ino, now.st_dev):  # a finishing run renamed it away meanwhile
+                raise FileNotFoundError(tmp)
+            os.ftruncate(fd, 0)  # one left by a killed run
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
         return tmp, fd
     raise VideoIOError(f"{path}: too many runs writing it at once")
 
@@ -1280,15 +1299,18 @@ class _VideoSink(FrameSink):
             self._abort()
             msg = "disk full (or file size limit)" if _disk_error(e) else "cannot finalise"
             raise VideoIOError(f"{self.path}: {msg} after {self.frames_written} frames; partial output removed: {e}") from e
+        except BaseException:  # a second Ctrl-C in the flush, ...: no trailer, so nothing playable to keep
+            self._abort()
+            raise
         finally:
             if self._audio is not None:
                 self._audio.close()
-        target = Path(self.path)
-        if partial and self._existed:
-            target = _partial_name(target)
-            log.warning("%s: run incomplete; the existing file is kept and the %d frames written go to %s",
-                        self.path, self.frames_written, target)
         try:
+            target = Path(self.path)
+            if partial and self._existed:
+                target = _partial_name(target)
+                log.warning("%s: run incomplete; the existing file is kept and the %d frames written go to %s",
+                            self.path, self.frames_written, target)
             self.final_path = str(_move_into_place(self._tmp, target, replace=self._existed))
         finally:
             self._unlock()

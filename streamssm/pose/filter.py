@@ -102,12 +102,13 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 class _GivenFps(Checked):
     """``PoseFilter.fps``: :class:`~streamssm._args.Checked`, and the value set (by the constructor or the caller) is
-    kept as ``_fps_given`` too: the rate the filter goes back to when every stream is dropped. :meth:`PoseFilter.
-    add_streams` and :meth:`PoseFilter.drop_streams` change the rates with the streams (``_fps``) and leave it."""
+    kept as ``_fps_given`` too: the rate the filter goes back to when every stream is dropped or reset.
+    :meth:`PoseFilter.add_streams` and :meth:`PoseFilter.drop_streams` change the rates with the streams (``_fps``)
+    and leave it."""
 
     def __set__(self, obj, value) -> None:
         super().__set__(obj, value)
-        obj._fps_given = obj._fps
+        obj._fps_given = getattr(obj, self.slot)
 
 
 class PoseFilter:
@@ -431,12 +432,14 @@ class PoseFilter:
 
     def reset(self, mask: Any = None) -> None:
         """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
-        state is untouched, bit for bit)."""
+        state is untouched, bit for bit). Every stream: ``fps`` goes back to the value given (to the constructor, or
+        set since), as when every stream is dropped: per-stream rates that came with :meth:`add_streams` go."""
         if mask is not None:  # refused before the first frame as after it (only its length is unknown then)
             mask = as_reset_mask(mask, None if self.state is None else self._shape[0])
-        if mask is None or self.state is None:
+        if mask is None or self.state is None:  # every stream: the rates that came with add_streams go with them
             self.state, self._shape, self._dims, self._last_t = None, None, None, None
             self._gap_restarts = 0
+            self._fps = self._fps_given
             return
         b, k = self._shape
         fresh = self.model.init_state(b, k, self.device)
@@ -474,8 +477,7 @@ class PoseFilter:
         b, k = self._shape
         keep = kept_streams(index, b)
         if not keep:
-            self.reset()
-            self._fps = self._fps_given
+            self.reset()  # which puts fps back to the value given
             return
         if isinstance(self.fps, tuple) and len(self.fps) == b:  # the dropped streams' rates go with them
             self._fps = tuple(self.fps[i] for i in keep)  # checked; not the fps given (_GivenFps)

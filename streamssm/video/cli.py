@@ -409,8 +409,9 @@ def _output_clock(P, I, sound_of_original: bool, folder_fps: bool):
     the original's and the two rates differ (a per-frame tool that wrote 30 fps for a 29.97 fps original, or 25 for
     30): there the original's, which the sound and the frames, paired one by one, follow, so the sound stays in sync.
     None when the user set the processed folder's rate (``folder_fps``) to another one than the original's: then the
-    output keeps that rate, and the caller leaves the sound out (it would drift). Warns when the rates differ."""
-    if I is None or P.rate == I.rate:
+    output keeps that rate, and the caller leaves the sound out (it would drift). Warns when the rates differ (by
+    more than 1e-4: two spellings of one rate, 30000/1001 and 2997/100, drift 36 ms an hour, and are taken as one)."""
+    if I is None or abs(float(P.rate) - float(I.rate)) <= 1e-4 * float(I.rate):
         return P
     rates = f"{P.path} (processed) is {float(P.rate):.6g} fps, {I.path} (original) {float(I.rate):.6g} fps"
     if sound_of_original and folder_fps:

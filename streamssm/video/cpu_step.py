@@ -67,10 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamssm.video.model import (FLOW_SHARP, N_PARAMS, VideoSSM, _grad, _luma, _restarts, blend_confidence,
-                                   check_frame_size, check_step_frames, exposure_gain, fade_gain, fade_reference,
-                                   flow_shape, grid_shape, guide_elasticity, guide_gain, lk_solve, match_brightness,
-                                   prev_was_guided)
+from streamssm.video.model import (FLOW_SHARP, N_PARAMS, VideoSSM, _grad, _luma, blend_confidence, brightness_records,
+                                   check_frame_size, check_step_frames, fade_gain, fade_reference, flow_shape,
+                                   grid_shape, guide_gain, lk_solve, match_brightness, prev_was_guided)
 
 log = logging.getLogger("streamssm")
 
@@ -503,17 +502,12 @@ class CPUVideoStep:
                                       fresh[:, 0])
         fading = blend and I is None and cfg.fade_follow > 0
         fade = (means[:, 3:6], ref) if fading else None
-        first, prev_means = _restarts(fresh, I is not None, state[2]), state[0][:, N_PARAMS:]
-        egain, level = exposure_gain(means[:, None], prev_means, state[7][:, 0], first, I is not None,
-                                     cfg.exposure_lock)
+        egain, e, levels = brightness_records(means[:, None], state, fresh, I is not None, cfg.exposure_lock)
         egain = egain.pow(strength)[:, 0, None, None, None] if cfg.exposure_lock > 0 else None
-        elast, sums = None, torch.zeros_like(state[7][:, 1:])
-        if I is not None:  # the exponent on the guide's gain (guide_elasticity); 1 everywhere: no pow (x^1 = x)
-            e, sums = guide_elasticity(means[:, None], prev_means, state[7][:, 1:], first)
-            elast = None if bool((e == 1.0).all()) else e[:, 0, None, None, None]
-        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g,
-                      (ref, repeats, torch.cat([level[:, None], sums], 1)), ssm_states, m.corrects(I is not None), fade,
-                      egain, elast)
+        # the exponent on the guide's gain: none where it is 1 (x^1 = x, and most frames: ELASTIC_SNAP)
+        elast = None if e is None or bool((e == 1.0).all()) else e[:, 0, None, None, None]
+        return _Front(P, G, cx, gh, blend, fu, sigma, keep[:, None, None, None], fixed, g, (ref, repeats, levels),
+                      ssm_states, m.corrects(I is not None), fade, egain, elast)
 
     def _tail(self, f: "_Front", prev: Tensor | None, out_u8: np.ndarray | None) -> Tensor:
         """The full-resolution rest of a step: correction, warp of the previous output ``prev``, gate, blend.

@@ -396,6 +396,7 @@ def exposure_gain(means: Tensor, prev_means: Tensor, level_prev: Tensor, first: 
 ELASTIC_KEEP = 0.7  # weight of the past in guide_elasticity's running sums (a memory of about three frames)
 ELASTIC_PRIOR = 0.01  # (log brightness)^2 added to both sums: the exponent stays near 1 until the original moves
 ELASTIC_RANGE = (0.0, 1.5)
+ELASTIC_SNAP = 0.02  # an exponent this close to 1 is 1: the gain raised to 0.98 moves a 10% brightness step by 0.2%
 
 
 def guide_elasticity(means: Tensor, prev_means: Tensor, sums_prev: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
@@ -413,9 +414,10 @@ def guide_elasticity(means: Tensor, prev_means: Tensor, sums_prev: Tensor, first
     the state's), and ``e = (s_ip + prior) / (s_ii + prior)`` clamped to ``ELASTIC_RANGE``. The operator's flicker
     in ``d_p`` does not follow ``d_i``, so it averages out; the prior (``ELASTIC_PRIOR``) keeps ``e`` near 1 until the
     original has moved by about a fade's step (0.1 in log), which is also when ``e`` matters: with the original
-    still, the gain is 1 whatever ``e`` is. One number per frame: a local operator's response is taken as its frame
-    average. ``first`` (b, t) (:func:`_restarts`) start the sums over (e = 1). Returns ``e`` and the last sums
-    (b, 2). Measured: ``benchmarks/video_fade.py``."""
+    still, the gain is 1 whatever ``e`` is. An ``e`` within ``ELASTIC_SNAP`` of 1 is 1 (so the CPU step skips the
+    full-resolution power on the frames of a clip without fades: 2 ms of a 720p frame). One number per frame: a local
+    operator's response is taken as its frame average. ``first`` (b, t) (:func:`_restarts`) start the sums over
+    (e = 1). Returns ``e`` and the last sums (b, 2). Measured: ``benchmarks/video_fade.py``."""
     li, lp = _frame_log_luma(means[:, :, :3]), _frame_log_luma(means[:, :, 3:6])
     di = li - torch.cat([_frame_log_luma(prev_means[:, :3])[:, None], li[:, :-1]], 1)
     dp = lp - torch.cat([_frame_log_luma(prev_means[:, 3:6])[:, None], lp[:, :-1]], 1)
@@ -423,8 +425,24 @@ def guide_elasticity(means: Tensor, prev_means: Tensor, sums_prev: Tensor, first
     for i in range(di.shape[1]):
         new = ELASTIC_KEEP * sums + torch.stack([di[:, i] * dp[:, i], di[:, i] * di[:, i]], 1)
         sums = torch.where(first[:, i, None], torch.zeros_like(new), new)
-        es.append(((sums[:, 0] + ELASTIC_PRIOR) / (sums[:, 1] + ELASTIC_PRIOR)).clamp(*ELASTIC_RANGE))
+        e = ((sums[:, 0] + ELASTIC_PRIOR) / (sums[:, 1] + ELASTIC_PRIOR)).clamp(*ELASTIC_RANGE)
+        es.append(torch.where((e - 1.0).abs() < ELASTIC_SNAP, torch.ones_like(e), e))
     return torch.stack(es, 1), sums
+
+
+def brightness_records(means: Tensor, state, fresh: Tensor, guided: bool, alpha: float
+                       ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """A clip's whole-frame brightness records, from the state's (``state[7]``: the exposure lock's average and the
+    guide elasticity's sums), its cell means (``state[0]``) and mode (``state[2]``): the exposure lock's gains (b, t)
+    (:func:`exposure_gain`), guided the exponents on the guide's gain (b, t) (:func:`guide_elasticity`; None
+    processed-only, where the sums rest at 0) and the new ``state[7]`` (b, 3). ``means`` (b, t, 6, gh, gw) float32,
+    ``fresh`` (b, t). The one place both steps read and write ``state[7]``."""
+    first, prev_means = _restarts(fresh, guided, state[2]), state[0][:, N_PARAMS:]
+    egain, level = exposure_gain(means, prev_means, state[7][:, 0], first, guided, alpha)
+    elast, sums = None, torch.zeros_like(state[7][:, 1:])
+    if guided:
+        elast, sums = guide_elasticity(means, prev_means, state[7][:, 1:], first)
+    return egain, elast, torch.cat([level[:, None], sums], 1)
 
 
 def _luma(x: Tensor) -> Tensor:
@@ -700,13 +718,8 @@ class VideoSSM(nn.Module):
         Oc, beta = self._correct(P.flatten(0, 1), G.flatten(0, 1), coef, strength)
         Oc, beta = Oc.reshape(P.shape), beta.reshape(b, t, 1, h, w)
         with torch.autocast(P.device.type, enabled=False):
-            first, prev_means = _restarts(fresh, I is not None, state[2]), state[0][:, N_PARAMS:]
-            egain, level = exposure_gain(means.float(), prev_means, state[7][:, 0], first, I is not None,
-                                         self.config.exposure_lock)
-            if I is not None:  # the exponent on the guide's gain (processed-only there is none: the sums rest at 0)
-                elast, sums = guide_elasticity(means.float(), prev_means, state[7][:, 1:], first)
-            else:
-                elast, sums = None, torch.zeros_like(state[7][:, 1:])
+            egain, elast, levels = brightness_records(means.float(), state, fresh, I is not None,
+                                                      self.config.exposure_lock)
         if self.config.exposure_lock > 0:  # scaled by the strength as the rest: strength 0 returns P
             Oc = (Oc * egain.pow(strength)[:, :, None, None, None].to(P.dtype)).clamp(0.0, 1.0)
 
@@ -748,7 +761,7 @@ class VideoSSM(nn.Module):
             prev = Oc[:, i] + wgt * (wp - Oc[:, i])
             outs.append(prev)
         O = torch.stack(outs, 1)
-        fixed = fixed + (prev.float(), g[:, -1].float(), ref, repeats, torch.cat([level[:, None], sums], 1))
+        fixed = fixed + (prev.float(), g[:, -1].float(), ref, repeats, levels)
         return O, fixed + ssm_states
 
     def forward(self, P: Tensor, I: Tensor | None = None, state=None, reset: Tensor | None = None, strength: float = 1.0,

@@ -384,25 +384,30 @@ def test_display_rotation_is_applied(tmp_path, degrees):
     assert np.abs(rgb.astype(int) - want).mean() < 8
 
 
-@pytest.mark.parametrize("flip", ["left-right", "upside-down"])
-def test_display_mirror_is_applied_not_read_as_a_turn(tmp_path, flip):
+@pytest.mark.parametrize("flip,degrees", [("left-right", 0), ("upside-down", 0), ("left-right", 90)])
+def test_display_mirror_is_applied_not_read_as_a_turn(tmp_path, flip, degrees):
     """An mp4 whose track matrix mirrors the picture (a front camera's, an editor's flip): FFmpeg's rotation angle
-    reads a left-right mirror as 180 degrees, which used to turn the picture upside down. Made by writing the
-    mirror into the track header's matrix (ISO 14496-12 tkhd: nine big-endian 16.16 / 2.30 numbers)."""
+    reads a left-right mirror as 180 degrees, which used to turn the picture upside down. Made by mirroring the
+    track header's matrix (ISO 14496-12 tkhd: nine big-endian 16.16 / 2.30 numbers; its first row negated mirrors
+    left to right, its second upside down), after a display rotation where one is written: mirrored first, then
+    turned, as the matrix composes them."""
     import struct
 
-    path = _corner_clip(tmp_path / "mirror.mp4")
+    path = _corner_clip(tmp_path / "mirror.mp4", degrees)
     data = bytearray(path.read_bytes())
     at = data.index(b"tkhd") + 4 + 4 + 20 + 8 + 8  # type, version/flags, times/id/duration, reserved, layer..volume
-    assert struct.unpack(">9i", data[at : at + 36]) == (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
-    a, d, tx, ty = (-65536, 65536, W << 16, 0) if flip == "left-right" else (65536, -65536, 0, H << 16)
-    data[at : at + 36] = struct.pack(">9i", a, 0, 0, 0, d, 0, tx, ty, 1 << 30)
+    m = list(struct.unpack(">9i", data[at : at + 36]))
+    if not degrees:
+        assert m == [65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30]
+    row = 0 if flip == "left-right" else 3
+    m[row], m[row + 1] = -m[row], -m[row + 1]
+    data[at : at + 36] = struct.pack(">9i", *m)
     path.write_bytes(bytes(data))
     with open_source(path) as src:
-        assert (src.width, src.height) == (W, H)
+        assert (src.width, src.height) == ((H, W) if degrees % 180 else (W, H))
         rgb = next(iter(src)).rgb
-    want = CORNER[:, ::-1] if flip == "left-right" else CORNER[::-1]
-    assert np.abs(rgb.astype(int) - want).mean() < 8
+    want = np.rot90(CORNER[:, ::-1], degrees // 90) if flip == "left-right" else CORNER[::-1]
+    assert rgb.shape == want.shape and np.abs(rgb.astype(int) - want).mean() < 8
 
 
 def _pq(nits):
@@ -637,6 +642,33 @@ def test_two_runs_writing_one_output_at_once_keep_both(tmp_path, clip, caplog):
     (tmp_path / ".again.partial.mp4").write_bytes(b"left by a killed run")
     copy_through(clip, tmp_path / "again.mp4")
     assert probe(tmp_path / "again.mp4")[0] == 30 and not list(tmp_path.glob(".again.*"))
+
+
+def test_a_temp_file_renamed_away_under_the_lock_is_not_taken(tmp_path, monkeypatch):
+    """The race of two runs on one output: run B opens the hidden name while run A, finishing, renames its file
+    into place and lets go of its lock; B's lock then succeeds -- on A's finished output. B must see that the file
+    is no longer the name's (its inode) and leave it whole, not empty it as one left by a killed run."""
+    fcntl = pytest.importorskip("fcntl", reason="flock: POSIX only (Windows claims the name with O_EXCL)")
+    from streamssm.io import video as V
+
+    out = tmp_path / "out.mp4"
+    tmp_a, fd_a = V._claim_temp(out)
+    os.write(fd_a, b"A's finished video" * 100)
+    real_flock, done = fcntl.flock, []
+
+    def flock(fd, op):  # B's flock, at the worst moment: A renames its file into place and unlocks first
+        if not done:
+            done.append(V._move_into_place(tmp_a, out, replace=False))
+            os.close(fd_a)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    tmp_b, fd_b = V._claim_temp(out)
+    try:
+        assert done == [out] and out.stat().st_size == len(b"A's finished video") * 100  # A's output whole
+        assert os.fstat(fd_b).st_ino != out.stat().st_ino and tmp_b.exists()
+    finally:
+        os.close(fd_b)
 
 
 def test_sound_past_the_picture_and_extra_tracks_are_named(tmp_path, caplog):

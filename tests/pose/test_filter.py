@@ -429,6 +429,10 @@ def test_dropping_every_stream_puts_fps_back_to_the_value_given(order):
     assert g.fps == (30.0, 60.0)
     g.drop_streams([1, 0])
     assert g.fps == 30.0
+    g.step(x[0][:1])  # reset() of every stream likewise
+    g.add_streams(1, fps=60)
+    g.reset()
+    assert g.fps == 30.0 and g.state is None
 
 
 def test_model_step_checks_its_inputs_up_front():
