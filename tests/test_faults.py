@@ -42,11 +42,16 @@ def _signal_when(cmd: list[str], sig, ready, settle: float) -> subprocess.Comple
     """Start ``cmd``, wait until ``ready()`` (the output is being written), give it ``settle`` seconds more, send
     ``sig``.
 
-    The child gets SIGINT's default disposition back first: a test run started in the background (``cmd &``,
-    ``nohup``) hands its children an *ignored* SIGINT, and Python then installs no Ctrl-C handler at all -- the
-    run would finish and this harness would read that as the CLI ignoring Ctrl-C."""
+    The child gets SIGINT's and SIGHUP's default dispositions back first: a test run started in the background
+    (``cmd &``, ``nohup``) hands its children an *ignored* SIGINT (and, under ``nohup``, SIGHUP), and the CLI then
+    installs no handler for it (an ignored SIGHUP stays ignored, by design) -- the run would finish and this harness
+    would read that as the CLI ignoring the signal."""
+    def defaults():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         preexec_fn=defaults)
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < 120:
