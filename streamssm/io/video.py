@@ -913,7 +913,8 @@ def open_source(
     if _URL_RE.match(s):
         return _AVSource(s, is_url=True, timeout=timeout, **limits)
     if s.strip() == "-":
-        raise VideoIOError("-: reading a video from standard input is not supported; give a file, folder, URL or camera")
+        raise VideoIOError("-: reading a video from standard input is not supported; give a file, folder, URL or "
+                           "camera")
     p = Path(s).expanduser()
     if p.is_dir():
         if p.suffix.lower() in VIDEO_EXTENSIONS:

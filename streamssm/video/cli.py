@@ -617,7 +617,8 @@ def filter_video(
                                    "leave out --original (processed-only)")
         # the sound of PROCESSED; a per-frame tool often drops it, and then the original's, which the frames pair with
         audio = processed if P.audio else original if I is not None and I.audio else None
-        clock = _output_clock(P, I, audio == original and audio is not None, fps is not None and os.path.isdir(processed))
+        folder_fps = fps is not None and os.path.isdir(processed)
+        clock = _output_clock(P, I, audio is not None and audio == original, folder_fps)
         if clock is None:  # the user's --fps for the folder against the original's rate: its sound would drift
             audio, clock = None, P
         if filt is None:
