@@ -98,7 +98,7 @@ def equalize(frame: np.ndarray) -> np.ndarray:
 OPERATORS = {GAMMA_G: gamma, GAMMA_G_LOCKED: gamma, GAMMA_G + FLAT: gamma, EQ_G: equalize, EQ_G + FLAT: equalize}
 
 
-def no_elasticity(means, prev_means, sums_prev, first):
+def no_elasticity(g, p, g_prev, p_prev, sums_prev, first):
     """``guide_elasticity`` switched off: the exponent 1 on every frame (the guide's gain as it is), sums at 0."""
     return torch.ones(first.shape), torch.zeros_like(sums_prev)
 

@@ -1015,11 +1015,16 @@ def _stop_reason(exc_type) -> str:
     return f"an error: {exc_type.__name__}"
 
 
+def _beside(path: Path, tag: str, hidden: bool = False) -> Iterator[Path]:
+    """The names ``[.]<stem>.<tag><ext>``, ``[.]<stem>.<tag>-2<ext>``, ... beside ``path``, in turn (999 of them)."""
+    for i in range(1, 1000):
+        yield path.with_name(f"{'.' if hidden else ''}{path.stem}.{tag}{'' if i == 1 else f'-{i}'}{path.suffix}")
+
+
 def _partial_name(path: Path, tag: str = "partial") -> Path:
     """``<stem>.partial<ext>`` beside ``path`` (``.partial-2``, ... when taken): where an incomplete run
     goes when the output path holds a file that must not be replaced by it (``tag``: another word than partial)."""
-    for i in range(1, 1000):
-        cand = path.with_name(f"{path.stem}.{tag}{'' if i == 1 else f'-{i}'}{path.suffix}")
+    for cand in _beside(path, tag):
         if not cand.exists():
             return cand
     raise VideoIOError(f"{path}: too many {tag} outputs beside it; remove some")
@@ -1036,8 +1041,7 @@ def _claim_temp(path: Path) -> tuple[Path, int | None]:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         fcntl = None
-    for i in range(1, 1000):
-        tmp = path.with_name(f".{path.stem}.partial{'' if i == 1 else f'-{i}'}{path.suffix}")
+    for tmp in _beside(path, "partial", hidden=True):
         if fcntl is None:
             try:
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

@@ -358,33 +358,30 @@ def _restarts(fresh: Tensor, guided: bool, mode_prev: Tensor) -> Tensor:
     return torch.cat([fresh[:, :1] | changed[:, None], fresh[:, 1:]], 1)
 
 
-def exposure_gain(means: Tensor, prev_means: Tensor, level_prev: Tensor, first: Tensor, guided: bool,
+def exposure_gain(g: Tensor, p: Tensor, g_prev: Tensor | None, level_prev: Tensor, first: Tensor, guided: bool,
                   alpha: float) -> tuple[Tensor, Tensor]:
     """The exposure lock: a gain for each whole frame that takes out the fast part of a global brightness flicker,
     which the per-pixel blend leaves wherever the content moves (it blends little there).
 
-    A frame's level is its log mean brightness over the cells (``means`` (b, t, 6, gh, gw): the guide's cell means,
-    then P's), guided minus the original's, so that the level is the operator's gain; processed-only P's own, so a
-    lasting change of brightness is followed only as fast as the average moves. The average runs from ``level_prev``
-    (b,) (the state's) as ``level <- level + a (r - level)`` with ``a = alpha``, except guided while the original's
-    own brightness moves by ``d`` (log, from ``prev_means`` (b, 6, gh, gw), the state's cell means of the frame
-    before the clip): there ``a = 1 - (1 - alpha) exp(-|d| / EXPOSURE_FADE)``, near 1 in a fade, so that an operator
-    whose gain depends on the brightness (a gamma, a tone curve) is followed through the original's fades and exposure
-    changes instead of being held to its old gain. The ``first`` (b, t) frames (:func:`_restarts`) start the average
+    A frame's level is its log mean brightness (``p`` (b, t), :func:`brightness_records`'), guided minus the
+    original's (``g``), so that the level is the operator's gain; processed-only P's own, so a lasting change of
+    brightness is followed only as fast as the average moves. The average runs from ``level_prev`` (b,) (the
+    state's) as ``level <- level + a (r - level)`` with ``a = alpha``, except guided while the original's own
+    brightness moves by ``d = g - g_prev`` (``g_prev``: each frame's predecessor's; None processed-only): there
+    ``a = 1 - (1 - alpha) exp(-|d| / EXPOSURE_FADE)``, near 1 in a fade, so that an operator whose gain depends on
+    the brightness (a gamma, a tone curve) is followed through the original's fades and exposure changes instead of
+    being held to its old gain. The ``first`` (b, t) frames (:func:`_restarts`) start the average
     at their own level, and so does a frame more than ``EXPOSURE_JUMP`` from it (a light switched off, an exposure
     step: not flicker, which would otherwise be brightened back ~2.7x and clipped). ``alpha`` in [0, 1]: 0 off,
     smaller steadier, 1 follows every frame (as off). Returns the gains (b, t) = exp(average - level of the frame)
     (1 when off) and the last average (b,). ValueError for an ``alpha`` outside [0, 1] (a config set by hand)."""
     if not 0.0 <= alpha <= 1.0:  # also NaN
         raise ValueError(f"exposure_lock must be 0 (off) or a weight up to 1 such as 0.3, got {alpha}")
-    r, g = _frame_log_luma(means[:, :, 3:6]), _frame_log_luma(means[:, :, :3])
     on = alpha > 0
+    r = p - g if guided else p
     a = torch.full_like(r, alpha if on else 1.0)
-    if guided:
-        r = r - g
-        if on:
-            d = g - torch.cat([_frame_log_luma(prev_means[:, :3])[:, None], g[:, :-1]], 1)
-            a = 1.0 - (1.0 - alpha) * torch.exp(-d.abs() / EXPOSURE_FADE)
+    if guided and on:
+        a = 1.0 - (1.0 - alpha) * torch.exp(-(g - g_prev).abs() / EXPOSURE_FADE)
     level, gains = level_prev, []
     for i in range(r.shape[1]):  # off: the average is the level itself, ready for a lock switched on mid-stream
         jump = (r[:, i] - level).abs() > EXPOSURE_JUMP if on else first[:, i]
@@ -399,7 +396,8 @@ ELASTIC_RANGE = (0.0, 1.5)
 ELASTIC_SNAP = 0.02  # an exponent this close to 1 is 1: the gain raised to 0.98 moves a 10% brightness step by 0.2%
 
 
-def guide_elasticity(means: Tensor, prev_means: Tensor, sums_prev: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
+def guide_elasticity(g: Tensor, p: Tensor, g_prev: Tensor, p_prev: Tensor, sums_prev: Tensor, first: Tensor
+                     ) -> tuple[Tensor, Tensor]:
     """Guided: the exponent ``e`` (b, t) the blend raises :func:`guide_gain` to -- how the processed frame's
     brightness follows the original's.
 
@@ -408,8 +406,8 @@ def guide_elasticity(means: Tensor, prev_means: Tensor, sums_prev: Tensor, first
     equalisation hardly at all: there the gain ran ahead of P through the original's fades (7% too bright under the
     gamma, 14% under the equalisation on a moving shot), and on a still shot, whose blend has a long memory, stayed
     ahead for seconds (still 3.4% after 36 frames). ``e`` is fitted from the clip itself: per frame the changes of log
-    mean brightness of the original, ``d_i``, and of P, ``d_p`` (the frame before the clip's from ``prev_means``
-    (b, 6, gh, gw), the state's cell means; ``means`` (b, t, 6, gh, gw) as :func:`exposure_gain`'s), accumulated as
+    mean brightness of the original, ``d_i = g - g_prev``, and of P, ``d_p = p - p_prev`` (all (b, t), each frame's
+    and its predecessor's, :func:`brightness_records`'), accumulated as
     ``s_ip <- keep s_ip + d_i d_p`` and ``s_ii <- keep s_ii + d_i^2`` (``ELASTIC_KEEP``; from ``sums_prev`` (b, 2),
     the state's), and ``e = (s_ip + prior) / (s_ii + prior)`` clamped to ``ELASTIC_RANGE``. The operator's flicker
     in ``d_p`` does not follow ``d_i``, so it averages out; the prior (``ELASTIC_PRIOR``) keeps ``e`` near 1 until the
@@ -418,9 +416,7 @@ def guide_elasticity(means: Tensor, prev_means: Tensor, sums_prev: Tensor, first
     full-resolution power on the frames of a clip without fades: 2 ms of a 720p frame). One number per frame: a local
     operator's response is taken as its frame average. ``first`` (b, t) (:func:`_restarts`) start the sums over
     (e = 1). Returns ``e`` and the last sums (b, 2). Measured: ``benchmarks/video_fade.py``."""
-    li, lp = _frame_log_luma(means[:, :, :3]), _frame_log_luma(means[:, :, 3:6])
-    di = li - torch.cat([_frame_log_luma(prev_means[:, :3])[:, None], li[:, :-1]], 1)
-    dp = lp - torch.cat([_frame_log_luma(prev_means[:, 3:6])[:, None], lp[:, :-1]], 1)
+    di, dp = g - g_prev, p - p_prev
     sums, es = sums_prev, []
     for i in range(di.shape[1]):
         new = ELASTIC_KEEP * sums + torch.stack([di[:, i] * dp[:, i], di[:, i] * di[:, i]], 1)
@@ -436,12 +432,18 @@ def brightness_records(means: Tensor, state, fresh: Tensor, guided: bool, alpha:
     guide elasticity's sums), its cell means (``state[0]``) and mode (``state[2]``): the exposure lock's gains (b, t)
     (:func:`exposure_gain`), guided the exponents on the guide's gain (b, t) (:func:`guide_elasticity`; None
     processed-only, where the sums rest at 0) and the new ``state[7]`` (b, 3). ``means`` (b, t, 6, gh, gw) float32,
-    ``fresh`` (b, t). The one place both steps read and write ``state[7]``."""
-    first, prev_means = _restarts(fresh, guided, state[2]), state[0][:, N_PARAMS:]
-    egain, level = exposure_gain(means, prev_means, state[7][:, 0], first, guided, alpha)
+    ``fresh`` (b, t). The one place both steps read and write ``state[7]``, and where the frames' log mean brightness
+    (guide's and P's, and guided their predecessors') is taken, once for both records."""
+    first = _restarts(fresh, guided, state[2])
+    g, p = _frame_log_luma(means[:, :, :3]), _frame_log_luma(means[:, :, 3:6])
+    g_prev = p_prev = None
+    if guided:  # each frame's predecessor: the clip's first from the state's cell means (guide's, then P's)
+        g_prev, p_prev = (torch.cat([_frame_log_luma(state[0][:, N_PARAMS + k : N_PARAMS + k + 3])[:, None],
+                                     x[:, :-1]], 1) for k, x in ((0, g), (3, p)))
+    egain, level = exposure_gain(g, p, g_prev, state[7][:, 0], first, guided, alpha)
     elast, sums = None, torch.zeros_like(state[7][:, 1:])
     if guided:
-        elast, sums = guide_elasticity(means, prev_means, state[7][:, 1:], first)
+        elast, sums = guide_elasticity(g, p, g_prev, p_prev, state[7][:, 1:], first)
     return egain, elast, torch.cat([level[:, None], sums], 1)
 
 

@@ -396,7 +396,8 @@ def test_guided_fade_under_an_operator_that_does_not_scale_with_its_input(fast, 
     import streamssm.video.model as vm
 
     # off for both steps: they read it through brightness_records
-    monkeypatch.setattr(vm, "guide_elasticity", lambda m, pm, s, first: (torch.ones(first.shape), torch.zeros_like(s)))
+    monkeypatch.setattr(vm, "guide_elasticity",
+                        lambda g, p, g0, p0, sums, first: (torch.ones(first.shape), torch.zeros_like(sums)))
     e_off = err(_scan(model, P, I, fast))
     assert float(e.max()) < float(e_off.max()) - 0.03 and float(e[-1]) < 0.5 * float(e_off[-1]), (e, e_off)
     assert operator != "gamma 0.5" or float(e.max()) < 0.015, e
