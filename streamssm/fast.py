@@ -174,20 +174,23 @@ class _StaticStep:
         # on the device already: the mode is for the eager body only.
         consts = contextlib.nullcontext() if self.compiled else self.consts
         snapshot = [s.clone() for s in self.state]
-        cur = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(cur)
-        with torch.no_grad(), torch.cuda.stream(side), consts:
-            for _ in range(WARMUP_STEPS):
-                self._call()
-        cur.wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        consts = contextlib.nullcontext() if self.compiled else self.consts
-        with torch.no_grad(), consts, torch.cuda.graph(graph):
-            out = self._call()
-        for s, v in zip(self.state, snapshot):  # warm-up advanced the stream: put it back
-            s.copy_(v)
+        try:
+            cur = torch.cuda.current_stream(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(cur)
+            with torch.no_grad(), torch.cuda.stream(side), consts:
+                for _ in range(WARMUP_STEPS):
+                    self._call()
+            cur.wait_stream(side)
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            consts = contextlib.nullcontext() if self.compiled else self.consts
+            with torch.no_grad(), consts, torch.cuda.graph(graph):
+                out = self._call()
+        finally:  # the warm-up advanced the stream, whether or not the capture then worked: put it back
+            with torch.no_grad():
+                for s, v in zip(self.state, snapshot):
+                    s.copy_(v)
         self.graph, self.out = graph, out
 
     def __call__(self) -> Tensor:

@@ -255,6 +255,32 @@ def test_gpu_recapture_on_shape_change_and_reset():
 
 @pytest.mark.gpu
 @needs_cuda
+def test_gpu_failed_capture_leaves_the_state_as_it_was(monkeypatch):
+    """The capture's warm-up steps advance the static state; a capture that then fails (CUDA out of memory, say)
+    must still put the state back, so the stream goes on from where it was."""
+    m = video_model("torch").cuda()
+    frames = clip(1, 64, 96, steps=4)
+    _, state = eager_video(m, frames[:3], device="cuda")
+    fast = FastVideoStep(m, 64, 96, dtype=torch.float32, compile=False)
+    fast.set_state(state)
+    before = fast.get_state()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.cuda, "graph", fail)
+        with pytest.raises(RuntimeError, match="simulated"):
+            fast.step(frames[3][0].cuda(), frames[3][1].cuda())
+    for i, (a, b) in enumerate(zip(fast.state, before)):
+        assert torch.equal(a, b), f"state[{i}] changed by the failed capture"
+    want, _ = eager_video(m, frames, device="cuda")
+    assert_rel_close(fast.step(frames[3][0].cuda(), frames[3][1].cuda()), want[3], tol=FAST_TOL[torch.float32],
+                     what="the step after a failed capture")
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_uint8_sync_and_pipelined():
     m = video_model("torch").cuda()
     frames = [(_to_u8(P), _to_u8(I)) for P, I in clip(2, 64, 96, steps=6)]

@@ -32,11 +32,13 @@ Design notes (why the code looks the way it does):
   exactly; an untagged input is read as BT.601 (OpenCV's convention) and, with ``open_sink(untagged=True)``
   (the CLI passes the source's ``untagged``), its output is written untagged BT.601 again, so a player shows
   the two alike whatever it guesses.
-- **Audio is carried over untouched.** With ``audio_from=...`` the first audio stream's packets are
-  remuxed without re-encoding, interleaved with the video as it is written and trimmed to the video
-  duration (so an interrupted run does not leave ten seconds of sound under one second of
-  picture). If the output container cannot hold that codec (AAC in WebM, say) it is re-encoded to
-  AAC (Opus for WebM) and a log line says so.
+- **Audio is carried over untouched.** With ``audio_from=...`` every audio stream's packets are
+  remuxed without re-encoding, in order and with their language (and title), interleaved with the video as it
+  is written. A run that wrote the whole source (:meth:`FrameSink.hold_last_until` was called) keeps the sound
+  that runs on past the last frame, as the source has it (as ffmpeg does); any other run (interrupted, or the
+  first frames only) has it cut where the picture ends (so an interrupted run does not leave ten seconds of
+  sound under one second of picture). A track whose codec the output container cannot hold (AAC in WebM, say)
+  is re-encoded to AAC (Opus for WebM) and a log line says so.
 - **Atomic, playable-on-interruption output, and nothing of the user's lost.** Video is written to
   ``.<stem>.partial<ext>`` in the output directory; :meth:`FrameSink.close` (also run by ``__exit__``
   on any exception, including ``KeyboardInterrupt`` and, with :func:`sigterm_as_exception`,
@@ -56,10 +58,12 @@ Design notes (why the code looks the way it does):
     taken while it ran (the other run finished first) goes beside it as ``<stem>.new<ext>``, with a warning --
     unless both were told to replace an existing output (``overwrite=True``): then the last to finish does.
 
-  PNG frames are written to a temporary name and renamed one by one; with ``overwrite=True`` over
-  a folder that already holds frames, the new frames go to a hidden ``.<name>.partial/`` staging
-  folder that replaces the old frames only on a complete run (an interrupted one is kept as
-  ``<name>.partial/``).
+  PNG frames are written, each to a temporary name renamed when whole, into a hidden staging folder of the run's
+  own inside the output folder (``.frames.partial/``; ``.frames.partial-2/`` for a second run writing the same
+  folder at once; each is locked while its run lasts, and one left by a killed run is emptied by the next), and
+  moved into place when the sink is closed, the same way: old frames (``overwrite=True``) are replaced only by a
+  complete run (an interrupted one's go to ``<name>.partial/`` beside them), and frames another run put there
+  while this one was writing are kept, this run's going to ``<name>.new/`` with a warning.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ import queue
 import re
 import shutil
 import signal
+import stat
 import threading
 import time
 from fractions import Fraction
@@ -976,8 +981,8 @@ class FrameSink:
     def hold_last_until(self, end: float | None) -> None:
         """Show the last frame until ``end`` (s, on the frames' clock) when the output is closed complete: the
         source's last frame was held longer than a frame period (a screen recording's). Called once the whole source
-        was written (not after ``--max-frames``): a video sink then also warns if the sound runs on past the picture.
-        Default: nothing."""
+        was written (not after ``--max-frames``): a video sink then also keeps the sound that runs on past the picture
+        (cut at the picture's end otherwise). Default: nothing."""
 
     def close(self, partial: bool = False) -> None:  # pragma: no cover
         """Finalise. ``partial=True``: the run did not complete (see the module docstring)."""
@@ -1336,50 +1341,25 @@ class _VideoSink(FrameSink):
             self._audio.close()
 
 
-class _AudioCarrier:
-    """Copies the first audio stream of ``src`` into ``out``, interleaved and trimmed to the video's end."""
+class _AudioTrack:
+    """One audio stream of the source in the output: its packets copied where the output container holds its codec,
+    else decoded and re-encoded (AAC; Opus in WebM), on the output's clock (the source's picture starts at zero)."""
 
-    def __init__(self, src, out, out_path: str):
+    def __init__(self, ia, out, v0: Fraction, out_path: str):
         import av
 
-        self._in = None
-        self._out = out
-        self._pending = None
-        self.stream = None
-        src = os.fspath(src)
-        if src.startswith(_LIVE_PREFIX):
-            src = src[len(_LIVE_PREFIX) :]
-        if not os.path.isfile(src):
-            log.info("%s: audio_from=%s is not a file; writing video only", out_path, src)
-            return
-        try:
-            self._in = av.open(src)
-        except av.FFmpegError as e:
-            raise VideoIOError(f"{src}: cannot read audio for {out_path}: {e}") from e
-        if not self._in.streams.audio:
-            log.info("%s: %s has no audio stream; writing video only", out_path, src)
-            self._in.close()
-            self._in = None
-            return
-        ia = self._in.streams.audio[0]
-        self._ia = ia
-        lang = ia.metadata.get("language")
-        if len(self._in.streams.audio) > 1:
-            log.warning("%s: %s has %d audio tracks; only the first%s is kept", out_path, src,
-                        len(self._in.streams.audio), f" ({lang})" if lang else "")
-        # Our output video starts at t=0 where the input's video started; shift audio the same way.
-        vids = self._in.streams.video
-        v0 = vids[0].start_time * vids[0].time_base if vids and vids[0].start_time is not None else 0
-        self._shift = int(round(Fraction(v0) / ia.time_base)) if ia.time_base else 0
+        self.ia, self._out = ia, out
+        self.shift = int(round(v0 / ia.time_base)) if ia.time_base else 0
+        self.end: float | None = None  # where the sound muxed so far ends (s, the output's clock)
+        self._placed = False  # re-encoding: the first samples are placed against the picture (_aligned)
         fmt = out.format.name
         try:
             self._probe(fmt, ia)
-            can_copy = True
+            self.copy = True
         except (ValueError, av.FFmpegError):
-            can_copy = False
-        if can_copy:
+            self.copy = False
+        if self.copy:
             self.stream = out.add_stream_from_template(ia)
-            self._copy = True
         else:
             codec = "libopus" if fmt == "webm" else "aac"
             rate = ia.codec_context.sample_rate
@@ -1387,21 +1367,19 @@ class _AudioCarrier:
                 rate = 48000
             layout = ia.codec_context.layout.name if ia.codec_context.layout else "stereo"
             self.stream = out.add_stream(codec, rate=rate, layout=layout)
-            self._copy = False
             self._resampler = av.AudioResampler(
                 format=self.stream.codec_context.codec.audio_formats[0].name,
                 layout=layout,
                 rate=rate,
                 frame_size=self.stream.codec_context.frame_size or None,
             )
-            log.warning(
-                "%s: %s cannot hold %s audio; re-encoding it to %s", out_path, fmt, ia.codec_context.name, codec
-            )
-        if lang:
-            self.stream.metadata["language"] = lang
-        self._src, self._out_path = src, out_path
-        self._packets = self._in.demux(ia)
-        self._placed = False  # re-encoding: the first samples are placed against the picture (_aligned)
+            log.warning("%s: %s cannot hold %s audio; re-encoding it to %s", out_path, fmt, ia.codec_context.name,
+                        codec)
+        for key in ("language", "title", "handler_name"):  # as ffmpeg keeps them (a player's track menu shows them)
+            if ia.metadata.get(key):
+                self.stream.metadata[key] = ia.metadata[key]
+        with contextlib.suppress(AttributeError, TypeError, ValueError):  # the default track stays the default
+            self.stream.disposition = ia.disposition
 
     @staticmethod
     def _probe(fmt: str, ia) -> None:
@@ -1413,48 +1391,28 @@ class _AudioCarrier:
             probe.add_stream_from_template(ia)
             probe.start_encoding()
 
-    def _next(self):
-        if self._pending is not None:
-            p, self._pending = self._pending, None
-            return p
-        for p in self._packets:
-            if p.dts is None and p.pts is None:
-                continue  # flush packet
-            return p
-        return None
+    def start(self, p) -> Fraction:
+        """Where packet ``p`` starts on the output's clock (s)."""
+        return ((p.pts if p.pts is not None else p.dts) - self.shift) * self.ia.time_base
 
-    def pump(self, until: float) -> None:
-        """Mux audio up to ``until`` seconds (a packet that starts before it is kept whole).
-
-        Packets before t=0 (AAC encoder priming, audio that starts before the picture) are kept
-        with negative timestamps; the muxer turns them into an edit list.
-        """
-        if self._in is None:
+    def mux(self, p, start) -> None:
+        """Packet ``p`` (starting at ``start``) into the output: copied, or decoded and re-encoded."""
+        stop = start + (p.duration or 0) * self.ia.time_base
+        self.end = stop if self.end is None else max(self.end, stop)
+        if self.copy:
+            if p.pts is not None:
+                p.pts -= self.shift
+            if p.dts is not None:
+                p.dts -= self.shift
+            p.stream = self.stream
+            self._out.mux(p)
             return
-        tb = self._ia.time_base
-        while True:
-            p = self._next()
-            if p is None:
-                return
-            start = ((p.pts if p.pts is not None else p.dts) - self._shift) * tb
-            if start >= until:
-                self._pending = p
-                return
-            if self._copy:
-                if p.pts is not None:
-                    p.pts -= self._shift
-                if p.dts is not None:
-                    p.dts -= self._shift
-                p.stream = self.stream
-                self._out.mux(p)
-            else:
-                for frame in p.decode():
-                    for piece in self._aligned(frame, start):
-                        for rf in self._resampler.resample(piece):
-                            for q in self.stream.encode(rf):
-                                self._out.mux(q)
+        for frame in p.decode():
+            for piece in self._aligned(frame, start):
+                for rf in self._resampler.resample(piece):
+                    self._out.mux(self.stream.encode(rf))
 
-    def _aligned(self, frame, start: float) -> list:
+    def _aligned(self, frame, start) -> list:
         """A decoded frame to re-encode, re-timed contiguously (pts None) but placed against the picture first:
         the re-encoded track starts at the output's zero, so samples from before the picture's start are cut
         off, and a track that starts after the picture gets silence in front (with ``pts = None`` alone, audio
@@ -1488,28 +1446,110 @@ class _AudioCarrier:
             out.append(f)
         return out
 
-    def finish(self, until: float, complete: bool = True) -> None:
-        """Mux the rest up to ``until`` (the picture's end) and flush. ``complete``: the whole source was written, so
-        sound that runs on past the picture (cut off here, as the picture ends) gets a warning; a run that was
-        interrupted or asked for the first frames only has it cut silently."""
+    def flush(self) -> None:
+        """The re-encoder's last samples into the output."""
+        if not self.copy:
+            for rf in self._resampler.resample(None):
+                self._out.mux(self.stream.encode(rf))
+            self._out.mux(self.stream.encode(None))
+
+
+class _AudioCarrier:
+    """Copies every audio stream of ``src`` into ``out``, in order, interleaved with the video as it is written.
+
+    One demux over all the audio streams: each packet goes to its track (:class:`_AudioTrack`), up to the picture
+    written so far (a packet starting later waits, pending). :meth:`finish` keeps the sound that runs on past the
+    last frame when the whole source was written, as the source has it (as ffmpeg does), and cuts it where the
+    picture ends otherwise (an interrupted run, or the first frames only)."""
+
+    def __init__(self, src, out, out_path: str):
+        import av
+
+        self._in = None
+        self._pending = None
+        self._tracks: dict[int, _AudioTrack] = {}
+        src = os.fspath(src)
+        if src.startswith(_LIVE_PREFIX):
+            src = src[len(_LIVE_PREFIX) :]
+        if not os.path.isfile(src):
+            log.info("%s: audio_from=%s is not a file; writing video only", out_path, src)
+            return
+        try:
+            self._in = av.open(src)
+        except av.FFmpegError as e:
+            raise VideoIOError(f"{src}: cannot read audio for {out_path}: {e}") from e
+        if not self._in.streams.audio:
+            log.info("%s: %s has no audio stream; writing video only", out_path, src)
+            self._in.close()
+            self._in = None
+            return
+        # Our output video starts at t=0 where the input's video started; shift audio the same way.
+        vids = self._in.streams.video
+        v0 = Fraction(vids[0].start_time * vids[0].time_base) if vids and vids[0].start_time is not None else 0
+        for ia in self._in.streams.audio:
+            try:
+                self._tracks[ia.index] = _AudioTrack(ia, out, v0, out_path)
+            except (ValueError, av.FFmpegError) as e:  # one odd track does not cost the others (or the run)
+                log.warning("%s: audio track %d of %s can be neither copied nor re-encoded (%s); left out", out_path,
+                            ia.index, src, e)
+        self._src, self._out_path = src, out_path
+        if not self._tracks:
+            self.close()
+            return
+        self._packets = self._in.demux(*(t.ia for t in self._tracks.values()))
+
+    def _next(self):
+        if self._pending is not None:
+            p, self._pending = self._pending, None
+            return p
+        for p in self._packets:
+            if p.dts is None and p.pts is None:
+                continue  # flush packet
+            return p
+        return None
+
+    def pump(self, until: float) -> None:
+        """Mux audio up to ``until`` seconds (a packet that starts before it is kept whole).
+
+        Packets before t=0 (AAC encoder priming, audio that starts before the picture) are kept
+        with negative timestamps; the muxer turns them into an edit list.
+        """
         if self._in is None:
             return
-        self.pump(until)
-        if complete and self._pending is not None:
-            tb, end = self._ia.time_base, None
-            for p in [self._pending, *self._packets]:
-                if p.pts is not None:
-                    end = max(end or 0, (p.pts - self._shift + (p.duration or 0)) * tb)
-            if end is not None and end - until > 0.1:
-                log.warning("%s: the sound of %s runs %.2f s past the last frame; it is cut where the picture ends "
-                            "(%.2f s)", self._out_path, self._src, float(end - until), until)
-            self._pending = None
-        if not self._copy:
-            for rf in self._resampler.resample(None):
-                for q in self.stream.encode(rf):
-                    self._out.mux(q)
-            for q in self.stream.encode(None):
-                self._out.mux(q)
+        while (p := self._next()) is not None:
+            track = self._tracks[p.stream.index]
+            start = track.start(p)
+            if start >= until:
+                self._pending = p
+                return
+            track.mux(p, start)
+
+    def finish(self, until: float, complete: bool = True) -> None:
+        """Mux the rest and flush. ``complete``: the whole source was written, so every track is kept to its end,
+        past the picture's end (``until``, s) where the source's sound runs on; else (an interrupted run, or the
+        first frames only) each track is cut where the picture ends."""
+        if self._in is None:
+            return
+        if complete:
+            self.pump(float("inf"))
+            end = max((t.end for t in self._tracks.values() if t.end is not None), default=until)
+            if end - until > 0.1:
+                log.info("%s: the sound runs %.2f s past the last frame (%.2f s), as in %s", self._out_path,
+                         float(end - until), until, self._src)
+        else:
+            self.pump(until)
+            # the other tracks' packets from before the cut that come after the pending one in the file
+            passed = set()
+            while len(passed) < len(self._tracks) and (p := self._next()) is not None:
+                track = self._tracks[p.stream.index]
+                start = track.start(p)
+                if start >= until:
+                    passed.add(p.stream.index)
+                else:
+                    track.mux(p, start)
+        self._pending = None
+        for track in self._tracks.values():
+            track.flush()
 
     def close(self) -> None:
         if self._in is not None:
@@ -1518,14 +1558,98 @@ class _AudioCarrier:
             self._in = None
 
 
+def _claim_staging(folder: Path) -> tuple[Path, int | None]:
+    """The hidden folder a PNG sink writes its frames into before they are moved into ``folder``,
+    ``.frames.partial`` inside it, created and held under an exclusive lock (``flock`` on the folder) while the run
+    lasts, with the open descriptor: a second run writing the same folder at once takes ``.frames.partial-2``, as
+    :func:`_claim_temp` does for a file. One left by a killed run holds no lock: it is emptied and reused. Inside
+    the output folder, not beside it, so a folder that is writable in a parent that is not still takes frames. Where
+    there is no ``flock`` (Windows, some network shares) only a folder this run created is taken (None: no lock),
+    so two runs never share one; a killed run's is then left."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    for tmp in _beside(folder / "frames", "partial", hidden=True):
+        try:
+            tmp.mkdir()
+            made = True
+        except FileExistsError:
+            made = False
+        if fcntl is None:
+            if made:
+                return tmp, None
+            continue
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:  # a finishing run moved it away meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another run's, under way
+            os.close(fd)
+            continue
+        except OSError:  # a file system without flock (ENOLCK, EOPNOTSUPP): only a folder this run made is its own
+            os.close(fd)
+            if made:
+                return tmp, None
+            continue
+        try:
+            own, now = os.fstat(fd), os.stat(tmp)
+            if not stat.S_ISDIR(own.st_mode) or (own.st_ino, own.st_dev) != (now.st_ino, now.st_dev):
+                raise FileNotFoundError(tmp)  # not a folder, or a finishing run moved it away meanwhile
+            if not made:  # one left by a killed run
+                for f in tmp.glob("*.png"):
+                    f.unlink()
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        return tmp, fd
+    raise VideoIOError(f"{folder}: too many runs writing it at once")
+
+
+def _lock_folder(folder: Path, wait: float = 0.0) -> tuple[bool, int | None]:
+    """An exclusive ``flock`` on ``folder``, tried for up to ``wait`` seconds: (taken, descriptor to close). (True,
+    None) where there is no ``flock`` (Windows, some network shares) or the folder cannot be opened: unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True, None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder this user may write but not list: unlocked
+        return True, None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True, fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return False, None
+            time.sleep(0.05)
+        except OSError:  # a file system without flock (ENOLCK, EOPNOTSUPP): unlocked
+            os.close(fd)
+            return True, None
+
+
 class _PngFolderSink(FrameSink):
-    """``frame_000000.png``, ... ; each file is written under a temporary name and renamed."""
+    """``frame_000000.png``, ... in a folder, each file under a temporary name renamed when whole. A run into a
+    folder without frames writes straight into it, holding a lock on it (``flock``) while it runs, so what it wrote
+    is in place however it ends. A run that would replace frames (``overwrite``), or that finds the folder locked by
+    another run under way, writes into a hidden staging folder of its own (:func:`_claim_staging`), which
+    :meth:`close` moves into place: two runs writing one folder at once never mix their frames."""
 
     def __init__(self, folder: Path, *, rate, width, height, overwrite: bool):
         self.path = str(folder)
         self.width, self.height, self.rate = width, height, rate
         self.frames_written = 0
         self._closed = False
+        self._lock = None
         if folder.exists() and not folder.is_dir():
             raise VideoIOError(f"{folder}: exists and is not a directory; expected an output folder")
         existing = sorted(folder.glob("frame_*.png")) if folder.is_dir() else []
@@ -1537,21 +1661,29 @@ class _PngFolderSink(FrameSink):
         if not folder.parent.is_dir():
             raise VideoIOError(f"{folder}: parent directory {folder.parent} does not exist")
         self._target = folder
-        # Old frames are replaced only by a complete run: until then the new ones are staged.
-        self._staging = folder.with_name(f".{folder.name}.partial") if existing else None
+        self._existed = bool(existing)  # old frames: replaced only by a complete run
         try:
             folder.mkdir(exist_ok=True)
             probe = folder / ".streamssm_write_test"
             probe.write_bytes(b"")
-            probe.unlink()
-            if self._staging is not None:
-                if self._staging.exists():  # left by a crashed run: ours, safe to clear
-                    for f in self._staging.glob("*.png"):
-                        f.unlink()
-                self._staging.mkdir(exist_ok=True)
+            probe.unlink(missing_ok=True)  # another run's probe, at the same moment
+            self._direct = False
+            if not existing:
+                taken, fd = _lock_folder(folder)
+                if taken and any(folder.glob("frame_*.png")):  # a staged run put frames there meanwhile
+                    if fd is not None:
+                        os.close(fd)
+                    taken = False
+                    self._existed = overwrite
+                    if not overwrite:
+                        raise VideoIOError(f"{folder}: another run has just written frames into it; pass "
+                                           "--overwrite (in Python: overwrite=True) to replace them")
+                if taken:  # ours alone: the frames go straight in (the lock is let go by close())
+                    self._folder, self._lock, self._direct = folder, fd, True
+            if not self._direct:
+                self._folder, self._lock = _claim_staging(folder)  # the lock is let go once the frames are in place
         except OSError as e:
             raise VideoIOError(f"{folder}: output folder is not writable: {e}") from e
-        self._folder = self._staging or folder
 
     def write(self, rgb: np.ndarray, timestamp: float | None = None) -> None:
         import cv2
@@ -1576,29 +1708,61 @@ class _PngFolderSink(FrameSink):
         self.frames_written += 1
 
     def close(self, partial: bool = False) -> None:
+        """Move the frames into the folder (idempotent). Frames that were there when the run began
+        (``overwrite``) are replaced only by a complete run: an incomplete one's go beside them to
+        ``<name>.partial``. Frames another run put there while this one wrote (it finished first) are never
+        replaced: this run's go beside them to ``<name>.new``, with a warning."""
         if self._closed:
             return
         self._closed = True
-        if self._staging is None:
-            self.final_path = self.path if self.frames_written else None
-            return
-        staged = sorted(self._staging.glob("frame_*.png"))
-        if not staged:
-            shutil.rmtree(self._staging, ignore_errors=True)
-            return
-        if partial:
-            keep = _partial_name(self._target)
-            os.replace(self._staging, keep)
-            log.warning("%s: run incomplete; the existing frames are kept and the %d new ones go to %s",
-                        self.path, self.frames_written, keep)
-            self.final_path = str(keep)
-            return
-        for f in self._target.glob("frame_*.png"):  # stale frames from the earlier run
+        try:
+            if self._direct:
+                self.final_path = self.path if self.frames_written else None
+                return
+            if not self.frames_written:
+                shutil.rmtree(self._folder, ignore_errors=True)
+                return
+            self.final_path = str(self._folder)  # should the move fail
+            try:
+                self._target.mkdir(exist_ok=True)  # removed meanwhile?
+                # Runs finishing at once take turns (the move is brief); a run writing straight into the folder
+                # holds it for its whole run: then this one's frames go beside it.
+                free, fd = _lock_folder(self._target, wait=2.0)
+                try:
+                    self.final_path = str(self._place(partial, taken=not free))
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+            except OSError as e:
+                raise VideoIOError(f"{self.path}: cannot move the {self.frames_written} frames into place ({e}); "
+                                   f"they are in {self.final_path}") from e
+        finally:
+            if self._lock is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._lock)
+                self._lock = None
+
+    def _place(self, partial: bool, taken: bool) -> Path:
+        """The staged frames into place, under the folder's lock (:meth:`close`; ``taken``: another run holds the
+        folder); where they went."""
+        target = self._target
+        taken = taken or (not self._existed and any(target.glob("frame_*.png")))  # another run's, finished first
+        if taken or (partial and self._existed):
+            keep = _partial_name(target, "new" if taken else "partial")
+            os.rename(self._folder, keep)
+            if taken:
+                log.warning("%s gained frames while this run was writing it, or another run is writing it; they are "
+                            "kept, and this run's %d frames go to %s", self.path, self.frames_written, keep)
+            else:
+                log.warning("%s: run incomplete; the existing frames are kept and the %d new ones go to %s",
+                            self.path, self.frames_written, keep)
+            return keep
+        for f in target.glob("frame_*.png"):  # the earlier run's frames (overwrite)
             f.unlink()
-        for f in staged:
-            os.replace(f, self._target / f.name)
-        shutil.rmtree(self._staging, ignore_errors=True)
-        self.final_path = self.path
+        for f in sorted(self._folder.glob("frame_*.png")):
+            os.replace(f, target / f.name)
+        shutil.rmtree(self._folder, ignore_errors=True)
+        return target
 
 
 def open_sink(

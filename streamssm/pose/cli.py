@@ -354,6 +354,7 @@ def _run_video(args, inp: Path, out: Path) -> int:
                             cv2.line(img, tuple(int(v) for v in pts[a]), tuple(int(v) for v in pts[b]), colour, 2,
                                      cv2.LINE_AA)
                 sink.write(img, frame.timestamp)
+            sink.hold_last_until(src.end)  # the whole video was read: its sound is kept whole, as is its last frame
     if not raw_all:
         raise ValueError(f"{inp}: no frames decoded")
     raw_all, out_all = np.stack(raw_all), np.stack(out_all)

@@ -7,7 +7,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -145,6 +145,17 @@ def _check_same_size(frame: np.ndarray, original: np.ndarray | None) -> None:
                          f"{frame.shape[1]}x{frame.shape[0]}: they must be the same size")
 
 
+class _Checkpoint(NamedTuple):
+    """What a failed call gives back (:meth:`VideoFilter._checkpoint`): the state, the stream key, the clock, the
+    frame count, and the CUDA graph of the running stream with the strength its device scalar holds."""
+    state: tuple[Tensor, ...] | None
+    key: tuple | None
+    last_t: float | None
+    frames_seen: int
+    graph: Any
+    graph_strength: float
+
+
 class VideoFilter:
     """Causal deflicker for processed video, one frame at a time or a whole clip at once.
 
@@ -265,6 +276,21 @@ class VideoFilter:
         return self.__dict__
 
     # ------------------------------------------------------------------------------- plumbing
+    def _checkpoint(self, copy: bool = False) -> _Checkpoint:
+        """The filter as it is, for :meth:`_rollback` after a call that fails part way. ``copy``: the state's tensors
+        cloned, for a call that may step the CUDA graph, whose static buffers *are* ``self.state`` while it runs and
+        change in place; otherwise references (every other step makes new state tensors)."""
+        state = self.state
+        if copy and state is not None:
+            state = tuple(s.clone() for s in state)
+        return _Checkpoint(state, self._key, self._last_t, self.frames_seen, self._graph, self._graph_strength)
+
+    def _rollback(self, cp: _Checkpoint) -> None:
+        """Back to ``cp``. A state that is not the graph's static buffers (a clone) is copied into them by the next
+        graph step (``_step_uint8_graph``: ``g.set_state`` when ``self.state is not g.state``)."""
+        self.state, self._key, self._last_t, self.frames_seen = cp.state, cp.key, cp.last_t, cp.frames_seen
+        self._graph, self._graph_strength = cp.graph, cp.graph_strength
+
     def _stream_key(self, b: int, h: int, w: int) -> None:
         key = (b, h, w)
         if self._key is not None and self._key != key and self.state is not None:
@@ -383,25 +409,35 @@ class VideoFilter:
 
         _check_same_size(frame, original)
         h, w = frame.shape[:2]
-        self._admit(h, w, timestamp)
-        self._stream_key(1, h, w)
         guided = original is not None
-        g = self._graph
-        if g is None or g.key != (1, h, w, guided):
-            if g is not None and g.key[:3] == (1, h, w) and self.state is g.state:
-                self.state = g.get_state()  # guided <-> processed-only: same state layout, carried over
-            dtype = torch.float16 if self.half else torch.float32
-            g = self._graph = FastVideoStep(self.model, h, w, 1, guided, dtype=dtype, compile=False, cuda_graph=True,
-                                            strength=self.strength)
-            self._graph_strength = self.strength
-        if self.state is None:
-            g.reset()
-        elif self.state is not g.state:
-            g.set_state(self.state)
-        if self._graph_strength != self.strength:  # a device write only when it changes, not every frame
-            g.set_strength(self.strength)
-            self._graph_strength = self.strength
-        out = g.step_uint8(frame, original)
+        before = self._checkpoint()  # references: nothing changes these tensors in place before `touched` is set
+        self._admit(h, w, timestamp)  # the last check (size, clock): a refused frame has changed nothing
+        g, touched = self._graph, None
+        try:
+            self._stream_key(1, h, w)
+            if g is None or g.key != (1, h, w, guided):
+                if g is not None and g.key[:3] == (1, h, w) and self.state is g.state:
+                    self.state = g.get_state()  # guided <-> processed-only: same state layout, carried over
+                dtype = torch.float16 if self.half else torch.float32
+                g = self._graph = FastVideoStep(self.model, h, w, 1, guided, dtype=dtype, compile=False,
+                                                cuda_graph=True, strength=self.strength)
+                self._graph_strength = self.strength
+            touched = g  # from here on g's static state changes in place (reset, set_state, the capture's warm-up)
+            if self.state is None:
+                g.reset()
+            elif self.state is not g.state:
+                g.set_state(self.state)
+            if self._graph_strength != self.strength:  # a device write only when it changes, not every frame
+                g.set_strength(self.strength)
+                self._graph_strength = self.strength
+            out = g.step_uint8(frame, original)
+        except BaseException:
+            # Building or capturing a graph failed (CUDA out of memory, say): the filter as it was, clock included.
+            # Not when the buffers changed in place were the state held before (the running graph's replay failed):
+            # undoing that would take a copy of the state every frame.
+            if before.state is None or touched is None or before.state is not touched.state:
+                self._rollback(before)
+            raise
         self.state = g.state
         self.frames_seen += 1
         return out
@@ -464,7 +500,11 @@ class VideoFilter:
         with ``fast``, frame by frame through the fast step, which is quicker there than the scan.) It reads
         every frame first and returns a list, so the whole clip, in and out, is in memory: for a long clip or a
         decoder's generator call :meth:`step` (or :meth:`push`) frame by frame, as ``streamssm video`` does.
-        Frames are checked a chunk at a time: a refused frame leaves the state after the chunks before its own."""
+        Frames are checked a chunk at a time, but a call is all or nothing: a refused frame (or any other error) in
+        any chunk leaves the filter exactly as it was before the call (state, frame size, clock, ``frames_seen``).
+        Not while a frame given to :meth:`push` is in flight (RuntimeError: :meth:`flush` first)."""
+        if self._pipe is not None or self._queued is not None:
+            raise RuntimeError("a frame given to push() is still in flight: call flush() before filter()")
         if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
             raise ValueError(f"chunk must be a positive whole number of frames, got {chunk!r}")
         frames = list(frames)
@@ -482,25 +522,30 @@ class VideoFilter:
             raise ValueError("filter() takes H x W x 3 frames (numpy, or CPU tensors in that layout); for (B, 3, H, W) "
                              "or CUDA tensors call step() frame by frame, or the model's parallel scan, "
                              "VideoFilter.model(P, I, state) on (B, T, 3, H, W)")
-        out = []
-        for s in range(0, len(frames), chunk):
-            ps = [frame_to_float(_image_in(f), f"frame {s + i}") for i, f in enumerate(frames[s : s + chunk])]
-            sizes = {p.shape for p, _ in ps}
-            if len(sizes) != 1:
-                # a size change inside the chunk: fall back to frame-by-frame, which resets with a warning
-                for i, f in enumerate(frames[s : s + chunk]):
-                    out.append(self.step(f, None if originals is None else originals[s + i]))
-                continue
-            P = torch.from_numpy(np.stack([p for p, _ in ps])).permute(0, 3, 1, 2)[None].to(self.device)
-            I = None
-            if originals is not None:
-                ii = [frame_to_float(_image_in(f), f"original {s + i}")[0]
-                      for i, f in enumerate(originals[s : s + chunk])]
-                if any(i.shape != ps[0][0].shape for i in ii):
-                    raise ValueError(f"originals and processed frames differ in size near frame {s}")
-                I = torch.from_numpy(np.stack(ii)).permute(0, 3, 1, 2)[None].to(self.device)
-            O = self._run(P, I, parallel=True)[0].permute(0, 2, 3, 1).cpu().numpy()
-            out += [float_to_frame(o, d) for o, (_, d) in zip(O, ps)]  # each frame in its own dtype, as step()
+        # cloned: the frame-by-frame fallback below may step the CUDA graph, whose buffers change in place
+        before, out = self._checkpoint(copy=True), []
+        try:
+            for s in range(0, len(frames), chunk):
+                ps = [frame_to_float(_image_in(f), f"frame {s + i}") for i, f in enumerate(frames[s : s + chunk])]
+                sizes = {p.shape for p, _ in ps}
+                if len(sizes) != 1:
+                    # a size change inside the chunk: fall back to frame-by-frame, which resets with a warning
+                    for i, f in enumerate(frames[s : s + chunk]):
+                        out.append(self.step(f, None if originals is None else originals[s + i]))
+                    continue
+                P = torch.from_numpy(np.stack([p for p, _ in ps])).permute(0, 3, 1, 2)[None].to(self.device)
+                I = None
+                if originals is not None:
+                    ii = [frame_to_float(_image_in(f), f"original {s + i}")[0]
+                          for i, f in enumerate(originals[s : s + chunk])]
+                    if any(i.shape != ps[0][0].shape for i in ii):
+                        raise ValueError(f"originals and processed frames differ in size near frame {s}")
+                    I = torch.from_numpy(np.stack(ii)).permute(0, 3, 1, 2)[None].to(self.device)
+                O = self._run(P, I, parallel=True)[0].permute(0, 2, 3, 1).cpu().numpy()
+                out += [float_to_frame(o, d) for o, (_, d) in zip(O, ps)]  # each frame in its own dtype, as step()
+        except BaseException:
+            self._rollback(before)
+            raise
         return [_image_out(o, f) for o, f in zip(out, frames)]  # as step(): a tensor frame comes back a tensor
 
     def reset(self, mask: Any = None) -> None:

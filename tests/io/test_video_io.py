@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import itertools
 import os
 import signal
 import subprocess
@@ -644,6 +645,73 @@ def test_two_runs_writing_one_output_at_once_keep_both(tmp_path, clip, caplog):
     assert probe(tmp_path / "again.mp4")[0] == 30 and not list(tmp_path.glob(".again.*"))
 
 
+def _levels(folder: Path) -> list[int]:
+    """The frames of a PNG folder, by :func:`level` (PNG is lossless)."""
+    return [level(cv2.imread(str(p))[:, :, ::-1]) for p in sorted(folder.glob("frame_*.png"))]
+
+
+def test_two_runs_writing_one_png_folder_at_once_never_mix(tmp_path, caplog):
+    """Two sinks open on one PNG folder without frames, writing in turns: the first writes straight into it, under
+    a lock (its frames are in place as they come, however the run ends); the second finds it locked and stages its
+    frames in a hidden folder of its own, and they go beside the first run's to frames.new, with a warning, even
+    when it finishes first; the user's own files there are left alone."""
+    out = tmp_path / "frames"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    a = open_sink(out, fps=30, width=W, height=H)
+    b = open_sink(out, fps=30, width=W, height=H)
+    assert sorted(p.name for p in out.iterdir()) == [".frames.partial", "notes.txt"]
+    for i in range(5):
+        a.write(pattern(i))
+        if i < 3:
+            b.write(pattern(10 + i))
+    assert _levels(out) == [0, 1, 2, 3, 4]  # the first run's frames, in place while it runs
+    b.close()
+    a.close()
+    assert (a.final_path, b.final_path) == (str(out), str(tmp_path / "frames.new"))
+    assert _levels(out) == [0, 1, 2, 3, 4] and _levels(tmp_path / "frames.new") == [10, 11, 12]
+    assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in range(5)] + ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "frames.new"]
+    assert "or another run is writing it" in caplog.text
+
+    # over frames both were told to replace (overwrite): a complete run replaces them whole (the old frames 3 and 4
+    # go too); an incomplete one, finishing last, goes beside them, and the complete run's frames stay
+    with pytest.raises(VideoIOError, match="--overwrite"):
+        open_sink(out, fps=30, width=W, height=H)
+    for i in range(4):
+        cv2.imwrite(str(out / f"frame_{i:06d}.png"), pattern(20 + i)[:, :, ::-1])
+    c = open_sink(out, fps=30, width=W, height=H, overwrite=True)
+    d = open_sink(out, fps=30, width=W, height=H, overwrite=True)
+    for i in range(3):
+        c.write(pattern(i))
+        d.write(pattern(10 + i))
+    assert _levels(out) == [20, 21, 22, 23, 4]  # untouched while they run
+    d.close()
+    c.close(partial=True)
+    assert _levels(out) == [10, 11, 12] and _levels(tmp_path / "frames.partial") == [0, 1, 2]
+    assert (d.final_path, c.final_path) == (str(out), str(tmp_path / "frames.partial"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_png_staging_left_by_a_killed_run_is_emptied_and_reused(tmp_path, clip):
+    """A killed run's hidden staging folder (no lock on it): a run writing straight into the folder leaves it be; a
+    run that stages (here: replacing frames, --overwrite) takes it over and empties it first, so its stale frames
+    do not turn up among the new ones."""
+    out = tmp_path / "frames"
+    stale = out / ".frames.partial"
+    stale.mkdir(parents=True)
+    for i in (0, 40):
+        cv2.imwrite(str(stale / f"frame_{i:06d}.png"), pattern(30)[:, :, ::-1])
+    (stale / ".frame_000041.partial.png").write_bytes(b"half a frame")
+    copy_through(clip, out)
+    assert _levels(out) == list(range(30))
+    assert sorted(p.name for p in stale.iterdir()) == [".frame_000041.partial.png", "frame_000000.png",
+                                                       "frame_000040.png"]
+    copy_through(clip, out, overwrite=True)
+    assert _levels(out) == list(range(30))
+    assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in range(30)]
+
+
 def test_a_temp_file_renamed_away_under_the_lock_is_not_taken(tmp_path, monkeypatch):
     """The race of two runs on one output: run B opens the hidden name while run A, finishing, renames its file
     into place and lets go of its lock; B's lock then succeeds -- on A's finished output. B must see that the file
@@ -671,43 +739,142 @@ def test_a_temp_file_renamed_away_under_the_lock_is_not_taken(tmp_path, monkeypa
         os.close(fd_b)
 
 
-def test_sound_past_the_picture_and_extra_tracks_are_named(tmp_path, caplog):
-    """A container whose sound runs on past the last frame, with two audio tracks: the output keeps the first
-    track (with its language) up to the picture's end, and warnings say what was left out."""
-    src = tmp_path / "two.mkv"
-    sr, n = 48000, 30
-    with av.open(str(src), "w") as c:
+def _tracks_clip(path: Path, tracks, n: int = 30) -> Path:
+    """``n`` pattern frames at 30 fps under one tone a track: ``tracks`` holds (codec, language, Hz, seconds) each,
+    the first with a handler name (a track's title in MP4)."""
+    with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=30)
         vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-        tracks = [c.add_stream("aac", rate=sr, layout="mono") for _ in range(2)]
-        for t, lang in zip(tracks, ("eng", "fra")):
-            t.metadata["language"] = lang
+        out = []
+        for k, (codec, lang, hz, seconds) in enumerate(tracks):
+            a = c.add_stream(codec, rate=44100, layout="mono")
+            a.metadata["language"] = lang
+            if k == 0:
+                a.metadata["handler_name"] = "Director's commentary"
+            out.append((a, hz, seconds))
         for i in range(n):
             f = av.VideoFrame.from_ndarray(pattern(i), format="rgb24")
             f.pts, f.time_base = i, Fraction(1, 30)
             c.mux(vs.encode(f))
         c.mux(vs.encode(None))
-        for t in tracks:
-            for s in range(0, 3 * sr, 1024):  # 3 s of sound under 1 s of picture
-                af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-                af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
-                c.mux(t.encode(af))
-            c.mux(t.encode(None))
-    out = tmp_path / "out.mkv"
-    with open_source(src) as source, open_sink(out, fps=30, width=W, height=H, audio_from=src) as sink:
+        for a, hz, seconds in out:
+            fs = a.codec_context.frame_size or 1152
+            rs = av.AudioResampler(format=a.codec_context.format.name, layout="mono", rate=44100)
+            tone = (0.3 * np.sin(2 * np.pi * hz * np.arange(int(44100 * seconds)) / 44100)).astype(np.float32)
+            for s in range(0, len(tone), fs):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[None, s : s + fs]), format="fltp",
+                                                layout="mono")
+                af.sample_rate, af.pts, af.time_base = 44100, s, Fraction(1, 44100)
+                for q in rs.resample(af):
+                    c.mux(a.encode(q))
+            c.mux(a.encode(None))
+    return path
+
+
+def _tracks(path) -> list[dict]:
+    """Each audio track of a file: codec, language, handler name, where its sound ends (s: its last packet's end on
+    the file's clock, the picture starting at 0) and its loudest frequency (Hz), straight from PyAV."""
+    got = {}
+    with av.open(str(path)) as c:
+        v0 = float(c.streams.video[0].start_time * c.streams.video[0].time_base)
+        for a in c.streams.audio:
+            got[a.index] = dict(codec=a.codec_context.name, lang=a.metadata.get("language"),
+                                handler=a.metadata.get("handler_name"), rate=a.codec_context.sample_rate, ends=[],
+                                samples=[])
+        for p in c.demux(*c.streams.audio):
+            if p.size:
+                t = got[p.stream.index]
+                t["ends"].append(float((p.pts + p.duration) * p.stream.time_base) - v0)
+                t["samples"] += [f.to_ndarray()[0] for f in p.decode()]
+    for t in got.values():
+        x = np.concatenate(t.pop("samples"))
+        t["end"] = max(t.pop("ends"))
+        t["hz"] = np.argmax(np.abs(np.fft.rfft(x))) * t["rate"] / len(x)
+    return list(got.values())
+
+
+def _cut_within_a_packet(end: float, picture_end: float) -> bool:
+    """The sound ends with the last AAC packet (1024 samples at 44.1 kHz) that starts before the picture's end."""
+    return picture_end <= end < picture_end + 1024 / 44100 + 1e-3
+
+
+@pytest.mark.parametrize("ext,codecs", [(".mp4", ("aac", "mp3float")), (".webm", ("opus", "opus"))])
+def test_every_audio_track_is_kept_in_order_with_its_language(tmp_path, ext, codecs, caplog):
+    """Two audio tracks (AAC in English, MP3 in French): the output has both, in order, each with its language (and
+    title), its own sound and its whole length; copied into MP4, re-encoded to Opus in WebM. Only the first was kept
+    (with a warning about the others)."""
+    src = _tracks_clip(tmp_path / "two.mp4", [("aac", "eng", 440, 1.0), ("mp3", "fra", 1000, 1.0)])
+    with open_source(src) as source, open_sink(tmp_path / f"out{ext}", fps=30, width=W, height=H,
+                                               audio_from=src) as sink:
         for fr in source:
             sink.write(fr.rgb)
-        sink.hold_last_until(source.end)  # the whole source was written
-    assert "has 2 audio tracks; only the first (eng) is kept" in caplog.text
-    assert "runs 2.0" in caplog.text and "past the last frame" in caplog.text
+        sink.hold_last_until(source.end)
+    before, after = _tracks(src), _tracks(tmp_path / f"out{ext}")
+    assert [t["codec"] for t in before] == ["aac", "mp3float"] and [t["codec"] for t in after] == list(codecs)
+    assert [t["lang"] for t in after] == ["eng", "fra"]
+    assert [t["hz"] for t in before] == pytest.approx([440, 1000], abs=5)
+    assert [t["hz"] for t in after] == pytest.approx([440, 1000], abs=5)  # each track's own sound
+    for b, a in zip(before, after):
+        assert abs(a["end"] - b["end"]) < 0.03, (b, a)  # the whole track, to its packet
+    if ext == ".mp4":
+        assert after[0]["handler"] == "Director's commentary"
+        with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:  # copied: the very same packets
+            assert [bytes(p) for p in a.demux(audio=1) if p.size] == [bytes(p) for p in b.demux(audio=1) if p.size]
+    assert "only the first" not in caplog.text
+
+
+def test_sound_past_the_picture_is_kept_by_a_whole_run_and_cut_otherwise(tmp_path, caplog):
+    """Sound running 1 s past the last frame, in two tracks: a run that wrote the whole source keeps it, as the
+    source has it (it was cut, with a warning), and the output still reads back whole (its video stream's own
+    length, not the sound's, is what it is checked against); a run that wrote the first frames only, or was
+    interrupted, cuts every track where the picture ends, within a packet."""
+    src = _tracks_clip(tmp_path / "long.mkv", [("aac", "eng", 440, 2.0), ("aac", "fra", 1000, 2.0)])
+    out = tmp_path / "out.mp4"
+    with caplog.at_level("INFO", logger="streamssm"):
+        with open_source(src) as source, open_sink(out, fps=30, width=W, height=H, audio_from=src) as sink:
+            for fr in source:
+                sink.write(fr.rgb)
+            sink.hold_last_until(source.end)  # the whole source was written
+    assert [t["end"] for t in _tracks(out)] == pytest.approx([t["end"] for t in _tracks(src)], abs=0.01) == [2.02] * 2
+    assert "runs 1.0" in caplog.text and "past the last frame" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
     with av.open(str(out)) as c:
-        assert len(c.streams.audio) == 1 and c.streams.audio[0].metadata.get("language") == "eng"
-    assert probe(out)[-1]["duration"] < 1.1
+        assert c.duration / 1e6 == pytest.approx(2.0, abs=0.05)  # the sound's, as the source's
+    with open_source(out) as back:  # not called truncated: 30 frames of 1 s
+        assert back.duration == pytest.approx(1.0, abs=0.01) and len(list(back)) == 30
+
     caplog.clear()
-    with open_source(src) as source, open_sink(tmp_path / "first.mkv", fps=30, width=W, height=H,
-                                               audio_from=src) as sink:
-        sink.write(next(iter(source)).rgb)  # the first frame only, as --max-frames 1: the cut is asked for
+    first = tmp_path / "first.mp4"
+    with open_source(src) as source, open_sink(first, fps=30, width=W, height=H, audio_from=src) as sink:
+        for fr in itertools.islice(source, 10):  # the first frames only, as --max-frames 10: the cut is asked for
+            sink.write(fr.rgb)
+    assert [_cut_within_a_packet(t["end"], 10 / 30) for t in _tracks(first)] == [True, True]
+    assert [t["lang"] for t in _tracks(first)] == ["eng", "fra"]
     assert "past the last frame" not in caplog.text
+    with pytest.raises(KeyboardInterrupt):  # interrupted, even after hold_last_until: cut too
+        with open_source(src) as source, open_sink(tmp_path / "stop.mkv", fps=30, width=W, height=H,
+                                                   audio_from=src) as sink:
+            for fr in source:
+                sink.write(fr.rgb)
+            sink.hold_last_until(source.end)
+            raise KeyboardInterrupt
+    assert [_cut_within_a_packet(t["end"], 1.0) for t in _tracks(tmp_path / "stop.mkv")] == [True, True]
+
+
+def test_sound_past_the_picture_through_the_cli(tmp_path):
+    """The CLI keeps the sound past the last frame of a whole run, and cuts it with --max-frames."""
+    from tests._media import run_cli
+
+    src = _tracks_clip(tmp_path / "long.mp4", [("aac", "eng", 440, 2.0), ("aac", "fra", 1000, 2.0)])
+    for args in ((), ("--max-frames", 10)):
+        out = tmp_path / f"out{len(args)}.mp4"
+        r = run_cli("video", src, "-o", out, "--device", "cpu", "--no-progress", *args)
+        assert r.returncode == 0, r.stderr
+        ends = [t["end"] for t in _tracks(out)]
+        if args:
+            assert [_cut_within_a_packet(e, 10 / 30) for e in ends] == [True, True], ends
+        else:
+            assert ends == pytest.approx([t["end"] for t in _tracks(src)], abs=0.01) and min(ends) > 1.99
 
 
 def test_unwritable_output_refused_before_work(tmp_path):

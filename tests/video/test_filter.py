@@ -836,3 +836,159 @@ def test_model_step_checks_its_inputs_up_front():
             step(frame, frame.to(torch.int32))
         with pytest.raises(ValueError, match="original frames \\(1, 3, 64, 32\\) must match"):
             step(frame, frame[..., :32])
+
+
+_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def _as_before(f, snap, key, last_t, seen):
+    """``f`` holds the stream it held when ``snap`` (get_state), ``key``, ``last_t`` and ``seen`` were taken."""
+    now = f.get_state()
+    assert f._key == key and f._last_t == last_t and f.frames_seen == seen
+    assert now.last_timestamp == snap.last_timestamp and len(now) == len(snap)
+    assert all(torch.equal(a, b) for a, b in zip(now, snap)), "the state moved"
+
+
+@pytest.mark.parametrize(("path", "device"), [("fast", "cpu"), ("reference", "cpu"), ("graph", "cpu"),
+                                              pytest.param("graph", "cuda", marks=_GPU)])
+@pytest.mark.parametrize("bad", ["dtype", "original size", "too small", "size change then too small"])
+def test_filter_is_all_or_nothing(bad, path, device):
+    """filter() checked its frames a chunk at a time, so a refused frame in a later chunk raised after the chunks
+    before it had advanced the state, the clock and frames_seen (and, with a size change, the stream key): the
+    stream went on from a state no frame given had produced. Now the filter is as it was before the call, state
+    bit for bit, on every path: the CPU fast step, the reference scan, and the graph step (CUDA; forced on the
+    CPU, where FastVideoStep runs without a graph), whose static buffers are the state and change in place as the
+    frame-by-frame fallback for a size change inside a chunk steps them."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(8)]
+    frames, originals = list(xs[3:]), list(xs[3:])  # chunk=2: frames 0, 1 are run before the bad chunk
+    if bad == "dtype":
+        frames[2] = frames[2].astype(np.int32)
+    elif bad == "original size":
+        originals[3] = originals[3][:48]
+    elif bad == "too small":
+        frames[2], frames[3] = frames[2][:16, :16], frames[3][:16, :16]
+        originals[2], originals[3] = originals[2][:16, :16], originals[3][:16, :16]
+    else:  # the first chunk steps the stream frame by frame, a restart to 48x64 among them; the next is refused
+        frames[1], originals[1] = frames[1][:48, :64], originals[1][:48, :64]
+        frames[2], originals[2] = frames[2][:16, :16], originals[2][:16, :16]
+
+    def new():
+        f = VideoFilter(device=device, fast=path != "reference", half=False)
+        if path == "graph":
+            f._cpu, f._use_graph = None, True
+        return f
+
+    ref, f = new(), new()
+    want = [ref.step(x, x, timestamp=i / 30) for i, x in enumerate(xs)]
+    got = [f.step(x, x, timestamp=i / 30) for i, x in enumerate(xs[:3])]
+    if path == "graph":
+        assert f._graph is not None and f.state is f._graph.state  # the state is the graph's buffers
+    snap, key, last_t, seen = f.get_state(), f._key, f._last_t, f.frames_seen
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "frame size changed ...; the filter starts over"
+        with pytest.raises(ValueError, match="uint8, uint16 or float|differ in size|needs at least 32x32"):
+            f.filter(frames, originals, chunk=2)
+    _as_before(f, snap, key, last_t, seen)
+    got += [f.step(x, x, timestamp=i / 30) for i, x in enumerate(xs[3:], 3)]  # the clock goes on from 2/30 s
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["pipelined", "held back"])
+def test_filter_refuses_while_a_pushed_frame_is_in_flight(fast):
+    """step(), get_state() and set_state() refuse while push() holds a frame; filter() went ahead, ran its frames
+    beside the pipeline and returned outputs that left the held frame's out of order. It refuses the same way
+    now, and the frame in flight comes out of flush() as it would have."""
+    rng = np.random.default_rng(4)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(3)]
+    want = VideoFilter(device="cpu", fast=fast).filter(xs[:2])
+    f = VideoFilter(device="cpu", fast=fast)
+    assert f.push(xs[0]) is None
+    first = f.push(xs[1])
+    with pytest.raises(RuntimeError, match="in flight: call flush\\(\\) before filter\\(\\)"):
+        f.filter(xs[2:])
+    last = f.flush()
+    assert f.frames_seen == 2 and np.array_equal(first, want[0]) and np.array_equal(last, want[1])
+
+
+class _Failed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_GPU)])
+@pytest.mark.parametrize("where", ["build", "capture"])
+@pytest.mark.parametrize("change", ["guided to processed-only", "new size", "gap and processed-only"])
+def test_a_graph_that_fails_to_build_leaves_the_filter_as_it_was(change, where, device, monkeypatch):
+    """The graph step admitted a frame (its clock, and on a gap the dropped state) before it built the graph for a
+    new stream shape; when the build (FastVideoStep(...): CUDA out of memory, say) or the capture on its first step
+    failed, the clock had moved and a gap's state was gone, so the retried frame was refused as out of order.
+    Now such a failure leaves the filter as it was, and the same frame goes through once the build succeeds.
+    Forced on the CPU (FastVideoStep runs there without a graph) and, with a GPU, on CUDA."""
+    import warnings
+
+    import streamssm.fast
+
+    rng = np.random.default_rng(5)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(6)]
+    t = [0.0, 0.04, 0.08, 5.0 if change.startswith("gap") else 0.12, 5.04, 5.08]
+    if change == "new size":
+        xs[3:] = [x[:48, :64] for x in xs[3:]]
+    guided = [True] * 3 + [change == "new size"] * 3
+
+    def new():
+        f = VideoFilter(device=device, fast=False, half=False)
+        f._use_graph = True
+        return f
+
+    def feed(f, i):
+        return f.step(xs[i], xs[i] if guided[i] else None, timestamp=t[i])
+
+    ref, f = new(), new()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the size change restarts the stream, with its warning
+        want = [feed(ref, i) for i in range(6)]
+        got = [feed(f, i) for i in range(3)]
+        snap, key, last_t, seen, graph = f.get_state(), f._key, f._last_t, f.frames_seen, f._graph
+        assert f.state is graph.state
+        real = streamssm.fast.FastVideoStep
+
+        class Failing(real):
+            def __init__(self, *a, **k):
+                if where == "build":
+                    raise _Failed("CUDA out of memory")
+                super().__init__(*a, **k)
+
+            def step_uint8(self, frame, original=None):
+                for s in self.state:  # the capture's warm-up steps the static buffers before it fails
+                    s.add_(1.0)
+                raise _Failed("CUDA out of memory")
+
+        monkeypatch.setattr(streamssm.fast, "FastVideoStep", Failing)
+        with pytest.raises(_Failed):
+            feed(f, 3)
+        _as_before(f, snap, key, last_t, seen)
+        assert f._graph is graph and f.state is graph.state  # the running graph goes on, no copy, no re-capture
+        monkeypatch.setattr(streamssm.fast, "FastVideoStep", real)
+        got += [feed(f, i) for i in range(3, 6)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_rollback_gives_back_a_cloned_state_that_the_next_graph_step_takes_up():
+    """_checkpoint(copy=True) clones the state (the graph's buffers change in place); after _rollback the graph step
+    copies the clone into its buffers and goes on from it, as an uninterrupted stream does."""
+    rng = np.random.default_rng(6)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(5)]
+    ref, f = VideoFilter(device="cpu", fast=False), VideoFilter(device="cpu", fast=False)
+    ref._use_graph = f._use_graph = True
+    want = [ref.step(x, x) for x in xs]
+    got = [f.step(x, x) for x in xs[:2]]
+    cp = f._checkpoint(copy=True)
+    assert cp.state[0] is not f.state[0] and all(torch.equal(a, b) for a, b in zip(cp.state, f.state))
+    f.step(xs[4], xs[4])  # steps the graph's buffers in place: the clone keeps the values
+    f.step(xs[3], xs[3])
+    f._rollback(cp)
+    assert f.frames_seen == 2 and f.state is not f._graph.state
+    got += [f.step(x, x) for x in xs[2:]]
+    assert f.state is f._graph.state and all(np.array_equal(a, b) for a, b in zip(got, want))
