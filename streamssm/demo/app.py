@@ -23,12 +23,13 @@ How the web layer keeps its promises:
   handlers are generators: they yield the result once, Gradio copies the output files into its
   cache while post-processing that yield, and when Gradio resumes the generator the ``with`` block
   ends and the request folder is deleted. Gradio's cache itself (uploads and served copies) is
-  swept by ``delete_cache``. The handlers only read a path that lies inside Gradio's upload folder, the
-  app's root or the package's assets (:func:`~streamssm.demo.jobs.check_upload`). That check comes after
-  Gradio's own: an audit (session 16) found Gradio 6.31 copying a server path an API client named
-  (``/etc/passwd``) into its cache before the handler ran, and the handler's refusal then told the client
-  the file exists (a minimal Gradio app does the same). Keep ``--host`` on 127.0.0.1 and ``--share`` off on
-  a machine with files a stranger must not probe.
+  swept by ``delete_cache``; under ``streamssm demo`` (:func:`run_demo`) it lies in the app's temporary root
+  (unless ``GRADIO_TEMP_DIR`` names another folder), removed whole at shutdown (Ctrl-C or SIGTERM). The handlers
+  only read a path that lies inside Gradio's upload folder, the app's root or the package's assets
+  (:func:`~streamssm.demo.jobs.check_upload`). That check comes after Gradio's own: an audit (session 16) found
+  Gradio 6.31 copying a server path an API client named (``/etc/passwd``) into its cache before the handler ran,
+  and the handler's refusal then told the client the file exists (a minimal Gradio app does the same). Keep
+  ``--host`` on 127.0.0.1 and ``--share`` off on a machine with files a stranger must not probe.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import argparse
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,7 @@ MODE_OPERATOR = "Apply a flicker-prone operator to my video"
 MODE_PAIR = "I have the processed video and its original"
 AUTO_JOINT = "(most jitter)"
 ERROR_SECONDS = 30  # how long an error toast stays in the page
+PROGRESS_SECONDS = 0.1  # a video job's progress line is sent this often: a cancelled job stops within it
 
 
 def _gradio():
@@ -141,13 +144,20 @@ def build_app(limits: Limits = Limits(), *, device: str = "auto", default_frames
                     raise DemoError("upload a video, or tick 'use the bundled sample clip'")
             job = iter_video_job(work, video=orig, processed=proc, operator=operator, strength=strength,
                                  max_frames=int(frames or default_frames), limits=limits, device=device)
-            while True:  # a progress line at each step; a cancelled request is not iterated further: work stops
-                try:
-                    msg = next(job)
-                except StopIteration as done:
-                    res = done.value
-                    break
-                yield gr.update(), gr.update(), f"*{msg} ...*", gr.update()
+            # The job yields after every frame; this handler passes a progress line on to the page at most every
+            # PROGRESS_SECONDS. Each of its yields is where Gradio can close it (a cancelled request): the job is
+            # closed then too (closing(): before its folder goes), and stops at the frame it is on.
+            shown = 0.0
+            with contextlib.closing(job):
+                while True:
+                    try:
+                        msg = next(job)
+                    except StopIteration as done:
+                        res = done.value
+                        break
+                    if time.monotonic() - shown >= PROGRESS_SECONDS:
+                        shown = time.monotonic()
+                        yield gr.update(), gr.update(), f"*{msg} ...*", gr.update()
             yield str(res.video), luminance_figure(res.luma), res.summary, res.metrics
 
     def pose_fn(pose_file, use_sample, joint, strength, min_cutoff, beta):
@@ -320,23 +330,39 @@ def run_demo(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, max_frames=args.max_frames,
                     work_px=args.work_px)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    app = build_app(limits, device=args.device, default_frames=min(48, args.max_frames),
-                    concurrency=args.concurrency, queue_size=args.queue_size)
-    with _sigterm_as_ctrl_c():
-        _, _, share_url = serve(app, host=args.host, port=args.port, share=args.share, block=False, quiet=True)
-        # said once the port is ours (a port in use raised above, before any address was printed)
-        public = f", public link {share_url}" if share_url else ""
-        print(f"streamssm demo: http://{args.host}:{args.port}{public} (Ctrl-C to stop)", flush=True)
-        app.block_thread()
-    app.streamssm_space.close()  # also at exit; explicit so a caller that goes on gets the disk back
+    space = TempSpace()
+    # Gradio's cache (uploads, the copies of the results it serves) in the app's own temporary root, unless the
+    # user named one: removed with the root at shutdown. Gradio's own shutdown deletes only the files it still
+    # tracks, and its default <tmp>/gradio is shared with every Gradio app on the machine.
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        os.environ["GRADIO_TEMP_DIR"] = str(space.root / "gradio")
+    try:
+        app = build_app(limits, device=args.device, default_frames=min(48, args.max_frames),
+                        temp_root=space.root / "requests", concurrency=args.concurrency, queue_size=args.queue_size)
+        with _sigterm_as_ctrl_c():
+            _, _, share_url = serve(app, host=args.host, port=args.port, share=args.share, block=False, quiet=True)
+            # said once the port is ours (a port in use raised above, before any address was printed)
+            public = f", public link {share_url}" if share_url else ""
+            print(f"streamssm demo: {local_url(args.host, args.port)}{public} (Ctrl-C to stop)", flush=True)
+            app.block_thread()
+    finally:
+        space.close()  # also at exit; explicit so a caller that goes on gets the disk back
     return 0
+
+
+def local_url(host: str, port: int) -> str:
+    """The address to open in a browser on this machine: a wildcard host (0.0.0.0, ::) is no address a browser
+    can open everywhere, so it reads as the loopback one, with a word that the demo listens on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        return f"http://127.0.0.1:{port} (listening on every interface, port {port})"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @contextlib.contextmanager
 def _sigterm_as_ctrl_c():
-    """SIGTERM (``kill``, a service manager) ends the demo as Ctrl-C does: Gradio closes its server
-    (its lifespan hook empties its cache) and the app's temporary root is removed, instead of the
-    process dying with both left behind."""
+    """SIGTERM (``kill``, a service manager) ends the demo as Ctrl-C does: Gradio closes its server and the
+    app's temporary root (Gradio's cache within it) is removed, instead of the process dying with both left
+    behind."""
     import signal
     import threading
 

@@ -54,6 +54,9 @@ SAMPLE_VIDEO = ASSETS / "sample.mp4"
 SAMPLE_POSE = ASSETS / "sample_pose.npz"
 DEMO_OPERATOR_NAMES = ("gamma_jitter", "autocontrast", "clahe", "autowb", "detail", "stylize")
 ONE_EURO_DEFAULTS = {"min_cutoff": 8.0, "beta": 100.0}  # tuned in benchmarks/pose_quality.py
+# frame rates a pose file may give: the filter takes any positive rate, but a skeleton video at 1e9 fps cannot be
+# written and one at 1e-9 fps cannot be played; no pose estimator runs outside this range
+POSE_FPS = (1.0, 1000.0)
 
 
 class DemoError(ValueError):
@@ -173,6 +176,13 @@ def check_upload(path: str | os.PathLike, *, what: str, limits: Limits, roots: S
     return p, label
 
 
+def _unpath(message: str, work: Path) -> str:
+    """The message with the request folder's path taken out of the names of the files written there."""
+    for s in {str(work), os.path.realpath(work)}:
+        message = message.replace(s + os.sep, "").replace(s, "the server's folder")
+    return message
+
+
 def _clean(message: str, path: Path, label: str) -> str:
     """The message with the server-side path replaced by the file's own name."""
     for s in {str(path), os.path.realpath(path)}:
@@ -208,6 +218,7 @@ class Clip:
     source_size: tuple[int, int]
     frame_count: int | None  # in the file, when its index says
     label: str
+    audio: bool = False  # the file has sound (the demo's output has none)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -215,11 +226,31 @@ class Clip:
         return w, h
 
 
+ASPECT_TOLERANCE = 0.01  # pair mode: a processed video this close to its original's shape is resized to it
+
+
+def _to_end(gen):
+    """The value a generator returns, its yields dropped."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
 def read_clip(path: Path, label: str, limits: Limits, max_frames: int, size: tuple[int, int] | None = None) -> Clip:
     """Decode the first ``max_frames`` frames of a video, resized to the working size (or ``size``).
 
     Duration and resolution are checked from the container before decoding (:class:`DemoError`).
     """
+    return _to_end(iter_clip(path, label, limits, max_frames, size))
+
+
+def iter_clip(path: Path, label: str, limits: Limits, max_frames: int, size: tuple[int, int] | None = None,
+              like: Clip | None = None) -> Iterator[str]:
+    """:func:`read_clip` as a generator: yields a progress line after every decoded frame, returns the
+    :class:`Clip`. ``like``: the original of a pair; this clip's frame shape must be its shape (aspect ratio within
+    ``ASPECT_TOLERANCE``), checked before decoding."""
     import cv2
 
     from streamssm.io import VideoIOError, open_source
@@ -234,6 +265,12 @@ def read_clip(path: Path, label: str, limits: Limits, max_frames: int, size: tup
             if src.duration is not None and src.duration > limits.max_seconds + 1e-6:
                 raise DemoError(f"{label}: the video is {src.duration:.1f} s long; this demo takes videos up to "
                                 f"{limits.max_seconds:g} s (trim it first, or use `streamssm video`)")
+            if like is not None and (w, h) != like.source_size:
+                (ow, oh) = like.source_size
+                if abs((w / h) / (ow / oh) - 1) > ASPECT_TOLERANCE:
+                    raise DemoError(f"{label} is {w}x{h} but {like.label} is {ow}x{oh}: the processed video and its "
+                                    "original must have the same frame shape (one may be a resized copy of the "
+                                    "other, but not cropped or padded)")
             out_w, out_h = size if size is not None else work_size(w, h, limits.work_px)
             check_work_size(label, w, h, (out_w, out_h), limits.work_px)
             frames = []
@@ -244,12 +281,13 @@ def read_clip(path: Path, label: str, limits: Limits, max_frames: int, size: tup
                 frames.append(rgb)
                 if len(frames) >= max_frames:
                     break
-            rate, count = src.rate, src.frame_count
-    except VideoIOError as e:
-        raise DemoError(_clean(str(e), path, label)) from None
+                yield f"reading {label}: frame {len(frames)}"
+            rate, count, audio = src.rate, src.frame_count, bool(getattr(src, "audio", False))
+    except VideoIOError as e:  # the demo takes no folders of images: its message offers only what this app takes
+        raise DemoError(_clean(str(e), path, label).replace(" or a folder of images", "")) from None
     if len(frames) < 2:
         raise DemoError(f"{label}: only {len(frames)} frame decoded; a flicker needs at least 2 frames")
-    return Clip(frames, rate, (w, h), count, label)
+    return Clip(frames, rate, (w, h), count, label, audio)
 
 
 @dataclass
@@ -258,7 +296,7 @@ class VideoJobResult:
 
     video: Path  # [processed | filtered], H.264 yuv420p mp4
     luma: dict[str, np.ndarray]  # curve name -> (t,) mean BT.601 luma in [0, 1]
-    metrics: dict[str, float | int | str]
+    metrics: dict[str, float | int | str | None]
     summary: str  # Markdown, a few lines
 
 
@@ -285,14 +323,18 @@ def _check_strength(strength: float) -> float:
     return s
 
 
+def _db(value: float) -> float | None:
+    """A PSNR for the JSON: None when infinite (identical frames; JSON has no infinity)."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _db_text(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.1f} dB"
+
+
 def run_video_job(work: Path, **kw) -> VideoJobResult:
     """:func:`iter_video_job` run to its end: the result."""
-    job = iter_video_job(work, **kw)
-    while True:
-        try:
-            next(job)
-        except StopIteration as done:
-            return done.value
+    return _to_end(iter_video_job(work, **kw))
 
 
 def iter_video_job(
@@ -307,15 +349,16 @@ def iter_video_job(
     device: str = "auto",
     filter_factory: Callable | None = None,
 ) -> VideoJobResult:
-    """Filter one clip and score it: a generator that yields a progress line between steps (every 16 frames while
-    filtering) and returns the :class:`VideoJobResult`. Closing it (a request the user cancelled: Gradio stops
-    iterating) stops the work at the next step, so a cancelled job does not run on beside the next one.
+    """Filter one clip and score it: a generator that yields a progress line after every frame of every step
+    (decoding, the operator, the filter, the flow, writing) and returns the :class:`VideoJobResult`. Closing it (a
+    request the user cancelled: Gradio stops iterating and closes the handler) stops the work within a frame, so a
+    cancelled job does not run on beside the next one.
 
     ``video``: (path, name) of the original clip. ``processed``: (path, name) of its per-frame
     processed version (the "pair" mode: the filter is guided by ``video``); without it ``operator``
     (a demo operator) makes the processed clip from ``video``. Writes ``work/deflickered.mp4``.
     """
-    from streamssm.metrics import compute_flows, mean_luminance, psnr, warp_error
+    from streamssm.metrics import Flows, compute_flows, mean_luminance, psnr, warp_error
     from streamssm.video.cli import _labeller
     from streamssm.io import VideoIOError, open_sink
 
@@ -324,77 +367,94 @@ def iter_video_job(
     if not (2 <= n <= limits.max_frames):
         raise DemoError(f"frames must be between 2 and {limits.max_frames}, got {max_frames}")
     yield f"reading {video[1]}"
-    orig = read_clip(*video, limits, n)
+    orig = yield from iter_clip(*video, limits, n)
     notes = []
     consistent = None
     if processed is not None:
-        proc = read_clip(*processed, limits, n, size=orig.size)
+        proc = yield from iter_clip(*processed, limits, n, size=orig.size, like=orig)
         if proc.source_size != orig.source_size:
-            raise DemoError(f"{proc.label} is {proc.source_size[0]}x{proc.source_size[1]} but {orig.label} is "
-                            f"{orig.source_size[0]}x{orig.source_size[1]}: the processed video and its original "
-                            "must have the same frame size")
+            (pw, ph), (ow, oh) = proc.source_size, orig.source_size
+            notes.append(f"{proc.label} is {pw}x{ph} and {orig.label} {ow}x{oh}: both resized to {orig.size[0]}x"
+                         f"{orig.size[1]}")
         t = min(len(proc.frames), len(orig.frames))
         if len(proc.frames) != len(orig.frames):
             notes.append(f"the two videos differ in length; the first {t} frames of each are paired")
         P, I = proc.frames[:t], orig.frames[:t]
         left = "processed (uploaded)"
+        sound = orig.audio or proc.audio
     else:
         op = _operator(operator)
         op.fit(orig.frames[0])  # the consistent target freezes the first frame's statistics
-        I = orig.frames
-        P = [op.apply(f, i) for i, f in enumerate(I)]
-        consistent = [op.apply_consistent(f, i) for i, f in enumerate(I)]
+        I, P, consistent = orig.frames, [], []
+        for i, f in enumerate(I):
+            P.append(op.apply(f, i))
+            consistent.append(op.apply_consistent(f, i))
+            yield f"applying {operator}: frame {i + 1} of {len(I)}"
+        if all(np.array_equal(a, b) for a, b in zip(P, consistent)):
+            consistent = None  # clahe: nothing to hold fixed, its flicker is its own per-frame statistics
         left = f"processed ({operator})"
+        sound = orig.audio
     t = len(P)
     filt = (filter_factory or make_video_filter)(device=device, strength=strength)
     O, seconds = [], 0.0
-    for s0 in range(0, t, 16):  # in pieces, the state carried: the same frames as one call
-        yield f"filtering frame {s0 + 1} of {t}"
+    for i in range(t):  # a frame at a time, the state carried: the same frames as one call, and no slower
         t0 = time.perf_counter()
-        O += filt.filter(P[s0:s0 + 16], I[s0:s0 + 16], chunk=16)
+        O += filt.filter(P[i:i + 1], I[i:i + 1], chunk=1)
         seconds += time.perf_counter() - t0
-    yield "scoring (optical flow)"
-    flows = compute_flows(I)
+        yield f"filtering frame {i + 1} of {t}"
+    fwd, valid = [], []
+    for i in range(t - 1):  # each pair's flow on its own: the same flows as one compute_flows(I)
+        f = compute_flows(I[i:i + 2])
+        fwd.append(f.forward[0])
+        valid.append(f.valid[0])
+        yield f"scoring (optical flow): frame {i + 2} of {t}"
+    flows = Flows(np.stack(fwd), np.stack(valid), f.method)
     e_before, e_after = warp_error(P, flows=flows), warp_error(O, flows=flows)
-    metrics: dict[str, float | int | str] = {
+    metrics: dict[str, float | int | str | None] = {
         "frames": t, "fps": round(float(orig.rate), 3), "width": orig.size[0], "height": orig.size[1],
         "mode": "pair" if processed is not None else f"operator:{operator}", "strength": strength,
         "ewarp_processed": e_before, "ewarp_filtered": e_after,
-        "psnr_filtered_vs_processed_db": psnr(O, P), "filter_seconds": round(seconds, 3),
+        "psnr_filtered_vs_processed_db": _db(psnr(O, P)), "filter_seconds": round(seconds, 3),
     }
     luma = {"processed": mean_luminance(P), "filtered": mean_luminance(O)}
     if consistent is not None:
-        metrics["psnr_processed_vs_consistent_db"] = psnr(P, consistent)
-        metrics["psnr_filtered_vs_consistent_db"] = psnr(O, consistent)
+        metrics["psnr_processed_vs_consistent_db"] = _db(psnr(P, consistent))
+        metrics["psnr_filtered_vs_consistent_db"] = _db(psnr(O, consistent))
         luma["operator, parameters held fixed"] = mean_luminance(consistent)
 
     w, h = orig.size
     out = work / "deflickered.mp4"
     label = _labeller(left, "streamssm filtered", w)
-    yield "writing the video"
     try:
-        with open_sink(out, fps=orig.rate, width=2 * w, height=h, crf=23) as sink:
-            for p, o in zip(P, O, strict=True):
+        # faststart: the browser starts playing before the whole file has arrived
+        with open_sink(out, fps=orig.rate, width=2 * w, height=h, crf=23, faststart=True) as sink:
+            for i, (p, o) in enumerate(zip(P, O, strict=True)):
                 frame = np.concatenate([p, o], axis=1)
                 label(frame)
                 sink.write(frame)
+                yield f"writing the video: frame {i + 1} of {t}"
     except VideoIOError as e:  # disk full, say: not the user's fault, but worth saying plainly
-        raise DemoError(f"could not write the result video: {e}") from None
+        raise DemoError(f"could not write the result video: {_unpath(str(e), work)}") from None
 
     change = f" ({100 * (e_after - e_before) / e_before:+.0f}%)" if e_before > 0 else ""
+    kept = metrics["psnr_filtered_vs_processed_db"]
     lines = [f"**E_warp** (flow from the original; lower = steadier): processed **{e_before:.5f}** → "
              f"filtered **{e_after:.5f}**{change}",
-             f"**PSNR** filtered vs processed: {metrics['psnr_filtered_vs_processed_db']:.1f} dB "
-             "(how much of the operator's look is kept)"]
-    if consistent is not None and np.isfinite(metrics["psnr_processed_vs_consistent_db"]):
+             f"**PSNR** filtered vs processed: {_db_text(kept)}"
+             + (" (strength 0: the filter is off)" if kept is None and strength == 0 else
+                " (how much of the operator's look is kept)")]
+    if consistent is not None:
         lines.append(f"**PSNR** vs the operator with its parameters held fixed: processed "
-                     f"{metrics['psnr_processed_vs_consistent_db']:.1f} dB → filtered "
-                     f"{metrics['psnr_filtered_vs_consistent_db']:.1f} dB")
-    elif consistent is not None:  # clahe: nothing to hold fixed, its flicker is its own per-frame statistics
+                     f"{_db_text(metrics['psnr_processed_vs_consistent_db'])} → filtered "
+                     f"{_db_text(metrics['psnr_filtered_vs_consistent_db'])}")
+    elif processed is None:
         lines.append(f"({operator} has no parameters to hold fixed: no steadier version of it to compare with)")
     sw, sh = orig.source_size
     scaled = f" (downscaled from {sw}x{sh})" if (sw, sh) != (w, h) else ""
     of = f" of {orig.frame_count}" if orig.frame_count and orig.frame_count > t else ""
+    if sound:
+        notes.append("this clip has no sound (the demo writes the picture only); `streamssm video` keeps the "
+                     "upload's sound")
     lines.append(f"{orig.label}: {t}{of} frames, {w}x{h}{scaled}, {float(orig.rate):.4g} fps; filter {seconds:.2f} s "
                  f"({1e3 * seconds / t:.0f} ms/frame)" + "".join(f"; {n_}" for n_ in notes))
     return VideoJobResult(out, luma, metrics, "  \n".join(lines))
@@ -504,7 +564,8 @@ def run_pose_job(
     the bundled pose file was estimated from), in the pose file's image coordinates.
     """
     from streamssm.baselines import one_euro
-    from streamssm.io.pose_files import read_pose
+    from streamssm.io import VideoIOError
+    from streamssm.io.pose_files import PoseLimitError, read_pose
     from streamssm.pose.cli import _valid, mean_acceleration, image_size
     from streamssm.pose.data import body_size
     from streamssm.pose.filter import PoseFilter
@@ -516,19 +577,25 @@ def run_pose_job(
     ext = sniff_pose_format(path, label)
     local = work / f"pose{ext}"  # the reader picks the format from the extension: give it the sniffed one
     shutil.copyfile(path, local)
-    try:
-        data = read_pose(local)
+    try:  # the caps go to the reader: an .npz's points are measured by their header, before they are read
+        data = read_pose(local, limit=(limits.max_pose_frames, limits.max_keypoints))
+    except PoseLimitError as e:
+        raise DemoError(f"{label}: {e.frames} frames x {e.keypoints} keypoints; this demo takes up to "
+                        f"{limits.max_pose_frames} frames and {limits.max_keypoints} keypoints (use `streamssm pose` "
+                        "for big files)") from None
     except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
         msg = _clean(str(e), local, label)
         raise DemoError(msg if label in msg else f"{label}: cannot read pose file ({msg})") from None
     t, k, d = data.points.shape
     if t < 3:
         raise DemoError(f"{label}: {t} frames; smoothing needs at least 3")
-    if t > limits.max_pose_frames or k > limits.max_keypoints:
-        raise DemoError(f"{label}: {t} frames x {k} keypoints; this demo takes up to {limits.max_pose_frames} "
-                        f"frames and {limits.max_keypoints} keypoints (use `streamssm pose` for big files)")
-    fps = float(data.fps) if data.fps and np.isfinite(data.fps) and data.fps > 0 else 30.0
-    said = [] if fps == data.fps else ["the file gives no frame rate: 30 fps assumed"]
+    if data.fps is not None and not POSE_FPS[0] <= data.fps <= POSE_FPS[1]:
+        raise DemoError(f"{label}: the file's frame rate is {data.fps:g} fps; this demo takes {POSE_FPS[0]:g} to "
+                        f"{POSE_FPS[1]:g} fps (is it frames per second?)")
+    fps = 30.0 if data.fps is None else float(data.fps)
+    bad = data.meta.get("bad_fps")
+    said = [] if data.fps is not None else [f"the file's frame rate {bad} is not a positive number: 30 fps assumed"
+                                            if bad else "the file gives no frame rate: 30 fps assumed"]
     numbers = data.meta.get("frame_numbers")
     if numbers is not None and len(numbers) == t:
         steps = np.diff(np.asarray(numbers, np.float64))
@@ -582,7 +649,10 @@ def run_pose_job(
                f"{t} frames, {k} keypoints, {d}-D, {fps:g} fps; joint plotted: {names[j]}; "
                f"streamssm {1e3 * seconds / t:.2f} ms/frame; One Euro min_cutoff {min_cutoff:g}, beta {beta:g}")
     video = work / "skeleton.mp4"
-    notes = _render_skeletons(video, methods, j, _edges(k), fps, limits, image, background)
+    try:
+        notes = _render_skeletons(video, methods, j, _edges(k), fps, limits, image, background)
+    except VideoIOError as e:  # disk full, say: not the user's fault, but worth saying plainly
+        raise DemoError(f"could not write the skeleton video: {_unpath(str(e), work)}") from None
     for note in [*said, *([notes] if notes else [])]:
         summary += "  \n" + note
     return PoseJobResult(video, names[j], names, curves, units, fps, metrics, summary)
@@ -602,15 +672,13 @@ def _render_skeletons(out: Path, methods: dict[str, np.ndarray], joint: int, edg
     fin = xy[np.isfinite(xy).all(-1)]
     if not fin.size:  # nothing detected in the animated frames: frame the view on the whole clip
         fin = raw[..., :2][np.isfinite(raw[..., :2]).all(-1)]
-    (x0, y0), (x1, y1) = np.percentile(fin, 1, axis=0), np.percentile(fin, 99, axis=0)
-    pad = 0.15 * max(x1 - x0, y1 - y0, 1e-6)
-    x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad
     use_bg = image is not None and background is not None
-    if use_bg:  # the same view cut out of the video the pose was estimated on
-        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, image[0]), min(y1, image[1])
-    pw, ph = work_size(max(x1 - x0, 1e-6) * 1000, max(y1 - y0, 1e-6) * 1000, limits.anim_panel_px)
-    ph = max(ph, 64)
-    sx, sy = pw / (x1 - x0), ph / (y1 - y0)
+    x0, y0, x1, y1 = _view(fin, image if use_bg else None)
+    # the panel's long side is anim_panel_px whatever the units (pixels, 0..1, metres): scaled up or down to it
+    ex, ey = x1 - x0, y1 - y0
+    fit = limits.anim_panel_px / max(ex, ey)
+    pw, ph = (max(64, int(round(v * fit / 2)) * 2) for v in (ex, ey))
+    sx, sy = pw / ex, ph / ey
     s = min(sx, sy)  # same scale on both axes: the body keeps its proportions
     ox, oy = (pw - s * (x1 - x0)) / 2, (ph - s * (y1 - y0)) / 2
 
@@ -627,7 +695,7 @@ def _render_skeletons(out: Path, methods: dict[str, np.ndarray], joint: int, edg
         return int(round(ox + (p[0] - x0) * s)), int(round(oy + (p[1] - y0) * s))
 
     trail = 12
-    with open_sink(out, fps=fps if fps > 0 else 30.0, width=3 * pw, height=ph, crf=23) as sink:
+    with open_sink(out, fps=fps, width=3 * pw, height=ph, crf=23, faststart=True) as sink:
         for i in range(t):
             panels = []
             for name, v in methods.items():
@@ -652,6 +720,24 @@ def _render_skeletons(out: Path, methods: dict[str, np.ndarray], joint: int, edg
                 panels.append(img)
             sink.write(np.concatenate(panels, axis=1))
     return f"animation shows the first {t} of {len(raw)} frames" if t < len(raw) else ""
+
+
+def _view(xy: np.ndarray, image: tuple[float, float] | None) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1): what the skeleton panels show of points ``xy`` (n x 2): their extent (1st to 99th
+    percentile) plus a margin, at least a third as wide as it is tall and the other way round (a body seen edge-on
+    is not drawn in a sliver), a square around them when they do not move; within ``image`` when given."""
+    (x0, y0), (x1, y1) = np.percentile(xy, 1, axis=0), np.percentile(xy, 99, axis=0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    span = max(x1 - x0, y1 - y0)
+    if not span > 1e-6 * max(1.0, abs(cx), abs(cy)):  # constant points: a square of a fifth of their magnitude
+        span = 0.2 * max(1.0, abs(cx), abs(cy)) if image is None else 0.2 * max(image)
+    w, h = max(x1 - x0, span / 3) + 0.3 * span, max(y1 - y0, span / 3) + 0.3 * span
+    x0, x1, y0, y1 = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2
+    if image is not None:  # the same view cut out of the video the pose was estimated on
+        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, image[0]), min(y1, image[1])
+        if not (x1 - x0 > 0 and y1 - y0 > 0):  # the points lie outside the picture: show all of it
+            x0, y0, x1, y1 = 0.0, 0.0, float(image[0]), float(image[1])
+    return float(x0), float(y0), float(x1), float(y1)
 
 
 def trajectory_figure(res: PoseJobResult):

@@ -1,18 +1,17 @@
 """ONNX export of one step of the pose or video model, and an ONNX Runtime runner for the graph.
 
-The exporter is the legacy TorchScript tracer (``torch.onnx.export(..., dynamo=False)``): it
-takes about 2 s a graph where the dynamo exporter took about 2 minutes for the video graph with
-dynamic sizes, and it records the arithmetic on frame sizes (``h // pre // cell``, slices, reshapes)
-as graph ops, so one graph serves every resolution. What the tracer cannot record -- a Python
-``min``/``max`` on sizes -- is fixed at the export shape; ``export_onnx(check=True)`` therefore runs
-the graph at a second shape against PyTorch and refuses a graph that does not generalise.
+The exporter is the legacy TorchScript tracer (``torch.onnx.export(..., dynamo=False)``; the dynamo exporter is
+not used or tested): it records the arithmetic on frame sizes (``h // pre // cell``, slices, reshapes) as graph ops,
+so one graph serves every resolution. What the tracer cannot record -- a Python ``min``/``max`` on sizes -- is fixed
+at the export shape: a resolution-generic video graph is refused under a 64 px short side before tracing, and
+``export_onnx(check=True)`` runs the graph at a second shape against PyTorch and refuses a graph that does not
+generalise.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn as nn
 
 from streamssm._args import as_exposure_lock, as_ghost_res, as_strength
 
+from ._files import check_output_path, claim_temp, move_into_place
 from ._spec import (OUTPUT, PoseStep, StepSpec, VideoStep, build_model, dynamic_axes, load_model, new_stream_size,
                     state_in, state_out)
 
@@ -30,6 +30,7 @@ log = logging.getLogger("streamssm")
 MIN_OPSET = 17  # GridSample needs 16; 17 is the oldest opset we test (TensorRT 10 parses 9..23)
 DEFAULT_EXPORT_SHAPE = {"pose": (2, 17), "video": (2, 144, 256)}  # (batch, *stream dims)
 CHECK_TOL = 1e-4  # relative error allowed between ONNX Runtime and PyTorch, fp32
+MIN_GENERIC_SIDE = 64  # video: the short side from which one graph serves every size (flow at half size, pre fixed)
 
 
 def _require(module: str, extra: str = "export"):
@@ -39,14 +40,16 @@ def _require(module: str, extra: str = "export"):
         raise ImportError(f"{module} is needed for ONNX export: pip install 'streamssm[{extra}]' ({e})") from None
 
 
-def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0, t: int = 0) -> dict[str, np.ndarray]:
+def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0, t: int = 0, scene: str = "texture"
+                   ) -> dict[str, np.ndarray]:
     """Plausible random non-state inputs for step ``t`` of a stream of ``batch`` x dims (float32 numpy).
 
     Pose points (drawn anew for each ``seed + t``) include a missing joint (NaN) and a zero-confidence one, so the
-    masking paths are part of every check. Video frames, in [0, 1], are one scene per ``seed``, like footage: smooth
-    shading and edges with fine texture, panning a pixel a step, with the processed frame's gain flickering per
-    step. (Independent noise frames would make every step a scene cut and put the flow on decisions that one float
-    rounding flips.)"""
+    masking paths are part of every check. Video frames, in [0, 1], are one scene per ``seed``, like footage, with
+    the processed frame's gain flickering per step. ``scene="texture"``: smooth shading and edges with fine texture,
+    panning a pixel a step. (Independent noise frames would make every step a scene cut and put the flow on
+    decisions that one float rounding flips.) ``scene="dusk"``: :func:`_dusk`, dark and smooth, quantised to 1/255,
+    with a scene cut at step :data:`DUSK_CUT`."""
     rng = np.random.default_rng(seed + (t if spec.kind == "pose" else 0))
     shapes = spec.frame_shapes(batch, *dims)
     out: dict[str, np.ndarray] = {}
@@ -57,7 +60,13 @@ def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0, t: int
         conf = rng.uniform(0.2, 1.0, (b, k))
         conf[-1, -1] = 0.0
         out = {"points": pts, "confidence": conf, "fps": np.full((b,), 30.0)}
-    else:
+    elif scene == "dusk":
+        img = _dusk(shapes["processed"], t, rng)
+        gain = np.random.default_rng([seed, t]).uniform(0.85, 1.15, img.shape[:2] + (1, 1))
+        out["processed"] = np.round(np.clip(img * gain, 0, 1) * 255) / 255
+        if spec.guided:
+            out["original"] = np.round(img * 255) / 255
+    elif scene == "texture":
         b, c, h, w = shapes["processed"]
         span = w + 64  # room to pan 64 steps
         coarse = rng.uniform(0.1, 0.9, (b, c, h // 8 + 2, span // 8 + 2))
@@ -72,8 +81,32 @@ def example_inputs(spec: StepSpec, batch: int, *dims: int, seed: int = 0, t: int
         out["processed"] = np.clip(img * gain, 0, 1)
         if spec.guided:
             out["original"] = img
+    else:
+        raise ValueError(f"scene is 'texture' or 'dusk', got {scene!r}")
     out["strength"] = np.ones(1)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+DUSK_CUT = 3  # the step at which a "dusk" stream cuts to another scene
+DUSK_SIZE = (360, 640)  # where a resolution-generic graph's dusk check runs: whole-frame sums as long as footage's
+
+
+def _dusk(shape: tuple[int, ...], t: int, rng: np.random.Generator) -> np.ndarray:
+    """Step ``t`` of a dusk scene (b, c, h, w) in [0, 1]: a smooth sky gradient (colours drawn from ``rng``) over a
+    near-black land under a soft, drifting ridge, and a dark figure walking 1% of the width a step. From step
+    :data:`DUSK_CUT` on it is turned upside down and mirrored: a scene cut (thumbnail correlation about -0.8). What
+    the processed-only graph drifted on before whole-frame means were split (:func:`_split_reductions`): large
+    smooth areas (whose float32 sums round alike) and flat dark ones (where the flow's least squares amplify any
+    difference)."""
+    b, c, h, w = shape
+    top, low = rng.uniform(0.3, 0.7, (b, c, 1, 1)), rng.uniform(0.1, 0.3, (b, c, 1, 1))
+    yy, xx = np.linspace(0, 1, h)[:, None], np.linspace(0, 1, w)[None, :]
+    sky = top * (1 - yy) + low * yy
+    ridge = 0.6 + 0.1 * np.sin(2 * np.pi * (2 * xx + t / 50)) + 0.05 * np.sin(14 * np.pi * xx)
+    land = 0.5 + 0.5 * np.tanh((yy - ridge) * h / 4)  # a soft edge, a pixel or two wide
+    figure = np.exp(-(((xx - 0.3 - 0.01 * t) * w) ** 2 + ((yy - 0.5) * h) ** 2) / (2 * (0.08 * h) ** 2))
+    img = (sky * (1 - land) + 0.03 * land) * (1 - 0.9 * figure)
+    return np.ascontiguousarray(img[..., ::-1, ::-1]) if t >= DUSK_CUT else img
 
 
 def _wrapper(spec: StepSpec, model: nn.Module) -> nn.Module:
@@ -104,12 +137,13 @@ def export_onnx(
     check: bool = True,
     ghost_res: float | None = None,
     exposure_lock: float | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export one step of the ``"pose"`` or ``"video"`` model to ONNX, state as explicit inputs/outputs.
 
     Args:
         model_kind: ``"pose"`` or ``"video"``.
-        out_path: the ``.onnx`` file to write (atomically).
+        out_path: the ``.onnx`` file to write (atomically), in an existing folder; never a device or a pipe.
         weights: safetensors weights (default: the package's); ignored when ``model`` is given.
         opset: ONNX opset, >= 17.
         model: an already built model (e.g. untrained, for tests); it is copied, never modified.
@@ -117,15 +151,19 @@ def export_onnx(
         dims: pose only: coordinates per keypoint, 2 or 3 (fixed in the graph).
         shape: (batch, *stream dims) traced at: (b, k) pose, (b, h, w) video. Video frames must have
             a short side >= 64 for a resolution-generic graph (below it the model's ``pre`` factor
-            changes; see the README).
+            changes; see the README): a smaller one is refused before any work unless ``dynamic_size=False``.
         dynamic_size: batch is always dynamic; this makes k (pose) or h, w (video) dynamic too. With
             False the graph accepts only the traced k or h, w.
         check: run ONNX Runtime against PyTorch for 2 steps at the traced shape and at a second shape
-            (other batch, and other k or h, w when dynamic); raise if the relative error > 1e-4.
+            (other batch, and other k or h, w when dynamic), and video for 6 steps of dark footage with a scene
+            cut (``scene="dusk"`` of :func:`example_inputs`, at 360 x 640 or the static size); raise if the
+            relative error of the output or a state tensor exceeds 1e-4.
         ghost_res: video only: the ghost guard baked into the graph
             (:class:`~streamssm.video.filter.VideoFilter`'s ``ghost_res``); None: the weights' setting.
         exposure_lock: video only: the exposure lock baked into the graph (``VideoFilter``'s ``exposure_lock``);
             None: the weights' setting.
+        overwrite: replace an existing ``out_path`` (a regular file, or a symbolic link: the link itself is
+            replaced); without it an existing output is refused (FileExistsError) before any work.
 
     Returns:
         The path written. Graph interface and metadata: see :mod:`streamssm.export._spec`.
@@ -140,43 +178,50 @@ def export_onnx(
     if not MIN_OPSET <= opset <= top:
         raise ValueError(f"opset must be from {MIN_OPSET} (GridSample, and what the tests cover) to {top} (the newest "
                          f"both this torch's exporter and the installed onnx write), got {opset}")
-    out_path = check_output_path(out_path, weights if weights is not None else _package_weights(model_kind))
-    if model is None:
-        model = load_model(model_kind, weights)
-    model = copy.deepcopy(model).cpu().float().eval()
-    _check_backend(model)
-    if ghost_res is not None:
-        if model_kind != "video":
-            raise ValueError("ghost_res is for the video model (its temporal blend), not pose")
-        model.config.ghost_res = as_ghost_res(ghost_res)
-    if exposure_lock is not None:
-        if model_kind != "video":
-            raise ValueError("exposure_lock is for the video model, not pose")
-        model.config.exposure_lock = as_exposure_lock(exposure_lock)
-    config = {**model.config.to_dict(), "backend": "torch"}
+    out_path = check_output_path(out_path, weights if weights is not None else _package_weights(model_kind),
+                                 overwrite=overwrite)
     shape = tuple(shape or DEFAULT_EXPORT_SHAPE[model_kind])
     batch, sdims = shape[0], tuple(shape[1:])
-    # a static graph's metadata gives its state's sizes as numbers, at this size (the formulas hold from 64 px)
-    spec = StepSpec(model_kind, config, guided=bool(guided) and model_kind == "video", dims=dims,
-                    static_size=None if dynamic_size else sdims)
-    spec._check_dims(sdims)
-
-    # dynamic axes from the state shapes the model itself gives at other stream sizes
-    if dynamic_size:
-        # other sizes far enough apart that every size-dependent state dim (grids, cell counts) moves
-        alt = [(batch + 1, *(d + 24 * (i + 1) for i, d in enumerate(sdims))),
-               (max(1, batch - 1), *(d + 72 - 24 * i for i, d in enumerate(sdims)))]
-    else:
-        alt = [(batch + 1, *sdims), (batch + 2, *sdims)]
-    axes = dynamic_axes(spec, [(batch, *sdims), *alt])
-
-    frames = {k: torch.from_numpy(v) for k, v in example_inputs(spec, batch, *sdims).items()}
-    state = model.init_state(batch, *sdims)
-    args = tuple(frames[n] for n in spec.frame_inputs) + tuple(state)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
+    if model_kind == "video" and dynamic_size and len(sdims) == 2 and min(sdims) < MIN_GENERIC_SIDE:
+        # the graph would fix the flow's and the grid's downsampling at this size: wrong at every size (its
+        # metadata's formulas hold from 64 px), so refused before tracing, not by the check after it
+        raise ValueError(f"{out_path}: a resolution-generic video graph must be traced at frames with a short side "
+                         f"of at least {MIN_GENERIC_SIDE} px, got {sdims[0]}x{sdims[1]} (height x width): trace at "
+                         f"{MIN_GENERIC_SIDE} px or more, or export at the size you run with dynamic_size=False")
+    tmp = claim_temp(out_path)  # before any work: an unwritable folder is said now, naming out_path
     try:
+        if model is None:
+            model = load_model(model_kind, weights)
+        model = copy.deepcopy(model).cpu().float().eval()
+        _check_backend(model)
+        if ghost_res is not None:
+            if model_kind != "video":
+                raise ValueError("ghost_res is for the video model (its temporal blend), not pose")
+            model.config.ghost_res = as_ghost_res(ghost_res)
+        if exposure_lock is not None:
+            if model_kind != "video":
+                raise ValueError("exposure_lock is for the video model, not pose")
+            model.config.exposure_lock = as_exposure_lock(exposure_lock)
+        config = {**model.config.to_dict(), "backend": "torch"}
+        # a static graph's metadata gives its state's sizes as numbers, at this size (the formulas hold from 64 px)
+        spec = StepSpec(model_kind, config, guided=bool(guided) and model_kind == "video", dims=dims,
+                        static_size=None if dynamic_size else sdims)
+        spec._check_dims(sdims)
+
+        # dynamic axes from the state shapes the model itself gives at other stream sizes
+        if dynamic_size:
+            # other sizes far enough apart that every size-dependent state dim (grids, cell counts) moves
+            alt = [(batch + 1, *(d + 24 * (i + 1) for i, d in enumerate(sdims))),
+                   (max(1, batch - 1), *(d + 72 - 24 * i for i, d in enumerate(sdims)))]
+        else:
+            alt = [(batch + 1, *sdims), (batch + 2, *sdims)]
+        axes = dynamic_axes(spec, [(batch, *sdims), *alt])
+
+        frames = {k: torch.from_numpy(v) for k, v in example_inputs(spec, batch, *sdims).items()}
+        state = model.init_state(batch, *sdims)
+        args = tuple(frames[n] for n in spec.frame_inputs) + tuple(state)
         _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp, out_path, check)
+        move_into_place(tmp, out_path, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
@@ -201,21 +246,9 @@ def max_opset() -> int:
     return int(top)
 
 
-def check_output_path(out_path: str | Path, *inputs: str | Path | None) -> Path:
-    """``out_path`` as a Path, refused (ValueError naming it) when it is a directory or one of ``inputs`` (the
-    weights or graph the export reads: writing there would destroy them)."""
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        raise ValueError(f"{out_path}: is a directory; expected the file to write")
-    for src in inputs:
-        if src is not None and out_path.exists() and Path(src).exists() and os.path.samefile(out_path, src):
-            raise ValueError(f"{out_path}: is the input file ({src}); refusing to overwrite it, name another output")
-    return out_path
-
-
 def _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp: Path, out_path: Path, check: bool) -> None:
-    """Trace to ``tmp``, add the metadata, check it (ONNX checker; ONNX Runtime against PyTorch when ``check``),
-    and only then move it over ``out_path``: a graph that fails leaves what was there untouched."""
+    """Trace to ``tmp``, add the metadata, check it (ONNX checker; ONNX Runtime against PyTorch when ``check``);
+    the caller moves it over ``out_path`` only then: a graph that fails leaves what was there untouched."""
     batch, sdims = shape[0], tuple(shape[1:])
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns at every Python-level use of a size; check=True is the real test of those
@@ -228,6 +261,7 @@ def _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp: Path,
         )
     proto = onnx.load(str(tmp))
     _declare_shapes(proto, spec, axes, shape)
+    _split_reductions(onnx, proto)
     for k, v in {**spec.to_metadata(), "streamssm.export_shape": "x".join(map(str, shape))}.items():
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = (f"streamssm video step ({'guided' if spec.guided else 'processed-only'} video)"
@@ -236,9 +270,13 @@ def _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp: Path,
     onnx.save(proto, str(tmp))
 
     if check:
-        for b, *d in [(batch, *sdims), alt[0]]:
+        # the traced size and another, then (video) dark footage with a scene cut, at a frame size as footage's
+        runs = [(batch, *sdims, "texture", 2), (*alt[0], "texture", 2)]
+        if spec.kind == "video":
+            runs.append((1, *(spec.static_size or DUSK_SIZE), "dusk", DUSK_CUT + 3))
+        for b, *d, scene, steps in runs:
             try:
-                err = compare_with_torch(tmp, model, b, *d, steps=2)
+                err = compare_with_torch(tmp, model, b, *d, steps=steps, scene=scene)
                 why = f"relative error {err:.2e} > {CHECK_TOL:g}"
             except Exception as e:  # ONNX Runtime refusing a size is the same finding, said differently
                 err, why, cause = float("inf"), f"{type(e).__name__}: {str(e).strip()[:300]}", e
@@ -246,12 +284,60 @@ def _export_checked(onnx, spec, model, args, axes, opset, shape, alt, tmp: Path,
                 cause = None
             if err > CHECK_TOL:
                 raise RuntimeError(
-                    f"{out_path}: not written: ONNX Runtime disagrees with PyTorch at batch {b} x {tuple(d)} ({why}); "
-                    f"traced at {shape}. If only the second size fails, tracing fixed a size-dependent choice (video: frames "
-                    f"with a short side < 64 change the model's downsampling): export at the size you run, with "
+                    f"{out_path}: not written: ONNX Runtime disagrees with PyTorch at batch {b} x {tuple(d)} on "
+                    f"{scene} frames ({why}); traced at {shape}. If only the second size fails, tracing fixed a "
+                    f"size-dependent choice (a Python min/max on sizes): export at the size you run, with "
                     f"dynamic_size=False"
                 ) from cause
-    os.replace(tmp, out_path)
+
+
+def _split_reductions(onnx, proto) -> None:
+    """Rewrite every ``ReduceMean`` over several axes as one ``ReduceMean`` per axis, the last (contiguous) axis
+    first: the same mean, summed about as accurately as PyTorch sums it.
+
+    ONNX Runtime's CPU ReduceMean over a whole frame adds the values up in float32 nearly one after another: on the
+    squared deviations of a 320 x 180 luminance (:func:`~streamssm.video.model.match_brightness`, the processed-only
+    flow's brightness match) it was 4e-5 off (PyTorch's cascade sum: 1e-7, row means then their mean in ONNX
+    Runtime: 2e-7). The Lucas-Kanade flow amplifies that in flat, dark regions (on one frame: 1.9e-5 in the
+    matched luminance, 1e-2 px in the flow), and the processed-only output drifted from PyTorch by up to 2.9e-2
+    (7/255) on real footage (export/README.md, "Agreement with PyTorch"). Only constant, same-signed axes are split;
+    nothing else in the graph changes."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if node.op_type == "ReduceMean" and axes is None and len(node.input) > 1:  # opset 18: axes as an input
+            axes = consts.get(node.input[1])
+        axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+        if (node.op_type != "ReduceMean" or axes is None or len(axes) < 2
+                or not (all(a < 0 for a in axes) or all(a >= 0 for a in axes))):
+            nodes.append(node)
+            continue
+        keep = attrs.get("keepdims", 1)
+        cur = node.input[0]
+        for k, ax in enumerate(sorted(axes, reverse=True)):  # -1 before -2, 3 before 2: the innermost first
+            last = k == len(axes) - 1
+            out = node.output[0] if last and keep else f"{node.output[0]}__mean{k}"
+            if opset >= 18:
+                name = f"{node.output[0]}__axis{k}"
+                graph.initializer.append(numpy_helper.from_array(np.array([ax], np.int64), name))
+                nodes.append(helper.make_node("ReduceMean", [cur, name], [out], keepdims=1))
+            else:
+                nodes.append(helper.make_node("ReduceMean", [cur], [out], axes=[ax], keepdims=1))
+            cur = out
+        if not keep:
+            name = f"{node.output[0]}__squeeze"
+            graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+            nodes.append(helper.make_node("Squeeze", [cur, name], [node.output[0]]))
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _declare_shapes(proto, spec: StepSpec, axes: dict[str, dict[int, str]], shape: tuple[int, ...]) -> None:
@@ -284,9 +370,10 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_with_torch(path: str | Path, model: nn.Module, batch: int, *dims: int, steps: int = 20, seed: int = 0,
-                       providers=None) -> float:
+                       providers=None, scene: str = "texture") -> float:
     """Largest relative error between :class:`OnnxRunner` and ``model.step`` (output and every state
-    tensor) over ``steps`` steps of one stream, each runner feeding its own state back."""
+    tensor) over ``steps`` steps of one stream, each runner feeding its own state back. ``scene``: the video frames
+    (:func:`example_inputs`)."""
     runner = OnnxRunner(path, providers=providers)
     spec = runner.spec
     runner.init_state(batch, *dims)
@@ -294,7 +381,7 @@ def compare_with_torch(path: str | Path, model: nn.Module, batch: int, *dims: in
     wrapper = _wrapper(spec, model).eval()
     worst = 0.0
     for t in range(steps):
-        x = example_inputs(spec, batch, *dims, seed=seed, t=t)
+        x = example_inputs(spec, batch, *dims, seed=seed, t=t, scene=scene)
         x["strength"][:] = 0.8
         with torch.no_grad():
             out, *state = wrapper(*(torch.from_numpy(x[n]) for n in spec.frame_inputs), *state)
@@ -434,9 +521,10 @@ class OnnxRunner:
                 raise ValueError("this graph is guided: pass the original frame" if spec.guided else
                                  "this graph is processed-only: export with guided=True to use an original frame")
             size = (frame.shape[0], *frame.shape[2:])
-            if min(size[1:]) < 64 and self._sizes_free:
-                raise ValueError(f"processed frames are {size[2]}x{size[1]}: this resolution-generic graph needs a short "
-                                 "side of at least 64 px (export at the size you run, with --static-size, for smaller)")
+            if min(size[1:]) < MIN_GENERIC_SIDE and self._sizes_free:
+                raise ValueError(f"processed frames are {size[2]}x{size[1]}: this resolution-generic graph needs a "
+                                 "short side of at least 64 px (export at the size you run, with --static-size, for "
+                                 "smaller)")
             feeds = {"processed": frame}
             if spec.guided:
                 feeds["original"] = _video_frame(second, "original", not self._graph_sanitises)

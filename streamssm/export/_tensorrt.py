@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from streamssm._args import as_strength
 
+from ._files import check_output_path, claim_temp, move_into_place
 from ._spec import OUTPUT, StepSpec, new_stream_size, parse_shape, state_in, state_out
 
 log = logging.getLogger("streamssm")
@@ -141,7 +141,8 @@ def _frame_profile(spec: StepSpec, network, onnx_path, min_shape, opt_shape, max
         shape = tuple(d if d != -1 else v for d, v in zip(declared, shape))
         if spec.kind == "video" and -1 in declared[2:] and min(shape[2:]) < 64:
             raise ValueError(f"{opt} {'x'.join(map(str, shape))}: a resolution-generic video graph needs frames with a "
-                             "short side of at least 64 px; export at the size you run (--static-size) for smaller ones")
+                             "short side of at least 64 px; export at the size you run (--static-size) for smaller "
+                             "ones")
         out.append(shape)
     return out
 
@@ -158,12 +159,14 @@ def build_engine(
     tf32: bool = False,
     workspace_mb: int | None = None,
     verbose: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Parse an exported step graph and build a TensorRT engine with one optimisation profile.
 
     Args:
         onnx_path: a graph written by :func:`export_onnx` (its metadata sizes the state).
-        engine_path: the engine file to write; ``<engine_path>.json`` is written beside it.
+        engine_path: the engine file to write, in an existing folder; ``<engine_path>.json`` is written beside it.
+            Neither may be a device or a pipe.
         fp16: let TensorRT pick FP16 kernels (NVIDIA TensorRT's FP16 flag). TensorRT-RTX is strongly
             typed and raises here: its precision is the ONNX graph's.
         min_shapes, opt_shapes, max_shapes: frame shapes, ``"BxKxD"`` (pose) or ``"BxCxHxW"`` (video),
@@ -173,100 +176,108 @@ def build_engine(
             default CURRENT with a GPU, else :data:`RTX_DEFAULT_CCS`.
         tf32: allow TF32 matmuls (off by default: the SSM and the 3x3 colour solve are kept at fp32).
         workspace_mb: cap on the builder's workspace pool, in MiB (at least 1; None: TensorRT's default).
+        overwrite: replace an existing engine and ``.json`` (regular files, or symbolic links: the links themselves
+            are replaced); without it either existing is refused (FileExistsError) before the build.
 
     Returns the engine path. Build time and settings are in the ``.json`` beside it.
     """
-    from ._onnx import check_output_path
-
     trt = import_tensorrt()
     spec = read_onnx_spec(onnx_path)
-    engine_path = check_output_path(engine_path, onnx_path)
+    engine_path = check_output_path(engine_path, onnx_path, overwrite=overwrite)
+    meta_path = check_output_path(f"{engine_path}.json", onnx_path, overwrite=overwrite,
+                                  what="the file to write (the engine's settings, beside it)")
     if workspace_mb is not None and int(workspace_mb) < 1:
         raise ValueError(f"workspace_mb must be a positive number of MiB, got {workspace_mb}")
+    # claimed before the build: an unwritable folder is said now; both are removed however the build ends
+    tmp = claim_temp(engine_path)
+    try:
+        meta_tmp = claim_temp(meta_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        logger = _make_logger(trt, verbose)
+        builder = trt.Builder(logger)
+        flags = 0
+        if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT 8.x; a no-op flag in 10.x
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise RuntimeError(f"TensorRT cannot parse {onnx_path}:\n  " + "\n  ".join(errs))
+        shapes = profile_shapes(spec, *_frame_profile(spec, network, onnx_path, min_shapes, opt_shapes, max_shapes))
 
-    logger = _make_logger(trt, verbose)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT 8.x; a no-op flag in 10.x
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise RuntimeError(f"TensorRT cannot parse {onnx_path}:\n  " + "\n  ".join(errs))
-    shapes = profile_shapes(spec, *_frame_profile(spec, network, onnx_path, min_shapes, opt_shapes, max_shapes))
+        config = builder.create_builder_config()
+        if fp16:
+            if not hasattr(trt.BuilderFlag, "FP16"):
+                raise ValueError(f"{trt.__name__} builds strongly typed networks only (no FP16 builder flag): fp16 "
+                                 f"needs an fp16 ONNX graph, which the models cannot trace yet; build fp32, or use "
+                                 f"NVIDIA TensorRT")
+            config.set_flag(trt.BuilderFlag.FP16)
+        if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)
+        if workspace_mb is not None:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+        ccs: list[str] = []
+        if hasattr(config, "set_compute_capability"):  # TensorRT-RTX: targets chosen at build time
+            ccs = [c.upper() for c in
+                   (compute_capabilities or (["CURRENT"] if _cuda_available() else RTX_DEFAULT_CCS))]
+            config.num_compute_capabilities = len(ccs)
+            for i, c in enumerate(ccs):
+                if not hasattr(trt.ComputeCapability, c):
+                    raise ValueError(f"unknown compute capability {c!r}; {trt.__name__} knows "
+                                     f"{list(trt.ComputeCapability.__members__)}")
+                config.set_compute_capability(getattr(trt.ComputeCapability, c), i)
+        elif compute_capabilities:
+            raise ValueError(f"{trt.__name__} builds for the GPU it runs on: compute_capabilities is TensorRT-RTX "
+                             "only")
 
-    config = builder.create_builder_config()
-    if fp16:
-        if not hasattr(trt.BuilderFlag, "FP16"):
-            raise ValueError(f"{trt.__name__} builds strongly typed networks only (no FP16 builder flag): fp16 "
-                             f"needs an fp16 ONNX graph, which the models cannot trace yet; build fp32, or use "
-                             f"NVIDIA TensorRT")
-        config.set_flag(trt.BuilderFlag.FP16)
-    if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if workspace_mb is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    ccs: list[str] = []
-    if hasattr(config, "set_compute_capability"):  # TensorRT-RTX: targets chosen at build time
-        ccs = [c.upper() for c in (compute_capabilities or (["CURRENT"] if _cuda_available() else RTX_DEFAULT_CCS))]
-        config.num_compute_capabilities = len(ccs)
-        for i, c in enumerate(ccs):
-            if not hasattr(trt.ComputeCapability, c):
-                raise ValueError(f"unknown compute capability {c!r}; {trt.__name__} knows "
-                                 f"{list(trt.ComputeCapability.__members__)}")
-            config.set_compute_capability(getattr(trt.ComputeCapability, c), i)
-    elif compute_capabilities:
-        raise ValueError(f"{trt.__name__} builds for the GPU it runs on: compute_capabilities is TensorRT-RTX only")
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            t = network.get_input(i)
+            if t.name not in shapes:
+                raise RuntimeError(f"{onnx_path}: input {t.name!r} is not one this streamssm version knows; "
+                                   "re-export")
+            lo, mid, hi = shapes[t.name]
+            declared = tuple(t.shape)
+            if len(declared) != len(lo) or any(d not in (-1, v) for d, v in zip(declared, mid)):
+                raise RuntimeError(f"{onnx_path}: input {t.name} is declared {declared} but the model's state is "
+                                   f"{mid}: the graph was exported from another model version; re-export")
+            if -1 in declared:
+                profile.set_shape(t.name, lo, mid, hi)
+        config.add_optimization_profile(profile)
 
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        if t.name not in shapes:
-            raise RuntimeError(f"{onnx_path}: input {t.name!r} is not one this streamssm version knows; re-export")
-        lo, mid, hi = shapes[t.name]
-        declared = tuple(t.shape)
-        if len(declared) != len(lo) or any(d not in (-1, v) for d, v in zip(declared, mid)):
-            raise RuntimeError(f"{onnx_path}: input {t.name} is declared {declared} but the model's state is {mid}: "
-                               f"the graph was exported from another model version; re-export")
-        if -1 in declared:
-            profile.set_shape(t.name, lo, mid, hi)
-    config.add_optimization_profile(profile)
+        t0 = time.perf_counter()
+        plan = builder.build_serialized_network(network, config)
+        seconds = time.perf_counter() - t0
+        if plan is None or logger.errors:  # an error logged with a plan returned still means a broken engine
+            why = "; ".join(logger.errors) or "see the TensorRT log"
+            raise RuntimeError(f"TensorRT could not build an engine from {onnx_path}: {why}")
 
-    t0 = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - t0
-    if plan is None or logger.errors:  # an error logged with a plan returned still means a broken engine
-        why = "; ".join(logger.errors) or "see the TensorRT log"
-        raise RuntimeError(f"TensorRT could not build an engine from {onnx_path}: {why}")
-
-    engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(f".{engine_path.name}.partial")
-    meta_path = Path(f"{engine_path}.json")
-    meta_tmp = meta_path.with_name(f".{meta_path.name}.partial")
-    info = {
-        **spec.to_metadata(),
-        "tensorrt_module": trt.__name__,
-        "tensorrt_version": getattr(trt, "__version__", "?"),
-        "fp16": bool(fp16),
-        "tf32": bool(tf32),
-        "compute_capabilities": ccs,
-        "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
-        "build_seconds": round(seconds, 3),
-        "onnx": str(onnx_path),
-    }
-    try:  # both written aside, then moved in, metadata first: an engine never lands without its settings
+        info = {
+            **spec.to_metadata(),
+            "tensorrt_module": trt.__name__,
+            "tensorrt_version": getattr(trt, "__version__", "?"),
+            "fp16": bool(fp16),
+            "tf32": bool(tf32),
+            "compute_capabilities": ccs,
+            "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
+            "build_seconds": round(seconds, 3),
+            "onnx": str(onnx_path),
+        }
+        # both written aside, then moved in, metadata first: an engine never lands without its settings
         with open(tmp, "wb") as f:
             f.write(memoryview(plan))
         meta_tmp.write_text(json.dumps(info, indent=1))
-        os.replace(meta_tmp, meta_path)
-        os.replace(tmp, engine_path)
+        check_output_path(engine_path, overwrite=overwrite)  # again, as the json's move does: the build took a while
+        move_into_place(meta_tmp, meta_path, overwrite)
+        move_into_place(tmp, engine_path, overwrite)
+        log.info("built %s in %.1f s with %s %s", engine_path, seconds, trt.__name__, info["tensorrt_version"])
+        return engine_path
     finally:
         tmp.unlink(missing_ok=True)
         meta_tmp.unlink(missing_ok=True)
-    log.info("built %s in %.1f s with %s %s", engine_path, seconds, trt.__name__, info["tensorrt_version"])
-    return engine_path
 
 
 class TensorRTRunner:

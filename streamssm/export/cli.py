@@ -12,12 +12,11 @@ log = logging.getLogger("streamssm")
 
 
 def _check_output(args: argparse.Namespace, *inputs) -> None:
-    """Before any work: the output is not a folder, not an input, and not an existing file unless --overwrite."""
-    from streamssm.export._onnx import check_output_path
+    """Before any work: the output is not a folder, a device or a pipe, not an input, in an existing folder, and not
+    an existing file unless --overwrite."""
+    from streamssm.export._files import check_output_path
 
-    out = check_output_path(args.output, *inputs)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+    check_output_path(args.output, *inputs, overwrite=args.overwrite)
 
 
 def _cmd_onnx(args: argparse.Namespace) -> int:
@@ -32,6 +31,12 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
         raise ValueError("--ghost-res is for --model video (the ghost guard of its temporal blend), not pose")
     if args.model == "pose" and args.exposure_lock is not None:
         raise ValueError("--exposure-lock is for --model video, not pose")
+    from streamssm._args import as_exposure_lock, as_ghost_res
+
+    if args.ghost_res is not None:  # named as typed (the Python keyword is ghost_res)
+        as_ghost_res(args.ghost_res, "--ghost-res")
+    if args.exposure_lock is not None:
+        as_exposure_lock(args.exposure_lock, "--exposure-lock")
     args.dims = 2 if args.dims is None else args.dims
     from streamssm.export._onnx import _package_weights
 
@@ -47,9 +52,9 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     try:
         path = export_onnx(args.model, args.output, weights=args.weights, opset=args.opset, guided=args.guided,
                            dims=args.dims, shape=shape, dynamic_size=not args.static_size, check=not args.no_check,
-                           ghost_res=args.ghost_res, exposure_lock=args.exposure_lock)
-    except (ImportError, RuntimeError) as e:  # missing extra, or a graph that failed its check: a message
-        # export_onnx's advice names its keyword; here the user types the option
+                           ghost_res=args.ghost_res, exposure_lock=args.exposure_lock, overwrite=args.overwrite)
+    except (ImportError, RuntimeError, ValueError) as e:  # missing extra, a graph that failed its check: a message
+        # export_onnx's advice names its keywords; here the user types the options
         raise ValueError(str(e).replace("dynamic_size=False", "--static-size")) from e
     print(f"wrote {path}")
     return 0
@@ -62,21 +67,19 @@ def _cmd_tensorrt(args: argparse.Namespace) -> int:
     if args.workspace_mb is not None and args.workspace_mb < 1:
         raise ValueError(f"--workspace-mb must be a positive number of MiB, got {args.workspace_mb}")
     _check_output(args, args.onnx)
-    from pathlib import Path
+    from streamssm.export._files import check_output_path
 
-    meta = Path(f"{args.output}.json")  # the engine's metadata file, written beside it: the same rules
-    if meta.is_dir():
-        raise ValueError(f"{meta}: is a directory; the engine's settings are written there (name another output)")
-    if meta.exists() and not args.overwrite:
-        raise FileExistsError(f"{meta}: already exists (the engine's settings go there); pass --overwrite to "
-                              "replace it")
+    # the engine's settings file, written beside it: the same rules
+    check_output_path(f"{args.output}.json", args.onnx, overwrite=args.overwrite,
+                      what="the file to write (the engine's settings, beside it)")
     try:
         spec = read_onnx_spec(args.onnx)
         if args.model and args.model != spec.kind:
             raise ValueError(f"{args.onnx} holds the {spec.kind} model, not {args.model}")
         path = build_engine(args.onnx, args.output, fp16=args.fp16, min_shapes=args.min, opt_shapes=args.opt,
                             max_shapes=args.max, compute_capabilities=args.compute_capability or None,
-                            tf32=args.tf32, workspace_mb=args.workspace_mb, verbose=args.trt_verbose)
+                            tf32=args.tf32, workspace_mb=args.workspace_mb, verbose=args.trt_verbose,
+                            overwrite=args.overwrite)
     except (ImportError, RuntimeError) as e:  # no TensorRT, or a parse/build failure: a message, not a traceback
         raise ValueError(str(e)) from e
     print(f"wrote {path} (settings in {path}.json)")

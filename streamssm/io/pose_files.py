@@ -53,13 +53,17 @@ Converting between formats keeps the frame numbers, the joint names, the image s
 MediaPipe's visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from).
 A file's ``fps`` that is not a positive number reads as None, with ``meta["bad_fps"]`` saying what it was.
 
+An ``.npz``'s other arrays are read when asked for (``meta["arrays"]``, see :class:`_NpzArrays`), not with the points:
+writing the result back reads them from the input file then.
+
 Errors (empty file, no frame or no keypoint, missing keys or columns, inconsistent joint counts, frame numbers or
-joint names that do not fit the points, unknown extension) raise ``ValueError`` naming the file and what was
-expected. Writers write a temporary file in the target
+joint names that do not fit the points, JSON nested too deeply, unknown extension) raise ``ValueError`` naming the
+file and what was expected. Writers write a temporary file in the target
 folder and ``os.replace`` it into place, and refuse to overwrite the file the data was read from.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -67,6 +71,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +79,7 @@ import numpy as np
 
 from streamssm.io.video import _disk_error
 
-__all__ = ["PoseData", "read_pose", "write_pose", "SUPPORTED_EXTENSIONS"]
+__all__ = ["PoseData", "PoseLimitError", "read_pose", "write_pose", "SUPPORTED_EXTENSIONS"]
 
 SUPPORTED_EXTENSIONS = (".npz", ".csv", ".json")
 
@@ -140,8 +145,13 @@ def _ext(path: Path) -> str:
     return ext
 
 
-def read_pose(path: str | os.PathLike, key: str | None = None) -> PoseData:
-    """Read a pose file (format from the extension; see the module docstring)."""
+def read_pose(path: str | os.PathLike, key: str | None = None, limit: tuple[int, int] | None = None) -> PoseData:
+    """Read a pose file (format from the extension; see the module docstring).
+
+    ``limit``: (frames, keypoints) at most, else :class:`PoseLimitError` (a ``ValueError``); an ``.npz``'s points are
+    measured by their header, before their data is read (a server taking uploads: a compressed array of zeros
+    is small on disk and not in memory). None: no limit.
+    """
     path = Path(path)
     if path.is_dir():
         from streamssm.io.openpose import is_openpose_folder, read_openpose
@@ -159,7 +169,7 @@ def read_pose(path: str | os.PathLike, key: str | None = None) -> PoseData:
         raise _err(path, f"empty file, expected {ext} pose data")
     try:
         if ext == ".npz":
-            data = _read_npz(path, key)
+            data = _read_npz(path, key, limit)
         elif ext == ".csv":
             data = _read_csv(path)
         else:
@@ -169,6 +179,7 @@ def read_pose(path: str | os.PathLike, key: str | None = None) -> PoseData:
     except OSError as e:
         raise _err(path, f"cannot read ({e.strerror or e})") from None
     _check_not_empty(path, data)
+    _check_limit(path, data.num_frames, data.num_keypoints, limit)
     data.meta["source"] = str(path.resolve())
     return data
 
@@ -185,7 +196,107 @@ def _check_not_empty(path: Path, data: PoseData) -> None:
 
 # ---------------------------------------------------------------------------------------------- npz
 
-def _read_npz(path: Path, key: str | None) -> PoseData:
+class _NpzArrays(Mapping):
+    """The arrays of an ``.npz``, each read from the file when first asked for (and kept): ``meta["arrays"]``.
+
+    A pose file may hold other arrays beside its points; reading them all to filter the points let a small
+    compressed file take ~1000x its size in memory (a 391 kB archive of zeros held 400 MB, an audit of the demo).
+    The reader reads the points and the small arrays they use; the others are read by whoever asks for them (the
+    writer, which copies every key of the input; the pose CLI's ``timestamps``), from the file, so it must still be
+    there. Shape and dtype come from each ``.npy`` header (:meth:`header`) without reading the data. Nothing is ever
+    unpickled.
+    """
+
+    def __init__(self, path: Path):
+        import zipfile
+
+        self._path = path
+        with _npz_errors(path), zipfile.ZipFile(path) as zf:
+            members = zf.namelist()
+        # np.load's keys: a member's name without its .npy
+        self._members = {m[: -len(".npy")] if m.endswith(".npy") else m: m for m in members}
+        self._loaded: dict[str, np.ndarray] = {}
+
+    def __iter__(self):
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, key) -> bool:
+        return key in self._members
+
+    @contextlib.contextmanager
+    def _member(self, key: str):
+        import zipfile
+
+        with _npz_errors(self._path), zipfile.ZipFile(self._path) as zf, zf.open(self._members[key]) as f:
+            yield f
+
+    def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        """``key``'s shape and dtype, from its ``.npy`` header: no data read."""
+        from numpy.lib import format as npy
+
+        with self._member(key) as f:
+            try:
+                version = npy.read_magic(f)
+            except ValueError:
+                raise _err(self._path, f"{key!r} is not a numpy array; expected arrays of numbers") from None
+            # 3.0 differs from 2.0 only in allowing utf-8 field names
+            shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(f)
+        return tuple(shape), dtype
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._members:
+            raise KeyError(key)
+        if key not in self._loaded:
+            from numpy.lib import format as npy
+
+            if self.header(key)[1].hasobject:
+                raise _err(self._path, f"cannot read {key!r} as .npz (it holds object arrays, which are never "
+                                       "unpickled); expected arrays of numbers")
+            with self._member(key) as f:
+                self._loaded[key] = npy.read_array(f, allow_pickle=False)
+        return self._loaded[key]
+
+    def small(self, key: str):
+        """``key``'s array when it is small (a few numbers or a short text: fps, width, ...), else a description of
+        it: an array of a million frame rates is not read to be refused."""
+        shape, dtype = self.header(key)
+        if math.prod(shape) > 16 or dtype.itemsize > 1024 or dtype.hasobject:
+            return f"<{dtype} array of shape {shape}>"
+        return self[key]
+
+
+@contextlib.contextmanager
+def _npz_errors(path: Path):
+    """zipfile / format errors (a damaged member, a zip that is not an npz) as a ValueError naming the file."""
+    import zipfile
+    import zlib
+
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(f"{path}: "):
+            raise  # ours
+        raise _err(path, f"cannot read as .npz ({e})") from None
+
+
+class PoseLimitError(ValueError):
+    """A pose file holds more frames or keypoints than the caller's ``limit`` (:func:`read_pose`)."""
+
+    def __init__(self, path, frames: int, keypoints: int, limit: tuple[int, int]):
+        self.frames, self.keypoints, self.limit = frames, keypoints, limit
+        super().__init__(f"{path}: {frames} frames x {keypoints} keypoints, more than the {limit[0]} frames and "
+                         f"{limit[1]} keypoints read here")
+
+
+def _check_limit(path: Path, t: int, k: int, limit: tuple[int, int] | None) -> None:
+    if limit is not None and (t > limit[0] or k > limit[1]):
+        raise PoseLimitError(path, t, k, limit)
+
+
+def _read_npz(path: Path, key: str | None, limit: tuple[int, int] | None = None) -> PoseData:
     import zipfile
 
     # an .npz is a zip of .npy files; np.load takes anything else for a pickle, and its message then suggests
@@ -195,14 +306,7 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
     if not is_zip:
         raise _err(path, "is not a valid .npz (zip) file, expected numpy.savez output with a 'points' or "
                          "'landmarks_raw' array")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:  # an object array: it would need unpickling, which is never done
-        why = "it holds object arrays, which are never unpickled" if "pickle" in str(e).lower() else str(e)
-        raise _err(path, f"cannot read as .npz ({why}); expected arrays of numbers") from None
-    except Exception as e:  # zipfile / format errors: a damaged member, a zip that is not an npz
-        raise _err(path, f"cannot read as .npz ({e})") from None
+    arrays = _NpzArrays(path)
     if key is not None and key not in arrays:
         raise _err(path, f"key {key!r} (--key) is not in the file; it has {sorted(arrays)}")
     if key is None:
@@ -210,57 +314,70 @@ def _read_npz(path: Path, key: str | None) -> PoseData:
     if key is None:
         raise _err(path, f"expected key 'landmarks_raw' (MediaPipe layout) or 'points' (plain layout), found "
                          f"{sorted(arrays)} (--key names another array)")
+    # shape, dtype and size from the header: an array refused (or over the caller's limit) is never read
+    shape, dtype = arrays.header(key)
+    if dtype.hasobject:
+        raise _err(path, "cannot read as .npz (it holds object arrays, which are never unpickled); expected arrays "
+                         "of numbers")
+    mediapipe = key != "points" and not (len(shape) == 3 and shape[-1] in (2, 3))
+    if mediapipe and (len(shape) != 3 or shape[-1] not in (4, 5)):
+        raise _err(path, f"expected {key!r} of shape (t, k, 2 or 3) = points, or (t, k, 4 or 5) = x, y, z, "
+                         f"visibility[, presence] (MediaPipe), got {shape}")
+    if not mediapipe and (len(shape) != 3 or shape[-1] not in (2, 3)):
+        raise _err(path, f"expected 'points' of shape (t, k, 2 or 3), got {shape}")
+    if not np.issubdtype(dtype, np.number):
+        raise _err(path, f"expected numbers in {key!r}, got dtype {dtype}")
+    _check_limit(path, shape[0], shape[1], limit)
     arr = np.asarray(arrays[key])
-    if key != "points" and not (arr.ndim == 3 and arr.shape[-1] in (2, 3)):  # MediaPipe-style
-        if arr.ndim != 3 or arr.shape[-1] not in (4, 5):
-            raise _err(path, f"expected {key!r} of shape (t, k, 2 or 3) = points, or (t, k, 4 or 5) = x, y, z, "
-                             f"visibility[, presence] (MediaPipe), got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.number):
-            raise _err(path, f"expected numbers in {key!r}, got dtype {arr.dtype}")
+    if mediapipe:
         conf = np.nan_to_num(arr[..., 3].astype(np.float32), nan=0.0)
         meta = {"format": "npz-mediapipe", "key": key, "arrays": arrays, "visibility": True}
         # image landmarks, x and y normalised by the image's width and height; world ones (world_landmarks_raw,
         # MediaPipe Tasks' pose_world_landmarks) are metres
         if "world" not in key:
             meta["image_size"] = _image_size(arrays)
-        return PoseData(arr[..., :3].astype(np.float32), conf, _file_fps(path, arrays.get("fps"), meta), meta)
-    if arr.ndim != 3 or arr.shape[-1] not in (2, 3):
-        raise _err(path, f"expected 'points' of shape (t, k, 2 or 3), got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise _err(path, f"expected numbers in {key!r}, got dtype {arr.dtype}")
-    conf = arrays.get("confidence")
-    if conf is not None and conf.shape != arr.shape[:2]:
-        raise _err(path, f"expected 'confidence' of shape {arr.shape[:2]}, got {conf.shape}")
-    meta = {"format": "npz-plain", "key": key, "arrays": arrays,
-            "visibility": str(arrays.get("confidence_kind", "")) == "visibility"}
+        fps = _file_fps(path, arrays.small("fps") if "fps" in arrays else None, meta)
+        return PoseData(arr[..., :3].astype(np.float32), conf, fps, meta)
+    conf = None
+    if "confidence" in arrays:
+        cshape, cdtype = arrays.header("confidence")
+        if cshape != arr.shape[:2]:
+            raise _err(path, f"expected 'confidence' of shape {arr.shape[:2]}, got {cshape}")
+        if not (np.issubdtype(cdtype, np.number) or cdtype == bool):
+            raise _err(path, f"expected numbers in 'confidence', got dtype {cdtype}")
+        conf = arrays["confidence"]
+    kind = arrays.small("confidence_kind") if "confidence_kind" in arrays else ""
+    meta = {"format": "npz-plain", "key": key, "arrays": arrays, "visibility": str(kind) == "visibility"}
     # frame numbers and joint names that do not fit the points are refused, not dropped: a frame short means the
     # file is not what its writer meant, and frames placed by the wrong numbers are filtered at the wrong times
-    frames = arrays.get("frames")
-    if frames is not None:
-        if frames.shape != arr.shape[:1] or not np.issubdtype(frames.dtype, np.number):
-            raise _err(path, f"'frames' has shape {frames.shape} ({frames.dtype}) for the {arr.shape[0]} frames of "
+    if "frames" in arrays:
+        fshape, fdtype = arrays.header("frames")
+        if fshape != arr.shape[:1] or not np.issubdtype(fdtype, np.number):
+            raise _err(path, f"'frames' has shape {fshape} ({fdtype}) for the {arr.shape[0]} frames of "
                              f"{key!r}, expected one frame number per frame")
-        meta["frame_numbers"] = frames.tolist()
-    names = arrays.get("joint_names")
-    if names is not None:
-        if names.shape != arr.shape[1:2] or names.dtype.kind != "U":
-            raise _err(path, f"'joint_names' has shape {names.shape} ({names.dtype}) for the {arr.shape[1]} keypoints "
-                             f"of {key!r}, expected one name (text) per keypoint")
-        meta["joint_names"] = names.tolist()
-    size = arrays.get("image_size")
-    if size is not None:
-        size = np.asarray(size, np.float64).reshape(-1) if np.issubdtype(size.dtype, np.number) else np.zeros(0)
+        meta["frame_numbers"] = arrays["frames"].tolist()
+    if "joint_names" in arrays:
+        nshape, ndtype = arrays.header("joint_names")
+        if nshape != arr.shape[1:2] or ndtype.kind != "U" or ndtype.itemsize > 4 * 1024:
+            raise _err(path, f"'joint_names' has shape {nshape} ({ndtype}) for the {arr.shape[1]} keypoints "
+                             f"of {key!r}, expected one name (text, up to 1024 characters) per keypoint")
+        meta["joint_names"] = arrays["joint_names"].tolist()
+    if "image_size" in arrays:
+        given = arrays.small("image_size")
+        size = np.zeros(0)
+        if isinstance(given, np.ndarray) and np.issubdtype(given.dtype, np.number):
+            size = np.asarray(given, np.float64).reshape(-1)
         if size.shape != (2,) or not (np.isfinite(size).all() and (size > 0).all()):
-            raise _err(path, f"expected 'image_size' as (width, height) in pixels, got {arrays['image_size']!r}")
+            raise _err(path, f"expected 'image_size' as (width, height) in pixels, got {given!r}")
         meta["image_size"] = (float(size[0]), float(size[1]))
-    fps = _file_fps(path, arrays.get("fps"), meta)
+    fps = _file_fps(path, arrays.small("fps") if "fps" in arrays else None, meta)
     return PoseData(arr.astype(np.float32), None if conf is None else conf.astype(np.float32), fps, meta)
 
 
-def _image_size(arrays: dict) -> tuple[float, float]:
+def _image_size(arrays: _NpzArrays) -> tuple[float, float]:
     """An npz's ``width``, ``height`` (pixels) when both are positive numbers, else (1, 1): normalised units."""
     try:
-        w, h = float(arrays["width"]), float(arrays["height"])
+        w, h = float(arrays.small("width")), float(arrays.small("height"))
     except (KeyError, TypeError, ValueError):
         return (1.0, 1.0)
     return (w, h) if math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0 else (1.0, 1.0)
@@ -438,6 +555,8 @@ def _write_csv(f, path: Path, data: PoseData, meta: dict) -> None:
 def _read_json(path: Path) -> PoseData:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # '[[[[...' thousands deep: Python's parser gives up
+        raise _err(path, "JSON nested too deeply, expected {'frames': [{'keypoints': [[x, y, ...], ...]}]}") from None
     except json.JSONDecodeError as e:
         raise _err(path, f"invalid JSON ({e}), expected {{'frames': [{{'keypoints': [[x, y, ...], ...]}}]}}") from None
     if isinstance(doc, dict) and isinstance(doc.get("people"), list) and "frames" not in doc:

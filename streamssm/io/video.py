@@ -1064,19 +1064,27 @@ def _claim_temp(path: Path) -> tuple[Path, int | None]:
             with open(tmp, "wb"):  # emptied: one left by a killed run
                 pass
             return tmp, None
-        try:
-            own, now = os.fstat(fd), os.stat(tmp)
-            if (own.st_ino, own.st_dev) != (now.st_ino, now.st_dev):  # a finishing run renamed it away meanwhile
-                raise FileNotFoundError(tmp)
-            os.ftruncate(fd, 0)  # one left by a killed run
-        except FileNotFoundError:
-            os.close(fd)
-            continue
-        except BaseException:
-            os.close(fd)
-            raise
-        return tmp, fd
+        if _still_ours(tmp, fd, lambda: os.ftruncate(fd, 0)):  # emptied: one left by a killed run
+            return tmp, fd
     raise VideoIOError(f"{path}: too many runs writing it at once")
+
+
+def _still_ours(tmp: Path, fd: int, clear) -> bool:
+    """After a run's ``flock`` on ``fd`` (opened on ``tmp``) succeeds: whether ``fd`` is still ``tmp``'s (a finishing
+    run may have renamed it away between the open and the lock, and let go of it); then ``clear()`` empties one
+    left by a killed run (it may raise FileNotFoundError too: not one to take). Otherwise ``fd`` is closed."""
+    try:
+        own, now = os.fstat(fd), os.stat(tmp)
+        if (own.st_ino, own.st_dev) != (now.st_ino, now.st_dev):
+            raise FileNotFoundError(tmp)
+        clear()
+    except FileNotFoundError:
+        os.close(fd)
+        return False
+    except BaseException:
+        os.close(fd)
+        raise
+    return True
 
 
 def _move_into_place(tmp: Path, target: Path, replace: bool) -> Path:
@@ -1105,7 +1113,7 @@ def _move_into_place(tmp: Path, target: Path, replace: bool) -> Path:
 
 class _VideoSink(FrameSink):
     def __init__(self, path: Path, *, rate: Fraction, width: int, height: int, audio_from, codec, crf, preset,
-                 sample_aspect: Fraction | None = None, untagged: bool = False):
+                 sample_aspect: Fraction | None = None, untagged: bool = False, faststart: bool = False):
         import av
 
         self.path = str(path)
@@ -1135,7 +1143,10 @@ class _VideoSink(FrameSink):
             # PyAV opens the file lazily (at the first packet); create it now so an unwritable
             # directory fails here, before any decoding work.
             self._tmp, self._lock = _claim_temp(path)  # the lock is let go after the rename (or on _abort)
-            self._out = av.open(str(self._tmp), "w")
+            # faststart: the muxer moves the index (moov) before the data when it writes the trailer, re-reading the
+            # temporary file (a second pass over it), so a browser plays the file before it has all of it
+            opts = {"movflags": "+faststart"} if faststart and ext in (".mp4", ".m4v", ".mov") else {}
+            self._out = av.open(str(self._tmp), "w", container_options=opts)
         except (av.FFmpegError, OSError) as e:
             if getattr(self, "_lock", None) is not None:
                 with contextlib.suppress(OSError):
@@ -1594,20 +1605,15 @@ def _claim_staging(folder: Path) -> tuple[Path, int | None]:
             if made:
                 return tmp, None
             continue
-        try:
-            own, now = os.fstat(fd), os.stat(tmp)
-            if not stat.S_ISDIR(own.st_mode) or (own.st_ino, own.st_dev) != (now.st_ino, now.st_dev):
-                raise FileNotFoundError(tmp)  # not a folder, or a finishing run moved it away meanwhile
+        def clear(tmp=tmp, fd=fd, made=made):
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise FileNotFoundError(tmp)  # not a folder
             if not made:  # one left by a killed run
                 for f in tmp.glob("*.png"):
                     f.unlink()
-        except FileNotFoundError:
-            os.close(fd)
-            continue
-        except BaseException:
-            os.close(fd)
-            raise
-        return tmp, fd
+
+        if _still_ours(tmp, fd, clear):
+            return tmp, fd
     raise VideoIOError(f"{folder}: too many runs writing it at once")
 
 
@@ -1779,6 +1785,7 @@ def open_sink(
     protected: Iterable[str | os.PathLike] = (),
     sample_aspect: Fraction | None = None,
     untagged: bool = False,
+    faststart: bool = False,
 ) -> FrameSink:
     """Open a video file (mp4/m4v/avi/mov/mkv/webm/ts) or PNG folder for writing; see the module docstring.
 
@@ -1786,6 +1793,9 @@ def open_sink(
     display shape); PNG frames hold none. ``untagged``: the source had no colour-matrix tag (a source's
     ``untagged``): write BT.601 YUV, untagged, as it was read, so the output looks in any player as the input does
     (by default the output is tagged BT.709 from 720 lines up and BT.601 below, as players guess untagged video).
+    ``faststart``: an mp4/m4v/mov gets its index (``moov``) before its data, as a web page needs to play it while it
+    downloads (ffmpeg's ``-movflags +faststart``: a second pass over the file when it is closed); other containers
+    ignore it. Off by default, as in ffmpeg.
 
     A path ending in ``/``, without an extension, or naming an existing directory is a PNG folder.
     Refuses (:class:`VideoIOError`, before any work) an output that is the same file as any
@@ -1828,7 +1838,7 @@ def open_sink(
         what = "is a file, not a directory" if p.parent.exists() else "does not exist"
         raise VideoIOError(f"{s}: output directory {p.parent} {what}")
     return _VideoSink(p, rate=rate, width=width, height=height, audio_from=audio_from, codec=codec, crf=crf,
-                      preset=preset, sample_aspect=sample_aspect, untagged=untagged)
+                      preset=preset, sample_aspect=sample_aspect, untagged=untagged, faststart=faststart)
 
 
 SIGNAL_EXIT = {143: "SIGTERM", 129: "SIGHUP"}  # exit status -> the signal it stands for (128 + its number)

@@ -759,22 +759,44 @@ def _demo_operator(name: str):
     return make_demo_operator(name, seed=0)
 
 
-def _labeller(left: str, right: str, width: int):
-    """Draws the two panel titles onto a side-by-side frame (in place)."""
+def _fit_label(text: str, room: int, scale: float) -> tuple[str, float, int, int]:
+    """(text, font scale, thickness, padding) of a panel title at most ``room`` px wide with its padding: the font
+    made smaller, down to 0.35 (still legible), then the text cut with "..." (Hershey fonts have no ellipsis)."""
     import cv2
-
-    fs = max(0.5, 0.9 * width / 1280)  # font scale: readable on a 640 px panel, not huge at 1080p
-    thick = max(1, round(2 * fs))
 
     font = cv2.FONT_HERSHEY_SIMPLEX
 
+    def width(t: str, fs: float) -> tuple[int, int, int]:
+        thick = max(1, round(2 * fs))
+        (tw, th), _ = cv2.getTextSize(t, font, fs, thick)
+        return tw + 2 * max(4, th // 2), thick, max(4, th // 2)
+
+    w = width(text, scale)[0]
+    if w > room:
+        scale = max(0.35, scale * room / w)
+    cut = text
+    for n in range(len(text), 0, -1):
+        cut = text if n == len(text) else text[:n].rstrip() + "..."
+        if width(cut, scale)[0] <= room:
+            break
+    _, thick, pad = width(cut, scale)
+    return cut, scale, thick, pad
+
+
+def _labeller(left: str, right: str, width: int):
+    """Draws the two panel titles onto a side-by-side frame (in place), each kept within its ``width`` px panel."""
+    import cv2
+
+    fs = max(0.5, 0.9 * width / 1280)  # font scale: readable on a 640 px panel, not huge at 1080p
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    labels = [(*_fit_label(text, width, fs), x) for text, x in ((left, 0), (right, width))]
+
     def draw(frame: np.ndarray) -> None:
-        for text, x in ((left, 0), (right, width)):
-            (tw, th), base = cv2.getTextSize(text, font, fs, thick)
-            pad = max(4, th // 2)
+        for text, scale, thick, pad, x in labels:
+            (tw, th), base = cv2.getTextSize(text, font, scale, thick)
             box = frame[: th + base + 2 * pad, x : x + tw + 2 * pad]
             box[:] = box // 3  # darkened backdrop: readable on any content, no outline artefacts
-            cv2.putText(frame, text, (x + pad, th + pad), font, fs, (255, 255, 255), thick, cv2.LINE_AA)
+            cv2.putText(frame, text, (x + pad, th + pad), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
     return draw
 

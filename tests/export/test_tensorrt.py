@@ -16,7 +16,7 @@ pytestmark = pytest.mark.export
 pytest.importorskip("onnx", reason="the TensorRT tests export ONNX first: pip install 'streamssm[export]'")
 pytest.importorskip("onnxruntime", reason="the TensorRT tests export ONNX first: pip install 'streamssm[export]'")
 
-from streamssm.export import TensorRTRunner, build_engine, export_onnx, import_tensorrt  # noqa: E402
+from streamssm.export import TensorRTRunner, build_engine, export_onnx  # noqa: E402
 from streamssm.export._spec import build_model, load_model  # noqa: E402
 from streamssm.video.model import VideoSSMConfig  # noqa: E402
 from tests.export._streams import perturbed, pose_frames, video_frames  # noqa: E402
@@ -25,14 +25,6 @@ from tests.export._streams import perturbed, pose_frames, video_frames  # noqa: 
 TRT_TOL = {torch.float32: 1e-3}
 # GPUs TensorRT-RTX 1.7 can build these graphs for (Turing is refused: "FP32 GEMM is not supported")
 RTX_CAPABILITIES = {(8, 0), (8, 6), (8, 9), (12, 0), (12, 1)}
-
-
-@pytest.fixture(scope="module")
-def trt():
-    try:
-        return import_tensorrt()
-    except ImportError as e:
-        pytest.skip(f"no TensorRT module is importable (tensorrt, tensorrt_rtx, tensorrt_rtx_bindings): {e}")
 
 
 @pytest.fixture(scope="module")

@@ -315,3 +315,81 @@ def test_metadata_that_does_not_fit_the_points_is_refused(tmp_path, name, write,
     write(p)
     with pytest.raises(ValueError, match=says):
         read_pose(p)
+
+
+def _peak_bytes(fn) -> int:
+    """The most memory ``fn()`` allocated at once (numpy's arrays included: numpy reports them to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_npz_arrays_beside_the_points_are_not_read_with_them(tmp_path):
+    """A 40 kB compressed .npz holding 40 MB of zeros beside its points made the reader allocate all of it (every
+    array was loaded; an audit of the demo: 391 kB -> 400 MB). Only the points and what they use are read; writing
+    the result back still copies every key, read from the input then."""
+    p = tmp_path / "bomb.npz"
+    np.savez_compressed(p, points=np.ones((50, 5, 2), np.float32), fps=np.float64(30),
+                        junk=np.zeros(10_000_000, np.float32))
+    assert p.stat().st_size < 200_000
+    peak = _peak_bytes(lambda: read_pose(p))
+    assert peak < 5_000_000, peak
+    d = read_pose(p)
+    assert d.points.shape == (50, 5, 2) and d.fps == 30.0 and sorted(d.meta["arrays"]) == ["fps", "junk", "points"]
+    out = write_pose(tmp_path / "out.npz", d)
+    with np.load(out) as z:
+        assert z["junk"].shape == (10_000_000,)
+
+
+def test_npz_points_over_the_limit_are_refused_by_their_header(tmp_path):
+    """``limit`` (the demo's caps) is checked on the .npy header: 40 MB of compressed zeros as points are refused
+    before their data is read; with no limit (the CLI) a large file reads."""
+    from streamssm.io.pose_files import PoseLimitError
+
+    p = tmp_path / "wide.npz"
+    np.savez_compressed(p, points=np.zeros((50, 100_000, 2), np.float32))
+    err = []
+
+    def read():
+        with pytest.raises(PoseLimitError, match=r"wide\.npz: 50 frames x 100000 keypoints, more than the 1000 "
+                                                 r"frames and 256 keypoints read here") as e:
+            read_pose(p, limit=(1000, 256))
+        err.append(e.value)
+
+    assert _peak_bytes(read) < 5_000_000
+    assert isinstance(err[0], ValueError) and (err[0].frames, err[0].keypoints) == (50, 100_000)
+    assert read_pose(p).points.shape == (50, 100_000, 2)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"frames": [{"keypoints": [[1, 2]] * 3}] * 5}))
+    with pytest.raises(PoseLimitError, match=r"small\.json: 5 frames x 3 keypoints"):
+        read_pose(small, limit=(4, 256))
+    assert read_pose(small, limit=(5, 3)).points.shape == (5, 3, 2)
+
+
+def test_npz_side_arrays_are_checked_by_their_header(tmp_path):
+    """A huge fps, confidence of the wrong shape or names of absurd length are refused (or ignored) without
+    reading them."""
+    pts = np.zeros((4, 3, 2), np.float32)
+    p = tmp_path / "fps.npz"
+    np.savez_compressed(p, points=pts, fps=np.zeros(5_000_000))
+    d = read_pose(p)
+    assert d.fps is None and "shape (5000000,)" in d.meta["bad_fps"]
+    np.savez_compressed(p, points=pts, confidence=np.zeros((4, 1_000_000), np.float32))
+    with pytest.raises(ValueError, match=r"expected 'confidence' of shape \(4, 3\), got \(4, 1000000\)"):
+        read_pose(p)
+    np.savez_compressed(p, points=pts, joint_names=np.array(["a" * 5000] * 3))
+    with pytest.raises(ValueError, match=r"'joint_names' has shape \(3,\) \(<U5000\)"):
+        read_pose(p)
+
+
+def test_json_nested_too_deeply_is_named(tmp_path):
+    """'[[[[...' 200000 deep raised RecursionError from the parser (the demo: 'the server failed')."""
+    p = tmp_path / "deep.json"
+    p.write_text('{"frames":' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(ValueError, match=r"deep\.json: JSON nested too deeply"):
+        read_pose(p)
