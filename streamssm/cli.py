@@ -109,6 +109,10 @@ def _check_train_args(args: argparse.Namespace) -> None:
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in -o, "
                          "--overwrite starts a new one over it")
+    from streamssm.io.video import special_file
+
+    if kind := special_file(out):
+        raise ValueError(f"{out}: is {kind}, not a regular file; expected a weights file (.safetensors) to write")
     if out.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{out}: already exists; pass --resume to continue training it, or --overwrite to "
                               "start over and replace it")

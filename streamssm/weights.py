@@ -38,7 +38,11 @@ def save_weights(path: str | Path, model: nn.Module, kind: str, config: dict, ex
     """Write ``model``'s state dict as safetensors with its kind and config (atomic: temp + rename)."""
     from safetensors.torch import save_file
 
+    from streamssm.io.video import special_file
+
     path = Path(path)
+    if kind_of_file := special_file(path):
+        raise ValueError(f"{path}: is {kind_of_file}, not a regular file; expected a weights file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"streamssm.model": kind, "streamssm.config": json.dumps(config)}
     meta.update({f"streamssm.{k}": json.dumps(v) for k, v in (extra or {}).items()})

@@ -40,3 +40,19 @@ def test_raw_pickle_is_refused_by_content(tmp_path, protocol):
     p.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=protocol))
     with pytest.raises(ValueError, match="pickle or torch.save checkpoint"):
         read_weights(p, "video")
+
+
+def test_save_weights_never_replaces_a_device_or_a_pipe(tmp_path):
+    """Weights are written under a hidden name and renamed into place, which would turn a named pipe (or
+    /dev/null) into a regular file: refused, naming it, and the pipe is still one."""
+    import os
+    import stat
+
+    from streamssm.weights import save_weights
+
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"w\.safetensors: is a named pipe \(FIFO\), not a regular file"):
+        save_weights(fifo, torch.nn.Linear(2, 2), "pose", {})
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]

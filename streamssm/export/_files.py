@@ -16,10 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from streamssm.io.video import _beside
-
-_KINDS = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a named pipe (FIFO)",
-          stat.S_ISSOCK: "a socket"}
+from streamssm.io.video import _beside, special_file
 
 
 def check_output_path(out_path: str | Path, *inputs: str | Path | None, overwrite: bool = False,
@@ -41,7 +38,7 @@ def check_output_path(out_path: str | Path, *inputs: str | Path | None, overwrit
         if src is not None and out_path.exists() and Path(src).exists() and os.path.samefile(out_path, src):
             raise ValueError(f"{out_path}: is the input file ({src}); refusing to overwrite it, name another output")
     if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-        kind = next((k for test, k in _KINDS.items() if test(st.st_mode)), "not a regular file")
+        kind = special_file(out_path) or "not a regular file"
         raise ValueError(f"{out_path}: is {kind}, not a regular file; expected {what} (--overwrite replaces only a "
                          "regular file or a symbolic link)")
     if st is not None and not overwrite:

@@ -77,7 +77,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamssm.io.video import _disk_error
+from streamssm.io.video import _disk_error, special_file
 
 __all__ = ["PoseData", "PoseLimitError", "read_pose", "write_pose", "SUPPORTED_EXTENSIONS"]
 
@@ -672,6 +672,8 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
     if data.confidence is not None and np.shape(data.confidence) != pts.shape[:2]:
         raise _err(path, f"expected confidence of shape {pts.shape[:2]}, got {np.shape(data.confidence)}")
     data = PoseData(pts, None if data.confidence is None else np.asarray(data.confidence, np.float32), data.fps, meta)
+    if kind := special_file(path):
+        raise _err(path, f"is {kind}, not a regular file; expected a pose file to write")
     target = os.path.realpath(path)
     for src in sources:
         if os.path.realpath(src) == target:

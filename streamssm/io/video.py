@@ -1035,6 +1035,22 @@ def _partial_name(path: Path, tag: str = "partial") -> Path:
     raise VideoIOError(f"{path}: too many {tag} outputs beside it; remove some")
 
 
+_SPECIAL_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is a device, a named pipe or a socket (the path itself, not a link's target), else
+    None. Every output is written under a hidden name and renamed into place, which would replace such a file with
+    a regular one (``--overwrite`` once made ``/dev/null`` a regular file): the writers refuse it, even with
+    ``overwrite``."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((kind for test, kind in _SPECIAL_FILES if test(mode)), None)
+
+
 def _claim_temp(path: Path) -> tuple[Path, int | None]:
     """The hidden file a video sink writes before its rename, ``.<stem>.partial<ext>`` beside ``path``, created and
     held under an exclusive lock (``flock``) while the run lasts, with the open descriptor: a second run writing to
@@ -1832,6 +1848,9 @@ def open_sink(
         raise VideoIOError(f"{s}: a single image cannot hold a video; use a folder (e.g. {p.with_suffix('')}/) or .mp4")
     if ext not in VIDEO_EXTENSIONS:
         raise VideoIOError(f"{s}: unknown output extension {ext!r}; expected one of {'/'.join(VIDEO_EXTENSIONS)} or a folder")
+    if kind := special_file(p):
+        raise VideoIOError(f"{s}: is {kind}, not a regular file; expected a video file to write (--overwrite "
+                           "replaces only a regular file)")
     if p.exists() and not overwrite:
         raise VideoIOError(f"{s}: output already exists; pass --overwrite (in Python: overwrite=True) to replace it")
     if not p.parent.is_dir():
