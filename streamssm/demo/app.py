@@ -334,7 +334,8 @@ def run_demo(args: argparse.Namespace) -> int:
     # Gradio's cache (uploads, the copies of the results it serves) in the app's own temporary root, unless the
     # user named one: removed with the root at shutdown. Gradio's own shutdown deletes only the files it still
     # tracks, and its default <tmp>/gradio is shared with every Gradio app on the machine.
-    if not os.environ.get("GRADIO_TEMP_DIR"):
+    ours = not os.environ.get("GRADIO_TEMP_DIR")
+    if ours:
         os.environ["GRADIO_TEMP_DIR"] = str(space.root / "gradio")
     try:
         app = build_app(limits, device=args.device, default_frames=min(48, args.max_frames),
@@ -347,6 +348,8 @@ def run_demo(args: argparse.Namespace) -> int:
             app.block_thread()
     finally:
         space.close()  # also at exit; explicit so a caller that goes on gets the disk back
+        if ours:  # a caller that goes on (tests, a notebook) must not be left pointing at the folder removed
+            os.environ.pop("GRADIO_TEMP_DIR", None)
     return 0
 
 

@@ -37,10 +37,12 @@ def check_output_path(out_path: str | Path, *inputs: str | Path | None, overwrit
     for src in inputs:
         if src is not None and out_path.exists() and Path(src).exists() and os.path.samefile(out_path, src):
             raise ValueError(f"{out_path}: is the input file ({src}); refusing to overwrite it, name another output")
-    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-        kind = special_file(out_path) or "not a regular file"
+    kind = special_file(out_path)  # a device, a pipe, a socket, or a link to one
+    if kind is None and st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        kind = "an unknown kind of file"
+    if kind is not None:
         raise ValueError(f"{out_path}: is {kind}, not a regular file; expected {what} (--overwrite replaces only a "
-                         "regular file or a symbolic link)")
+                         "regular file or a symbolic link to one)")
     if st is not None and not overwrite:
         link = f" (a symbolic link to {os.readlink(out_path)})" if stat.S_ISLNK(st.st_mode) else ""
         also = "; the link itself is replaced, not what it points to" if link else ""

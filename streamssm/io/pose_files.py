@@ -210,9 +210,10 @@ class _NpzArrays(Mapping):
     def __init__(self, path: Path):
         import zipfile
 
-        self._path = path
+        self._path = path.resolve()  # a later chdir must not point it at another file
         with _npz_errors(path), zipfile.ZipFile(path) as zf:
             members = zf.namelist()
+        self._stamp = _stamp(self._path)
         # np.load's keys: a member's name without its .npy
         self._members = {m[: -len(".npy")] if m.endswith(".npy") else m: m for m in members}
         self._loaded: dict[str, np.ndarray] = {}
@@ -230,6 +231,9 @@ class _NpzArrays(Mapping):
     def _member(self, key: str):
         import zipfile
 
+        if _stamp(self._path) != self._stamp:  # its other arrays would not go with the points read
+            raise _err(self._path, f"changed or went away since it was read (reading its {key!r}); expected the "
+                                   "same file until the result is written")
         with _npz_errors(self._path), zipfile.ZipFile(self._path) as zf, zf.open(self._members[key]) as f:
             yield f
 
@@ -266,6 +270,15 @@ class _NpzArrays(Mapping):
         if math.prod(shape) > 16 or dtype.itemsize > 1024 or dtype.hasobject:
             return f"<{dtype} array of shape {shape}>"
         return self[key]
+
+
+def _stamp(path: Path) -> tuple | None:
+    """``path``'s identity and version (device, inode, size, modification time), None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @contextlib.contextmanager

@@ -34,8 +34,9 @@ Design notes (why the code looks the way it does):
   the two alike whatever it guesses.
 - **Audio is carried over untouched.** With ``audio_from=...`` every audio stream's packets are
   remuxed without re-encoding, in order and with their language (and title), interleaved with the video as it
-  is written. A run that wrote the whole source (:meth:`FrameSink.hold_last_until` was called) keeps the sound
-  that runs on past the last frame, as the source has it (as ffmpeg does); any other run (interrupted, or the
+  is written (ffmpeg keeps one audio stream unless told ``-map 0``). A run that wrote the whole source
+  (:meth:`FrameSink.hold_last_until` was called) keeps the sound that runs on past the last frame, as the source
+  has it (as ffmpeg does); any other run (interrupted, or the
   first frames only) has it cut where the picture ends (so an interrupted run does not leave ten seconds of
   sound under one second of picture). A track whose codec the output container cannot hold (AAC in WebM, say)
   is re-encoded to AAC (Opus for WebM) and a log line says so.
@@ -58,12 +59,14 @@ Design notes (why the code looks the way it does):
     taken while it ran (the other run finished first) goes beside it as ``<stem>.new<ext>``, with a warning --
     unless both were told to replace an existing output (``overwrite=True``): then the last to finish does.
 
-  PNG frames are written, each to a temporary name renamed when whole, into a hidden staging folder of the run's
-  own inside the output folder (``.frames.partial/``; ``.frames.partial-2/`` for a second run writing the same
-  folder at once; each is locked while its run lasts, and one left by a killed run is emptied by the next), and
-  moved into place when the sink is closed, the same way: old frames (``overwrite=True``) are replaced only by a
-  complete run (an interrupted one's go to ``<name>.partial/`` beside them), and frames another run put there
-  while this one was writing are kept, this run's going to ``<name>.new/`` with a warning.
+  PNG frames are written each to a temporary name renamed when whole. A run into a folder without frames writes
+  straight into it, holding a lock on the folder while it runs, so what it wrote is in place however it ends. A run
+  that would replace frames (``overwrite=True``), or that finds the folder locked by a run under way, writes into a
+  hidden staging folder of its own inside the output folder (``.frames.partial/``, ``.frames.partial-2/``, ...;
+  each locked while its run lasts; one left by a killed run is emptied by the next run that stages), moved into
+  place when the sink is closed: old frames are replaced only by a complete run (an interrupted one's go to
+  ``<name>.partial/`` beside them), and frames of another run (one under way, or one that finished while this one
+  was writing) are never replaced, this run's going to ``<name>.new/`` with a warning.
 """
 
 from __future__ import annotations
@@ -1040,15 +1043,19 @@ _SPECIAL_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block 
 
 
 def special_file(path: str | os.PathLike) -> str | None:
-    """What ``path`` is when it is a device, a named pipe or a socket (the path itself, not a link's target), else
-    None. Every output is written under a hidden name and renamed into place, which would replace such a file with
-    a regular one (``--overwrite`` once made ``/dev/null`` a regular file): the writers refuse it, even with
-    ``overwrite``."""
-    try:
-        mode = os.lstat(path).st_mode
-    except (OSError, ValueError):
-        return None
-    return next((kind for test, kind in _SPECIAL_FILES if test(mode)), None)
+    """What ``path`` is when it is a device, a named pipe or a socket, or a symbolic link to one, else None. Every
+    output is written under a hidden name and renamed into place, which would replace such a file (or the link to
+    it) with a regular one (``--overwrite`` once made ``/dev/null`` a regular file): the writers refuse it, even
+    with ``overwrite``."""
+    for look in (os.lstat, os.stat):  # the name itself, then what a link there points to (/dev/stdout)
+        try:
+            mode = look(path).st_mode
+        except (OSError, ValueError):
+            return None
+        kind = next((kind for test, kind in _SPECIAL_FILES if test(mode)), None)
+        if kind is not None:
+            return kind if look is os.lstat else f"a link to {kind}"
+    return None
 
 
 def _claim_temp(path: Path) -> tuple[Path, int | None]:
@@ -1368,6 +1375,9 @@ class _VideoSink(FrameSink):
             self._audio.close()
 
 
+_INTERLEAVE_S = 2.0  # how far apart in time a container's tracks may be interleaved (muxers keep it under ~1 s)
+
+
 class _AudioTrack:
     """One audio stream of the source in the output: its packets copied where the output container holds its codec,
     else decoded and re-encoded (AAC; Opus in WebM), on the output's clock (the source's picture starts at zero)."""
@@ -1565,11 +1575,15 @@ class _AudioCarrier:
                          float(end - until), until, self._src)
         else:
             self.pump(until)
-            # the other tracks' packets from before the cut that come after the pending one in the file
+            # the other tracks' packets from before the cut that come after the pending one in the file: read on
+            # until every track is past the cut, or one is well past it (a track that ended before the cut, or that
+            # starts long after it, would otherwise have the rest of the file read)
             passed = set()
             while len(passed) < len(self._tracks) and (p := self._next()) is not None:
                 track = self._tracks[p.stream.index]
                 start = track.start(p)
+                if start >= until + _INTERLEAVE_S:
+                    break
                 if start >= until:
                     passed.add(p.stream.index)
                 else:
@@ -1702,6 +1716,12 @@ class _PngFolderSink(FrameSink):
                                            "--overwrite (in Python: overwrite=True) to replace them")
                 if taken:  # ours alone: the frames go straight in (the lock is let go by close())
                     self._folder, self._lock, self._direct = folder, fd, True
+            else:
+                free, fd = _lock_folder(folder)
+                if fd is not None:
+                    os.close(fd)
+                if not free:  # the frames there are a run's under way, not old ones: never replaced (-> .new)
+                    self._existed = False
             if not self._direct:
                 self._folder, self._lock = _claim_staging(folder)  # the lock is let go once the frames are in place
         except OSError as e:
@@ -1747,14 +1767,7 @@ class _PngFolderSink(FrameSink):
             self.final_path = str(self._folder)  # should the move fail
             try:
                 self._target.mkdir(exist_ok=True)  # removed meanwhile?
-                # Runs finishing at once take turns (the move is brief); a run writing straight into the folder
-                # holds it for its whole run: then this one's frames go beside it.
-                free, fd = _lock_folder(self._target, wait=2.0)
-                try:
-                    self.final_path = str(self._place(partial, taken=not free))
-                finally:
-                    if fd is not None:
-                        os.close(fd)
+                self._place_or_keep(partial)
             except OSError as e:
                 raise VideoIOError(f"{self.path}: cannot move the {self.frames_written} frames into place ({e}); "
                                    f"they are in {self.final_path}") from e
@@ -1763,6 +1776,27 @@ class _PngFolderSink(FrameSink):
                 with contextlib.suppress(OSError):
                     os.close(self._lock)
                 self._lock = None
+
+    def _place_or_keep(self, partial: bool) -> None:
+        """:meth:`_place` under the folder's lock. Should it fail, the frames leave the staging folder's reserved
+        name (a later run would take that folder over and empty it) for ``<name>.partial/`` beside the output, where
+        the error says they are."""
+        try:
+            # Runs finishing at once take turns (the move is brief); a run writing straight into the folder holds
+            # it for its whole run: then this one's frames go beside it.
+            free, fd = _lock_folder(self._target, wait=2.0)
+            try:
+                self.final_path = str(self._place(partial, taken=not free))
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        except OSError:
+            if self._folder.is_dir():
+                with contextlib.suppress(OSError):
+                    keep = _partial_name(self._target, "partial")
+                    os.rename(self._folder, keep)
+                    self.final_path = str(keep)
+            raise
 
     def _place(self, partial: bool, taken: bool) -> Path:
         """The staged frames into place, under the folder's lock (:meth:`close`; ``taken``: another run holds the

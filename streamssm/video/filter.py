@@ -289,7 +289,8 @@ class VideoFilter:
         """Back to ``cp``. A state that is not the graph's static buffers (a clone) is copied into them by the next
         graph step (``_step_uint8_graph``: ``g.set_state`` when ``self.state is not g.state``)."""
         self.state, self._key, self._last_t, self.frames_seen = cp.state, cp.key, cp.last_t, cp.frames_seen
-        self._graph, self._graph_strength = cp.graph, cp.graph_strength
+        # the failed call may have written the strength into this graph's device scalar: the next step writes it
+        self._graph, self._graph_strength = cp.graph, None if cp.graph is not None else cp.graph_strength
 
     def _stream_key(self, b: int, h: int, w: int) -> None:
         key = (b, h, w)
@@ -522,8 +523,8 @@ class VideoFilter:
             raise ValueError("filter() takes H x W x 3 frames (numpy, or CPU tensors in that layout); for (B, 3, H, W) "
                              "or CUDA tensors call step() frame by frame, or the model's parallel scan, "
                              "VideoFilter.model(P, I, state) on (B, T, 3, H, W)")
-        # cloned: the frame-by-frame fallback below may step the CUDA graph, whose buffers change in place
-        before, out = self._checkpoint(copy=True), []
+        # cloned where the frame-by-frame fallback below may step the CUDA graph, whose buffers change in place
+        before, out = self._checkpoint(copy=self._use_graph), []
         try:
             for s in range(0, len(frames), chunk):
                 ps = [frame_to_float(_image_in(f), f"frame {s + i}") for i, f in enumerate(frames[s : s + chunk])]

@@ -164,6 +164,7 @@ def test_split_reductions_keep_the_mean_and_sum_accurately(opset, keepdims):
     assert got.shape == want.shape
     assert np.abs(got / want - 1).max() < 1e-6
 
+
 def test_runner_snapshot_restore_and_fresh_stream(pose_onnx):
     runner = OnnxRunner(pose_onnx)
     frames = pose_frames(1, 17, 2, steps=6)

@@ -346,6 +346,28 @@ def test_npz_arrays_beside_the_points_are_not_read_with_them(tmp_path):
         assert z["junk"].shape == (10_000_000,)
 
 
+def test_npz_side_arrays_come_from_the_file_the_points_came_from(tmp_path, monkeypatch):
+    """The other arrays are read when the result is written: a chdir in between must not read another file's, and
+    an input rewritten or removed meanwhile is refused, naming it (its arrays would not go with the points)."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "in.npz", points=np.ones((4, 3, 2), np.float32), extra=np.array([ord(name)]))
+    monkeypatch.chdir(tmp_path / "a")
+    d = read_pose("in.npz")
+    monkeypatch.chdir(tmp_path / "b")
+    with np.load(write_pose(tmp_path / "o1.npz", d)) as z:
+        assert int(z["extra"][0]) == ord("a")
+    for change in ("rewritten", "removed"):
+        d = read_pose(tmp_path / "a" / "in.npz")
+        if change == "rewritten":
+            np.savez(tmp_path / "a" / "in.npz", points=np.zeros((9, 3, 2), np.float32), extra=np.array([0, 0]))
+        else:
+            (tmp_path / "a" / "in.npz").unlink()
+        with pytest.raises(ValueError, match=r"in\.npz: changed or went away since it was read"):
+            write_pose(tmp_path / f"o_{change}.npz", d)
+        assert not (tmp_path / f"o_{change}.npz").exists()
+
+
 def test_npz_points_over_the_limit_are_refused_by_their_header(tmp_path):
     """``limit`` (the demo's caps) is checked on the .npy header: 40 MB of compressed zeros as points are refused
     before their data is read; with no limit (the CLI) a large file reads."""

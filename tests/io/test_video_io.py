@@ -693,6 +693,50 @@ def test_two_runs_writing_one_png_folder_at_once_never_mix(tmp_path, caplog):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_an_overwrite_run_never_replaces_the_frames_of_a_run_under_way(tmp_path):
+    """A run writing straight into a fresh folder; a second run, told to replace what is there, starts while the
+    first's frames are coming in: they are not old frames but a live run's, so even when the first finishes first
+    they are kept, and the second's go to frames.new."""
+    out = tmp_path / "frames"
+    a = open_sink(out, fps=30, width=W, height=H)
+    for i in range(3):
+        a.write(pattern(i))
+    b = open_sink(out, fps=30, width=W, height=H, overwrite=True)
+    a.write(pattern(3))
+    b.write(pattern(10))
+    a.close()
+    b.close()
+    assert (a.final_path, b.final_path) == (str(out), str(tmp_path / "frames.new"))
+    assert _levels(out) == [0, 1, 2, 3] and _levels(tmp_path / "frames.new") == [10]
+
+
+def test_png_frames_that_cannot_be_moved_into_place_are_kept_where_no_run_clears_them(tmp_path, monkeypatch):
+    """A staged run whose move into place fails leaves its frames out of the reserved staging names (the next run
+    to stage would take such a folder over and empty it): beside the output as frames.partial, as the error says."""
+    from streamssm.io import video as V
+
+    out = tmp_path / "frames"
+    out.mkdir()
+    cv2.imwrite(str(out / "frame_000000.png"), pattern(20)[:, :, ::-1])
+    sink = open_sink(out, fps=30, width=W, height=H, overwrite=True)
+    for i in range(3):
+        sink.write(pattern(i))
+
+    def fail(self, partial, taken):
+        raise OSError(5, "simulated I/O error")
+
+    monkeypatch.setattr(V._PngFolderSink, "_place", fail)
+    with pytest.raises(VideoIOError, match=r"cannot move the 3 frames into place .*they are in .*frames\.partial"):
+        sink.close()
+    monkeypatch.undo()
+    kept = tmp_path / "frames.partial"
+    assert _levels(kept) == [0, 1, 2] and _levels(out) == [20]
+    again = open_sink(out, fps=30, width=W, height=H, overwrite=True)
+    again.write(pattern(5))
+    again.close()
+    assert _levels(out) == [5] and _levels(kept) == [0, 1, 2]
+
+
 def test_png_staging_left_by_a_killed_run_is_emptied_and_reused(tmp_path, clip):
     """A killed run's hidden staging folder (no lock on it): a run writing straight into the folder leaves it be; a
     run that stages (here: replacing frames, --overwrite) takes it over and empties it first, so its stale frames
@@ -859,6 +903,24 @@ def test_sound_past_the_picture_is_kept_by_a_whole_run_and_cut_otherwise(tmp_pat
             sink.hold_last_until(source.end)
             raise KeyboardInterrupt
     assert [_cut_within_a_packet(t["end"], 1.0) for t in _tracks(tmp_path / "stop.mkv")] == [True, True]
+
+
+def test_a_cut_run_does_not_read_the_rest_of_a_long_sound_track(tmp_path, monkeypatch):
+    """A run cut short (Ctrl-C, --max-frames) reads the source's audio on only until every track is past the cut, or
+    one is well past it: a track that ended before the cut used to have the whole rest of the file read."""
+    from streamssm.io import video as V
+
+    src = _tracks_clip(tmp_path / "long.mkv", [("aac", "eng", 440, 30.0), ("aac", "fra", 1000, 0.3)], n=30)
+    read = []
+    real = V._AudioCarrier._next
+    monkeypatch.setattr(V._AudioCarrier, "_next", lambda self: read.append(1) or real(self))
+    with open_source(src) as source, open_sink(tmp_path / "cut.mp4", fps=30, width=W, height=H,
+                                               audio_from=src) as sink:
+        for fr in itertools.islice(source, 15):  # 0.5 s of a 30 s sound track
+            sink.write(fr.rgb)
+    total = sum(1 for _ in av.open(str(src)).demux(audio=0))  # the long track's packets alone
+    assert len(read) < total / 5, (len(read), total)
+    assert [_cut_within_a_packet(t["end"], 0.5) for t in _tracks(tmp_path / "cut.mp4")][:1] == [True]
 
 
 def test_sound_past_the_picture_through_the_cli(tmp_path):
@@ -1356,3 +1418,19 @@ def test_deep_or_transparent_input_is_said_to_lose_it(tmp_path, caplog):
             assert next(iter(src)).rgb.dtype == np.uint8
         said = {"deep": "16-bit images", "alpha": "without their alpha", "plain": None}[name]
         assert (said in caplog.text) if said else "8-bit RGB" not in caplog.text, caplog.text
+
+
+def test_an_output_that_is_a_pipe_or_a_link_to_one_is_never_replaced(tmp_path):
+    """The sink renames its finished file onto the output: over a named pipe (or a device: /dev/null) or a link to
+    one (/dev/stdout) that would leave a regular file in its place. Refused before any work, even with overwrite."""
+    import stat
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.mp4"
+    link.symlink_to(fifo)
+    for out, kind in ((fifo, "a named pipe"), (link, "a link to a named pipe")):
+        with pytest.raises(VideoIOError, match=f"{out.name}: is {kind} \\(FIFO\\), not a regular file"):
+            open_sink(out, fps=30, width=W, height=H, overwrite=True)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.mp4", "pipe.mp4"]
