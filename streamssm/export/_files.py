@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from streamssm.io.video import _beside, special_file
+from streamssm.io.video import VideoIOError, _new_beside, special_file
 
 
 def check_output_path(out_path: str | Path, *inputs: str | Path | None, overwrite: bool = False,
@@ -59,15 +59,12 @@ def claim_temp(out_path: Path) -> Path:
     """A new, empty hidden file beside ``out_path`` (``.<stem>.partial<ext>``, ``.<stem>.partial-2<ext>``, ...),
     created with ``O_EXCL``: never a file already there (a user's, or another run's). Raises ValueError naming
     ``out_path`` when its folder does not take a new file (read-only, ``/proc``)."""
-    for tmp in _beside(out_path, "partial", hidden=True):
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise ValueError(f"{out_path}: cannot write a file in {out_path.parent} ({e.strerror})") from None
-        return tmp
-    raise ValueError(f"{out_path}: 999 hidden .{out_path.stem}.partial* files are beside it; remove them")
+    try:
+        return _new_beside(out_path)
+    except VideoIOError as e:
+        raise ValueError(str(e)) from None
+    except OSError as e:
+        raise ValueError(f"{out_path}: cannot write a file in {out_path.parent} ({e.strerror})") from None
 
 
 def move_into_place(tmp: Path, out_path: Path, overwrite: bool) -> None:

@@ -1069,13 +1069,9 @@ def _claim_temp(path: Path) -> tuple[Path, int | None]:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         fcntl = None
+    if fcntl is None:
+        return _new_beside(path), None
     for tmp in _beside(path, "partial", hidden=True):
-        if fcntl is None:
-            try:
-                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            except FileExistsError:
-                continue
-            return tmp, None
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1090,6 +1086,19 @@ def _claim_temp(path: Path) -> tuple[Path, int | None]:
         if _still_ours(tmp, fd, lambda: os.ftruncate(fd, 0)):  # emptied: one left by a killed run
             return tmp, fd
     raise VideoIOError(f"{path}: too many runs writing it at once")
+
+
+def _new_beside(path: Path) -> Path:
+    """The first hidden ``.<stem>.partial[-N]<ext>`` beside ``path`` that is not there, created empty (``O_EXCL``:
+    never a file already there, a user's or another run's, nor a killed run's). OSError when the folder takes no
+    new file."""
+    for tmp in _beside(path, "partial", hidden=True):
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise VideoIOError(f"{path}: 999 hidden .{path.stem}.partial* files are beside it; remove them")
 
 
 def _still_ours(tmp: Path, fd: int, clear) -> bool:

@@ -178,8 +178,8 @@ def test_a_video_job_yields_after_every_frame_of_every_step(tmp_path, monkeypatc
 
     def counting(**kw):
         f = make_video_filter(device="cpu", strength=kw["strength"])
-        real = f.filter
-        f.filter = lambda P, I, chunk: (work.extend(["filter"] * len(P)), real(P, I, chunk=chunk))[1]
+        real = f.step
+        f.step = lambda P, I: (work.append("filter"), real(P, I))[1]
         return f
 
     monkeypatch.setattr(sio, "open_sink", sink)
