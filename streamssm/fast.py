@@ -56,6 +56,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from streamssm.video.model import check_step_frames
+
 log = logging.getLogger("streamssm")
 
 __all__ = ["FastVideoStep", "FastPoseStep", "FrozenHostConstants"]
@@ -232,8 +234,16 @@ class _FastStepBase:
         return tuple(s.clone() for s in self.state)
 
     def set_state(self, state: Sequence[Tensor]) -> None:
-        if len(state) != len(self.state) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(state, self.state)):
+        """Copy ``state`` into the static buffers: tensors of their shapes and dtype (float32) and finite, as the
+        filters' ``set_state`` checks (a float64 or NaN state was taken as it was). One host sync for the values."""
+        if (not isinstance(state, (tuple, list)) or len(state) != len(self.state)
+                or any(not isinstance(a, Tensor) or a.shape != b.shape for a, b in zip(state, self.state))):
             raise ValueError("state does not match this stream's shapes (make it with the same batch and size)")
+        for i, (a, b) in enumerate(zip(state, self.state)):
+            if a.dtype != b.dtype:
+                raise ValueError(f"state[{i}] is {a.dtype}, expected {b.dtype}")
+        if not bool(torch.stack([torch.isfinite(s).all().to(self.state[0].device) for s in state]).all()):
+            raise ValueError("state contains NaN or inf: not a state this step produced")
         for dst, src in zip(self.state, state):
             dst.copy_(src)
 
@@ -327,11 +337,10 @@ class FastVideoStep(_FastStepBase):
         return self._runner()
 
     def step(self, P: Tensor, I: Tensor | None = None, *, clone: bool = True) -> Tensor:
-        """Filter one frame per stream: P, I (b, 3, h, w) float in [0, 1] -> O (b, 3, h, w) float32."""
-        if P.dim() != 4 or P.shape[1] != 3:
-            raise ValueError(f"processed frames must be (B, 3, H, W), got {tuple(P.shape)}")
-        if I is not None and I.shape != P.shape:
-            raise ValueError(f"original frames {tuple(I.shape)} must match processed frames {tuple(P.shape)}")
+        """Filter one frame per stream: P, I (b, 3, h, w) float in [0, 1] -> O (b, 3, h, w) float32. Checked as
+        ``VideoSSM.step`` checks them (a uint8 tensor was copied into the float buffers as 0..255 and came back
+        white); uint8 frames go through :meth:`step_uint8`."""
+        check_step_frames(P, I)
         self._ensure(P.shape[0], P.shape[2], P.shape[3], I is not None)
         self.P.copy_(P)
         if I is not None:

@@ -11,6 +11,7 @@ kyutai's ``StreamingModule``, without hidden in-place mutation inside the model)
 from __future__ import annotations
 
 import inspect
+import numbers
 
 from typing import Any, Sequence
 
@@ -77,7 +78,11 @@ def as_reset_mask(mask: Any, batch: int | None) -> Tensor:
     too, rather than accepted because there was nothing to reset."""
     import numpy as np
 
-    m = mask if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
+    a = None if isinstance(mask, Tensor) else np.asarray(mask)
+    if a is not None and a.dtype != np.bool_:  # strings, objects: torch cannot take them
+        raise ValueError(f"reset mask must be booleans, one per stream, got {a.dtype} values {a.tolist()!r:.60}: "
+                         "to remove streams by index use drop_streams(), to restart some pass [True, False, ...]")
+    m = mask if a is None else torch.as_tensor(a)
     if m.dtype != torch.bool:
         raise ValueError(f"reset mask must be booleans, one per stream, got {m.dtype} values {m.tolist()!r:.60}: "
                          "to remove streams by index use drop_streams(), to restart some pass [True, False, ...]")
@@ -176,8 +181,9 @@ class Stream:
 
     def __init__(self, module: Any, batch: int = 1, device: torch.device | str | None = None,
                  dims: Sequence[int] = ()):
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+            raise ValueError(f"batch must be a whole number of streams >= 1, got {batch!r}")
+        batch = int(batch)
         self.module = module
         self.batch = batch
         self.dims = tuple(int(d) for d in dims)

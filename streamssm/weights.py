@@ -100,19 +100,45 @@ def read_weights(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Ten
     return config, tensors, extra
 
 
-def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Copy ``tensors`` into ``model`` after checking names, shapes and dtypes match exactly."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
+def check_tensors(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """ValueError naming ``source`` unless ``tensors`` have exactly the names, shapes and dtypes of ``expected`` (a
+    model's state dict; on the meta device too: only shapes and dtypes are read) and finite values."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{source}: tensor names do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(f"{source}: tensor names do not match the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
     for k, v in tensors.items():
-        if v.shape != own[k].shape or v.dtype != own[k].dtype:
-            raise ValueError(f"{source}: tensor {k} is {tuple(v.shape)} {v.dtype}, the model expects {tuple(own[k].shape)} {own[k].dtype}")
+        if v.shape != expected[k].shape or v.dtype != expected[k].dtype:
+            raise ValueError(f"{source}: tensor {k} is {tuple(v.shape)} {v.dtype}, the model expects "
+                             f"{tuple(expected[k].shape)} {expected[k].dtype}")
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ValueError(f"{source}: tensor {k} contains NaN or inf")
+
+
+def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Copy ``tensors`` into ``model`` after checking names, shapes and dtypes match exactly."""
+    check_tensors(model.state_dict(), tensors, source)
     model.load_state_dict(tensors)
+
+
+def build_model(model_cls: type, config_cls: type, config: Any, tensors: dict[str, torch.Tensor], source: str | Path,
+                **override: Any) -> nn.Module:
+    """``model_cls`` built from a file's config and tensors (:func:`read_weights`), on the CPU: the config checked
+    (:func:`build_config`), then the tensors' names and shapes compared with those of the model built on the meta
+    device (shapes without storage), and only then the model built and loaded. A small file whose config asks for
+    a large model (d_model 1024 over 8 layers is ~500 MiB; the bounds on each field allow terabytes) is refused
+    before any of it is allocated."""
+    cfg = build_config(config_cls, config, source, **override)
+    try:
+        with torch.device("meta"):
+            shell = model_cls(cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: config does not describe a {model_cls.__name__} ({e})") from None
+    check_tensors(shell.state_dict(), tensors, source)
+    model = model_cls(cfg)
+    model.load_state_dict(tensors)
+    return model
 
 
 def _check_value(name: str, value: Any, default: Any, source: str | Path) -> Any:
@@ -140,10 +166,24 @@ def _check_value(name: str, value: Any, default: Any, source: str | Path) -> Any
     return value
 
 
+def _check_ssm_sizes(cfg: Any) -> None:
+    """ValueError naming the field unless the SSM sizes a model config has (every one here has them all) are at least
+    1 and ``headdim`` divides the SSM's ``d_model * expand`` channels into heads (``SSMBlock``)."""
+    for name in ("d_model", "n_layers", "expand", "d_state", "headdim"):
+        if getattr(cfg, name, 1) < 1:
+            raise ValueError(f"config field {name!r} is {getattr(cfg, name)}, expected an integer in "
+                             f"[1, {MAX_CONFIG_INT}]")
+    if all(hasattr(cfg, name) for name in ("d_model", "expand", "headdim")) and cfg.d_model * cfg.expand % cfg.headdim:
+        raise ValueError(f"config field 'headdim' is {cfg.headdim}, expected a divisor of d_model * expand = "
+                         f"{cfg.d_model * cfg.expand}")
+
+
 def build_config(cls: type, config: Any, source: str | Path, **override: Any):
     """``cls(**config)`` after checking, against the dataclass ``cls``'s fields and defaults, that every
     key is known and every value has the default's type and a sane size (ints in [0, MAX_CONFIG_INT],
-    finite floats, short strings); ValueError naming ``source`` otherwise."""
+    finite floats, short strings), and then that the values are ones the model runs with: the SSM's sizes
+    (:func:`_check_ssm_sizes`) and the config's own ranges (its ``check()``, where it has one); ValueError naming
+    ``source`` and the field otherwise."""
     if not isinstance(config, dict):
         raise ValueError(f"{source}: streamssm.config must be a JSON object, got {type(config).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -159,6 +199,13 @@ def build_config(cls: type, config: Any, source: str | Path, **override: Any):
         checked[k] = _check_value(k, v, default, source)
     checked.update(override)
     try:
-        return cls(**checked)
+        cfg = cls(**checked)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: config does not describe a {cls.__name__} ({e})") from None
+    try:
+        _check_ssm_sizes(cfg)
+        if hasattr(cfg, "check"):
+            cfg.check()
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    return cfg

@@ -171,3 +171,22 @@ def test_filters_refuse_a_mask_of_indices_before_the_first_frame_too():
     with pytest.raises(ValueError, match="booleans"):
         v.reset([0, 2, 5])
     assert as_reset_mask([True, False], None).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("mask", ["abc", [None, True], [[1.5, "x"]]])
+def test_a_mask_torch_cannot_read_is_refused_naming_the_mask(mask):
+    """reset("abc") raised torch's "can't convert np.ndarray of type numpy.str_", naming neither reset nor its
+    mask. Anything but booleans is refused as a mask of indices is, for the pose and video filters alike."""
+    from streamssm import PoseFilter, VideoFilter
+
+    for f in (PoseFilter(device="cpu"), VideoFilter(device="cpu")):
+        with pytest.raises(ValueError, match="reset mask must be booleans, one per stream"):
+            f.reset(mask)
+
+
+@pytest.mark.parametrize("batch", [1.5, "2", True, 0])
+def test_stream_batch_must_be_a_whole_number(block, batch):
+    """Stream(module, batch=1.5) blamed missing stream sizes (its first state failed to build); the batch is checked
+    first now, by name."""
+    with pytest.raises(ValueError, match="batch must be a whole number of streams >= 1"):
+        Stream(block, batch=batch)

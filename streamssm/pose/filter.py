@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from streamssm.pose.model import PoseSSM, PoseSSMConfig
 from streamssm._args import Checked, as_positive, as_strength, as_timestamp
 from streamssm._device import resolve_device
 from streamssm.stream import FilterState, _describe, as_reset_mask, cat_streams, kept_streams, reset_state, take_streams
-from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
+from streamssm.weights import PACKAGE_WEIGHTS, build_model, read_weights
 
 DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "pose.safetensors"
 MAX_KEYPOINTS = 4096  # per frame: MediaPipe Holistic has 543; more is a wrong axis order or hostile input
@@ -59,11 +60,12 @@ def check_magnitude(points: Any, what: str = "points") -> None:
 
 def load_pose_model(weights: str | Path | None = None, device: torch.device | str = "cpu", backend: str = "auto") -> PoseSSM:
     """Build a :class:`PoseSSM` from a safetensors file (default: the weights shipped in the package)."""
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be the path of a .safetensors file, got {type(weights).__name__}")
     path = Path(weights).expanduser() if weights is not None else DEFAULT_WEIGHTS
     config, tensors, _ = read_weights(path, "pose")
-    model = PoseSSM(build_config(PoseSSMConfig, config, path, backend=backend))
-    load_into(model, tensors, path)
-    return model.to(device).eval()
+    # the names and shapes compared before the model is built: a small file may ask for a large one
+    return build_model(PoseSSM, PoseSSMConfig, config, tensors, path, backend=backend).to(device).eval()
 
 
 TRAINED_FPS = (24.0, 60.0)  # the frame rates the shipped weights were trained on (streamssm.pose.data)

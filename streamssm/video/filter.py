@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from streamssm._device import resolve_device
 from streamssm.stream import FilterState, _describe, as_reset_mask, cat_streams, kept_streams, reset_state, take_streams
 from streamssm.video.cpu_step import CPUVideoPipeline, CPUVideoStep
 from streamssm.video.model import VideoSSM, VideoSSMConfig, check_frame_size
-from streamssm.weights import PACKAGE_WEIGHTS, build_config, load_into, read_weights
+from streamssm.weights import PACKAGE_WEIGHTS, build_model, read_weights
 
 log = logging.getLogger("streamssm")
 DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "video.safetensors"
@@ -26,10 +27,12 @@ DEFAULT_WEIGHTS = PACKAGE_WEIGHTS / "video.safetensors"
 
 def load_video_model(weights: str | Path | None = None, device: torch.device | str = "cpu", backend: str = "auto") -> VideoSSM:
     """Build a :class:`VideoSSM` from a safetensors file (default: the weights shipped in the package)."""
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be the path of a .safetensors file, got {type(weights).__name__}")
     path = Path(weights).expanduser() if weights is not None else DEFAULT_WEIGHTS
     config, tensors, extra = read_weights(path, "video")
-    model = VideoSSM(build_config(VideoSSMConfig, config, path, backend=backend))
-    load_into(model, tensors, path)
+    # the names and shapes compared before the model is built: a small file may ask for a large one
+    model = build_model(VideoSSM, VideoSSMConfig, config, tensors, path, backend=backend)
     if "calibration" not in extra and "step" in extra:  # a training checkpoint, used as it is
         _unfinished_warning(str(path))
     return model.to(device).eval()
@@ -44,6 +47,7 @@ def _unfinished_warning(path: str) -> None:
 
 def frame_to_float(frame: Any, name: str = "frame") -> tuple[np.ndarray, np.dtype]:
     """H x W x {1,3,4} or H x W, uint8 / uint16 / float in [0, 1] -> (H x W x 3 float32 RGB, input dtype)."""
+    kind = "" if isinstance(frame, np.ndarray) else f"{type(frame).__name__} of "  # a str was "got shape ()"
     if not isinstance(frame, np.ndarray):
         try:
             frame = np.asarray(frame)
@@ -52,7 +56,8 @@ def frame_to_float(frame: Any, name: str = "frame") -> tuple[np.ndarray, np.dtyp
     if frame.ndim == 2:
         frame = frame[..., None]
     if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4) or frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise ValueError(f"{name} must be H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (gray), got shape {frame.shape}")
+        raise ValueError(f"{name} must be H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (gray), got {kind}shape "
+                         f"{frame.shape}")
     dtype = frame.dtype
     if dtype == np.uint8:
         x = frame.astype(np.float32) * (1.0 / 255.0)
@@ -228,6 +233,9 @@ class VideoFilter:
 
     strength = Checked(as_strength, "0 returns the processed frame, 1 the calibrated filter, up to 2 (class "
                        "docstring); checked when set.")
+    max_gap = Checked(functools.partial(as_positive, name="max_gap", unit="seconds"),
+                      "seconds: a longer gap between timestamps starts the streams over (class docstring); checked "
+                      "when set.")
 
     @property
     def exposure_lock(self) -> float:
@@ -244,7 +252,7 @@ class VideoFilter:
                  half: bool | None = None, backend: str = "auto", max_gap: float = 1.0, fast: bool = True,
                  ghost_res: float | None = None, exposure_lock: float | None = None):
         self.strength = strength  # checked (Checked), before any work
-        max_gap = as_positive(max_gap, "max_gap", "seconds")
+        self.max_gap = max_gap
         ghost_res = None if ghost_res is None else as_ghost_res(ghost_res)
         exposure_lock = None if exposure_lock is None else as_exposure_lock(exposure_lock)
         self.device = resolve_device(device)
@@ -252,7 +260,6 @@ class VideoFilter:
         if ghost_res is not None:
             self.model.config.ghost_res = ghost_res
         self.half = (self.device.type == "cuda") if half is None else bool(half)
-        self.max_gap = float(max_gap)
         self._cpu = CPUVideoStep(self.model) if fast and self.device.type == "cpu" else None
         self._use_graph = bool(fast) and self.device.type == "cuda"
         self._graph = None  # FastVideoStep of the running (h, w, guided) stream, made on first use
@@ -303,19 +310,24 @@ class VideoFilter:
         """P, I (B, T, 3, H, W) float on device, checked but for their size -> O (same); ``timestamp``: the
         (single) frame's, see :meth:`_admit`."""
         b, t, _, h, w = P.shape
+        before = self._checkpoint()  # references: these steps make new state tensors, they change none in place
         self._admit(h, w, timestamp)
-        self._stream_key(b, h, w)
-        amp = self.half and self.device.type == "cuda"
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            if parallel and self._cpu is None:
-                O, self.state = self.model(P, I, self.state, strength=self.strength)
-            else:
-                step = self.model.step if self._cpu is None else self._cpu.step
-                outs = []
-                for i in range(t):
-                    o, self.state = step(P[:, i], None if I is None else I[:, i], self.state, self.strength)
-                    outs.append(o)
-                O = torch.stack(outs, 1)
+        try:
+            self._stream_key(b, h, w)
+            amp = self.half and self.device.type == "cuda"
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                if parallel and self._cpu is None:
+                    O, self.state = self.model(P, I, self.state, strength=self.strength)
+                else:
+                    step = self.model.step if self._cpu is None else self._cpu.step
+                    outs = []
+                    for i in range(t):
+                        o, self.state = step(P[:, i], None if I is None else I[:, i], self.state, self.strength)
+                        outs.append(o)
+                    O = torch.stack(outs, 1)
+        except BaseException:  # out of memory, say: the filter as it was, clock and frame size included
+            self._rollback(before)
+            raise
         self.frames_seen += t
         return O.float()
 
@@ -395,10 +407,15 @@ class VideoFilter:
         """:meth:`step` for H x W x 3 uint8 frames on the CPU fast path: converted to and from float inside the
         fast step (the same ``frame_to_float`` / ``float_to_frame`` arithmetic), strip by strip."""
         _check_same_size(frame, original)
+        before = self._checkpoint()  # references: the fast step makes new state tensors
         self._admit(frame.shape[0], frame.shape[1], timestamp)
-        self._stream_key(1, frame.shape[0], frame.shape[1])
-        with torch.no_grad():
-            out, self.state = self._cpu.step_uint8(frame, original, self.state, self.strength)
+        try:
+            self._stream_key(1, frame.shape[0], frame.shape[1])
+            with torch.no_grad():
+                out, self.state = self._cpu.step_uint8(frame, original, self.state, self.strength)
+        except BaseException:  # out of memory, say: the filter as it was, clock and frame size included
+            self._rollback(before)
+            raise
         self.frames_seen += 1
         return out
 
@@ -452,7 +469,11 @@ class VideoFilter:
         frame t's cell statistics and SSM run on the caller's thread, its flow on a worker thread, and frame t-1's
         full-resolution tail on another (run torch with one intra-op thread meanwhile, as ``streamssm video`` does
         on a CPU: ``torch.set_num_threads(1)``). Elsewhere it is ``step`` with the output held back. Call :meth:`flush`
-        before ``step``, ``reset`` or ``set_state``."""
+        before ``step``, ``reset``, ``set_state``, ``add_streams`` or ``drop_streams``.
+
+        A push that fails inside (out of memory, say) leaves the filter as it was, so the same frame can be given
+        again, as after a failed ``step``. When it is the previous frame's tail that failed (on its thread) that
+        frame's output is lost, and the stream goes on from the output before it, as after a failed ``flush``."""
         uint8 = _rgb_uint8_pair(frame, original)
         if self._pipe is None and not (self._cpu is not None and uint8):
             out = self._step(frame, original, timestamp)
@@ -465,17 +486,34 @@ class VideoFilter:
         _check_same_size(f, o)
         running = self._pipe is not None or self.state is not None  # a stream stepped before its first push runs
         h, w = f.shape[:2]
+        before = self._checkpoint()  # references: the pipeline makes new state tensors
         gap = self._admit(h, w, timestamp, running=running)
-        if self._pipe is None:
-            self._stream_key(1, h, w)
-            self._pipe = CPUVideoPipeline(self._cpu, self.state, self.strength)
-        elif gap or self._key != (1, h, w):
-            if self._key != (1, h, w):
-                _restart_warning(self._key, (1, h, w))
-                self._key = (1, h, w)
-            self._pipe.restart()
-        self._pipe.strength = self.strength
-        out = self._pipe.push_uint8(f, o)
+        pipe, new, restarted = self._pipe, self._pipe is None, None
+        pending = None if new else pipe._pending  # the previous frame, in flight
+        try:
+            if new:
+                self._stream_key(1, h, w)
+                pipe = self._pipe = CPUVideoPipeline(self._cpu, self.state, self.strength)
+            elif gap or self._key != (1, h, w):
+                if self._key != (1, h, w):
+                    _restart_warning(self._key, (1, h, w))
+                    self._key = (1, h, w)
+                restarted = pipe._front_state, pipe._prev_out  # all that restart() changes
+                pipe.restart()
+            pipe.strength = self.strength
+            out = pipe.push_uint8(f, o)
+        except BaseException:  # out of memory, say: the filter as it was, clock and frame size included
+            self._rollback(before)
+            if new or pipe._pending is not pending:
+                # a pipeline made for this frame goes; so does one that took the previous frame's output and lost it
+                # (its tail failed on the tail thread): the stream goes on from the last output returned, as after a
+                # failed flush()
+                self._pipe = None
+                if pipe is not None:
+                    pipe.close()
+            elif restarted is not None:  # this frame's own steps failed, before any change to the pipeline but this
+                pipe._front_state, pipe._prev_out = restarted
+            raise
         if out is None and self._queued is not None:  # a float frame pushed before: its output is the one due now
             out, self._queued = self._queued, None
         self.frames_seen += 1
@@ -532,15 +570,25 @@ class VideoFilter:
                 if len(sizes) != 1:
                     # a size change inside the chunk: fall back to frame-by-frame, which resets with a warning
                     for i, f in enumerate(frames[s : s + chunk]):
-                        out.append(self.step(f, None if originals is None else originals[s + i]))
+                        try:
+                            out.append(self.step(f, None if originals is None else originals[s + i]))
+                        except ValueError as e:  # step() does not know the frame's place in the clip
+                            raise ValueError(f"frame {s + i}: {e}") from None
                     continue
+                try:
+                    check_frame_size(*ps[0][0].shape[:2], self.model.config)  # as _run would, with the frame's index
+                except ValueError as e:
+                    raise ValueError(f"frame {s}: {e}") from None
                 P = torch.from_numpy(np.stack([p for p, _ in ps])).permute(0, 3, 1, 2)[None].to(self.device)
                 I = None
                 if originals is not None:
                     ii = [frame_to_float(_image_in(f), f"original {s + i}")[0]
                           for i, f in enumerate(originals[s : s + chunk])]
-                    if any(i.shape != ps[0][0].shape for i in ii):
-                        raise ValueError(f"originals and processed frames differ in size near frame {s}")
+                    odd = [i for i, x in enumerate(ii) if x.shape != ps[0][0].shape]
+                    if odd:
+                        i = odd[0]
+                        raise ValueError(f"original {s + i} ({ii[i].shape[1]}x{ii[i].shape[0]}) and frame {s + i} "
+                                         f"({ps[0][0].shape[1]}x{ps[0][0].shape[0]}) differ in size")
                     I = torch.from_numpy(np.stack(ii)).permute(0, 3, 1, 2)[None].to(self.device)
                 O = self._run(P, I, parallel=True)[0].permute(0, 2, 3, 1).cpu().numpy()
                 out += [float_to_frame(o, d) for o, (_, d) in zip(O, ps)]  # each frame in its own dtype, as step()
@@ -551,13 +599,19 @@ class VideoFilter:
 
     def reset(self, mask: Any = None) -> None:
         """Start over: every stream (``mask=None``) or those where ``mask`` (B,) is True (the others'
-        state is untouched, bit for bit). A frame still in flight from :meth:`push` is dropped."""
+        state is untouched, bit for bit). A frame still in flight from :meth:`push` is dropped: its output is not
+        returned, and the streams the mask keeps go on from their state after it, as ``step`` would have left it."""
         if mask is not None:  # checked before anything is dropped, and refused before the first frame as after it
-            mask = as_reset_mask(mask, None if self.state is None else self.model.state_frame(self.state)[0])
-        if self._pipe is not None:
+            b = 1 if self._pipe is not None else None if self.state is None else self.model.state_frame(self.state)[0]
+            mask = as_reset_mask(mask, b)
+        if self._pipe is not None:  # one stream; its state after the frame in flight is in the pipeline until it ends
             pipe, self._pipe = self._pipe, None
-            pipe.close()
-            mask = None
+            try:
+                if mask is not None:  # reset([False]) used to drop the whole state: the frame in flight ends first
+                    pipe.flush()
+                    self.state = pipe.state
+            finally:
+                pipe.close()
         self._queued = None
         if mask is None or self.state is None:
             self.state, self._key, self._last_t = None, None, None
@@ -566,8 +620,11 @@ class VideoFilter:
         self.state = reset_state(self.state, self.model.init_state(b, h, w, self.device), mask)
 
     def add_streams(self, n: int = 1) -> None:
-        """Append ``n`` fresh streams (indices B .. B+n-1, same frame size); the running ones keep their state."""
-        if not (isinstance(n, (int, np.integer)) and n >= 1):
+        """Append ``n`` fresh streams (indices B .. B+n-1, same frame size); the running ones keep their state. Not
+        while a frame given to :meth:`push` is in flight (RuntimeError: :meth:`flush` first)."""
+        if self._pipe is not None or self._queued is not None:  # the pipeline would go on with its own B = 1 state
+            raise RuntimeError("a frame given to push() is still in flight: call flush() before add_streams()")
+        if isinstance(n, (bool, np.bool_)) or not (isinstance(n, (int, np.integer)) and n >= 1):
             raise ValueError(f"add_streams: n must be a positive integer, got {n!r}")
         if self.state is None:
             raise ValueError("add_streams: no stream is running yet (the first step sets B and the frame size)")
@@ -576,7 +633,10 @@ class VideoFilter:
         self._key = (b + int(n), h, w)
 
     def drop_streams(self, index: Any) -> None:
-        """Remove the streams at ``index`` (an int or a list); the others keep their state and order."""
+        """Remove the streams at ``index`` (an int or a list); the others keep their state and order. Not while a
+        frame given to :meth:`push` is in flight (RuntimeError: :meth:`flush` first)."""
+        if self._pipe is not None or self._queued is not None:
+            raise RuntimeError("a frame given to push() is still in flight: call flush() before drop_streams()")
         if self.state is None:
             raise ValueError("drop_streams: no stream is running yet")
         b, h, w = self.model.state_frame(self.state)
@@ -624,6 +684,12 @@ class VideoFilter:
                                  f"torch.float32 (for {b} stream(s) of {w}x{h} frames)")
             if not torch.isfinite(s).all():
                 raise ValueError(f"video state[{i}] contains NaN or inf: not a state this filter produced")
+        last_t = getattr(state, "last_timestamp", None)  # a plain tuple: the timeline starts at the next frame
+        if last_t is not None:  # a NaN one refused every later timestamped frame as out of order
+            try:
+                last_t = as_timestamp(last_t)
+            except ValueError as e:
+                raise ValueError(f"video state's last_timestamp: {e}") from None
         self.state = tuple(s.to(self.device).clone() for s in state)
         self._key = (b, h, w)
-        self._last_t = getattr(state, "last_timestamp", None)  # a plain tuple: the timeline starts at the next frame
+        self._last_t = last_t

@@ -54,7 +54,7 @@ resolution change starts over.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -94,8 +94,48 @@ class VideoSSMConfig:
     cut_corr: float = 0.3  # consecutive-thumbnail correlation under which a frame is a scene cut
     backend: str = "auto"
 
+    # The range of each number a weights file may set, both ends included (:meth:`check`): where the model runs and
+    # gives finite frames, not where it is useful. The SSM's sizes are checked for every model by the loader.
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "cell_px": (2, 8192),  # the grid's cells are 2 x 2 pixels at least: a 1-pixel frame holds none
+        "pre": (1, 8192),
+        "flow_levels": (1, 8192),  # and few enough for the smallest frame: check
+        "flow_window": (1, 8192),  # odd: check
+        "flow_smooth": (1, 8192),
+        "blend_gain": (0.0, 100.0),  # 0.6 shipped; the blend weight it scales is clamped to 1
+        "fade_follow": (0.0, 1.0),  # a share of the lag
+        "fade_shrink": (0.0, 10.0),  # log brightness; cell lags are within about 4
+        "exposure_lock": (0.0, 1.0),  # as the filter's argument
+        "eps": (1e-6, 1.0),  # a ridge: 0 leaves a flat cell's fit singular; colour variances are at most 0.25
+        "cut_corr": (-1.0, 1.0),  # a correlation: -1 never cuts, 1 always
+    }
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check(self) -> None:
+        """ValueError naming the first field outside :attr:`LIMITS` or the rules below, and the values it may take.
+        What a weights file may hold: the loader checks it (:func:`streamssm.weights.build_config`, which puts the
+        file's name first); headdim=0, a flow window of 0 and an exposure lock of 5 failed at the first steps instead,
+        as a ZeroDivisionError, an OpenCV assertion and an error naming neither the file nor the field."""
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"config field {name!r} is {getattr(self, name)!r}, expected {expected}")
+
+        for name, (lo, hi) in self.LIMITS.items():
+            if not lo <= getattr(self, name) <= hi:
+                raise bad(name, f"a value in [{lo}, {hi}]")
+        for name in ("still_px", "ghost_res"):  # a positive one divides: near 0 that is inf, and NaN where 0 / 0
+            if getattr(self, name) != 0 and not 1e-3 <= getattr(self, name) <= 1e3:
+                raise bad(name, "0 (off) or a value in [0.001, 1000]")
+        for name in ("flow_window", "flow_smooth"):  # a box of even width has no centre pixel: its output is one larger
+            if getattr(self, name) % 2 == 0:
+                raise bad(name, "an odd window width")
+        # the pyramid halves the flow's luminance per level: the smallest frame taken (cell_px a side) must keep a
+        # pixel at the coarsest, at the flow's resolution (half the frame's from 64 px up)
+        least = min(flow_shape(s, s, self)[1] for s in (self.cell_px, max(self.cell_px, 64)))
+        if least >> (self.flow_levels - 1) < 1:
+            raise bad("flow_levels", f"at most {least.bit_length()}: the smallest frame the filter takes (cell_px="
+                      f"{self.cell_px} a side) is {least} px at the flow's resolution, and each level halves it")
 
 
 def grid_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int, int]:

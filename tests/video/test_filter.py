@@ -992,3 +992,176 @@ def test_rollback_gives_back_a_cloned_state_that_the_next_graph_step_takes_up():
     assert f.frames_seen == 2 and f.state is not f._graph.state
     got += [f.step(x, x) for x in xs[2:]]
     assert f.state is f._graph.state and all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("path", ["fast uint8", "fast float", "reference", "tensor"])
+def test_a_step_that_fails_inside_leaves_the_filter_as_it_was(path, monkeypatch):
+    """A step that failed inside the model (out of memory, say) had already admitted its frame: the clock had
+    moved, and a gap since the last frame had dropped the state, so the same frame, retried, was refused as out of
+    order and the stream had started over. Now such a failure leaves the filter as it was, on the CPU fast step
+    (uint8 and float frames), the reference step and the tensor path, and the retried frame goes on the stream."""
+    rng = np.random.default_rng(7)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(5)]
+    if path == "fast float":
+        xs = [x / 255.0 for x in xs]
+    elif path == "tensor":
+        xs = [torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255 for x in xs]
+    t = [0.0, 0.04, 0.08, 5.0, 5.04]  # frame 3 comes after a gap: admitting it drops the state
+
+    def new():
+        return VideoFilter(device="cpu", fast=path.startswith("fast"))
+
+    ref, f = new(), new()
+    want = [ref.step(x, x, timestamp=s) for x, s in zip(xs, t)]
+    got = [f.step(x, x, timestamp=s) for x, s in zip(xs[:3], t)]
+    snap, key, last_t, seen = f.get_state(), f._key, f._last_t, f.frames_seen
+    inner = f._cpu if f._cpu is not None else f.model
+    name = "step_uint8" if path == "fast uint8" else "step"
+
+    def failing(*a, **k):
+        raise _Failed("out of memory")
+
+    monkeypatch.setattr(inner, name, failing)
+    with pytest.raises(_Failed):
+        f.step(xs[3], xs[3], timestamp=t[3])
+    _as_before(f, snap, key, last_t, seen)
+    monkeypatch.undo()
+    got += [f.step(x, x, timestamp=s) for x, s in zip(xs[3:], t[3:])]
+    for a, b in zip(got, want):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["pipelined", "held back"])
+def test_add_and_drop_streams_refuse_while_a_pushed_frame_is_in_flight(fast):
+    """add_streams() while push() had a frame in the CPU pipeline made the state B = 2 and the key (2, H, W), but
+    flush() then put back the pipeline's own B = 1 state under that key: every B = 2 step after it was refused. Both
+    refuse now, as get_state() and filter() do, and the frame in flight comes out of flush() as it would have; after
+    it, a stream can be added. add_streams(True) is refused as chunk=True is."""
+    rng = np.random.default_rng(8)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(3)]
+    want = VideoFilter(device="cpu", fast=fast).filter(xs)
+    f = VideoFilter(device="cpu", fast=fast)
+    got = [f.push(xs[0]), f.push(xs[1])]
+    with pytest.raises(RuntimeError, match="in flight: call flush\\(\\) before add_streams\\(\\)"):
+        f.add_streams(1)
+    with pytest.raises(RuntimeError, match="in flight: call flush\\(\\) before drop_streams\\(\\)"):
+        f.drop_streams([])
+    got += [f.push(xs[2]), f.flush()]
+    assert got[0] is None and all(np.array_equal(a, b) for a, b in zip(got[1:], want))
+    with pytest.raises(ValueError, match="n must be a positive integer, got True"):
+        f.add_streams(True)
+    f.add_streams(1)
+    assert f.step(torch.rand(2, 3, 64, 96)).shape == (2, 3, 64, 96)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["pipelined", "held back"])
+def test_reset_with_a_mask_keeps_the_streams_it_keeps_while_a_pushed_frame_is_in_flight(fast):
+    """reset(mask) with a frame in the CPU pipeline dropped the whole state whatever the mask, even all False, where
+    after step() the same call kept it. The mask holds on the pipeline now: its frame in flight is dropped (no
+    output), and a stream the mask keeps goes on from its state after that frame, as after step(); one it resets
+    starts over, as after step(). The mask is checked against the pipeline's one stream."""
+    rng = np.random.default_rng(9)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(6)]
+    for mask in (False, True):
+        ref = VideoFilter(device="cpu", fast=fast)
+        for x in xs[:4]:
+            ref.step(x, x)
+        ref.reset(torch.tensor([mask]))
+        want = [ref.step(x, x) for x in xs[4:]]
+        f = VideoFilter(device="cpu", fast=fast)
+        for x in xs[:4]:
+            f.push(x, x)
+        with pytest.raises(ValueError, match="shape \\(B,\\)=\\(1,\\)"):
+            f.reset(torch.tensor([False, False]))
+        f.reset(torch.tensor([mask]))
+        assert f.flush() is None and f.state is not None
+        got = [f.step(x, x) for x in xs[4:]]
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), f"mask [{mask}]"
+
+
+@pytest.mark.parametrize("where", ["mid-stream", "after a gap", "first push", "tail"])
+def test_a_push_that_fails_inside_leaves_the_filter_as_it_was(where, monkeypatch):
+    """A push() that failed inside the CPU pipeline (out of memory, say) had admitted its frame: the clock had moved
+    (and a gap had restarted the pipeline), so the same frame, retried, was refused as out of order. Now a failure
+    of the frame's own steps leaves the filter as it was -- clock, key, frames_seen, state, the pipeline with the
+    previous frame in flight (none for a first push) -- and the retried frame gives an uninterrupted run's outputs.
+    A failure of the previous frame's tail (on its thread, seen by this push) loses that frame's output: the stream
+    goes on from the output before it, as a filter never given that frame does."""
+    from streamssm.video.cpu_step import CPUVideoStep
+
+    rng = np.random.default_rng(10)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(6)]
+    t = [0.0, 0.04, 0.08, 5.0 if where == "after a gap" else 0.12, 5.04, 5.08]
+    k = 0 if where == "first push" else 3  # the push that fails
+    kept = [i for i in range(6) if where != "tail" or i != k - 1]  # the tail that fails is frame k - 1's
+    ref = VideoFilter(device="cpu")
+    want = [ref.step(xs[i], xs[i], timestamp=t[i]) for i in kept]
+    name = "_tail" if where == "tail" else "_front"
+    real, calls = getattr(CPUVideoStep, name), []
+
+    def fails_once(self, *a, **kw):  # frame k's front, or frame k - 1's tail; the retry goes through
+        calls.append(1)
+        if len(calls) == (k if where == "tail" else k + 1):
+            raise _Failed("out of memory")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(CPUVideoStep, name, fails_once)
+    f = VideoFilter(device="cpu")
+    got = [f.push(xs[i], xs[i], timestamp=t[i]) for i in range(k)]
+    key, last_t, seen, state, pipe = f._key, f._last_t, f.frames_seen, f.state, f._pipe
+    front = None if pipe is None else pipe._front_state
+    with pytest.raises(_Failed):
+        f.push(xs[k], xs[k], timestamp=t[k])
+    assert f._key == key and f._last_t == last_t and f.frames_seen == seen and f.state is state
+    if where == "tail":
+        assert f._pipe is None  # closed: the stream goes on from the state after the last output returned
+    else:
+        assert f._pipe is pipe and (pipe is None or pipe._front_state is front)  # a gap's restart undone too
+    got += [f.push(xs[i], xs[i], timestamp=t[i]) for i in range(k, 6)] + [f.flush()]
+    got = [o for o in got if o is not None]
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_max_gap_is_checked_when_set():
+    """VideoFilter(max_gap=-1) was refused but f.max_gap = -1 was taken (every timestamped frame then restarted the
+    stream) and f.max_gap = "1" failed at the next timestamped frame with a TypeError. Checked when set now, as
+    strength and exposure_lock are."""
+    f = VideoFilter(device="cpu")
+    f.max_gap = 0.5
+    assert f.max_gap == 0.5
+    for bad in (-1, 0, float("nan"), float("inf"), "1", None):
+        with pytest.raises(ValueError, match="max_gap must be a (positive )?number of seconds"):
+            f.max_gap = bad
+        with pytest.raises(ValueError, match="max_gap"):
+            VideoFilter(device="cpu", max_gap=bad)
+    assert f.max_gap == 0.5
+
+
+def test_messages_name_the_argument_and_the_frame():
+    """Errors that named neither what was wrong nor where: VideoFilter(weights=123) (a TypeError from pathlib),
+    step("abc") ("got shape ()"), filter() with an original of another size ("near frame 4", for frame 5) or a frame
+    too small among frames of other sizes (no index), and set_state() of a snapshot whose last timestamp is NaN
+    (taken, then every timestamped frame was refused as out of order)."""
+    import warnings
+
+    from streamssm import FilterState
+
+    x = np.random.default_rng(11).integers(0, 256, (64, 96, 3), np.uint8)
+    with pytest.raises(ValueError, match="weights must be the path of a .safetensors file, got int"):
+        VideoFilter(weights=123, device="cpu")
+    f = VideoFilter(device="cpu")
+    with pytest.raises(ValueError, match="got str of shape \\(\\)"):
+        f.step("abc")
+    with pytest.raises(ValueError, match="original 5 \\(96x40\\) and frame 5 \\(96x64\\) differ in size"):
+        f.filter([x] * 6, [x] * 5 + [x[:40]], chunk=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the size change inside the chunk restarts the stream
+        with pytest.raises(ValueError, match="frame 5: frame is 16x16 pixels"):
+            f.filter([x] * 5 + [x[:16, :16]], chunk=3)
+    with pytest.raises(ValueError, match="frame 4: frame is 16x16 pixels"):
+        f.filter([x] * 4 + [x[:16, :16]] * 2, chunk=2)
+    f.step(x, timestamp=0.0)
+    snap = f.get_state()
+    with pytest.raises(ValueError, match="last_timestamp: timestamp must be finite, got nan"):
+        f.set_state(FilterState(tuple(snap), last_timestamp=float("nan")))
+    assert f.step(x, timestamp=0.04) is not None  # the snapshot refused, the stream goes on
