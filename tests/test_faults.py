@@ -252,14 +252,15 @@ def test_pose_filter_and_step_restart_alike_when_max_gap_is_below_a_frame():
 
 def test_pose_fps_override_does_not_read_recording_timestamps_as_gaps(tmp_path):
     """An npz with ``timestamps`` (seconds, 30 fps) filtered with --fps 60: the frames are taken as 60 fps
-    samples, not as 30 fps ones with a dropped frame before each (which the filter would step over)."""
+    samples, not as 30 fps ones with a dropped frame before each (which the filter would step over), and a warning
+    says the timestamps were left out. (At the file's own rate they are used: tests/pose/test_cli.py.)"""
     from streamssm import PoseFilter
 
     x = (np.random.default_rng(2).normal(size=(40, 5, 2)).cumsum(0) * 3 + 100).astype(np.float32)
     np.savez(tmp_path / "in.npz", points=x, timestamps=np.arange(40) / 30.0)
     r = run_cli("pose", tmp_path / "in.npz", "-o", tmp_path / "out.npz", "--fps", "60")
     assert r.returncode == 0, r.stderr
-    assert "gap" not in r.stdout
+    assert "gap" not in r.stdout and "'timestamps' run at 30 fps, not --fps 60" in r.stderr
     got = np.load(tmp_path / "out.npz")["points"]
     np.testing.assert_allclose(got, PoseFilter(device="cpu", fps=60).filter(x), rtol=1e-5, atol=1e-3)
 

@@ -16,10 +16,10 @@ a second person walking in does not take over. :func:`everyone` gives all tracks
 ``hand_left_keypoints_2d`` or ``hand_right_keypoints_2d``. Points are (x, y) in pixels, ``confidence`` OpenPose's
 score (a weight: 0 = missing; such keypoints read as NaN).
 
-Writing back (:func:`write_openpose`, an output path without an extension) gives a folder of the same file names
-with every file as it was except the followed people's arrays (the main one's, or everyone's with ``tracks``), whose
-x, y are the filtered ones (confidences kept; an undetected keypoint stays ``0, 0, 0``). The folder is written
-beside the target and renamed into place, so a crash never leaves half of it.
+Writing back (:func:`write_openpose`, an output path not ending in .npz/.csv/.json, such as ``out_v1.2``) gives a
+folder of the same file names with every file as it was except the followed people's arrays (the main one's, or
+everyone's with ``tracks``), whose x, y are the filtered ones (confidences kept; an undetected keypoint stays
+``0, 0, 0``). The folder is written beside the target and renamed into place, so a crash never leaves half of it.
 """
 
 from __future__ import annotations

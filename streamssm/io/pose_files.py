@@ -9,7 +9,8 @@ Formats
     ``world_landmarks_raw``, ``landmarks_smoothed``, ...) are kept. :func:`read_pose` takes
     ``points`` = the first 3 columns of ``key`` (default ``landmarks_raw``, or pass e.g.
     ``key="world_landmarks_raw"``) and ``confidence`` = visibility (NaN -> 0).
-    :func:`write_pose` writes **every key of the input file unchanged** plus ``<stem>_filtered``
+    :func:`write_pose` writes **every key of the input file unchanged** (but ``fps``, set to the data's
+    when that is another rate: the one the points were filtered at) plus ``<stem>_filtered``
     (``landmarks_raw`` -> ``landmarks_filtered``, ``world_landmarks_raw`` -> ``world_landmarks_filtered``):
     a (t, 33, 4) float32 copy of the input key whose first ``d`` columns are replaced by the new points
     and whose 4th column is the new confidence (or the input visibility when ``confidence`` is None),
@@ -21,9 +22,10 @@ Formats
     (a 3-D lifter's ``keypoints``, say), read and written back under its own name; 3 columns are x, y, z (keep
     x, y, confidence triples as ``points`` and ``confidence``).
 ``.csv``, long format: optional first line ``# fps=<float>`` (``# FPS: 25`` reads too), then the header
-    ``frame,joint,x,y[,z][,confidence]`` and one row per (frame, joint). ``joint`` is an integer index
-    or a name (names are kept in order of first appearance), ``frame`` a number. Every frame must list the same
-    joints.
+    ``frame,joint,x,y[,z][,confidence]`` and one row per (frame, joint). ``joint`` is an integer ID (sorted; IDs
+    other than 0, 1, 2, ... are kept as the joint names "0", "5", ..., so a conversion keeps them and they come back
+    to csv as numbers) or a name (names are kept in order of first appearance), ``frame`` a number. Every frame must
+    list the same joints.
     Empty or ``nan`` cells are missing. Written in the same layout, with the input's frame numbers. The last
     column may be ``visibility`` instead (MediaPipe's, read as ``confidence`` but marked, see below).
 ``.json``::
@@ -39,8 +41,8 @@ Formats
     marks ``c`` as MediaPipe's visibility.
 
 An OpenPose output folder (per-frame ``*_keypoints.json`` files) reads as one person's (t, k, 2) points with
-OpenPose's confidence, and writes back as such a folder (an output path without an extension): see
-:mod:`streamssm.io.openpose`.
+OpenPose's confidence, and writes back as such a folder (an output path not ending in .npz/.csv/.json, such as
+``out`` or ``out_v1.2``): see :mod:`streamssm.io.openpose`.
 
 **Image landmarks.** MediaPipe's image landmarks are x, y normalised by the image's width and height (not the same
 unit across and down). A MediaPipe ``.npz`` (keys other than ``*world*``) gives ``meta["image_size"]`` = its
@@ -49,8 +51,9 @@ unit across and down). A MediaPipe ``.npz`` (keys other than ``*world*``) gives 
 The pose CLI filters such points in pixels (:func:`streamssm.pose.cli.image_size`): a file that gives the image size
 is taken to hold x, y normalised by it.
 
-Converting between formats keeps the frame numbers, the joint names, the image size, and whether the confidence is
-MediaPipe's visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it comes from).
+Converting between formats keeps the frame numbers, the joint names (a csv's joint IDs), the image size, and whether
+the confidence is MediaPipe's visibility (``meta["visibility"]``: the pose CLI does not weigh by it, whichever file it
+comes from).
 A file's ``fps`` that is not a positive number reads as None, with ``meta["bad_fps"]`` saying what it was.
 
 An ``.npz``'s other arrays are read when asked for (``meta["arrays"]``, see :class:`_NpzArrays`), not with the points:
@@ -406,6 +409,8 @@ def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
         base[..., : data.dims] = data.points
         if data.confidence is not None:
             base[..., 3] = data.confidence
+        if data.fps is not None and _file_fps(path, arrays.get("fps"), {}) != data.fps:
+            arrays["fps"] = np.float64(data.fps)  # the rate used, as .csv/.json write it; the same rate keeps the key
         stem = key[: -len("_raw")] if key.endswith("_raw") else key
         arrays[f"{stem}_filtered"] = base
         arrays["filtered_from"] = np.array(key)
@@ -513,6 +518,9 @@ def _read_csv(path: Path) -> PoseData:
                          f"the same {len(names)} joints")
     numeric = all(j.lstrip("-").isdigit() for j in names)
     order = sorted(names, key=int) if numeric else names
+    # IDs other than 0..k-1 (COCO's 0, 5, 11, 12 picked out) are the joints' names: the other formats number joints
+    # 0..k-1, so a conversion would renumber them otherwise
+    named = not numeric or order != [str(i) for i in range(len(order))]
     frame_ids = sorted(frames)
     arr = np.full((len(frame_ids), len(order), dims + has_conf), np.nan, np.float32)
     for i, fr in enumerate(frame_ids):
@@ -522,7 +530,7 @@ def _read_csv(path: Path) -> PoseData:
         arr[i] = [f[j] for j in order]
     conf = np.nan_to_num(arr[..., dims], nan=0.0) if has_conf else None
     meta.update({"format": "csv", "frame_numbers": frame_ids, "joints": order,
-                 "joint_names": None if numeric else order, "visibility": visibility})
+                 "joint_names": order if named else None, "visibility": visibility})
     return PoseData(arr[..., :dims], conf, fps, meta)
 
 
@@ -669,7 +677,9 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
     path = Path(path)
     if like is not None and not isinstance(like, PoseData):
         like = read_pose(like)
-    if path.suffix == "" and (like.meta if like is not None else data.meta).get("format") == "openpose":
+    # from an OpenPose folder, any path not ending in a pose file extension is a folder ('out_v1.2' too)
+    openpose = (like.meta if like is not None else data.meta).get("format") == "openpose"
+    if openpose and path.suffix.lower() not in SUPPORTED_EXTENSIONS:
         from streamssm.io.openpose import write_openpose
 
         src = (like.meta if like is not None else data.meta).get("source")

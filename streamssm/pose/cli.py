@@ -15,14 +15,21 @@ plus ``landmarks_filtered``. Choices, and why:
   pixels (the file's ``width``/``height``), z from a second pass (:func:`_filter_image_landmarks`), and written back
   normalised; so are such landmarks converted to ``.csv``/``.json`` (they carry the image size). World landmarks
   (``--key world_landmarks_raw``, metres) are filtered as 3-D points.
-* **Gaps stay gaps.** Where the input has NaN/inf coordinates the output keeps NaN, so the file never
-  claims a detection the estimator did not make (the filter itself holds its estimate through the gap,
-  which is what a live caller of :meth:`PoseFilter.step` wants).
+* **Gaps stay gaps.** What the input marks missing (NaN/inf coordinates, or a confidence of 0 where the confidence
+  is a weight; MediaPipe's visibility is not, see above) comes back in every format exactly as the input had it,
+  coordinates and confidence (NaN stays NaN, a csv's ``0,0,0`` stays ``0,0,0``), so the file never claims a detection
+  the estimator did not make (the filter itself holds its estimate through the gap, which is what a live caller of
+  :meth:`PoseFilter.step` wants).
 * **Dropped frames.** Frame numbers are not assumed regular: a ``.csv``'s ``frame`` column, a
   ``.json``'s per-frame ``"frame"`` numbers, a plain ``.npz``'s ``frames`` or an ``.npz``'s ``timestamps`` array
   (seconds) place each
   frame in time; holes are stepped over as missing frames and a gap over 1 s starts the filter over
   (:class:`~streamssm.pose.filter.PoseFilter` ``timestamps=``). Frame numbers must increase.
+* **The frame rate.** ``--fps`` is the filter's rate, in place of the file's: frame numbers count frames at it, and
+  timestamps (seconds: an ``.npz``'s ``timestamps``, a video's) place frames on its grid where the recording runs at
+  that rate (within 10%); at another rate the frames are taken as ``--fps`` ones, one after another (the user says
+  what the frames are: a slowed-down clip, a wrong header), with a warning. A MediaPipe ``.npz`` written with it gets
+  it as its ``fps``, as ``.csv``/``.json`` outputs do.
 * **Bounded memory.** :meth:`PoseFilter.filter <streamssm.pose.filter.PoseFilter.filter>` scans in chunks
   with the state carried (the same result as one pass), so an hour-long file does not need an hour of scan
   intermediates.
@@ -107,10 +114,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check_output(inp: Path, out: Path, overwrite: bool, allowed: tuple[str, ...]) -> None:
-    folder = inp.is_dir() and out.suffix == ""  # OpenPose folder in, OpenPose folder out
+    # OpenPose folder in: any name not ending in a file extension is an OpenPose folder out ('out_v1.2' too)
+    folder = inp.is_dir() and out.suffix.lower() not in allowed
     if out.suffix.lower() not in allowed and not folder:
-        also = " (or, from an OpenPose folder, a folder)" if inp.is_dir() else ""
-        raise ValueError(f"{out}: unknown output extension {out.suffix!r}, expected one of {'/'.join(allowed)}{also}")
+        raise ValueError(f"{out}: unknown output extension {out.suffix!r}, expected one of {'/'.join(allowed)}")
     if _same_file(inp, out):
         raise ValueError(f"{out}: output is the input file {inp}; refusing to overwrite it, choose another output path")
     if out.is_dir() and not folder:
@@ -136,42 +143,93 @@ def _fps(args, file_fps: float | None, inp: Path | None = None, bad: str | None 
     return DEFAULT_FPS, "default, file has none"
 
 
-def _timestamps(data: PoseData, inp: Path, fps: float, seconds: bool = True) -> np.ndarray | None:
-    """Seconds of each frame from the file's frame numbers / timestamps, or None when it has none.
-    ``seconds=False`` (``--fps`` given): an npz's ``timestamps`` (seconds of the recording) are not used, since
-    on another frame rate's grid they would read as dropped or doubled frames; frame numbers still are."""
+def _agrees(rate: float, fps: float) -> bool:
+    """Whether a recording's frame rate is ``--fps`` (within 10%): its timestamps can then place frames on that grid."""
+    return abs(rate / fps - 1.0) <= 0.1
+
+
+def _timestamps(data: PoseData, inp: Path, fps: float, forced: bool = False) -> tuple[np.ndarray | None, str]:
+    """Seconds of each frame and what gave them ("frame numbers" or "timestamps"), or (None, "") when the file has
+    neither. Frame numbers count frames, so they become seconds at ``fps`` (the file's or ``--fps``). An npz's
+    ``timestamps`` are seconds of the recording: used on the grid of ``fps`` frames a second where the recording
+    runs at that rate; ``forced`` (``--fps`` given) and a recording at another rate (a slowed-down clip, a wrong
+    header: the user says the frames are ``fps`` ones) would read as dropped or doubled frames there, so the frames
+    are then timed one after another at ``fps``, with a warning, as a file without timestamps."""
     fmt = data.meta.get("format", "")
-    raw, scale, what = None, 1.0 / fps, "frame numbers"
-    if data.meta.get("frame_numbers") is not None:  # csv, json, a plain npz's 'frames'
+    raw, scale, what, source = None, 1.0 / fps, "frame numbers", "frame numbers"
+    if data.meta.get("frame_numbers") is not None:  # csv, json, a plain npz's 'frames', OpenPose's file names
         raw = np.asarray(data.meta["frame_numbers"], np.float64)
-    if seconds and fmt.startswith("npz") and "timestamps" in data.meta.get("arrays", {}):
-        raw, scale, what = np.asarray(data.meta["arrays"]["timestamps"], np.float64).reshape(-1), 1.0, "'timestamps'"
+    if fmt.startswith("npz") and "timestamps" in data.meta.get("arrays", {}):
+        raw, scale = np.asarray(data.meta["arrays"]["timestamps"], np.float64).reshape(-1), 1.0
+        what, source = "'timestamps'", "timestamps"
         if raw.shape != (data.num_frames,):
             raise ValueError(f"{inp}: 'timestamps' has {raw.size} values for {data.num_frames} frames, "
                              "expected one per frame (seconds)")
+        steps = np.diff(raw)
+        if forced and steps.size and np.all(np.isfinite(steps)) and np.median(steps) > 0 \
+                and not _agrees(1.0 / float(np.median(steps)), fps):
+            log.warning("%s: its 'timestamps' run at %.4g fps, not --fps %g: its frames are taken as --fps ones, one "
+                        "after another, and the timestamps are left out", inp, 1.0 / float(np.median(steps)), fps)
+            return None, ""
     if raw is None:
-        return None
+        return None, ""
     if not np.isfinite(raw).all():
         raise ValueError(f"{inp}: {what} must be finite numbers")
     bad = np.flatnonzero(np.diff(raw) <= 0)
     if bad.size:
         i = int(bad[0]) + 1
         raise ValueError(f"{inp}: {what} must increase from frame to frame: {raw[i]:g} comes after {raw[i - 1]:g}")
-    return raw * scale
+    return raw * scale, source
 
 
-def _gap_text(ts: np.ndarray | None, fps: float, max_gap: float) -> str:
+def _periods(ts: np.ndarray, fps: float, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frame periods between successive frames (1: no frame dropped) and where the gap restarts the filter:
+    :class:`~streamssm.pose.filter.PoseFilter`'s rule, a gap (missing frames) longer than ``max_gap``."""
+    periods = np.maximum(1, np.round(np.diff(ts) * fps)).astype(np.int64)
+    return periods, (periods > 1) & (periods > max_gap * fps)
+
+
+def _gap_text(ts: np.ndarray | None, fps: float, max_gap: float, source: str) -> str:
     if ts is None or ts.size < 2:
         return ""
-    periods = np.maximum(1, np.round(np.diff(ts) * fps)).astype(np.int64)
+    periods, restart = _periods(ts, fps, max_gap)
     gaps = periods > 1
     if not gaps.any():
         return ""
-    restart = gaps & (periods > max_gap * fps)  # PoseFilter's rule: a gap (missing frames) longer than max_gap
     restarts = int(restart.sum())
     dropped = int((periods[gaps & ~restart] - 1).sum())
-    text = f"; {int(gaps.sum())} gap(s) in the frame numbers ({dropped} dropped frames stepped over"
+    text = f"; {int(gaps.sum())} gap(s) in the {source} ({dropped} dropped frames stepped over"
     return text + (f", {restarts} gap(s) over {max_gap:g} s restarted the filter)" if restarts else ")")
+
+
+@contextlib.contextmanager
+def _frame_number_hint(inp: Path, ts: np.ndarray | None, fps: float, max_gap: float, source: str):
+    """While filtering by frame numbers that make nearly every step a gap over ``max_gap``: say so in terms of frame
+    numbers, in place of the filter's warning, whose "timestamps are seconds (milliseconds? divide by 1000)" does
+    not fit them (a csv's frame column holding milliseconds needs its values turned into frame numbers; dividing by
+    1000 would not do). The condition is the filter's own (over half the steps restart it); its record is recognised
+    by its "milliseconds?"."""
+    if source != "frame numbers" or ts is None or ts.size < 3:
+        yield
+        return
+    _, restart = _periods(ts, fps, max_gap)
+    if 2 * int(restart.sum()) <= ts.size - 1:
+        yield
+        return
+    steps = np.diff(np.round(ts * fps, 6))  # back to frame numbers
+    log.warning("%s: %d of the %d steps between frames are gaps over max_gap (%g s), so the filter starts over at "
+                "nearly every frame and smooths nothing: frame numbers count frames (median step %g frames at %g "
+                "fps); times in milliseconds? turn them into frame numbers (ms * %g / 1000)",
+                inp, int(restart.sum()), ts.size - 1, max_gap, float(np.median(steps)), fps, fps)
+
+    def not_the_filters(record: logging.LogRecord) -> bool:
+        return "milliseconds?" not in str(record.msg)
+
+    log.addFilter(not_the_filters)
+    try:
+        yield
+    finally:
+        log.removeFilter(not_the_filters)
 
 
 def _read(inp: Path, key: str | None) -> PoseData:
@@ -208,6 +266,10 @@ def run_pose(args) -> int:
 
 def _run_pose(args) -> int:
     inp, out = Path(args.input), Path(args.output)
+    if args.fps is not None:
+        from streamssm._args import as_positive
+
+        as_positive(args.fps, "--fps", "frames per second")  # the filter's own message would not name the flag
     if inp.suffix.lower() in VIDEO_EXTENSIONS:
         return _run_video(args, inp, out)
     if args.key is not None and inp.suffix.lower() != ".npz" and not inp.is_dir():
@@ -226,7 +288,7 @@ def _run_pose(args) -> int:
     filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
     mediapipe = data.meta.get("format") == "npz-mediapipe"
     conf = None if data.meta.get("visibility") else data.confidence  # visibility is not a weight (module docstring)
-    ts = _timestamps(data, inp, fps, seconds=args.fps is None)
+    ts, source = _timestamps(data, inp, fps, forced=args.fps is not None)
     image = image_size(data)
     if image is not None and np.nanmax(np.abs(np.where(np.isfinite(data.points[..., :2]), data.points[..., :2],
                                                        np.nan)), initial=0.0) > 4:
@@ -234,21 +296,25 @@ def _run_pose(args) -> int:
                     "normalised by that size", inp, *image)
         image = None
         data.meta.pop("image_size")  # nor does the output claim it
-    openpose_out = data.meta.get("format") == "openpose" and out.suffix == ""
+    openpose_out = data.meta.get("format") == "openpose" and out.suffix.lower() not in SUPPORTED_EXTENSIONS
     t0 = time.perf_counter()
-    if image is not None:
-        y = _filter_image_landmarks(filt, data.points, conf, ts, image)
-    elif openpose_out:  # OpenPose folder to folder: everyone it followed, as a batch of streams
-        from streamssm.io.openpose import everyone
+    with _frame_number_hint(inp, ts, fps, filt.max_gap, source):
+        if image is not None:
+            y = _filter_image_landmarks(filt, data.points, conf, ts, image)
+        elif openpose_out:  # OpenPose folder to folder: everyone it followed, as a batch of streams
+            from streamssm.io.openpose import everyone
 
-        pts_all, conf_all = everyone(data)
-        y_all = filt.filter(pts_all, confidence=conf_all, timestamps=ts)
-        y_all = np.where(np.isfinite(pts_all).all(-1, keepdims=True), y_all, np.nan).astype(np.float32)
-        y = y_all[:, data.meta["main"]]
-    else:
-        y = filt.filter(data.points, confidence=conf, timestamps=ts)
+            pts_all, conf_all = everyone(data)
+            y_all = filt.filter(pts_all, confidence=conf_all, timestamps=ts)
+            y_all = np.where(np.isfinite(pts_all).all(-1, keepdims=True), y_all, np.nan).astype(np.float32)
+            y = y_all[:, data.meta["main"]]
+        else:
+            y = filt.filter(data.points, confidence=conf, timestamps=ts)
     seconds = time.perf_counter() - t0
-    y = np.where(np.isfinite(data.points).all(-1, keepdims=True), y, np.nan).astype(np.float32)
+    # what the input marks missing goes out as the input had it (module docstring: gaps stay gaps); a csv's 0,0 with
+    # confidence 0 came back as the filter's estimate with confidence 0. Visibility (conf None here) marks nothing.
+    valid = _valid(data.points, conf)
+    y = np.where(valid[..., None], y, data.points).astype(np.float32)
 
     if openpose_out:
         from streamssm.io.openpose import write_openpose
@@ -260,7 +326,6 @@ def _run_pose(args) -> int:
         write_pose(out, PoseData(y, out_conf, data.fps if args.fps is None else fps, {}), like=data)
 
     t, k, d = data.points.shape
-    valid = _valid(data.points, conf)
     raw, what = data.points, f"{d}-D"
     if image is not None:  # measured as filtered: x, y in pixels (in file units when the size is not known)
         px = np.asarray(image, np.float32)
@@ -273,7 +338,7 @@ def _run_pose(args) -> int:
            f"the main one of {folk}, seen in {seen} of {t} frames; " if people > 1 else "")
     print(f"{inp.name} -> {out}: {t} frames, {k} keypoints, {what}, {fps:g} fps ({fps_from}), "
           f"filtered in {seconds:.2f} s ({1e3 * seconds / t:.2f} ms/frame); {who}{_accel_text(raw, y, valid)}"
-          f"{_gap_text(ts, fps, filt.max_gap)}")
+          f"{_gap_text(ts, fps, filt.max_gap, source)}")
     return 0
 
 
@@ -332,6 +397,10 @@ def _run_video(args, inp: Path, out: Path) -> int:
     with open_source(inp) as src:
         fps, fps_from = (float(args.fps), "--fps") if args.fps is not None else (src.fps, "from video")
         filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
+        timed = args.fps is None or _agrees(src.fps, fps)
+        if not timed:
+            log.warning("%s: the video runs at %.4g fps, not --fps %g: its frames are taken as --fps ones, one after "
+                        "another, and its timestamps are left out", inp, src.fps, fps)
         w, h = src.width, src.height
         with mp.solutions.pose.Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=False) as pose, \
                 open_sink(out, fps=src.rate, width=w, height=h, overwrite=args.overwrite, protected=[inp],
@@ -342,8 +411,9 @@ def _run_video(args, inp: Path, out: Path) -> int:
                 if res.pose_landmarks is not None:
                     raw = np.array([[lm.x * w, lm.y * h] for lm in res.pose_landmarks.landmark], np.float32)
                 t0 = time.perf_counter()
-                # the video's timestamps only on its own frame rate: on a forced --fps grid they would read as gaps
-                y = filt.step(raw, timestamp=frame.timestamp if args.fps is None else None)
+                # the video's timestamps place its frames on the filter's grid where they run at its rate (see
+                # _timestamps); a forced --fps of another rate takes the frames one after another
+                y = filt.step(raw, timestamp=frame.timestamp if timed else None)
                 seconds += time.perf_counter() - t0
                 raw_all.append(raw)
                 out_all.append(y)

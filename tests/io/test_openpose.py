@@ -214,3 +214,17 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_output_folder_name_may_hold_a_dot(openpose, tmp_path):
+    """From an OpenPose folder, any output name not ending in .npz/.csv/.json is a folder: ``-o out_v1.2`` used to be
+    refused with "unknown output extension '.2'" (and ``write_pose`` refused it alike)."""
+    folder, _, _ = openpose
+    r = _cli(folder, "-o", "out_v1.2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out_v1.2").iterdir()) == sorted(p.name for p in folder.iterdir())
+    from streamssm.io.pose_files import write_pose
+
+    assert write_pose(tmp_path / "again.v2", read_pose(folder)).is_dir()
+    r = _cli(folder, "-o", "out.CSV", cwd=tmp_path)  # a pose file extension, any case, is still a file
+    assert r.returncode == 0 and (tmp_path / "out.CSV").is_file(), r.stderr

@@ -415,3 +415,22 @@ def test_json_nested_too_deeply_is_named(tmp_path):
     p.write_text('{"frames":' + "[" * 200_000 + "]" * 200_000 + "}")
     with pytest.raises(ValueError, match=r"deep\.json: JSON nested too deeply"):
         read_pose(p)
+
+
+def test_numeric_joint_ids_survive_conversions(tmp_path):
+    """A csv's joint IDs 0, 5, 11, 12 (joints picked out of a larger set) come back as 0, 5, 11, 12 after csv ->
+    json -> csv and csv -> npz -> csv; they used to come back as 0, 1, 2, 3. IDs 0, 1, 2, ... add no joint names."""
+    p = tmp_path / "in.csv"
+    p.write_text("frame,joint,x,y\n" + "".join(f"{f},{j},{f + j},{2 * j}\n" for f in range(3) for j in (0, 5, 11, 12)))
+    ids = lambda path: [ln.split(",")[1] for ln in path.read_text().splitlines()[1:5]]  # noqa: E731
+    d = read_pose(p)
+    for mid in ("a.json", "a.npz"):
+        back = read_pose(write_pose(tmp_path / mid, d))
+        assert back.meta["joint_names"] == ["0", "5", "11", "12"], mid
+        out = write_pose(tmp_path / f"{mid}.csv", back)
+        assert ids(out) == ["0", "5", "11", "12"], mid
+        np.testing.assert_array_equal(read_pose(out).points, d.points)
+    plain = tmp_path / "plain.csv"
+    plain.write_text("frame,joint,x,y\n0,1,1,2\n0,0,3,4\n")
+    assert read_pose(plain).meta["joint_names"] is None
+    assert "joints" not in json.loads(write_pose(tmp_path / "plain.json", read_pose(plain)).read_text())

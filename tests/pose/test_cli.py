@@ -231,3 +231,97 @@ def test_pose_file_errors_name_the_file(tmp_path):
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert "unsafe" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz", "g.npz", "p.npz"]
+
+
+def _jittered(t: int = 40, k: int = 17, seed: int = 0) -> np.ndarray:
+    """(t, k, 2) a jittered body moving right, in pixels."""
+    rng = np.random.default_rng(seed)
+    body = rng.uniform(100, 400, (k, 2))
+    return (body + np.arange(t)[:, None, None] * [2.0, 0.0] + rng.normal(0, 2, (t, k, 2))).astype(np.float32)
+
+
+def test_npz_timestamps_are_used_with_fps(tmp_path):
+    """An npz's 'timestamps' are seconds whatever rate is declared: with --fps (the file's own rate here) the dropped
+    frames they show are stepped over as without it. They used to be dropped whenever --fps was given (nothing
+    stepped over, a different result), and the summary called timestamp gaps "gap(s) in the frame numbers"."""
+    ts = np.arange(40) / 30
+    ts[20:] += 5 / 30  # 5 frames dropped
+    np.savez(tmp_path / "ts.npz", points=_jittered(), timestamps=ts, fps=30.0)
+    r = _cli("ts.npz", "-o", "a.npz", cwd=tmp_path)
+    r_fps = _cli("ts.npz", "-o", "b.npz", "--fps", 30, cwd=tmp_path)
+    assert r.returncode == 0 and r_fps.returncode == 0, r.stderr + r_fps.stderr
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        np.testing.assert_array_equal(b["points"], a["points"])
+    for run in (r, r_fps):
+        assert "1 gap(s) in the timestamps (5 dropped frames stepped over)" in run.stdout, run.stdout
+    # frame numbers are still called so
+    write_pose(tmp_path / "f.csv", PoseData(_jittered(t=3), None, 30.0, {"frame_numbers": [0, 1, 4]}))
+    r = _cli("f.csv", "-o", "f_out.csv", cwd=tmp_path)
+    assert r.returncode == 0 and "1 gap(s) in the frame numbers (2 dropped frames stepped over)" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("ext", [".csv", ".json", ".npz"])
+def test_missing_keypoints_come_back_as_the_input_had_them(tmp_path, ext):
+    """Keypoints the input marks missing come back in every format exactly as they were, coordinates and confidence:
+    a csv's ``0,0,0`` (confidence 0), NaN coordinates with a confidence, a point with only y missing. The ``0,0``
+    with confidence 0 used to come back as the filter's estimate with confidence 0, and the half-missing point as
+    NaN, NaN. MediaPipe's visibility is no weight: a point of visibility 0 is a point, filtered like the others."""
+    pts, conf = _jittered(t=30, k=6), np.full((30, 6), 0.9, np.float32)
+    pts[10:15, 2], conf[10:15, 2] = 0.0, 0.0  # undetected, OpenPose-style
+    pts[20:23, 3] = np.nan  # no coordinates, a confidence all the same
+    pts[5, 4, 1] = np.nan  # y missing only
+    src = write_pose(tmp_path / "in.csv", PoseData(pts, conf, 30.0))
+    assert "\n10,2,0.0,0.0,0.0\n" in src.read_text()
+    r = _cli(src, "-o", tmp_path / f"out{ext}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    back = read_pose(tmp_path / f"out{ext}")
+    missing = np.zeros((30, 6), bool)
+    missing[10:15, 2] = missing[20:23, 3] = missing[5, 4] = True
+    np.testing.assert_array_equal(back.points[missing], pts[missing])  # NaN where NaN, 0 where 0
+    np.testing.assert_array_equal(back.confidence, conf)
+    assert np.isfinite(back.points[~missing]).all() and not np.allclose(back.points[~missing], pts[~missing])
+    # visibility 0 (a csv's visibility column, as MediaPipe converted to csv gives it): filtered, not kept
+    vis = tmp_path / "vis.csv"
+    vis.write_text(src.read_text().replace("confidence", "visibility"))
+    r = _cli(vis, "-o", tmp_path / f"vis_out{ext}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    back = read_pose(tmp_path / f"vis_out{ext}")
+    assert np.isfinite(back.points[10:15, 2]).all() and not np.allclose(back.points[10:15, 2], 0)  # drawn to 0, 0
+    np.testing.assert_array_equal(back.points[20:23, 3], pts[20:23, 3])
+
+
+def test_frame_numbers_in_milliseconds_get_a_hint_about_frame_numbers(tmp_path):
+    """A csv whose frame column holds milliseconds (0, 33, 67, ...): every step is a gap over max_gap. The warning
+    used to say "timestamps are seconds (milliseconds? divide by 1000)", which does not fit frame numbers; it now
+    says they count frames and how to turn milliseconds into them, once."""
+    frames = [round(i * 1000 / 30) for i in range(30)]
+    write_pose(tmp_path / "ms.csv", PoseData(_jittered(t=30), None, 30.0, {"frame_numbers": frames}))
+    r = _cli("ms.csv", "-o", "out.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "29 of the 29 steps between frames are gaps over max_gap" in r.stderr, r.stderr
+    assert "frame numbers count frames (median step 33 frames at 30 fps)" in r.stderr
+    assert "ms * 30 / 1000" in r.stderr and "divide by 1000" not in r.stderr
+    assert r.stderr.count("steps between frames") == 1
+
+
+def test_fps_that_is_not_positive_names_the_flag(tmp_path):
+    """--fps 0 used to be refused as "fps must be a positive number ...", which names no flag."""
+    write_pose(tmp_path / "in.csv", PoseData(_jittered(t=5), None, 30.0))
+    for bad in ("0", "-5", "nan"):
+        r = _cli("in.csv", "-o", "out.csv", "--fps", bad, cwd=tmp_path)
+        assert r.returncode == 2 and "--fps must be a positive number of frames per second" in r.stderr, r.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_mediapipe_npz_output_gets_the_fps_used(tmp_path):
+    """A MediaPipe npz filtered with --fps gets that rate as its 'fps', as a csv or json output does; it used to
+    keep the input's. Without --fps the input's key is kept as it was (an int stays an int)."""
+    rng = np.random.default_rng(0)
+    lm = np.concatenate([rng.uniform(0.3, 0.7, (20, 33, 3)), rng.uniform(0, 1, (20, 33, 1))], -1).astype(np.float32)
+    np.savez(tmp_path / "mp.npz", landmarks_raw=lm, fps=24, width=640, height=480)
+    assert _cli("mp.npz", "-o", "a.npz", "--fps", 30, cwd=tmp_path).returncode == 0
+    assert _cli("mp.npz", "-o", "a.csv", "--fps", 30, cwd=tmp_path).returncode == 0
+    assert _cli("mp.npz", "-o", "b.npz", cwd=tmp_path).returncode == 0
+    assert read_pose(tmp_path / "a.npz").fps == read_pose(tmp_path / "a.csv").fps == 30.0
+    with np.load(tmp_path / "b.npz") as b:
+        assert b["fps"] == 24 and b["fps"].dtype == np.load(tmp_path / "mp.npz")["fps"].dtype
