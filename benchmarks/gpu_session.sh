@@ -153,6 +153,24 @@ case "${1:-bench}" in
     python3 -m streamssm.cli train video --data .data/videos -o "$OUT/video.safetensors" --minutes "${2:-8}" \
       --steps "${3:-2400}" --workers 15 --batch 12 --resume --no-progress 2>&1 | tail -20
     ;;
+  pose22)  # session 22: pose trainings side by side on the CPU cores, resumable pieces (carry .whl, .data/pose and
+    # runs/pose22 from the last piece's $OUT); RUNS="name:extra args|..." (default: the new recipe and it without flips)
+    export STREAMSSM_DATA=$PWD/.data OMP_NUM_THREADS=${THREADS:-5}
+    mkdir -p /tmp/plogs runs/pose22
+    IFS='|' read -ra runs <<< "${RUNS:-new:|noflip:--p-flip 0|noconf50:--conf-mix 0.5,0.3,0.1}"
+    for spec in "${runs[@]}"; do
+      name=${spec%%:*}; extra=${spec#*:}
+      cp runs/pose22/"$name".* "$OUT"/ 2>/dev/null
+      # shellcheck disable=SC2086
+      timeout -s TERM "${PIECE:-540}" python3 -m streamssm.cli train pose --device cpu --steps 8000 --resume $extra \
+        -o "$OUT/$name.safetensors" --no-progress > "/tmp/plogs/$name.log" 2>&1 &
+    done
+    wait; tail -n 3 /tmp/plogs/*.log
+    for spec in "${runs[@]}"; do
+      name=${spec%%:*}; python3 benchmarks/pose_quality.py --streams 32 --frames 240 --ours-only \
+        --weights "$OUT/$name.safetensors" 2>&1 | grep -v "x0.4"
+    done
+    ;;
   posesweep)
     export STREAMSSM_DATA=$PWD/.data OMP_NUM_THREADS=2
     # SWEEP="name:preset:w_pos:w_vel:w_acc:steps ..." (default: the first sweep); weights to $OUT, logs to /tmp/plogs (printed)

@@ -32,7 +32,20 @@ def _speed_range(text: str) -> tuple[float, float]:
 
 
 # options that only one model's training reads: given to the other, they are refused rather than ignored
-POSE_ONLY = ("preset", "w_pos", "w_vel", "w_acc", "speed", "val_subjects")
+def _conf_mix(text: str) -> tuple[float, float, float]:
+    import math
+
+    try:
+        mix = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        mix = ()
+    if len(mix) != 3 or not all(math.isfinite(v) and v >= 0 for v in mix) or sum(mix) > 1:
+        raise ValueError(f"--conf-mix must be NONE,SCALED,NOISE: three shares >= 0 adding up to at most 1, "
+                         f"got {text!r}")
+    return mix
+
+
+POSE_ONLY = ("preset", "w_pos", "w_vel", "w_acc", "speed", "val_subjects", "conf_mix", "p_flip")
 VIDEO_ONLY = ("workers", "w_temporal", "p_no_blend", "p_fade", "real_flow", "max_frames", "frame_cache")
 
 
@@ -68,11 +81,14 @@ def _check_train_args(args: argparse.Namespace) -> None:
                          f"{args.model} (see streamssm train --help)")
     if args.speed is not None:
         _speed_range(args.speed)
+    if args.conf_mix is not None:
+        _conf_mix(args.conf_mix)
     if args.init is not None and not Path(args.init).is_file():
         raise ValueError(f"--init {args.init}: no such weights file (expected a .safetensors from streamssm train)")
     for name, lo, hi in (("steps", 1, None), ("batch", 1, None), ("workers", 0, None), ("minutes", 0, None),
                          ("lr", 0, 1), ("w_pos", 0, None), ("w_vel", 0, None), ("w_acc", 0, None),
                          ("w_temporal", 0, None), ("p_no_blend", 0, 1), ("p_fade", 0, 1), ("seed", 0, None),
+                         ("p_flip", 0, 1),
                          ("save_every", 1, None), ("max_frames", 1, None)):
         v = getattr(args, name)
         strict = name in ("minutes", "lr")  # a budget or a learning rate of 0 trains nothing
@@ -177,7 +193,9 @@ def _train(args: argparse.Namespace) -> int:
         if args.tiny:
             cfg = PoseTrainConfig(steps=args.steps or 20, batch=4, length=32, val_every=10, seed=args.seed,
                                   minutes=args.minutes)
-        _override(cfg, args, ("steps", "batch", "w_pos", "w_vel", "w_acc", "lr"), save_every="val_every")
+        _override(cfg, args, ("steps", "batch", "w_pos", "w_vel", "w_acc", "lr", "p_flip"), save_every="val_every")
+        if args.conf_mix is not None:
+            cfg.p_no_conf, cfg.p_conf_scaled, cfg.p_conf_noise = _conf_mix(args.conf_mix)
         if args.speed is not None:
             cfg.speed = _speed_range(args.speed)
         if args.val_subjects:
@@ -271,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-subjects", default=None, metavar="S1,S2",
                    help="pose: subjects held out for validation (file-name prefixes before the first '_'; default "
                         "CMU's 006,131 where the data has them, else the last subject)")
+    s.add_argument("--conf-mix", default=None, metavar="NONE,SCALED,NOISE",
+                   help="pose: shares of training streams given no confidence (as MediaPipe's are), one scaled and "
+                        "bent (a detector calibrated otherwise), one unrelated to the error; the rest get the noise "
+                        "model's own (default 0.35,0.3,0.1)")
+    s.add_argument("--p-flip", type=float, default=None,
+                   help="pose: share of training streams in another axis convention: 2-D y up; 3-D Y down "
+                        "(MediaPipe's world landmarks) or Z up (default 0.3)")
     s.add_argument("--w-temporal", type=float, default=None, help="video: loss weight of the temporal term (default 4)")
     s.add_argument("--p-no-blend", type=float, default=None,
                    help="video: share of batches trained with the temporal blend off (default 0)")
@@ -286,10 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="a .npz/.csv/.json pose file, an OpenPose output folder (*_keypoints.json), or a "
                    "video (MediaPipe Pose runs on it)")
     s.add_argument("-o", "--output", required=True,
-                   help=".npz/.csv/.json; a folder (no extension) from an OpenPose folder; a video from a video")
-    s.add_argument("--fps", type=float, default=None, help="frame rate (default: from the file, else 30)")
+                   help=".npz/.csv/.json; from an OpenPose folder also a folder (any other name); a video from a video")
+    s.add_argument("--fps", type=float, default=None,
+                   help="frame rate of the filter (default: from the file, else 30): frame numbers count frames at "
+                        "it; timestamps (an .npz's 'timestamps', a video's) are used where the recording runs at "
+                        "it, and left out, with a warning, where it runs at another rate")
     s.add_argument("--strength", type=float, default=1.0,
-                   help="0 = the input unchanged, 1 = the weights' smoothing, higher = smoother (max 2)")
+                   help="0 = the input unchanged, 1 = the weights' smoothing (default), in between a blend; above 1 "
+                        "(up to 2) the correction is extrapolated: it overshoots rather than smoothing more")
     s.add_argument("--weights", default=None,
                    help="pose .safetensors (default: the weights shipped in the package)")
     s.add_argument("--device", default="cpu", help="cpu (default: the native step is fastest there), cuda[:N] or auto")

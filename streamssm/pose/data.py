@@ -287,9 +287,12 @@ class PoseDataset:
         scale_range: tuple[float, float] = (0.85, 1.15),
         p_mirror: float = 0.5,
         units: str | None = None,
+        p_flip: float = 0.0,
     ) -> PoseBatch:
         """Random augmented clean windows; one ``dim`` (2 or 3, random if None) for the whole batch,
-        units drawn per stream (from :data:`UNITS_2D` / :data:`UNITS_3D`) unless ``units`` is given."""
+        units drawn per stream (from :data:`UNITS_2D` / :data:`UNITS_3D`) unless ``units`` is given.
+        ``p_flip``: the share of streams in another axis convention than image y down (2-D) and Y up (3-D): y up in
+        the image; Y down (MediaPipe's world landmarks) or Z up, half each."""
         if dim is None:
             dim = int(rng.choice([2, 3], p=[0.6, 0.4]))
         if dim not in (2, 3):
@@ -311,6 +314,8 @@ class PoseDataset:
             if dim == 2:
                 uv, (w, h) = _project(p, rng)
                 sizes[i] = (w, h)
+                if p_flip and rng.random() < p_flip:  # (no draw at 0: the same streams as before p_flip)
+                    uv = uv * np.array([1.0, -1.0]) + np.array([0.0, h])
                 if u == "norm":
                     uv = uv / np.array([w, h])
                 elif u != "px":
@@ -323,6 +328,8 @@ class PoseDataset:
                     p = p - p[:, hips].mean(axis=1, keepdims=True)
                 else:
                     p = p + np.array([rng.uniform(-3, 3), 0.0, rng.uniform(-3, 3)])
+                if p_flip and rng.random() < p_flip:  # Y down, or Z up: (x, y, z) -> (x, -z, y)
+                    p = (p if rng.random() < 0.5 else p[..., [0, 2, 1]]) * np.array([1.0, -1.0, 1.0])
                 if u == "mm":
                     p = p * 1000.0
                 elif u != "m":

@@ -35,14 +35,41 @@ class PoseTrainConfig:
     val_every: int = 250
     layout: str = "body17"
     speed: tuple[float, float] = (0.8, 1.25)  # playback speed range (log-uniform): wider = faster motions seen
+    # what the filter is given beside the points, per stream (:func:`vary_confidence`): nothing (MediaPipe users,
+    # the baselines), a confidence scaled down (a detector scoring lower), or one unrelated to the error; the rest
+    # get the noise model's own, which drops on its outliers
+    p_no_conf: float = 0.35
+    p_conf_scaled: float = 0.3
+    p_conf_noise: float = 0.1
+    p_flip: float = 0.3  # streams in another axis convention (``PoseDataset.sample_batch``'s p_flip)
     val_subjects: tuple[str, ...] | None = None  # file-name prefixes held out; None: VAL_SUBJECTS, else the last one
 
 
+def vary_confidence(noisy: np.ndarray, conf: np.ndarray, rng: np.random.Generator, p_none: float = 0.0,
+                    p_scaled: float = 0.0, p_noise: float = 0.0) -> np.ndarray:
+    """The noise model's confidence (b, t, k), made per stream what real input gives: with probability ``p_none``
+    none (1 wherever a point is given: held dropouts look valid, as they do without a confidence), ``p_scaled``
+    scaled by 0.25-1 and raised to a power of 0.5-2 (a detector calibrated otherwise), ``p_noise`` unrelated to
+    the error (uniform 0.2-1 where given). A missing point keeps confidence 0 but where there is none at all."""
+    b = conf.shape[0]
+    given = np.isfinite(noisy).all(-1)
+    u = rng.random(b)[:, None, None]
+    scale = rng.uniform(0.25, 1.0, (b, 1, 1))
+    power = np.exp(rng.uniform(np.log(0.5), np.log(2.0), (b, 1, 1)))
+    noise = np.where(given & (conf > 0), rng.uniform(0.2, 1.0, conf.shape), 0.0)
+    out = np.where(u < p_none, given.astype(conf.dtype), conf)
+    out = np.where((u >= p_none) & (u < p_none + p_scaled), scale * conf ** power, out)
+    return np.where((u >= p_none + p_scaled) & (u < p_none + p_scaled + p_noise), noise, out).astype(conf.dtype)
+
+
 def make_batch(ds: PoseDataset, rng: np.random.Generator, batch: int, length: int,
-               speed: tuple[float, float] = (0.8, 1.25)):
-    """(noisy, confidence, clean, fps, body_size) torch tensors for one training batch."""
-    b = ds.sample_batch(rng, batch, length, speed_range=speed)
+               speed: tuple[float, float] = (0.8, 1.25), cfg: PoseTrainConfig | None = None):
+    """(noisy, confidence, clean, fps, body_size) torch tensors for one training batch; ``cfg``: its confidence
+    and axis-convention mix (None: the noise model's confidence, the usual axes)."""
+    b = ds.sample_batch(rng, batch, length, speed_range=speed, p_flip=cfg.p_flip if cfg else 0.0)
     noisy, conf = add_noise(b.clean, rng, names=b.names, fps=b.fps, size=b.body_size)
+    if cfg is not None:
+        conf = vary_confidence(noisy, conf, rng, cfg.p_no_conf, cfg.p_conf_scaled, cfg.p_conf_noise)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     return t(noisy), t(conf), t(b.clean), t(b.fps), t(b.body_size)
 
@@ -129,7 +156,7 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
     train_ds = PoseDataset.from_dir(data_dir, split="train", layout=cfg.layout, val_subjects=val_subjects)
     val_ds = PoseDataset.from_dir(data_dir, split="val", layout=cfg.layout, val_subjects=val_subjects)
     vrng = np.random.default_rng(12345)
-    val = [to_dev(make_batch(val_ds, vrng, 16, 128)) for _ in range(4)]
+    val = [to_dev(make_batch(val_ds, vrng, 16, 128, cfg=cfg)) for _ in range(4)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if start_step:
         saved = load_optimizer(resume, opt, start_step, log)
@@ -192,7 +219,7 @@ def train_pose(out: str | Path, cfg: PoseTrainConfig | None = None, model_cfg: P
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            noisy, conf, clean, fps, size = to_dev(make_batch(train_ds, rng, cfg.batch, cfg.length, cfg.speed))
+            noisy, conf, clean, fps, size = to_dev(make_batch(train_ds, rng, cfg.batch, cfg.length, cfg.speed, cfg))
             y, _ = model(noisy, conf, fps=fps)
             loss = pose_loss(y, clean, size, cfg)
             opt.zero_grad(set_to_none=True)
