@@ -59,3 +59,45 @@ def test_sample_batch_is_deterministic_and_smooth(datasets):
     np.testing.assert_array_equal(a.clean, b.clean)
     step = np.linalg.norm(np.diff(a.clean, axis=1), axis=-1)
     assert step.max() < 0.6  # < 18 m/s: clean mocap has no jumps
+
+
+def test_p_flip_zero_draws_the_same_streams_and_flips_turn_the_axes(datasets):
+    """``p_flip`` (another axis convention for a share of the training streams) must not draw from the generator at
+    0: a draw there changed every stream after it, and with them the benchmark's test sets, made with the default.
+    At 1 every stream is flipped: 2-D y up (the head now below the ankles in y), 3-D Y down or Z up."""
+    _, val = datasets
+    base = val.sample_batch(np.random.default_rng(5), 4, 30, dim=2, fps_range=(30, 30))
+    same = val.sample_batch(np.random.default_rng(5), 4, 30, dim=2, fps_range=(30, 30), p_flip=0.0)
+    np.testing.assert_array_equal(base.clean, same.clean)
+    head, ankles = val.names.index("head"), [val.names.index(n) for n in ("left_ankle", "right_ankle")]
+
+    def up(c, axis):  # head above the ankles along +axis, per stream
+        return np.nanmean(c[:, :, head, axis] - c[:, :, ankles, axis].mean(-1), axis=1) > 0
+
+    assert not up(base.clean, 1).any()  # image y runs down: the head has the smaller y
+    flipped = val.sample_batch(np.random.default_rng(5), 4, 30, dim=2, fps_range=(30, 30), p_flip=1.0)
+    assert up(flipped.clean, 1).all()
+    three = val.sample_batch(np.random.default_rng(6), 16, 30, dim=3, units="m", fps_range=(30, 30), p_flip=1.0)
+    y_down, z_up = ~up(three.clean, 1) & ~up(three.clean, 2), up(three.clean, 2)
+    assert (y_down | z_up).all() and y_down.any() and z_up.any()
+
+
+def test_vary_confidence_gives_each_stream_one_kind():
+    """Training confidence per stream: none (1 wherever a point is given), the noise model's scaled and bent, one
+    unrelated to the error, or the noise model's own; a missing point keeps 0 except where there is none at all."""
+    from streamssm.train.pose import vary_confidence
+
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(size=(400, 20, 5, 2)).astype(np.float32)
+    noisy[:, 3, 1] = np.nan
+    conf = rng.uniform(0.75, 1.0, (400, 20, 5)).astype(np.float32)
+    conf[:, 3, 1] = 0.0
+    conf[:, 4, 2] = 0.0  # a held dropout: given, confidence 0
+    out = vary_confidence(noisy, conf, np.random.default_rng(1), p_none=0.35, p_scaled=0.3, p_noise=0.1)
+    none = (out[:, 4, 2] == 1) & np.all(out[:, :3] == 1, axis=(1, 2))
+    own = np.all(out == conf, axis=(1, 2))
+    assert 0.25 < none.mean() < 0.45 and 0.15 < own.mean() < 0.35
+    assert (out[:, 3, 1] == 0).all() and ((out[:, 4, 2] == 0) | none).all()
+    other = ~none & ~own
+    assert (out[other].max(axis=(1, 2)) <= 1.0).all() and 0.3 < other.mean() < 0.5
+    np.testing.assert_array_equal(vary_confidence(noisy, conf, np.random.default_rng(1)), conf)

@@ -44,6 +44,17 @@ def test_train_numbers_are_checked_before_any_work(monkeypatch, tmp_path, capsys
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "says"), [(["--conf-mix", "0.5,0.6,0"], "--conf-mix must be NONE,SCALED,NOISE"),
+                                            (["--conf-mix", "0.5,x"], "three shares >= 0 adding up to at most 1"),
+                                            (["--p-flip", "2"], "--p-flip must be in [0, 1]")])
+def test_pose_training_mixes_are_checked_before_any_work(monkeypatch, tmp_path, capsys, args, says):
+    import streamssm.train.pose as tp
+
+    monkeypatch.setattr(tp, "train_pose", lambda *a, **k: pytest.fail("trained despite a bad argument"))
+    assert cli.main(["train", "pose", "-o", str(tmp_path / "p.safetensors"), *args]) == 2
+    assert says in capsys.readouterr().err
+
+
 def test_pose_resume_of_a_finished_run_trains_nothing(tmp_path, shared_data):
     """Resuming a run already at --steps leaves it as it was (the step count used to grow by one each time), and
     the optimiser is saved beside the weights so a resumed run continues it."""
