@@ -300,7 +300,7 @@ def main(argv=None):
     )
     print(real)
     clean, noisy, conf, size = cases["heldout"][0]
-    ours = run_ours(filt, noisy[:1], conf[:1])[0][0]
+    ours = run_ours(filt, noisy[:1], None)[0][0]  # the headline row's setting: the points alone
     oe = run_baseline("one_euro", tuned["one_euro"], noisy[:1], size[:1])[0]
     png = Path(__file__).resolve().parent / "pose_trajectory.png"
     plot(traj, png, (clean[0], hold_nan(noisy[0]), oe, ours))

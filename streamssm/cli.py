@@ -39,7 +39,7 @@ def _conf_mix(text: str) -> tuple[float, float, float]:
         mix = tuple(float(v) for v in text.split(","))
     except ValueError:
         mix = ()
-    if len(mix) != 3 or not all(math.isfinite(v) and v >= 0 for v in mix) or sum(mix) > 1:
+    if len(mix) != 3 or not all(math.isfinite(v) and v >= 0 for v in mix) or sum(mix) > 1 + 1e-9:  # 0.34+0.56+0.1
         raise ValueError(f"--conf-mix must be NONE,SCALED,NOISE: three shares >= 0 adding up to at most 1, "
                          f"got {text!r}")
     return mix

@@ -234,14 +234,16 @@ class _FastStepBase:
         return tuple(s.clone() for s in self.state)
 
     def set_state(self, state: Sequence[Tensor]) -> None:
-        """Copy ``state`` into the static buffers: tensors of their shapes and dtype (float32) and finite, as the
-        filters' ``set_state`` checks (a float64 or NaN state was taken as it was). One host sync for the values."""
+        """Copy ``state`` into the static buffers (float32): floating-point tensors of their shapes, finite, as the
+        filters' ``set_state`` checks (an integer or NaN state was taken as it was). Other float dtypes are converted
+        as they are copied: the parallel scan under fp16 autocast gives some of its state in float16. One host sync
+        for the values."""
         if (not isinstance(state, (tuple, list)) or len(state) != len(self.state)
                 or any(not isinstance(a, Tensor) or a.shape != b.shape for a, b in zip(state, self.state))):
             raise ValueError("state does not match this stream's shapes (make it with the same batch and size)")
         for i, (a, b) in enumerate(zip(state, self.state)):
-            if a.dtype != b.dtype:
-                raise ValueError(f"state[{i}] is {a.dtype}, expected {b.dtype}")
+            if not a.is_floating_point():
+                raise ValueError(f"state[{i}] is {a.dtype}, expected floating point ({b.dtype})")
         if not bool(torch.stack([torch.isfinite(s).all().to(self.state[0].device) for s in state]).all()):
             raise ValueError("state contains NaN or inf: not a state this step produced")
         for dst, src in zip(self.state, state):

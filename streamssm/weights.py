@@ -130,9 +130,11 @@ def build_model(model_cls: type, config_cls: type, config: Any, tensors: dict[st
     a large model (d_model 1024 over 8 layers is ~500 MiB; the bounds on each field allow terabytes) is refused
     before any of it is allocated."""
     cfg = build_config(config_cls, config, source, **override)
+    # the pure-torch backend for the shell: the same shapes, and no optional kernels imported under the meta device
+    shell_cfg = dataclasses.replace(cfg, backend="torch") if hasattr(cfg, "backend") else cfg
     try:
         with torch.device("meta"):
-            shell = model_cls(cfg)
+            shell = model_cls(shell_cfg)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: config does not describe a {model_cls.__name__} ({e})") from None
     check_tensors(shell.state_dict(), tensors, source)

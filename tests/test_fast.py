@@ -112,8 +112,10 @@ def test_cpu_state_reset_set_state_and_strength():
 
 def test_cpu_step_refuses_integer_frames_and_set_state_refuses_foreign_states():
     """step() took a uint8 (B, 3, H, W) tensor, copied it into the float buffers as 0..255 and returned near-white
-    frames; set_state() took a float64 state (converted by copy_) or a NaN one (the stream NaN from then on). Both are
-    refused now, as VideoSSM.step and the filters' set_state refuse them, and the stream is as it was."""
+    frames; set_state() took an integer state or a NaN one (the stream NaN from then on). Both are refused now, as
+    VideoSSM.step and the filters' set_state refuse them, and the stream is as it was. Other float dtypes are taken,
+    converted: the parallel scan under fp16 autocast gives some of its state in float16, and a filter() then step()
+    on CUDA hands that state to the graph's buffers."""
     m = video_model()
     frames = clip(1, 64, 96, steps=3)
     fast = FastVideoStep(m, 64, 96, dtype=torch.float32, compile=False)
@@ -124,8 +126,8 @@ def test_cpu_step_refuses_integer_frames_and_set_state_refuses_foreign_states():
         fast.step((P * 255).to(torch.uint8), I)
     with pytest.raises(ValueError, match="I \\(original frames\\) must be floating point"):
         fast.step(P, (I * 255).to(torch.uint8))
-    with pytest.raises(ValueError, match="state\\[0\\] is torch.float64, expected torch.float32"):
-        fast.set_state(tuple(s.double() for s in snap))
+    with pytest.raises(ValueError, match="state\\[0\\] is torch.int32, expected floating point \\(torch.float32\\)"):
+        fast.set_state(tuple(s.int() for s in snap))
     nan = list(snap)
     nan[3] = torch.full_like(nan[3], float("nan"))
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -133,6 +135,8 @@ def test_cpu_step_refuses_integer_frames_and_set_state_refuses_foreign_states():
     with pytest.raises(ValueError, match="does not match this stream's shapes"):
         fast.set_state([s.numpy() for s in snap])
     assert all(torch.equal(a, b) for a, b in zip(fast.state, snap))
+    fast.set_state(tuple(s.double() for s in snap))  # converted as copied: the same values
+    assert all(torch.equal(a, b) and a.dtype == torch.float32 for a, b in zip(fast.state, snap))
     want, _ = eager_video(m, frames)
     assert torch.equal(fast.step(P, I), want[1])
 

@@ -399,6 +399,20 @@ def _image_size(arrays: _NpzArrays) -> tuple[float, float]:
     return (w, h) if math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0 else (1.0, 1.0)
 
 
+def _timestamps_at(arrays: Mapping, fps: float) -> bool:
+    """Whether an ``.npz``'s ``timestamps`` (seconds), if it has them, run at ``fps`` (within 10%). Where they run at
+    another rate the file's ``fps`` stays as it was: a new one would contradict them (the pose CLI leaves such
+    timestamps out when ``--fps`` says otherwise, and the output keeps them, as the input's)."""
+    if "timestamps" not in arrays:
+        return True
+    try:
+        steps = np.diff(np.asarray(arrays["timestamps"], np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        return False
+    med = float(np.median(steps)) if steps.size else 0.0
+    return math.isfinite(med) and med > 0 and abs(1.0 / (med * fps) - 1.0) <= 0.1
+
+
 def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
     arrays = dict(meta.get("arrays", {}))
     if meta.get("format") == "npz-mediapipe":
@@ -409,7 +423,8 @@ def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
         base[..., : data.dims] = data.points
         if data.confidence is not None:
             base[..., 3] = data.confidence
-        if data.fps is not None and _file_fps(path, arrays.get("fps"), {}) != data.fps:
+        if data.fps is not None and _file_fps(path, arrays.get("fps"), {}) != data.fps \
+                and _timestamps_at(arrays, data.fps):
             arrays["fps"] = np.float64(data.fps)  # the rate used, as .csv/.json write it; the same rate keeps the key
         stem = key[: -len("_raw")] if key.endswith("_raw") else key
         arrays[f"{stem}_filtered"] = base

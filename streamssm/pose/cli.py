@@ -154,11 +154,12 @@ def _timestamps(data: PoseData, inp: Path, fps: float, forced: bool = False) -> 
     ``timestamps`` are seconds of the recording: used on the grid of ``fps`` frames a second where the recording
     runs at that rate; ``forced`` (``--fps`` given) and a recording at another rate (a slowed-down clip, a wrong
     header: the user says the frames are ``fps`` ones) would read as dropped or doubled frames there, so the frames
-    are then timed one after another at ``fps``, with a warning, as a file without timestamps."""
+    are then timed by their frame numbers where the file has them, else one after another, with a warning."""
     fmt = data.meta.get("format", "")
     raw, scale, what, source = None, 1.0 / fps, "frame numbers", "frame numbers"
     if data.meta.get("frame_numbers") is not None:  # csv, json, a plain npz's 'frames', OpenPose's file names
         raw = np.asarray(data.meta["frame_numbers"], np.float64)
+    numbers = raw
     if fmt.startswith("npz") and "timestamps" in data.meta.get("arrays", {}):
         raw, scale = np.asarray(data.meta["arrays"]["timestamps"], np.float64).reshape(-1), 1.0
         what, source = "'timestamps'", "timestamps"
@@ -168,9 +169,10 @@ def _timestamps(data: PoseData, inp: Path, fps: float, forced: bool = False) -> 
         steps = np.diff(raw)
         if forced and steps.size and np.all(np.isfinite(steps)) and np.median(steps) > 0 \
                 and not _agrees(1.0 / float(np.median(steps)), fps):
-            log.warning("%s: its 'timestamps' run at %.4g fps, not --fps %g: its frames are taken as --fps ones, one "
-                        "after another, and the timestamps are left out", inp, 1.0 / float(np.median(steps)), fps)
-            return None, ""
+            log.warning("%s: its 'timestamps' run at %.4g fps, not --fps %g: its frames are taken as --fps ones, "
+                        "%s, and the timestamps are left out", inp, 1.0 / float(np.median(steps)), fps,
+                        "by their frame numbers" if numbers is not None else "one after another")
+            raw, scale, what, source = numbers, 1.0 / fps, "frame numbers", "frame numbers"
     if raw is None:
         return None, ""
     if not np.isfinite(raw).all():
@@ -354,8 +356,8 @@ def image_size(data: PoseData) -> tuple[float, float] | None:
 def _filter_image_landmarks(filt, points: np.ndarray, conf, ts, image: tuple[float, float]) -> np.ndarray:
     """Image landmarks: x, y filtered as 2-D in pixels (isotropic, as the filter was trained and as
     ``benchmarks/pose_quality.py`` measures real MediaPipe output), z (when there is one) from a second, 3-D pass
-    (x's scale) whose x, y are dropped: filtered together, z's depth noise made x, y rougher (mean acceleration 0.64
-    against 0.42 % of body size on mp_edgetam_cloth_magic)."""
+    (x's scale) whose x, y are dropped: filtered together, z's depth noise made x, y rougher (with the weights of
+    session 5: mean acceleration 0.64 against 0.42 % of body size on mp_edgetam_cloth_magic)."""
     w, h = image
     xy = points[..., :2] * np.float32([w, h])
     out_xy = filt.filter(xy, confidence=conf, timestamps=ts)

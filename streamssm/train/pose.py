@@ -50,7 +50,8 @@ def vary_confidence(noisy: np.ndarray, conf: np.ndarray, rng: np.random.Generato
     """The noise model's confidence (b, t, k), made per stream what real input gives: with probability ``p_none``
     none (1 wherever a point is given: held dropouts look valid, as they do without a confidence), ``p_scaled``
     scaled by 0.25-1 and raised to a power of 0.5-2 (a detector calibrated otherwise), ``p_noise`` unrelated to
-    the error (uniform 0.2-1 where given). A missing point keeps confidence 0 but where there is none at all."""
+    the error (uniform 0.2-1 where the noise model's is above 0: its held dropouts keep 0, as a detector that
+    reports a missed point does). A missing point keeps confidence 0 but where there is none at all."""
     b = conf.shape[0]
     given = np.isfinite(noisy).all(-1)
     u = rng.random(b)[:, None, None]

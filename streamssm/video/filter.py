@@ -317,7 +317,10 @@ class VideoFilter:
             amp = self.half and self.device.type == "cuda"
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 if parallel and self._cpu is None:
-                    O, self.state = self.model(P, I, self.state, strength=self.strength)
+                    O, state = self.model(P, I, self.state, strength=self.strength)
+                    # float32, as every step leaves it: under fp16 autocast the scan gives its SSM states in float16,
+                    # which get_state/set_state and the CUDA graph's buffers do not take
+                    self.state = tuple(s.float() for s in state)
                 else:
                     step = self.model.step if self._cpu is None else self._cpu.step
                     outs = []

@@ -325,3 +325,29 @@ def test_mediapipe_npz_output_gets_the_fps_used(tmp_path):
     assert read_pose(tmp_path / "a.npz").fps == read_pose(tmp_path / "a.csv").fps == 30.0
     with np.load(tmp_path / "b.npz") as b:
         assert b["fps"] == 24 and b["fps"].dtype == np.load(tmp_path / "mp.npz")["fps"].dtype
+
+
+def test_a_forced_fps_never_contradicts_the_timestamps_written(tmp_path):
+    """A MediaPipe npz with 30 fps timestamps filtered with --fps 60 (its timestamps left out, with a warning) was
+    written with fps 60 beside those 30 fps timestamps: filtering the output again read every step as a dropped
+    frame. Its fps stays the file's then; where the timestamps run at --fps, it becomes --fps."""
+    rng = np.random.default_rng(1)
+    lm = np.concatenate([rng.uniform(0.3, 0.7, (60, 33, 3)), rng.uniform(0, 1, (60, 33, 1))], -1).astype(np.float32)
+    np.savez(tmp_path / "mp.npz", landmarks_raw=lm, fps=25.0, width=640, height=480, timestamps=np.arange(60) / 30)
+    r = _cli("mp.npz", "-o", "a.npz", "--fps", 60, cwd=tmp_path)
+    assert r.returncode == 0 and "run at 30 fps, not --fps 60" in r.stderr
+    assert _cli("mp.npz", "-o", "b.npz", "--fps", 30, cwd=tmp_path).returncode == 0
+    assert read_pose(tmp_path / "a.npz").fps == 25.0 and read_pose(tmp_path / "b.npz").fps == 30.0
+    again = _cli("a.npz", "-o", "c.npz", cwd=tmp_path)
+    assert again.returncode == 0 and "gap" not in again.stdout, again.stdout
+
+
+def test_timestamps_left_out_fall_back_to_the_frame_numbers(tmp_path):
+    """Where --fps disagrees with an npz's timestamps they are left out; the file's frame numbers ('frames'), which
+    count frames at any rate, were left out with them, and the dropped frames they mark were not stepped over."""
+    x = (np.random.default_rng(3).normal(size=(30, 5, 2)).cumsum(0) * 3 + 100).astype(np.float32)
+    frames = np.r_[np.arange(10), np.arange(14, 34)]  # 4 frames dropped after the 10th
+    np.savez(tmp_path / "in.npz", points=x, frames=frames, timestamps=frames / 30.0)
+    r = _cli("in.npz", "-o", "out.npz", "--fps", 60, cwd=tmp_path)
+    assert r.returncode == 0 and "by their frame numbers" in r.stderr
+    assert "1 gap(s) in the frame numbers (4 dropped frames stepped over)" in r.stdout, r.stdout

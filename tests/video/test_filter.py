@@ -1165,3 +1165,25 @@ def test_messages_name_the_argument_and_the_frame():
     with pytest.raises(ValueError, match="last_timestamp: timestamp must be finite, got nan"):
         f.set_state(FilterState(tuple(snap), last_timestamp=float("nan")))
     assert f.step(x, timestamp=0.04) is not None  # the snapshot refused, the stream goes on
+
+
+def test_filter_keeps_its_state_in_float32_when_the_scan_gives_float16(monkeypatch):
+    """Under CUDA's fp16 autocast the parallel scan gives some of its SSM state in float16. filter() kept it so:
+    get_state() then gave a snapshot set_state() refuses ("expected torch.float32"), and the next uint8 step handed
+    it to the CUDA graph's float32 buffers. The scan's state is float32 now, as every step leaves it (forced on the
+    CPU: the model's scan wrapped to give float16 state, as autocast does)."""
+    rng = np.random.default_rng(8)
+    xs = [rng.integers(0, 256, (64, 96, 3), np.uint8) for _ in range(4)]
+    f = VideoFilter(device="cpu", fast=False)
+    scan = f.model.forward
+
+    def half_state(*a, **k):
+        O, state = scan(*a, **k)
+        return O, tuple(s.half() if i >= 8 else s for i, s in enumerate(state))
+
+    monkeypatch.setattr(f.model, "forward", half_state)
+    f.filter(xs[:3], xs[:3])
+    assert all(s.dtype == torch.float32 for s in f.state)
+    snap = f.get_state()
+    f.set_state(snap)  # refused before: "state[8] is torch.float16"
+    f.step(xs[3], xs[3])
