@@ -34,24 +34,21 @@ def test_train_refuses_an_existing_output_unless_resume_or_overwrite(monkeypatch
     assert seen == [True, False]
 
 
-@pytest.mark.parametrize(("args", "says"), [(["--batch", "0"], "--batch must be at least 1"),
-                                            (["--steps", "-5"], "--steps must be at least 1"),
-                                            (["--minutes", "-1"], "--minutes must be above 0"),
-                                            (["--p-fade", "7"], "--p-fade must be in [0, 1]")])
-def test_train_numbers_are_checked_before_any_work(monkeypatch, tmp_path, capsys, args, says):
-    monkeypatch.setattr(tv, "train_video", lambda *a, **k: pytest.fail("trained despite a bad argument"))
-    assert cli.main(["train", "video", "-o", str(tmp_path / "v.safetensors"), *args]) == 2
-    assert says in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(("args", "says"), [(["--conf-mix", "0.5,0.6,0"], "--conf-mix must be NONE,SCALED,NOISE"),
-                                            (["--conf-mix", "0.5,x"], "three shares >= 0 adding up to at most 1"),
-                                            (["--p-flip", "2"], "--p-flip must be in [0, 1]")])
-def test_pose_training_mixes_are_checked_before_any_work(monkeypatch, tmp_path, capsys, args, says):
+@pytest.mark.parametrize(("model", "args", "says"), [("video", ["--batch", "0"], "--batch must be at least 1"),
+                                                     ("video", ["--steps", "-5"], "--steps must be at least 1"),
+                                                     ("video", ["--minutes", "-1"], "--minutes must be above 0"),
+                                                     ("video", ["--p-fade", "7"], "--p-fade must be in [0, 1]"),
+                                                     ("pose", ["--conf-mix", "0.5,0.6,0"],
+                                                      "--conf-mix must be NONE,SCALED,NOISE"),
+                                                     ("pose", ["--conf-mix", "0.5,x"],
+                                                      "three shares >= 0 adding up to at most 1"),
+                                                     ("pose", ["--p-flip", "2"], "--p-flip must be in [0, 1]")])
+def test_train_numbers_are_checked_before_any_work(monkeypatch, tmp_path, capsys, model, args, says):
     import streamssm.train.pose as tp
 
+    monkeypatch.setattr(tv, "train_video", lambda *a, **k: pytest.fail("trained despite a bad argument"))
     monkeypatch.setattr(tp, "train_pose", lambda *a, **k: pytest.fail("trained despite a bad argument"))
-    assert cli.main(["train", "pose", "-o", str(tmp_path / "p.safetensors"), *args]) == 2
+    assert cli.main(["train", model, "-o", str(tmp_path / "w.safetensors"), *args]) == 2
     assert says in capsys.readouterr().err
 
 
