@@ -413,6 +413,16 @@ def _timestamps_at(arrays: Mapping, fps: float) -> bool:
     return math.isfinite(med) and med > 0 and abs(1.0 / (med * fps) - 1.0) <= 0.1
 
 
+def _frames_from_timestamps(arrays: Mapping, fps: float) -> list[int] | None:
+    """An ``.npz``'s ``timestamps`` (seconds) as frame numbers at ``fps``, for a format that has only frame numbers
+    (.csv, .json: a conversion kept none, and the frames dropped went with them); None where there are none, where
+    they run at another rate, or where two would share a number."""
+    if "timestamps" not in arrays or not _timestamps_at(arrays, fps):
+        return None
+    nums = np.round(np.asarray(arrays["timestamps"], np.float64).reshape(-1) * fps)
+    return [int(n) for n in nums] if nums.size and (np.diff(nums) > 0).all() else None
+
+
 def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
     arrays = dict(meta.get("arrays", {}))
     if meta.get("format") == "npz-mediapipe":
@@ -435,7 +445,7 @@ def _write_npz(f, path: Path, data: PoseData, meta: dict) -> None:
             arrays["confidence"] = data.confidence.astype(np.float32)
         else:
             arrays.pop("confidence", None)
-        if data.fps is not None:
+        if data.fps is not None and _timestamps_at(arrays, data.fps):  # never one its timestamps contradict
             arrays["fps"] = np.float64(data.fps)
         frames = meta.get("frame_numbers")
         if frames is not None and len(frames) == data.num_frames:
@@ -719,7 +729,12 @@ def write_pose(path: str | os.PathLike, data: PoseData, like: PoseData | str | o
     if (meta.get("format", "").startswith("npz") and ext != ".npz") or meta.get("format") == "openpose":
         # converting formats: the npz layout does not apply; frame numbers, joint names and what the confidence
         # means carry over
-        meta = {k: meta[k] for k in ("frame_numbers", "joint_names", "visibility", "image_size") if k in meta}
+        numbers = meta.get("frame_numbers")
+        if numbers is None and data.fps is not None:  # an npz timed by its timestamps: they become frame numbers
+            numbers = _frames_from_timestamps(meta.get("arrays", {}), data.fps)
+        meta = {k: meta[k] for k in ("joint_names", "visibility", "image_size") if k in meta}
+        if numbers is not None:
+            meta["frame_numbers"] = numbers
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -16,8 +16,9 @@ plus ``landmarks_filtered``. Choices, and why:
   normalised; so are such landmarks converted to ``.csv``/``.json`` (they carry the image size). World landmarks
   (``--key world_landmarks_raw``, metres) are filtered as 3-D points.
 * **Gaps stay gaps.** What the input marks missing (NaN/inf coordinates, or a confidence of 0 where the confidence
-  is a weight; MediaPipe's visibility is not, see above) comes back in every format exactly as the input had it,
-  coordinates and confidence (NaN stays NaN, a csv's ``0,0,0`` stays ``0,0,0``), so the file never claims a detection
+  is a weight; MediaPipe's visibility is not, see above) comes back in every format as the input had it, coordinates
+  and confidence (NaN stays NaN, a csv's ``0,0,0`` stays ``0,0,0``; a missing confidence, read as 0, is written as
+  0), so the file never claims a detection
   the estimator did not make (the filter itself holds its estimate through the gap, which is what a live caller of
   :meth:`PoseFilter.step` wants).
 * **Dropped frames.** Frame numbers are not assumed regular: a ``.csv``'s ``frame`` column, a
@@ -27,9 +28,12 @@ plus ``landmarks_filtered``. Choices, and why:
   (:class:`~streamssm.pose.filter.PoseFilter` ``timestamps=``). Frame numbers must increase.
 * **The frame rate.** ``--fps`` is the filter's rate, in place of the file's: frame numbers count frames at it, and
   timestamps (seconds: an ``.npz``'s ``timestamps``, a video's) place frames on its grid where the recording runs at
-  that rate (within 10%); at another rate the frames are taken as ``--fps`` ones, one after another (the user says
-  what the frames are: a slowed-down clip, a wrong header), with a warning. A MediaPipe ``.npz`` written with it gets
-  it as its ``fps``, as ``.csv``/``.json`` outputs do.
+  that rate (within 10%); at another rate the frames are taken as ``--fps`` ones, by their frame numbers or one
+  after another (the user says what the frames are: a slowed-down clip, a wrong header), with a warning. Without
+  ``--fps``, the timestamps of a file without an ``fps`` set the rate (where it is 1-1000 fps); where they run at
+  another rate than the file's ``fps``, a warning says so. An ``.npz`` written gets the rate used as its ``fps``, as ``.csv``/``.json``
+  outputs do, unless its timestamps, kept, run at another; converted to ``.csv``/``.json`` its timestamps become
+  frame numbers, so the frames dropped stay dropped.
 * **Bounded memory.** :meth:`PoseFilter.filter <streamssm.pose.filter.PoseFilter.filter>` scans in chunks
   with the state carried (the same result as one pass), so an hour-long file does not need an hour of scan
   intermediates.
@@ -141,6 +145,19 @@ def _fps(args, file_fps: float | None, inp: Path | None = None, bad: str | None 
     if file_fps is not None and np.isfinite(file_fps) and file_fps > 0:
         return float(file_fps), "from file"
     return DEFAULT_FPS, "default, file has none"
+
+
+def _timestamp_rate(data: PoseData) -> float | None:
+    """The frame rate an ``.npz``'s ``timestamps`` (seconds) run at: one over their median step; None without them
+    or where that is not a positive number (the reader's checks then say what is wrong with them)."""
+    if not data.meta.get("format", "").startswith("npz") or "timestamps" not in data.meta.get("arrays", {}):
+        return None
+    try:
+        steps = np.diff(np.asarray(data.meta["arrays"]["timestamps"], np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        return None
+    med = float(np.median(steps)) if steps.size else 0.0
+    return 1.0 / med if np.isfinite(med) and med > 0 else None
 
 
 def _agrees(rate: float, fps: float) -> bool:
@@ -268,10 +285,11 @@ def run_pose(args) -> int:
 
 def _run_pose(args) -> int:
     inp, out = Path(args.input), Path(args.output)
-    if args.fps is not None:
-        from streamssm._args import as_positive
+    from streamssm._args import as_positive, as_strength
 
-        as_positive(args.fps, "--fps", "frames per second")  # the filter's own message would not name the flag
+    if args.fps is not None:
+        as_positive(args.fps, "--fps", "frames per second")  # the filter's own messages would not name the flags
+    as_strength(args.strength, "--strength")
     if inp.suffix.lower() in VIDEO_EXTENSIONS:
         return _run_video(args, inp, out)
     if args.key is not None and inp.suffix.lower() != ".npz" and not inp.is_dir():
@@ -283,6 +301,13 @@ def _run_pose(args) -> int:
     _check_output(inp, out, args.overwrite, SUPPORTED_EXTENSIONS)
     data = _read(inp, args.key)
     fps, fps_from = _fps(args, data.fps, inp, data.meta.get("bad_fps"))
+    rate = _timestamp_rate(data)
+    if args.fps is None and rate is not None and not _agrees(rate, fps):
+        if fps_from == "from file":  # one of the two is wrong (milliseconds taken for seconds?): said, not guessed
+            log.warning("%s: its 'timestamps' run at %.4g fps, but its fps says %g: filtered at %g fps (--fps "
+                        "chooses)", inp, rate, fps, fps)
+        elif 1.0 <= rate <= 1000.0:  # no rate in the file: on the default's grid every step read as dropped frames
+            fps, fps_from = rate, "from its timestamps"
 
     from streamssm.pose.filter import PoseFilter, check_magnitude
 
@@ -325,7 +350,8 @@ def _run_pose(args) -> int:
     else:
         # MediaPipe npz -> npz: confidence None keeps the input's visibility column untouched.
         out_conf = None if (mediapipe and out.suffix.lower() == ".npz") else data.confidence
-        write_pose(out, PoseData(y, out_conf, data.fps if args.fps is None else fps, {}), like=data)
+        out_fps = data.fps if args.fps is None and fps_from != "from its timestamps" else fps
+        write_pose(out, PoseData(y, out_conf, out_fps, {}), like=data)
 
     t, k, d = data.points.shape
     raw, what = data.points, f"{d}-D"

@@ -351,3 +351,25 @@ def test_timestamps_left_out_fall_back_to_the_frame_numbers(tmp_path):
     r = _cli("in.npz", "-o", "out.npz", "--fps", 60, cwd=tmp_path)
     assert r.returncode == 0 and "by their frame numbers" in r.stderr
     assert "1 gap(s) in the frame numbers (4 dropped frames stepped over)" in r.stdout, r.stdout
+
+
+def test_timestamps_set_the_rate_and_survive_conversion(tmp_path):
+    """An npz with 15 fps timestamps and no fps was filtered on the default 30 fps grid: every step read as a
+    dropped frame ("199 gap(s)"); its timestamps set the rate now. Converted to csv, an npz's timestamps were lost
+    (frames renumbered one after another, its dropped frames gone): they become frame numbers. And a plain npz
+    written with another --fps kept its timestamps beside an fps they contradict."""
+    x = (np.random.default_rng(4).normal(size=(40, 5, 2)).cumsum(0) * 3 + 100).astype(np.float32)
+    np.savez(tmp_path / "ts15.npz", points=x, timestamps=np.arange(40) / 15.0)
+    r = _cli("ts15.npz", "-o", "a.npz", cwd=tmp_path)
+    assert r.returncode == 0 and "15 fps (from its timestamps)" in r.stdout and "gap" not in r.stdout, r.stdout
+    ts = np.r_[np.arange(20), np.arange(26, 46)] / 24.0  # 6 frames dropped after the 20th
+    np.savez(tmp_path / "p.npz", points=x, fps=24.0, timestamps=ts)
+    assert _cli("p.npz", "-o", "p.csv", cwd=tmp_path).returncode == 0
+    frames = read_pose(tmp_path / "p.csv").meta["frame_numbers"]
+    assert frames[19:21] == [19, 26]
+    again = _cli("p.csv", "-o", "q.csv", cwd=tmp_path)
+    assert "1 gap(s) in the frame numbers (6 dropped frames stepped over)" in again.stdout, again.stdout
+    assert _cli("p.npz", "-o", "o30.npz", "--fps", 30, cwd=tmp_path).returncode == 0
+    assert read_pose(tmp_path / "o30.npz").fps == 24.0  # its timestamps, kept, run at 24
+    r = _cli("p.npz", "-o", "s.npz", "--strength", 3, cwd=tmp_path)
+    assert r.returncode == 2 and "--strength must be in [0, 2]" in r.stderr
