@@ -31,9 +31,9 @@ plus ``landmarks_filtered``. Choices, and why:
   that rate (within 10%); at another rate the frames are taken as ``--fps`` ones, by their frame numbers or one
   after another (the user says what the frames are: a slowed-down clip, a wrong header), with a warning. Without
   ``--fps``, the timestamps of a file without an ``fps`` set the rate (where it is 1-1000 fps); where they run at
-  another rate than the file's ``fps``, a warning says so. An ``.npz`` written gets the rate used as its ``fps``, as ``.csv``/``.json``
-  outputs do, unless its timestamps, kept, run at another; converted to ``.csv``/``.json`` its timestamps become
-  frame numbers, so the frames dropped stay dropped.
+  another rate than the file's ``fps``, a warning says so. An ``.npz`` written gets the rate used as its ``fps``, as
+  ``.csv``/``.json`` outputs do, unless its timestamps, kept, run at another; converted to ``.csv``/``.json`` its
+  timestamps become frame numbers, so the frames dropped stay dropped.
 * **Bounded memory.** :meth:`PoseFilter.filter <streamssm.pose.filter.PoseFilter.filter>` scans in chunks
   with the state carried (the same result as one pass), so an hour-long file does not need an hour of scan
   intermediates.
