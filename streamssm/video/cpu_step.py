@@ -638,32 +638,34 @@ class CPUVideoPipeline:
         self.state = front.state_with(O)
         return out[0] if squeeze else out
 
-    def push_uint8(self, frame, original=None) -> np.ndarray | None:
+    @property
+    def in_flight(self) -> bool:
+        """Whether a frame's output is still to come (from the next push or flush)."""
+        return self._pending is not None
+
+    def push_uint8(self, frame, original=None, restart: bool = False) -> np.ndarray | None:
+        """Frame t in, frame t-1's output out. ``restart``: frame t starts a new stream (a frame still in flight
+        finishes as part of the old one). A failure of frame t's own steps changes nothing here, so the same frame
+        can be pushed again; a failure of frame t-1's tail, seen here, loses that frame (none is in flight then)."""
         P, I, out, squeeze = self.step.planes_uint8(frame, original)
         # frame t's flow on its own thread (it needs only this and the previous luminance), its statistics and
         # SSM here, frame t-1's tail on the tail thread: three threads of work for the OS to spread over the cores
         g = self.step.luma(P, I)
-        st = self._front_state
+        st = None if restart else self._front_state
         fu = None
         if st is not None and st[4].shape == g.shape:
             fu = self._flow_pool.submit(self.step.flow_full, g, st[4], P.shape[-2], P.shape[-1], I is not None,
                                         prev_was_guided(st))
         with torch.no_grad():
             front = self.step._front(P, I, st, self.strength, g=g, fu=fu)  # overlaps the previous tail
-        fresh = self._front_state is None
         done = self._finish() if self._pending is not None else None
-        prev = None if fresh else self._prev_out
+        prev = None if st is None else self._prev_out
         self._pending = (self._pool.submit(self._tail, front, prev, out), front, out, squeeze)
         # the next front needs everything but the output (which only the tail reads)
         # (a zero-stride stand-in of the output's shape: the front reads only its shape, for the stream check)
         b, _, h, w = P.shape
         self._front_state = front.state_with(torch.zeros(1).expand(b, 3, h, w))
         return done
-
-    def restart(self) -> None:
-        """The next frame starts a new stream (a frame still in flight finishes as part of the old one)."""
-        self._front_state = None
-        self._prev_out = None
 
     def _tail(self, front, prev, out):
         with torch.no_grad():

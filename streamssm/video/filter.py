@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -292,6 +293,17 @@ class VideoFilter:
             state = tuple(s.clone() for s in state)
         return _Checkpoint(state, self._key, self._last_t, self.frames_seen, self._graph, self._graph_strength)
 
+    @contextlib.contextmanager
+    def _all_or_nothing(self, copy: bool = False):
+        """The filter as it was before the block where the block fails (a refused frame, out of memory, Ctrl-C):
+        :meth:`_checkpoint` (``copy``: see there) before it, :meth:`_rollback` to it on any exception."""
+        before = self._checkpoint(copy)
+        try:
+            yield
+        except BaseException:
+            self._rollback(before)
+            raise
+
     def _rollback(self, cp: _Checkpoint) -> None:
         """Back to ``cp``. A state that is not the graph's static buffers (a clone) is copied into them by the next
         graph step (``_step_uint8_graph``: ``g.set_state`` when ``self.state is not g.state``)."""
@@ -310,9 +322,8 @@ class VideoFilter:
         """P, I (B, T, 3, H, W) float on device, checked but for their size -> O (same); ``timestamp``: the
         (single) frame's, see :meth:`_admit`."""
         b, t, _, h, w = P.shape
-        before = self._checkpoint()  # references: these steps make new state tensors, they change none in place
-        self._admit(h, w, timestamp)
-        try:
+        with self._all_or_nothing():  # references: these steps make new state tensors, they change none in place
+            self._admit(h, w, timestamp)
             self._stream_key(b, h, w)
             amp = self.half and self.device.type == "cuda"
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
@@ -328,9 +339,6 @@ class VideoFilter:
                         o, self.state = step(P[:, i], None if I is None else I[:, i], self.state, self.strength)
                         outs.append(o)
                     O = torch.stack(outs, 1)
-        except BaseException:  # out of memory, say: the filter as it was, clock and frame size included
-            self._rollback(before)
-            raise
         self.frames_seen += t
         return O.float()
 
@@ -410,15 +418,11 @@ class VideoFilter:
         """:meth:`step` for H x W x 3 uint8 frames on the CPU fast path: converted to and from float inside the
         fast step (the same ``frame_to_float`` / ``float_to_frame`` arithmetic), strip by strip."""
         _check_same_size(frame, original)
-        before = self._checkpoint()  # references: the fast step makes new state tensors
-        self._admit(frame.shape[0], frame.shape[1], timestamp)
-        try:
+        with self._all_or_nothing():  # references: the fast step makes new state tensors
+            self._admit(frame.shape[0], frame.shape[1], timestamp)
             self._stream_key(1, frame.shape[0], frame.shape[1])
             with torch.no_grad():
                 out, self.state = self._cpu.step_uint8(frame, original, self.state, self.strength)
-        except BaseException:  # out of memory, say: the filter as it was, clock and frame size included
-            self._rollback(before)
-            raise
         self.frames_seen += 1
         return out
 
@@ -491,8 +495,8 @@ class VideoFilter:
         h, w = f.shape[:2]
         before = self._checkpoint()  # references: the pipeline makes new state tensors
         gap = self._admit(h, w, timestamp, running=running)
-        pipe, new, restarted = self._pipe, self._pipe is None, None
-        pending = None if new else pipe._pending  # the previous frame, in flight
+        pipe, new, restart = self._pipe, self._pipe is None, False
+        had_frame = not new and pipe.in_flight
         try:
             if new:
                 self._stream_key(1, h, w)
@@ -501,21 +505,18 @@ class VideoFilter:
                 if self._key != (1, h, w):
                     _restart_warning(self._key, (1, h, w))
                     self._key = (1, h, w)
-                restarted = pipe._front_state, pipe._prev_out  # all that restart() changes
-                pipe.restart()
+                restart = True
             pipe.strength = self.strength
-            out = pipe.push_uint8(f, o)
+            out = pipe.push_uint8(f, o, restart=restart)  # a failure of this frame's steps changes nothing there
         except BaseException:  # out of memory, say: the filter as it was, clock and frame size included
             self._rollback(before)
-            if new or pipe._pending is not pending:
+            if new or (had_frame and not pipe.in_flight):
                 # a pipeline made for this frame goes; so does one that took the previous frame's output and lost it
                 # (its tail failed on the tail thread): the stream goes on from the last output returned, as after a
                 # failed flush()
                 self._pipe = None
                 if pipe is not None:
                     pipe.close()
-            elif restarted is not None:  # this frame's own steps failed, before any change to the pipeline but this
-                pipe._front_state, pipe._prev_out = restarted
             raise
         if out is None and self._queued is not None:  # a float frame pushed before: its output is the one due now
             out, self._queued = self._queued, None
@@ -565,8 +566,8 @@ class VideoFilter:
                              "or CUDA tensors call step() frame by frame, or the model's parallel scan, "
                              "VideoFilter.model(P, I, state) on (B, T, 3, H, W)")
         # cloned where the frame-by-frame fallback below may step the CUDA graph, whose buffers change in place
-        before, out = self._checkpoint(copy=self._use_graph), []
-        try:
+        out = []
+        with self._all_or_nothing(copy=self._use_graph):
             for s in range(0, len(frames), chunk):
                 ps = [frame_to_float(_image_in(f), f"frame {s + i}") for i, f in enumerate(frames[s : s + chunk])]
                 sizes = {p.shape for p, _ in ps}
@@ -595,9 +596,6 @@ class VideoFilter:
                     I = torch.from_numpy(np.stack(ii)).permute(0, 3, 1, 2)[None].to(self.device)
                 O = self._run(P, I, parallel=True)[0].permute(0, 2, 3, 1).cpu().numpy()
                 out += [float_to_frame(o, d) for o, (_, d) in zip(O, ps)]  # each frame in its own dtype, as step()
-        except BaseException:
-            self._rollback(before)
-            raise
         return [_image_out(o, f) for o, f in zip(out, frames)]  # as step(): a tensor frame comes back a tensor
 
     def reset(self, mask: Any = None) -> None:
