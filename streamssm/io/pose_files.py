@@ -399,18 +399,32 @@ def _image_size(arrays: _NpzArrays) -> tuple[float, float]:
     return (w, h) if math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0 else (1.0, 1.0)
 
 
-def _timestamps_at(arrays: Mapping, fps: float) -> bool:
-    """Whether an ``.npz``'s ``timestamps`` (seconds), if it has them, run at ``fps`` (within 10%). Where they run at
-    another rate the file's ``fps`` stays as it was: a new one would contradict them (the pose CLI leaves such
-    timestamps out when ``--fps`` says otherwise, and the output keeps them, as the input's)."""
+def timestamp_rate(arrays: Mapping) -> float | None:
+    """The frame rate an ``.npz``'s ``timestamps`` (seconds) run at: one over their median step; None without them,
+    or where that is not a positive number (the pose CLI's checks then say what is wrong with them)."""
     if "timestamps" not in arrays:
-        return True
+        return None
     try:
         steps = np.diff(np.asarray(arrays["timestamps"], np.float64).reshape(-1))
     except (TypeError, ValueError):
-        return False
+        return None
     med = float(np.median(steps)) if steps.size else 0.0
-    return math.isfinite(med) and med > 0 and abs(1.0 / (med * fps) - 1.0) <= 0.1
+    return 1.0 / med if math.isfinite(med) and med > 0 else None
+
+
+def rates_agree(rate: float, fps: float) -> bool:
+    """Whether a recording's frame rate is ``fps`` (within 10%): its timestamps can then place frames on that grid."""
+    return abs(rate / fps - 1.0) <= 0.1
+
+
+def _timestamps_at(arrays: Mapping, fps: float) -> bool:
+    """Whether an ``.npz``'s ``timestamps``, if it has them, run at ``fps``. Where they run at another rate the file's
+    ``fps`` stays as it was: a new one would contradict them (the pose CLI leaves such timestamps out when ``--fps``
+    says otherwise, and the output keeps them, as the input's)."""
+    if "timestamps" not in arrays:
+        return True
+    rate = timestamp_rate(arrays)
+    return rate is not None and rates_agree(rate, fps)
 
 
 def _frames_from_timestamps(arrays: Mapping, fps: float) -> list[int] | None:

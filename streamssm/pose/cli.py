@@ -57,7 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamssm.io.pose_files import SUPPORTED_EXTENSIONS, PoseData, read_pose, write_pose
+from streamssm.io.pose_files import (SUPPORTED_EXTENSIONS, PoseData, rates_agree, read_pose, timestamp_rate,
+                                     write_pose)
 from streamssm.io.video import VIDEO_EXTENSIONS  # PyAV itself is imported only to read a video
 
 __all__ = ["run_pose", "mean_acceleration", "image_size"]
@@ -148,21 +149,10 @@ def _fps(args, file_fps: float | None, inp: Path | None = None, bad: str | None 
 
 
 def _timestamp_rate(data: PoseData) -> float | None:
-    """The frame rate an ``.npz``'s ``timestamps`` (seconds) run at: one over their median step; None without them
-    or where that is not a positive number (the reader's checks then say what is wrong with them)."""
-    if not data.meta.get("format", "").startswith("npz") or "timestamps" not in data.meta.get("arrays", {}):
+    """The frame rate an ``.npz``'s ``timestamps`` run at (:func:`~streamssm.io.pose_files.timestamp_rate`), or None."""
+    if not data.meta.get("format", "").startswith("npz"):
         return None
-    try:
-        steps = np.diff(np.asarray(data.meta["arrays"]["timestamps"], np.float64).reshape(-1))
-    except (TypeError, ValueError):
-        return None
-    med = float(np.median(steps)) if steps.size else 0.0
-    return 1.0 / med if np.isfinite(med) and med > 0 else None
-
-
-def _agrees(rate: float, fps: float) -> bool:
-    """Whether a recording's frame rate is ``--fps`` (within 10%): its timestamps can then place frames on that grid."""
-    return abs(rate / fps - 1.0) <= 0.1
+    return timestamp_rate(data.meta.get("arrays", {}))
 
 
 def _timestamps(data: PoseData, inp: Path, fps: float, forced: bool = False) -> tuple[np.ndarray | None, str]:
@@ -183,11 +173,10 @@ def _timestamps(data: PoseData, inp: Path, fps: float, forced: bool = False) -> 
         if raw.shape != (data.num_frames,):
             raise ValueError(f"{inp}: 'timestamps' has {raw.size} values for {data.num_frames} frames, "
                              "expected one per frame (seconds)")
-        steps = np.diff(raw)
-        if forced and steps.size and np.all(np.isfinite(steps)) and np.median(steps) > 0 \
-                and not _agrees(1.0 / float(np.median(steps)), fps):
+        rate = _timestamp_rate(data)
+        if forced and rate is not None and not rates_agree(rate, fps):
             log.warning("%s: its 'timestamps' run at %.4g fps, not --fps %g: its frames are taken as --fps ones, "
-                        "%s, and the timestamps are left out", inp, 1.0 / float(np.median(steps)), fps,
+                        "%s, and the timestamps are left out", inp, rate, fps,
                         "by their frame numbers" if numbers is not None else "one after another")
             raw, scale, what, source = numbers, 1.0 / fps, "frame numbers", "frame numbers"
     if raw is None:
@@ -302,7 +291,7 @@ def _run_pose(args) -> int:
     data = _read(inp, args.key)
     fps, fps_from = _fps(args, data.fps, inp, data.meta.get("bad_fps"))
     rate = _timestamp_rate(data)
-    if args.fps is None and rate is not None and not _agrees(rate, fps):
+    if args.fps is None and rate is not None and not rates_agree(rate, fps):
         if fps_from == "from file":  # one of the two is wrong (milliseconds taken for seconds?): said, not guessed
             log.warning("%s: its 'timestamps' run at %.4g fps, but its fps says %g: filtered at %g fps (--fps "
                         "chooses)", inp, rate, fps, fps)
@@ -425,7 +414,7 @@ def _run_video(args, inp: Path, out: Path) -> int:
     with open_source(inp) as src:
         fps, fps_from = (float(args.fps), "--fps") if args.fps is not None else (src.fps, "from video")
         filt = PoseFilter(weights=args.weights, device=args.device, strength=args.strength, fps=fps)
-        timed = args.fps is None or _agrees(src.fps, fps)
+        timed = args.fps is None or rates_agree(src.fps, fps)
         if not timed:
             log.warning("%s: the video runs at %.4g fps, not --fps %g: its frames are taken as --fps ones, one after "
                         "another, and its timestamps are left out", inp, src.fps, fps)
