@@ -20,10 +20,6 @@ import sys
 import numpy as np
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="compare_footage.py", description=__doc__.splitlines()[0])
     p.add_argument("graph", help="a video graph written by 'streamssm export onnx --model video'")
@@ -40,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     from streamssm.export import OnnxRunner
+    from streamssm.export._onnx import _rel_err
     from streamssm.export._spec import load_model
     from streamssm.io import open_source
 
@@ -68,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         got = runner.step(proc, guide)
         want = want.numpy()
         d = np.abs(got - want)
-        states = max(_rel(a, b.numpy()) for a, b in zip(runner.get_state(), state))
-        worst = (max(worst[0], _rel(got, want)), max(worst[1], float(d.max())))
-        print(f"frame {t:3d}: output relative error {_rel(got, want):.1e}, max abs {d.max():.1e}, "
+        states = max(_rel_err(a, b.numpy()) for a, b in zip(runner.get_state(), state))
+        err = _rel_err(got, want)
+        worst = (max(worst[0], err), max(worst[1], float(d.max())))
+        print(f"frame {t:3d}: output relative error {err:.1e}, max abs {d.max():.1e}, "
               f"{int((d > 1e-3).sum())} values > 1e-3; worst state relative error {states:.1e}")
     print(f"worst output relative error {worst[0]:.1e}, max abs {worst[1]:.1e}")
     return 0

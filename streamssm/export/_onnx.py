@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from streamssm._args import as_exposure_lock, as_ghost_res, as_strength
+from streamssm.video.model import HALF_FLOW_SIDE  # video: from it one graph serves every size (flow at half size)
 
 from ._files import check_output_path, claim_temp, move_into_place
 from ._spec import (OUTPUT, PoseStep, StepSpec, VideoStep, build_model, dynamic_axes, load_model, new_stream_size,
@@ -30,7 +31,6 @@ log = logging.getLogger("streamssm")
 MIN_OPSET = 17  # GridSample needs 16; 17 is the oldest opset we test (TensorRT 10 parses 9..23)
 DEFAULT_EXPORT_SHAPE = {"pose": (2, 17), "video": (2, 144, 256)}  # (batch, *stream dims)
 CHECK_TOL = 1e-4  # relative error allowed between ONNX Runtime and PyTorch, fp32
-MIN_GENERIC_SIDE = 64  # video: the short side from which one graph serves every size (flow at half size, pre fixed)
 
 
 def _require(module: str, extra: str = "export"):
@@ -173,21 +173,21 @@ def export_onnx(
     >>> [i.name for i in OnnxRunner(path).session.get_inputs()][:4]
     ['points', 'confidence', 'fps', 'strength']
     """
+    out_path = check_output_path(out_path, weights if weights is not None else _package_weights(model_kind),
+                                 overwrite=overwrite)  # before any work
     onnx = _require("onnx")
     top = min(max_opset(), onnx.defs.onnx_opset_version())
     if not MIN_OPSET <= opset <= top:
         raise ValueError(f"opset must be from {MIN_OPSET} (GridSample, and what the tests cover) to {top} (the newest "
                          f"both this torch's exporter and the installed onnx write), got {opset}")
-    out_path = check_output_path(out_path, weights if weights is not None else _package_weights(model_kind),
-                                 overwrite=overwrite)
     shape = tuple(shape or DEFAULT_EXPORT_SHAPE[model_kind])
     batch, sdims = shape[0], tuple(shape[1:])
-    if model_kind == "video" and dynamic_size and len(sdims) == 2 and min(sdims) < MIN_GENERIC_SIDE:
+    if model_kind == "video" and dynamic_size and len(sdims) == 2 and min(sdims) < HALF_FLOW_SIDE:
         # the graph would fix the flow's and the grid's downsampling at this size: wrong at every size (its
         # metadata's formulas hold from 64 px), so refused before tracing, not by the check after it
         raise ValueError(f"{out_path}: a resolution-generic video graph must be traced at frames with a short side "
-                         f"of at least {MIN_GENERIC_SIDE} px, got {sdims[0]}x{sdims[1]} (height x width): trace at "
-                         f"{MIN_GENERIC_SIDE} px or more, or export at the size you run with dynamic_size=False")
+                         f"of at least {HALF_FLOW_SIDE} px, got {sdims[0]}x{sdims[1]} (height x width): trace at "
+                         f"{HALF_FLOW_SIDE} px or more, or export at the size you run with dynamic_size=False")
     tmp = claim_temp(out_path)  # before any work: an unwritable folder is said now, naming out_path
     try:
         if model is None:
@@ -521,10 +521,10 @@ class OnnxRunner:
                 raise ValueError("this graph is guided: pass the original frame" if spec.guided else
                                  "this graph is processed-only: export with guided=True to use an original frame")
             size = (frame.shape[0], *frame.shape[2:])
-            if min(size[1:]) < MIN_GENERIC_SIDE and self._sizes_free:
+            if min(size[1:]) < HALF_FLOW_SIDE and self._sizes_free:
                 raise ValueError(f"processed frames are {size[2]}x{size[1]}: this resolution-generic graph needs a "
-                                 "short side of at least 64 px (export at the size you run, with --static-size, for "
-                                 "smaller)")
+                                 f"short side of at least {HALF_FLOW_SIDE} px (export at the size you run, with "
+                                 "--static-size, for smaller)")
             feeds = {"processed": frame}
             if spec.guided:
                 feeds["original"] = _video_frame(second, "original", not self._graph_sanitises)

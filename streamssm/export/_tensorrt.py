@@ -123,6 +123,8 @@ def _frame_profile(spec: StepSpec, network, onnx_path, min_shape, opt_shape, max
     """The (min, opt, max) frame shapes: the given ones, else :data:`DEFAULT_PROFILES` with the sizes the graph fixes
     (exported with ``dynamic_size=False``) put in; refused (ValueError naming the option) where a given shape
     disagrees with a fixed size, or is a video frame under the 64 px short side a resolution-generic graph needs."""
+    from streamssm.video.model import HALF_FLOW_SIDE
+
     name = "points" if spec.kind == "pose" else "processed"
     declared = next(tuple(network.get_input(i).shape) for i in range(network.num_inputs)
                     if network.get_input(i).name == name)
@@ -139,10 +141,10 @@ def _frame_profile(spec: StepSpec, network, onnx_path, min_shape, opt_shape, max
             raise ValueError(f"{opt} {given}: {onnx_path} fixes its input {name} to "
                              f"{'x'.join(letters[i] if d == -1 else str(d) for i, d in enumerate(declared))}")
         shape = tuple(d if d != -1 else v for d, v in zip(declared, shape))
-        if spec.kind == "video" and -1 in declared[2:] and min(shape[2:]) < 64:
+        if spec.kind == "video" and -1 in declared[2:] and min(shape[2:]) < HALF_FLOW_SIDE:
             raise ValueError(f"{opt} {'x'.join(map(str, shape))}: a resolution-generic video graph needs frames with a "
-                             "short side of at least 64 px; export at the size you run (--static-size) for smaller "
-                             "ones")
+                             f"short side of at least {HALF_FLOW_SIDE} px; export at the size you run (--static-size) "
+                             "for smaller ones")
         out.append(shape)
     return out
 
@@ -181,11 +183,11 @@ def build_engine(
 
     Returns the engine path. Build time and settings are in the ``.json`` beside it.
     """
-    trt = import_tensorrt()
-    spec = read_onnx_spec(onnx_path)
-    engine_path = check_output_path(engine_path, onnx_path, overwrite=overwrite)
+    engine_path = check_output_path(engine_path, onnx_path, overwrite=overwrite)  # before any work
     meta_path = check_output_path(f"{engine_path}.json", onnx_path, overwrite=overwrite,
                                   what="the file to write (the engine's settings, beside it)")
+    trt = import_tensorrt()
+    spec = read_onnx_spec(onnx_path)
     if workspace_mb is not None and int(workspace_mb) < 1:
         raise ValueError(f"workspace_mb must be a positive number of MiB, got {workspace_mb}")
     # claimed before the build: an unwritable folder is said now; both are removed however the build ends

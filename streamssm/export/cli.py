@@ -11,14 +11,6 @@ import logging
 log = logging.getLogger("streamssm")
 
 
-def _check_output(args: argparse.Namespace, *inputs) -> None:
-    """Before any work: the output is not a folder, a device or a pipe, not an input, in an existing folder, and not
-    an existing file unless --overwrite."""
-    from streamssm.export._files import check_output_path
-
-    check_output_path(args.output, *inputs, overwrite=args.overwrite)
-
-
 def _cmd_onnx(args: argparse.Namespace) -> int:
     from streamssm.export import export_onnx
     from streamssm.export._spec import parse_shape
@@ -38,9 +30,6 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     if args.exposure_lock is not None:
         as_exposure_lock(args.exposure_lock, "--exposure-lock")
     args.dims = 2 if args.dims is None else args.dims
-    from streamssm.export._onnx import _package_weights
-
-    _check_output(args, args.weights if args.weights is not None else _package_weights(args.model))
     shape = None
     if args.shape:
         s = parse_shape(args.shape)
@@ -66,12 +55,6 @@ def _cmd_tensorrt(args: argparse.Namespace) -> int:
 
     if args.workspace_mb is not None and args.workspace_mb < 1:
         raise ValueError(f"--workspace-mb must be a positive number of MiB, got {args.workspace_mb}")
-    _check_output(args, args.onnx)
-    from streamssm.export._files import check_output_path
-
-    # the engine's settings file, written beside it: the same rules
-    check_output_path(f"{args.output}.json", args.onnx, overwrite=args.overwrite,
-                      what="the file to write (the engine's settings, beside it)")
     try:
         spec = read_onnx_spec(args.onnx)
         if args.model and args.model != spec.kind:

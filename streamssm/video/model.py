@@ -175,10 +175,13 @@ def check_step_frames(P: Any, I: Any = None) -> None:
         raise ValueError(f"original frames {tuple(I.shape)} must match processed frames {tuple(P.shape)}")
 
 
+HALF_FLOW_SIDE = 64  # the short side from which the flow runs at half resolution (and one export graph serves all)
+
+
 def flow_shape(h: int, w: int, cfg: VideoSSMConfig) -> tuple[int, int, int]:
     """(div, hf, wf): the flow runs on a ``div`` x downsampled luminance (half resolution for frames of
-    64 px and more); its pyramid (``flow_levels``) starts from there."""
-    div = 2 if min(h, w) >= 64 else 1
+    :data:`HALF_FLOW_SIDE` px and more); its pyramid (``flow_levels``) starts from there."""
+    div = 2 if min(h, w) >= HALF_FLOW_SIDE else 1
     return div, h // div, w // div
 
 
