@@ -789,11 +789,13 @@ def _labeller(left: str, right: str, width: int):
 
     fs = max(0.5, 0.9 * width / 1280)  # font scale: readable on a 640 px panel, not huge at 1080p
     font = cv2.FONT_HERSHEY_SIMPLEX
-    labels = [(*_fit_label(text, width, fs), x) for text, x in ((left, 0), (right, width))]
+    labels = []
+    for text, x in ((left, 0), (right, width)):  # measured once, not every frame
+        text, scale, thick, pad = _fit_label(text, width, fs)
+        labels.append((text, scale, thick, pad, x, *cv2.getTextSize(text, font, scale, thick)))
 
     def draw(frame: np.ndarray) -> None:
-        for text, scale, thick, pad, x in labels:
-            (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        for text, scale, thick, pad, x, (tw, th), base in labels:
             box = frame[: th + base + 2 * pad, x : x + tw + 2 * pad]
             box[:] = box // 3  # darkened backdrop: readable on any content, no outline artefacts
             cv2.putText(frame, text, (x + pad, th + pad), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
